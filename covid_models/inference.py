@@ -1,0 +1,169 @@
+"""Classifiers loaded from model directories: calibrated predictions, ensembles, batch prediction."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from covid_models.architectures import build_model, cam_target_layer
+from covid_models.checkpoint import CheckpointError, ModelCard, load_state, load_weights_into, read_card
+from covid_models.io import Scan
+from covid_models.ood import OOD_PREFIX, OodGuard
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's calibrated result."""
+
+    model: str
+    probabilities: dict[str, float]
+    label: str  # the most probable class
+    positive_class: str | None
+    positive_probability: float | None
+    threshold: float
+    positive: bool | None  # positive_probability >= threshold
+    ood_score: float | None = None
+    out_of_distribution: bool = False
+
+
+def penultimate_layer(model: nn.Module) -> nn.Linear:
+    """The final Linear layer (the class head); its input is the image's feature vector."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
+class Classifier:
+    """A network with its card: preprocessing, classes, temperature and operating point come from the card."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, ood: OodGuard | None = None):
+        if card.task != "classification":
+            raise CheckpointError(f"{card.name} is a {card.task} model, not a classifier")
+        self.model = model.eval()
+        self.card = card
+        self.ood = ood
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Classifier:
+        card = read_card(directory)
+        if card.task != "classification":
+            raise CheckpointError(f"{directory} holds a {card.task} model, not a classifier")
+        state = load_state(directory, card)
+        ood_state = {k: v for k, v in state.items() if k.startswith(OOD_PREFIX)}
+        model_state = {k: v for k, v in state.items() if not k.startswith(OOD_PREFIX)}
+        model = build_model(card.architecture, len(card.classes))
+        load_weights_into(model, model_state, source=str(directory))
+        ood = OodGuard.from_state(ood_state, card.extra.get("ood")) if ood_state else None
+        return cls(model, card, ood)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return cam_target_layer(self.model, self.card.architecture)
+
+    def to_input(self, image: Scan | np.ndarray) -> torch.Tensor:
+        """Scan or (H, W) [0, 1] array -> the normalised input tensor the card prescribes (C, S, S)."""
+        pixels = image.pixels if isinstance(image, Scan) else image
+        return self.card.preprocessing(pixels)
+
+    @torch.inference_mode()
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated probabilities and feature vectors of a batch of inputs."""
+        captured: list[torch.Tensor] = []
+        hook = penultimate_layer(self.model).register_forward_hook(lambda _m, inp, _o: captured.append(inp[0]))
+        try:
+            logits = self.model(batch)
+        finally:
+            hook.remove()
+        return torch.softmax(logits.float() / self.card.temperature, dim=1), captured[0].float()
+
+    def predict_inputs(self, batch: torch.Tensor) -> list[Prediction]:
+        probabilities, features = self.forward(batch)
+        scores = self.ood.score(features) if self.ood is not None else None
+        return [self._prediction(p, None if scores is None else float(scores[i]))
+                for i, p in enumerate(probabilities.numpy())]
+
+    def predict(self, image: Scan | np.ndarray) -> Prediction:
+        return self.predict_inputs(self.to_input(image)[None])[0]
+
+    def predict_batch(self, images: Sequence[Scan | np.ndarray], batch_size: int = 16) -> list[Prediction]:
+        results: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([self.to_input(image) for image in images[start:start + batch_size]])
+            results.extend(self.predict_inputs(batch))
+        return results
+
+    def _prediction(self, probabilities: np.ndarray, ood_score: float | None) -> Prediction:
+        classes = self.card.classes
+        positive = self.card.positive_class
+        p_positive = float(probabilities[classes.index(positive)]) if positive else None
+        return Prediction(
+            model=self.card.name,
+            probabilities={c: float(p) for c, p in zip(classes, probabilities, strict=True)},
+            label=classes[int(np.argmax(probabilities))],
+            positive_class=positive,
+            positive_probability=p_positive,
+            threshold=self.card.threshold,
+            positive=None if p_positive is None else p_positive >= self.card.threshold,
+            ood_score=ood_score,
+            out_of_distribution=bool(self.ood is not None and ood_score is not None and ood_score > self.ood.threshold),
+        )
+
+
+class Ensemble:
+    """Mean of the calibrated probabilities of classifiers that share modality and classes.
+
+    Its threshold is the mean of the members' thresholds: a convenience, not an operating point
+    validated for the ensemble (the app says so).
+    """
+
+    def __init__(self, members: Sequence[Classifier]):
+        if not members:
+            raise ValueError("an ensemble needs at least one classifier")
+        first = members[0].card
+        for member in members[1:]:
+            if member.card.modality != first.modality or member.card.classes != first.classes:
+                raise ValueError("ensemble members must share modality and classes")
+        self.members = list(members)
+
+    @property
+    def name(self) -> str:
+        return "ensemble(" + ", ".join(m.name for m in self.members) + ")"
+
+    def predict(self, image: Scan | np.ndarray) -> Prediction:
+        predictions = [member.predict(image) for member in self.members]
+        first = self.members[0].card
+        mean = np.mean([[p.probabilities[c] for c in first.classes] for p in predictions], axis=0)
+        threshold = float(np.mean([m.card.threshold for m in self.members]))
+        positive = first.positive_class
+        p_positive = float(mean[first.classes.index(positive)]) if positive else None
+        return Prediction(
+            model=self.name,
+            probabilities={c: float(p) for c, p in zip(first.classes, mean, strict=True)},
+            label=first.classes[int(np.argmax(mean))],
+            positive_class=positive,
+            positive_probability=p_positive,
+            threshold=threshold,
+            positive=None if p_positive is None else p_positive >= threshold,
+            ood_score=None,
+            out_of_distribution=any(p.out_of_distribution for p in predictions),
+        )
+
+
+def discover_models(weights_dir: str | Path, task: str | None = None, modality: str | None = None
+                    ) -> list[tuple[Path, ModelCard]]:
+    """Model directories under `weights_dir` whose cards match; unreadable cards are skipped."""
+    found = []
+    for card_path in sorted(Path(weights_dir).glob("*/card.json")):
+        try:
+            card = read_card(card_path.parent)
+        except CheckpointError:
+            continue
+        if (task is None or card.task == task) and (modality is None or card.modality == modality):
+            found.append((card_path.parent, card))
+    return found

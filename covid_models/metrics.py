@@ -1,0 +1,187 @@
+"""Evaluation metrics: ROC/AUC with bootstrap CI, threshold metrics, calibration, operating points, Dice/IoU.
+
+Plain functions on numpy arrays, so the trainer, `scripts/evaluate.py` and the app compute every
+number the same way.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+def bootstrap_ci(
+    statistic: Callable[..., float],
+    *arrays: np.ndarray,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of `statistic(*arrays)`; resamples whole `groups` (patients) when given.
+
+    Resamples where the statistic is undefined (e.g. one class only for AUC) are skipped.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(arrays[0])
+    if groups is None:
+        index_sets = [np.array([i]) for i in range(n)]
+    else:
+        _, inverse = np.unique(groups, return_inverse=True)
+        index_sets = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    values = []
+    for _ in range(n_resamples):
+        picks = rng.integers(0, len(index_sets), len(index_sets))
+        idx = np.concatenate([index_sets[p] for p in picks])
+        try:
+            value = statistic(*(a[idx] for a in arrays))
+        except ValueError:
+            continue
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC; raises ValueError when only one class is present."""
+    y_true = np.asarray(y_true)
+    if len(np.unique(y_true)) < 2:
+        raise ValueError("AUC is undefined with a single class")
+    return float(roc_auc_score(y_true, score))
+
+
+def roc_points(y_true: np.ndarray, score: np.ndarray, max_points: int = 200) -> dict[str, list[float]]:
+    """ROC curve (fpr, tpr, thresholds), thinned to at most `max_points` for storage in a card."""
+    fpr, tpr, thresholds = roc_curve(y_true, score, drop_intermediate=True)
+    thresholds = np.minimum(thresholds, 1.0)
+    if len(fpr) > max_points:
+        keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+        fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
+    return {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist(), "thresholds": thresholds.round(6).tolist()}
+
+
+def threshold_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Sensitivity, specificity, PPV, NPV, accuracy, F1 and the confusion counts at `threshold`."""
+    y_true = np.asarray(y_true).astype(bool)
+    pred = np.asarray(score) >= threshold
+    tp = int(np.sum(pred & y_true))
+    tn = int(np.sum(~pred & ~y_true))
+    fp = int(np.sum(pred & ~y_true))
+    fn = int(np.sum(~pred & y_true))
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    sensitivity, precision = ratio(tp, tp + fn), ratio(tp, tp + fp)
+    f1 = ratio(2 * tp, 2 * tp + fp + fn)
+    return {
+        "threshold": float(threshold),
+        "sensitivity": sensitivity,
+        "specificity": ratio(tn, tn + fp),
+        "precision": precision,
+        "npv": ratio(tn, tn + fn),
+        "accuracy": ratio(tp + tn, len(y_true)),
+        "f1": f1,
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+    }
+
+
+def youden_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Threshold maximising sensitivity + specificity - 1."""
+    fpr, tpr, thresholds = roc_curve(y_true, score)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], 1.0))
+
+
+def sensitivity_threshold(y_true: np.ndarray, score: np.ndarray, target: float = 0.95) -> float:
+    """Highest threshold whose sensitivity reaches `target` (the most specific screening cut-off)."""
+    fpr, tpr, thresholds = roc_curve(y_true, score)
+    reaching = np.flatnonzero(tpr >= target)
+    return float(min(thresholds[reaching[0]], 1.0))
+
+
+def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int = 10) -> float:
+    """ECE of the positive-class probability over equal-width bins."""
+    y_true, prob = np.asarray(y_true, dtype=float), np.asarray(prob, dtype=float)
+    bins = np.clip((prob * n_bins).astype(int), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(prob[in_bin].mean() - y_true[in_bin].mean())
+    return float(ece)
+
+
+def reliability_curve(y_true: np.ndarray, prob: np.ndarray, n_bins: int = 10) -> dict[str, list[float]]:
+    """Per-bin mean predicted probability, observed frequency and count, for the calibration diagram."""
+    y_true, prob = np.asarray(y_true, dtype=float), np.asarray(prob, dtype=float)
+    bins = np.clip((prob * n_bins).astype(int), 0, n_bins - 1)
+    mean_pred, observed, counts = [], [], []
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            mean_pred.append(round(float(prob[in_bin].mean()), 5))
+            observed.append(round(float(y_true[in_bin].mean()), 5))
+            counts.append(int(in_bin.sum()))
+    return {"mean_predicted": mean_pred, "observed": observed, "count": counts}
+
+
+def binary_report(
+    y_true: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    *,
+    groups: np.ndarray | None = None,
+    n_resamples: int = 1000,
+) -> dict[str, Any]:
+    """The full binary evaluation stored in cards and printed by evaluate.py.
+
+    The AUC CI resamples patients (`groups`) when given, since slices of one patient are not independent.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    prob = np.asarray(prob, dtype=float)
+    report: dict[str, Any] = {"n": int(len(y_true)), "n_positive": int(y_true.sum())}
+    try:
+        report["auc"] = auc(y_true, prob)
+        report["auc_ci95"] = list(bootstrap_ci(auc, y_true, prob, groups=groups, n_resamples=n_resamples))
+        report["roc"] = roc_points(y_true, prob)
+    except ValueError:
+        report["auc"], report["auc_ci95"], report["roc"] = None, None, None
+    report.update(threshold_metrics(y_true, prob, threshold))
+    report["ece"] = expected_calibration_error(y_true, prob)
+    report["reliability"] = reliability_curve(y_true, prob)
+    return report
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> list[list[int]]:
+    """Rows: true class; columns: predicted class."""
+    matrix = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(matrix, (np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)), 1)
+    return matrix.tolist()
+
+
+def dice(prediction: np.ndarray, target: np.ndarray, empty: float = 1.0) -> float:
+    """Dice coefficient of two binary masks; `empty` when both are empty."""
+    prediction, target = np.asarray(prediction, dtype=bool), np.asarray(target, dtype=bool)
+    total = prediction.sum() + target.sum()
+    return float(2 * np.logical_and(prediction, target).sum() / total) if total else empty
+
+
+def iou(prediction: np.ndarray, target: np.ndarray, empty: float = 1.0) -> float:
+    """Intersection over union of two binary masks; `empty` when both are empty."""
+    prediction, target = np.asarray(prediction, dtype=bool), np.asarray(target, dtype=bool)
+    union = np.logical_or(prediction, target).sum()
+    return float(np.logical_and(prediction, target).sum() / union) if union else empty
+
+
+def summary_with_ci(values: Sequence[float], n_resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Mean, standard deviation and bootstrap 95 % CI of the mean of per-image scores."""
+    values = np.asarray(values, dtype=float)
+    low, high = bootstrap_ci(lambda v: float(v.mean()), values, n_resamples=n_resamples, seed=seed)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "ci95_low": low, "ci95_high": high, "n": int(len(values))}

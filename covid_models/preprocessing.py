@@ -1,0 +1,107 @@
+"""The preprocessing contract between a checkpoint and its inputs, and training augmentations.
+
+A `Preprocessing` record is stored in every checkpoint's card, so inference applies exactly the
+transform the model was trained with: greyscale [0, 1] image -> resized square -> replicated to
+`channels` -> normalised with the backbone's mean/std.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a greyscale image in [0, 1] becomes the network's input tensor."""
+
+    image_size: int = 224
+    channels: int = 3
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return cls(
+            image_size=int(data["image_size"]),
+            channels=int(data["channels"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+        )
+
+    def resize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(H, W) image -> (1, S, S) float tensor; stretched so a CAM maps back by a plain resize."""
+        image = torch.as_tensor(np.ascontiguousarray(pixels), dtype=torch.float32)
+        if image.ndim != 2:
+            raise ValueError(f"expected a 2-D greyscale image, got shape {tuple(image.shape)}")
+        size = (self.image_size, self.image_size)
+        resized = F.interpolate(image[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)
+        return resized[0].clamp_(0.0, 1.0)
+
+    def normalise(self, image: torch.Tensor) -> torch.Tensor:
+        """(1, S, S) or (N, 1, S, S) in [0, 1] -> replicated to `channels` and normalised."""
+        channel_dim = image.ndim - 3
+        expanded = image.expand(*image.shape[:channel_dim], self.channels, *image.shape[-2:])
+        shape = (self.channels, 1, 1)
+        mean = torch.tensor(self.mean, dtype=image.dtype, device=image.device).view(shape)
+        std = torch.tensor(self.std, dtype=image.dtype, device=image.device).view(shape)
+        return (expanded - mean) / std
+
+    def __call__(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(H, W) greyscale in [0, 1] -> (channels, S, S) network input."""
+        return self.normalise(self.resize(pixels))
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Radiograph-safe random transforms: small rotation, shift, scale, brightness/contrast.
+
+    No vertical flip (anatomy is never upside down) and no horizontal flip by default: the heart
+    and the side markers sit on one side, and a flipped chest is not a plausible image.
+    """
+
+    max_rotation_deg: float = 10.0
+    max_shift: float = 0.08
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    brightness: float = 0.1
+    contrast: float = 0.15
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(C, S, S) in [0, 1] -> randomly transformed, same shape, still in [0, 1]."""
+        return self.apply(image, self.sample(generator))[0]
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One random affine matrix (2x3) plus brightness/contrast factors, packed in a vector."""
+        u = torch.rand(6, generator=generator)
+        angle = math.radians((u[0].item() * 2 - 1) * self.max_rotation_deg)
+        scale = self.scale_range[0] + u[1].item() * (self.scale_range[1] - self.scale_range[0])
+        tx, ty = ((u[2:4] * 2 - 1) * self.max_shift * 2).tolist()
+        brightness = (u[4].item() * 2 - 1) * self.brightness
+        contrast = 1 + (u[5].item() * 2 - 1) * self.contrast
+        cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+        return torch.tensor([cos, -sin, tx, sin, cos, ty, brightness, contrast])
+
+    @staticmethod
+    def apply(
+        image: torch.Tensor, params: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Apply sampled parameters to an image and, geometrically only, to its mask (nearest)."""
+        theta = params[:6].view(1, 2, 3).to(image.dtype)
+        grid = F.affine_grid(theta, [1, *image.shape], align_corners=False)
+        warped = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        brightness, contrast = params[6].item(), params[7].item()
+        mean = warped.mean()
+        warped = ((warped - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+        warped_mask = None
+        if mask is not None:
+            warped_mask = F.grid_sample(
+                mask[None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+            )[0]
+        return warped, warped_mask

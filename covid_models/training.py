@@ -1,0 +1,367 @@
+"""The classifier training loop shared by the scripts: CUDA (bf16, channels_last, compile) or CPU, DDP under torchrun.
+
+Model selection on validation AUC; after training, temperature scaling and operating points are fitted
+on validation; the test split is evaluated exactly once, and everything goes into the card.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from covid_models import __version__
+from covid_models.architectures import build_model, get_architecture
+from covid_models.checkpoint import ModelCard, save_model_dir
+from covid_models.data import BalancedSampler, ImageDataset, balanced_weights, data_summary, manifest_hash
+from covid_models.evaluation import classification_report
+from covid_models.inference import penultimate_layer
+from covid_models.metrics import auc, sensitivity_threshold, threshold_metrics, youden_threshold
+from covid_models.ood import OodGuard
+from covid_models.preprocessing import Augmentation
+
+RESUME_FILE = "resume_state.pt"
+
+
+# --- runtime: device, distributed, progress ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def describe(self) -> str:
+        if self.cuda:
+            return f"{self.world_size} x {torch.cuda.get_device_name(self.device)}"
+        return f"{self.world_size} x CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def setup_runtime(device: str | None = None) -> Runtime:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group if needed."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_device = torch.device(f"cuda:{local_rank}" if device == "cuda" else device)
+    if torch_device.type == "cuda":
+        torch.cuda.set_device(torch_device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
+    return Runtime(torch_device, rank, local_rank, world_size)
+
+
+def teardown(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        dist.barrier()
+
+
+def autocast(runtime: Runtime) -> AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed); full precision on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if runtime.cuda else nullcontext()
+
+
+def progress(iterable: Iterable, runtime: Runtime, **kwargs: Any) -> Iterable:
+    """A tqdm bar on the main process only."""
+    if not runtime.is_main:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def make_loader(dataset: Dataset, batch_size: int, runtime: Runtime, *, sampler=None, shuffle: bool = False,
+                seed: int = 0, workers: int | None = None) -> DataLoader:
+    """Pinned memory and worker processes on CUDA; in-process loading on CPU (the images are cached)."""
+    if sampler is None and runtime.distributed and shuffle:
+        sampler = DistributedSampler(dataset, runtime.world_size, runtime.rank, shuffle=True, seed=seed)
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if runtime.cuda else 0
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle and sampler is None,
+                      num_workers=workers, pin_memory=runtime.cuda, persistent_workers=workers > 0,
+                      drop_last=False)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+# --- classifier training ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    modality: str
+    architecture: str
+    classes: list[str]
+    positive_class: str
+    epochs: int = 10
+    batch_size: int = 32
+    image_size: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    pretrained: str | None = "imagenet"
+    balance: bool = True
+    compile: bool = False
+    operating_point: str = "youden"
+    patience: int | None = None
+    half: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature minimising the validation negative log-likelihood (Guo et al. 2017)."""
+    logits, labels = logits.detach().clone(), labels.detach().clone()  # may come from inference mode
+    log_t = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+@torch.inference_mode()
+def collect(model: nn.Module, loader: DataLoader, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits, labels and penultimate features of a whole loader (in order)."""
+    model.eval()
+    captured: list[torch.Tensor] = []
+    hook = penultimate_layer(model).register_forward_hook(lambda _m, inp, _o: captured.append(inp[0].float().cpu()))
+    logits, labels = [], []
+    try:
+        for inputs, targets in loader:
+            inputs = inputs.to(runtime.device, non_blocking=True)
+            if runtime.cuda:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast(runtime):
+                logits.append(model(inputs).float().cpu())
+            labels.append(targets)
+    finally:
+        hook.remove()
+    return torch.cat(logits), torch.cat(labels), torch.cat(captured)
+
+
+def _positive_auc(logits: torch.Tensor, labels: torch.Tensor, positive: int) -> float:
+    try:
+        return auc((labels == positive).numpy(), torch.softmax(logits, 1)[:, positive].numpy())
+    except ValueError:
+        return float("nan")
+
+
+def train_classifier(config: TrainConfig, frame: pd.DataFrame, out_dir: str | Path, *, resume: bool = False,
+                     device: str | None = None, log=print) -> ModelCard | None:
+    """Train, select, calibrate, evaluate once on test and write the model directory; returns its card (main rank)."""
+    runtime = setup_runtime(device)
+    try:
+        return _train(config, frame, Path(out_dir), runtime, resume, log)
+    finally:
+        teardown(runtime)
+
+
+def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Runtime, resume: bool, log
+           ) -> ModelCard | None:
+    started = time.time()
+    seed_everything(config.seed)
+    arch = get_architecture(config.architecture)
+    preprocessing = arch.preprocessing(config.image_size)
+    positive = config.classes.index(config.positive_class)
+    splits = {s: frame[frame["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
+    for split, rows in splits.items():
+        if rows.empty:
+            raise ValueError(f"the {split} split is empty")
+    show = runtime.is_main
+    datasets = {
+        "train": ImageDataset(splits["train"], config.classes, preprocessing, Augmentation(), progress=show),
+        "val": ImageDataset(splits["val"], config.classes, preprocessing, progress=show),
+    }
+    sampler = None
+    if config.balance:
+        weights = balanced_weights(splits["train"], by=("label",))
+        sampler = BalancedSampler(weights, len(weights), config.seed, runtime.rank, runtime.world_size)
+    train_loader = make_loader(datasets["train"], config.batch_size, runtime, sampler=sampler, shuffle=True,
+                               seed=config.seed)
+    val_loader = make_loader(datasets["val"], config.batch_size * 2, runtime)
+
+    model = build_model(config.architecture, len(config.classes), config.pretrained).to(runtime.device)
+    if runtime.cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * config.epochs
+    history: list[dict[str, float]] = []
+    best_auc, best_state, start_epoch = -1.0, None, 0
+
+    resume_path = out_dir / RESUME_FILE
+    if resume and resume_path.is_file():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        best_auc, best_state, history, start_epoch = state["best_auc"], state["best_state"], state["history"], \
+            state["epoch"] + 1
+        if show:
+            log(f"resumed from {resume_path} after epoch {start_epoch}")
+
+    train_model: nn.Module = model
+    if runtime.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.local_rank] if runtime.cuda else None)
+    if config.compile:
+        train_model = torch.compile(train_model)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
+    epochs_without_gain = 0
+
+    for epoch in range(start_epoch, config.epochs):
+        epoch_start = time.time()
+        train_model.train()
+        for s in (sampler, train_loader.sampler):
+            if hasattr(s, "set_epoch"):
+                s.set_epoch(epoch)
+        losses = []
+        for step, (inputs, targets) in enumerate(progress(train_loader, runtime, desc=f"epoch {epoch + 1}",
+                                                          unit="batch")):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(epoch * steps_per_epoch + step, total_steps, config.lr, steps_per_epoch)
+            inputs = inputs.to(runtime.device, non_blocking=True)
+            targets = targets.to(runtime.device, non_blocking=True)
+            if runtime.cuda:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast(runtime):
+                loss = loss_fn(train_model(inputs).float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        train_seconds = time.time() - epoch_start
+        if show:
+            val_logits, val_labels, _ = collect(model, val_loader, runtime)
+            val_loss = float(nn.functional.cross_entropy(val_logits, val_labels))
+            val_auc = _positive_auc(val_logits, val_labels, positive)
+            val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
+            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+                      "val_auc": val_auc, "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
+                      "seconds": round(time.time() - epoch_start, 1),
+                      "train_images_per_s": round(len(train_loader.dataset) / runtime.world_size / train_seconds, 1)}
+            history.append(record)
+            improved = val_auc > best_auc
+            if improved:
+                best_auc, epochs_without_gain = val_auc, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                epochs_without_gain += 1
+            log(f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.4f}  val loss {val_loss:.4f}  "
+                f"val AUC {val_auc:.4f}  val acc {val_acc:.3f}  {record['seconds']:.0f}s"
+                + ("  * best" if improved else ""))
+            out_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "best_auc": best_auc, "best_state": best_state, "history": history}, resume_path)
+        stop = torch.tensor([int(config.patience is not None and epochs_without_gain >= config.patience)])
+        if runtime.distributed:
+            dist.broadcast(stop, 0)
+        if stop.item():
+            if show:
+                log(f"early stop: no validation AUC gain for {config.patience} epochs")
+            break
+    barrier(runtime)
+    if not show:
+        return None
+
+    model.load_state_dict(best_state)
+    model.eval()
+    val_logits, val_labels, val_features = collect(model, val_loader, runtime)
+    temperature = fit_temperature(val_logits, val_labels)
+    val_probability = torch.softmax(val_logits / temperature, 1)[:, positive].numpy()
+    val_positive = (val_labels == positive).numpy()
+    thresholds = {
+        "youden": (youden_threshold(val_positive, val_probability), "maximises sensitivity + specificity on val"),
+        "sensitivity_95": (sensitivity_threshold(val_positive, val_probability, 0.95),
+                           "highest threshold reaching 95% sensitivity on val"),
+    }
+    operating_points = {
+        name: {**{k: v for k, v in threshold_metrics(val_positive, val_probability, t).items()
+                  if k in ("threshold", "sensitivity", "specificity")}, "rule": rule, "chosen_on": "val"}
+        for name, (t, rule) in thresholds.items()
+    }
+
+    train_eval = ImageDataset(splits["train"], config.classes, preprocessing)
+    _, train_labels, train_features = collect(model, make_loader(train_eval, config.batch_size * 2, runtime), runtime)
+    ood = OodGuard.fit(train_features, train_labels, val_features)
+
+    test_dataset = ImageDataset(splits["test"], config.classes, preprocessing, progress=True)
+    test_logits, _, _ = collect(model, make_loader(test_dataset, config.batch_size * 2, runtime), runtime)
+    test_probability = torch.softmax(test_logits / temperature, 1).numpy()
+    threshold = operating_points[config.operating_point]["threshold"]
+    test_report = classification_report(splits["test"], test_probability, config.classes, config.positive_class,
+                                        threshold)
+    val_report = classification_report(splits["val"], torch.softmax(val_logits / temperature, 1).numpy(),
+                                       config.classes, config.positive_class, threshold, n_resamples=200)
+    card = ModelCard(
+        name=config.name, task="classification", modality=config.modality, architecture=config.architecture,
+        classes=list(config.classes), positive_class=config.positive_class, preprocessing=preprocessing,
+        temperature=temperature, operating_points=operating_points, default_operating_point=config.operating_point,
+        metrics={"test": test_report, "val": {k: val_report[k] for k in ("auc", "auc_ci95", "n", "ece")}},
+        data={**data_summary(frame), "manifest_sha256": manifest_hash(frame)},
+        training={**{k: v for k, v in asdict(config).items() if k not in ("name", "classes", "extra")},
+                  "image_size": preprocessing.image_size, "history": history, "best_val_auc": best_auc,
+                  "device": runtime.describe(), "duration_s": round(time.time() - started, 1),
+                  "torch": torch.__version__, "covid_models": __version__, "git_commit": git_commit(),
+                  **config.extra},
+        extra={"ood": ood.card_entry()},
+    )
+    save_model_dir(out_dir, model, card, half=config.half, extra_tensors=ood.state())
+    resume_path.unlink(missing_ok=True)
+    return card

@@ -1,0 +1,90 @@
+"""Train a COVID-19 classifier and write a model directory (weights + card with test metrics).
+
+    python scripts/train.py --data ../shared/data --modality ct --arch efficientnet_lite0 --out weights/ct-x
+    torchrun --nproc_per_node 4 scripts/train.py ...      # multi-GPU (or multi-process CPU with gloo)
+
+The data argument is the curated data root (with ct/ and xray/), a manifest.csv, or a class-per-folder
+tree; $COVID_DATA_DIR is used when it is omitted. Without a `split` column a seeded, patient-grouped,
+stratified split is made, and the patient-leakage check runs either way.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from covid_models.architectures import REGISTRY, PretrainedWeightsUnavailable
+from covid_models.data import DataError, LeakageError, default_data_dir, ensure_split, load_dataset
+from covid_models.evaluation import format_report
+from covid_models.training import TrainConfig, train_classifier
+
+DEFAULT_CLASSES = {"xray": "covid,normal,pneumonia", "ct": "covid,non_covid"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=default_data_dir(), help="data root, manifest or folder tree")
+    parser.add_argument("--modality", choices=("ct", "xray"), required=True)
+    parser.add_argument("--arch", default="efficientnet_lite0", choices=sorted(REGISTRY))
+    parser.add_argument("--classes", help="comma-separated; default: xray covid,normal,pneumonia; ct covid,non_covid")
+    parser.add_argument("--positive-class", default="covid")
+    parser.add_argument("--pretrained", default="imagenet", choices=("imagenet", "none"))
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, help="default: the architecture's own (224 or 299)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split (when one is made) and training")
+    parser.add_argument("--patience", type=int, help="stop after this many epochs without validation AUC gain")
+    parser.add_argument("--operating-point", default="youden", choices=("youden", "sensitivity_95"))
+    parser.add_argument("--no-balance", action="store_true", help="do not draw classes equally often")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    parser.add_argument("--half", action="store_true", help="store the weights as fp16")
+    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    parser.add_argument("--limit", type=int, help="use at most this many images per split and class (smoke runs)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last finished epoch in --out")
+    parser.add_argument("--name", help="model name in the card (default: the output folder's name)")
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.data is None:
+        print("error: give --data or set COVID_DATA_DIR", file=sys.stderr)
+        return 2
+    classes = (args.classes or DEFAULT_CLASSES[args.modality]).split(",")
+    try:
+        frame = load_dataset(args.data, args.modality)
+        frame = frame[frame["label"].isin(classes)]
+        frame = ensure_split(frame, seed=args.seed, data_root=args.data if args.data.is_dir() else None)
+        if args.limit:
+            frame = frame.groupby(["split", "label"], group_keys=False).head(args.limit)
+    except (DataError, LeakageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    config = TrainConfig(
+        name=args.name or args.out.name, modality=args.modality, architecture=args.arch, classes=classes,
+        positive_class=args.positive_class, epochs=args.epochs, batch_size=args.batch_size,
+        image_size=args.image_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+        pretrained=None if args.pretrained == "none" else args.pretrained, balance=not args.no_balance,
+        compile=args.compile, operating_point=args.operating_point, patience=args.patience, half=args.half,
+        extra={"command": "python scripts/train.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+               "data_argument": str(args.data)},
+    )
+    try:
+        card = train_classifier(config, frame, args.out, resume=args.resume, device=args.device)
+    except PretrainedWeightsUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if card is not None:
+        print(format_report(card.metrics["test"]))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
