@@ -1,0 +1,395 @@
+"""The radiologist review store, on SQLite and on PostgreSQL (when TEST_POSTGRES_URL names a server)."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import LargeBinary, create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from covid_models.reviews import (
+    CSV_COLUMNS,
+    NewItem,
+    ReviewDatabaseError,
+    ReviewError,
+    ReviewStore,
+    database_url,
+    image_sha256,
+)
+
+NO_POSTGRES = "no PostgreSQL server: set TEST_POSTGRES_URL (CI starts one)"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """A fresh, empty database per test: a temporary SQLite file, or a new schema on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'reviews.sqlite3'}"
+        return
+    base = os.environ.get("TEST_POSTGRES_URL", "").strip()
+    if not base:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {NO_POSTGRES}")
+        pytest.skip(NO_POSTGRES)
+    schema = f"test_reviews_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(database_url(base))
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(database_url(base)).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def open_store(db_url: str) -> Iterator[Callable[[], ReviewStore]]:
+    """Opens a store on the test database; each call is like an app (re)start. All are closed afterwards."""
+    opened: list[ReviewStore] = []
+
+    def _open() -> ReviewStore:
+        store = ReviewStore(db_url)
+        opened.append(store)
+        return store
+
+    yield _open
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Callable[[], ReviewStore]) -> ReviewStore:
+    return open_store()
+
+
+def make_item(index: int, label: str = "covid", probability: float = 0.9, name: str | None = None) -> NewItem:
+    return NewItem(
+        image_hash=image_sha256(f"image bytes {index}".encode()),
+        display_name=name or f"scan_{index:03d}.png",
+        predicted_label=label,
+        covid_probability=probability,
+        operating_threshold=0.42,
+    )
+
+
+def all_stored_values(db_url: str) -> dict[str, list[tuple]]:
+    """Every row of every table the store created, read directly from the database."""
+    engine = create_engine(database_url(db_url))
+    try:
+        with engine.connect() as connection:
+            tables = inspect(connection).get_table_names()
+            return {
+                table: [tuple(row) for row in connection.execute(text(f'SELECT * FROM "{table}"'))] for table in tables
+            }
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------- round trip and resume
+
+
+def test_a_session_round_trips_its_items_in_order_with_predictions_and_verdicts(store: ReviewStore) -> None:
+    items = [make_item(0, "covid", 0.91), make_item(1, "non_covid", 0.08), make_item(2, "covid", 0.55)]
+    session_id = store.start_session("  Dr  Ada Lovelace ", "densenet121-xray", "XRay", items)
+
+    store.record_verdict(session_id, 1, "disagree", note="GGO in the\nleft lower lobe", reviewer_label="covid")
+    views = store.items(session_id)
+
+    assert [view.position for view in views] == [0, 1, 2]
+    assert [view.image_hash for view in views] == [item.image_hash for item in items]
+    assert [view.display_name for view in views] == ["scan_000.png", "scan_001.png", "scan_002.png"]
+    assert [view.covid_probability for view in views] == [0.91, 0.08, 0.55]
+    assert all(view.operating_threshold == 0.42 for view in views)
+    assert (views[1].verdict, views[1].reviewer_label) == ("disagree", "covid")
+    assert views[1].note == "GGO in the\nleft lower lobe"
+    assert views[1].decided_at is not None and views[1].decided_at.tzinfo is not None
+    assert views[0].verdict is None and views[0].decided_at is None and views[0].note == ""
+
+    (info,) = store.sessions()
+    assert (info.id, info.reviewer, info.model_name, info.modality, info.status) == (
+        session_id, "Dr Ada Lovelace", "densenet121-xray", "xray", "open",
+    )
+    assert (info.n_items, info.n_reviewed) == (3, 1)
+    assert info.updated_at >= info.created_at
+
+
+def test_a_new_store_on_the_same_database_resumes_where_the_reviewer_stopped(
+    open_store: Callable[[], ReviewStore],
+) -> None:
+    first = open_store()
+    session_id = first.start_session("Dr Lee", "model-a", "ct", [make_item(i) for i in range(4)])
+    first.record_verdict(session_id, 0, "agree")
+    first.record_verdict(session_id, 1, "unsure", note="motion artefact")
+    first.close()
+
+    restarted = open_store()
+    (info,) = restarted.sessions(reviewer="dr lee")
+    assert (info.id, info.n_items, info.n_reviewed) == (session_id, 4, 2)
+    assert restarted.next_unreviewed(session_id) == 2
+    assert [view.verdict for view in restarted.items(session_id)] == ["agree", "unsure", None, None]
+
+    restarted.record_verdict(session_id, 3, "agree")
+    assert restarted.next_unreviewed(session_id) == 2  # the first gap, not the last position
+    restarted.record_verdict(session_id, 2, "agree")
+    assert restarted.next_unreviewed(session_id) is None
+
+
+def test_sessions_are_listed_per_reviewer_case_insensitively_most_recent_first(store: ReviewStore) -> None:
+    older = store.start_session("Dr Kim", "m", "ct", [make_item(0)])
+    other = store.start_session("Dr Diaz", "m", "ct", [make_item(1)])
+    newer = store.start_session("Dr Kim", "m", "ct", [make_item(2)])
+    store.record_verdict(older, 0, "agree")  # activity moves the older session to the top
+
+    assert [info.id for info in store.sessions(reviewer="DR KIM")] == [older, newer]
+    assert {info.id for info in store.sessions()} == {older, other, newer}
+    assert store.sessions(reviewer="Dr Nobody") == []
+
+
+def test_a_session_can_be_marked_completed_and_still_amended(store: ReviewStore) -> None:
+    session_id = store.start_session("Dr Kim", "m", "ct", [make_item(0)])
+    store.record_verdict(session_id, 0, "agree")
+    store.set_status(session_id, "completed")
+    store.record_verdict(session_id, 0, "unsure")
+
+    assert store.session_info(session_id).status == "completed"
+    assert store.items(session_id)[0].verdict == "unsure"
+    with pytest.raises(ReviewError, match="unknown session status"):
+        store.set_status(session_id, "archived")
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def test_recording_an_item_again_replaces_its_verdict(store: ReviewStore, db_url: str) -> None:
+    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(0, "covid"), make_item(1, "non_covid")])
+    first = store.record_verdict(session_id, 0, "disagree", note="first look", reviewer_label="normal")
+    second = store.record_verdict(session_id, 0, "agree", note="on second look, agree")
+
+    view = store.items(session_id)[0]
+    assert (view.verdict, view.reviewer_label, view.note) == ("agree", "covid", "on second look, agree")
+    assert second.decided_at is not None and first.decided_at is not None
+    assert second.decided_at >= first.decided_at
+    assert len(all_stored_values(db_url)["verdicts"]) == 1
+    assert store.session_info(session_id).n_reviewed == 1
+
+
+def test_reviewer_label_follows_the_verdict(store: ReviewStore) -> None:
+    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(i, "covid") for i in range(4)])
+
+    assert store.record_verdict(session_id, 0, "agree").reviewer_label == "covid"
+    assert store.record_verdict(session_id, 1, "disagree", reviewer_label="pneumonia").reviewer_label == "pneumonia"
+    assert store.record_verdict(session_id, 2, "disagree").reviewer_label is None
+    assert store.record_verdict(session_id, 3, "unsure").reviewer_label is None
+    with pytest.raises(ReviewError, match="'agree' verdict means the label is 'covid'"):
+        store.record_verdict(session_id, 0, "agree", reviewer_label="normal")
+    with pytest.raises(ReviewError, match="needs a label other than the model's"):
+        store.record_verdict(session_id, 1, "disagree", reviewer_label="covid")
+    with pytest.raises(ReviewError, match="'unsure' verdict carries no reviewer label"):
+        store.record_verdict(session_id, 3, "unsure", reviewer_label="normal")
+
+
+def test_notes_keep_line_breaks_but_lose_control_characters(store: ReviewStore) -> None:
+    session_id = store.start_session("Dr Kim", "m", "ct", [make_item(0)])
+    store.record_verdict(session_id, 0, "unsure", note="  line one\n\tline two\x00\x07 é ✓ ")
+
+    assert store.items(session_id)[0].note == "line one\n\tline two é ✓"
+
+
+def test_invalid_input_is_rejected_without_altering_saved_data(store: ReviewStore, db_url: str) -> None:
+    session_id = store.start_session("Dr Kim", "m", "ct", [make_item(0), make_item(1)])
+    store.record_verdict(session_id, 0, "agree", note="clear consolidation")
+    before = all_stored_values(db_url)
+
+    with pytest.raises(ReviewError, match="unknown verdict 'maybe'"):
+        store.record_verdict(session_id, 0, "maybe", note="overwritten?")
+    with pytest.raises(ReviewError, match="note is 5001 characters long; the limit is 5000"):
+        store.record_verdict(session_id, 0, "disagree", note="x" * 5001)
+    with pytest.raises(ReviewError, match="no image at position 7"):
+        store.record_verdict(session_id, 7, "agree")
+    with pytest.raises(ReviewError, match="no review session 999"):
+        store.record_verdict(999, 0, "agree")
+    with pytest.raises(ReviewError, match="no review session 999"):
+        store.items(999)
+    with pytest.raises(ReviewError, match="'agree' verdict means the label"):
+        store.record_verdict(session_id, 0, "agree", note="overwritten?", reviewer_label="normal")
+
+    assert all_stored_values(db_url) == before
+    assert store.items(session_id)[0].note == "clear consolidation"
+
+
+def test_a_session_with_one_bad_item_is_not_created_at_all(store: ReviewStore, db_url: str) -> None:
+    bad = NewItem(image_sha256(b"x"), "x.png", "covid", covid_probability=1.5, operating_threshold=0.5)
+
+    with pytest.raises(ReviewError, match="item 1: COVID probability must lie in \\[0, 1\\], got 1.5"):
+        store.start_session("Dr Kim", "m", "ct", [make_item(0), bad])
+
+    assert store.sessions() == []
+    assert all(rows == [] for rows in all_stored_values(db_url).values())
+
+
+@pytest.mark.parametrize(
+    ("reviewer", "message"),
+    [("   ", "reviewer name must not be empty"), ("x" * 201, "reviewer name is 201 characters long; the limit is 200")],
+)
+def test_reviewer_name_must_be_given_and_short(store: ReviewStore, reviewer: str, message: str) -> None:
+    with pytest.raises(ReviewError, match=message):
+        store.start_session(reviewer, "m", "ct", [make_item(0)])
+
+
+def test_items_must_carry_a_sha256_and_sessions_at_least_one_item(store: ReviewStore) -> None:
+    with pytest.raises(ReviewError, match="at least one image"):
+        store.start_session("Dr Kim", "m", "ct", [])
+    not_a_hash = NewItem("patient-1234", "x.png", "covid", 0.5, 0.5)
+    with pytest.raises(ReviewError, match="item 0: image_hash must be a SHA-256 hex digest"):
+        store.start_session("Dr Kim", "m", "ct", [not_a_hash])
+
+
+# ---------------------------------------------------------------- privacy
+
+
+def test_no_pixels_directories_or_identifiers_are_stored(store: ReviewStore, db_url: str) -> None:
+    pixels = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    item = NewItem(
+        image_hash=image_sha256(pixels),
+        display_name="/data/patients/DOE^JOHN_MRN-889977/2020-03-01/chest.png",
+        predicted_label="covid",
+        covid_probability=0.8,
+        operating_threshold=0.5,
+    )
+    windows_item = NewItem(image_sha256(b"w"), r"C:\Users\radiology\DOE^JOHN\lateral.dcm", "covid", 0.7, 0.5)
+    session_id = store.start_session("Dr Kim", "m", "xray", [item, windows_item])
+    store.record_verdict(session_id, 0, "agree")
+
+    assert [view.display_name for view in store.items(session_id)] == ["chest.png", "lateral.dcm"]
+    engine = create_engine(database_url(db_url))
+    try:
+        columns = {
+            table: {column["name"]: column["type"] for column in inspect(engine).get_columns(table)}
+            for table in inspect(engine).get_table_names()
+        }
+    finally:
+        engine.dispose()
+    assert set(columns) == {"review_sessions", "review_items", "verdicts"}
+    assert set(columns["review_items"]) == {
+        "id", "session_id", "position", "image_hash", "display_name", "predicted_label",
+        "covid_probability", "operating_threshold",
+    }
+    assert not any(isinstance(kind, LargeBinary) for table in columns.values() for kind in table.values())
+    stored = repr(all_stored_values(db_url))
+    for secret in ("DOE", "JOHN", "889977", "patients", "radiology", "2020-03-01", repr(pixels[8:40])[2:-1]):
+        assert secret not in stored
+    assert image_sha256(pixels) in stored
+
+
+# ---------------------------------------------------------------- export and summary
+
+
+def test_csv_export_has_one_row_per_item_with_its_verdict(store: ReviewStore) -> None:
+    items = [make_item(0, "covid", 0.875), make_item(1, "non_covid", 0.125, name="=HYPERLINK(evil).png")]
+    session_id = store.start_session("Dr Kim", "resnet50-ct", "ct", items)
+    store.record_verdict(session_id, 0, "disagree", note='says "normal",\nsee prior', reviewer_label="normal")
+
+    rows = list(csv.DictReader(io.StringIO(store.export_csv(session_id))))
+
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == 2
+    first, second = rows
+    assert {key: first[key] for key in CSV_COLUMNS if key != "decided_at"} == {
+        "session": str(session_id), "reviewer": "Dr Kim", "model": "resnet50-ct", "position": "0",
+        "file": "scan_000.png", "image_sha256": items[0].image_hash, "predicted_label": "covid",
+        "covid_probability": "0.875", "threshold": "0.42", "verdict": "disagree", "reviewer_label": "normal",
+        "note": 'says "normal",\nsee prior',
+    }
+    assert first["decided_at"].endswith("+00:00")
+    assert (second["verdict"], second["reviewer_label"], second["note"], second["decided_at"]) == ("", "", "", "")
+    assert second["file"] == "'=HYPERLINK(evil).png"  # a spreadsheet must not run it as a formula
+
+
+def test_summary_reports_agreement_kappa_and_confusion(store: ReviewStore) -> None:
+    # model: 6 covid, 4 non_covid (+1 unsure, +1 unreviewed). Reviewer:
+    #   covid     -> 5 agree, 1 disagree (non_covid)
+    #   non_covid -> 2 agree, 2 disagree (covid)
+    labels = ["covid"] * 6 + ["non_covid"] * 4 + ["covid", "non_covid"]
+    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(i, label) for i, label in enumerate(labels)])
+    for position in range(5):
+        store.record_verdict(session_id, position, "agree")
+    store.record_verdict(session_id, 5, "disagree", reviewer_label="non_covid")
+    store.record_verdict(session_id, 6, "agree")
+    store.record_verdict(session_id, 7, "agree")
+    store.record_verdict(session_id, 8, "disagree", reviewer_label="covid")
+    store.record_verdict(session_id, 9, "disagree", reviewer_label="covid")
+    store.record_verdict(session_id, 10, "unsure")
+
+    summary = store.summary(session_id)
+
+    observed = (5 + 2) / 10
+    chance = (6 / 10) * (7 / 10) + (4 / 10) * (3 / 10)  # model covid x reviewer covid + model non x reviewer non
+    assert summary.kappa == pytest.approx((observed - chance) / (1 - chance))  # 0.3478...
+    assert summary.kappa_explanation is None
+    assert (summary.n_items, summary.n_reviewed, summary.n_labelled) == (12, 11, 10)
+    assert summary.verdict_counts == {"agree": 7, "disagree": 3, "unsure": 1}
+    assert summary.agreement_rate == pytest.approx(0.7)
+    assert summary.confusion.index.name == "model" and summary.confusion.columns.name == "reviewer"
+    assert summary.confusion.to_dict(orient="index") == {
+        "covid": {"covid": 5, "non_covid": 1},
+        "non_covid": {"covid": 2, "non_covid": 2},
+    }
+
+
+def test_summary_explains_why_kappa_is_undefined(store: ReviewStore) -> None:
+    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(i, "covid") for i in range(3)])
+
+    empty = store.summary(session_id)
+    assert empty.kappa is None and "no reviewed image has a reviewer label" in (empty.kappa_explanation or "")
+    assert empty.agreement_rate is None and empty.confusion.empty
+
+    store.record_verdict(session_id, 0, "agree")
+    store.record_verdict(session_id, 1, "agree")
+    one_class = store.summary(session_id)
+    assert one_class.kappa is None
+    assert "single class" in (one_class.kappa_explanation or "")
+    assert one_class.agreement_rate == 1.0
+    assert one_class.confusion.to_dict(orient="index") == {"covid": {"covid": 2}}
+
+
+# ---------------------------------------------------------------- opening the database
+
+
+def test_database_url_prefers_explicit_then_environment_then_a_local_sqlite_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("COVID_REVIEW_DB", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    default = database_url()
+    assert default == f"sqlite:///{tmp_path}/home/.local/share/covid-screening/reviews.sqlite3"
+    assert (tmp_path / "home/.local/share/covid-screening").is_dir()
+
+    monkeypatch.setenv("COVID_REVIEW_DB", str(tmp_path / "elsewhere" / "r.db"))
+    assert database_url() == f"sqlite:///{tmp_path}/elsewhere/r.db"
+    assert (tmp_path / "elsewhere").is_dir()
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db.example:5432/reviews")
+    assert database_url() == "postgresql+psycopg://u:p@db.example:5432/reviews"
+    assert database_url("postgresql://h/x") == "postgresql+psycopg://h/x"
+    assert database_url("postgresql+psycopg://h/x") == "postgresql+psycopg://h/x"
+    assert database_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_an_unusable_database_url_gives_a_clear_error_without_the_password() -> None:
+    with pytest.raises(ReviewDatabaseError, match="cannot open review database") as refused:
+        ReviewStore("postgresql://reviewer:s3cret@127.0.0.1:1/reviews")
+    assert "s3cret" not in str(refused.value)
+    with pytest.raises(ReviewDatabaseError, match="cannot use review database URL"):
+        ReviewStore("nosuchdb://somewhere/reviews")
+
+
+def test_an_sqlite_file_in_a_missing_folder_gives_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ReviewDatabaseError, match="cannot open review database"):
+        ReviewStore(f"sqlite:///{tmp_path}/missing/folder/reviews.sqlite3")
