@@ -1,0 +1,562 @@
+"""Reading image files: the one place where bytes become a greyscale `Scan`.
+
+Every upload, folder import and script goes through `read_image`, so that format sniffing, size limits,
+DICOM handling (rescale, window, MONOCHROME1, compression, multi-frame) and error messages are the same
+everywhere. Any failure is an `ImageReadError` whose message tells a radiologist what is wrong and what
+to do; no Pillow, pydicom or NumPy exception leaves this module.
+
+Scaling choices (documented because they change what the model sees):
+- 8-bit and colour images: value / 255; colour to grey by ITU-R BT.601 luminance; alpha composited on black.
+- 16-bit, 32-bit and floating-point images: min-max over the image itself, because radiographs exported
+  as 16-bit rarely use the full 0..65535 range (a 12-bit detector stored in 16 bits would look black).
+- DICOM: modality LUT or rescale slope/intercept (HU for CT), then the file's VOI LUT, else its first
+  Window Center/Width, else a default (lung window for CT, the image's own min..max otherwise);
+  MONOCHROME1 is inverted so that dense tissue is always bright.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pydicom
+from PIL import Image, ImageOps, features
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+MAX_PIXELS = 50_000_000
+MIN_SIDE = 16  # below this no chest image is readable: it is an icon, a thumbnail or a damaged header
+MAX_ASPECT_RATIO = 20.0  # a chest CT slice or radiograph is never a strip
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+}
+SUPPORTED = "Upload a PNG, JPEG, TIFF or DICOM file."
+
+_LUMA = (0.299, 0.587, 0.114)
+_XRAY_MODALITIES = {"CR", "DX", "DR", "RG"}  # XA (angiography) and MG (mammography) are not chest films
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "tiff": "TIFF", "gif": "GIF", "webp": "WEBP"}
+_EXTENSIONS = {
+    ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".jfif": "jpeg", ".bmp": "bmp",
+    ".tif": "tiff", ".tiff": "tiff", ".gif": "gif", ".webp": "webp", ".dcm": "dicom", ".dicom": "dicom",
+    ".dic": "dicom",
+}
+_SIGNATURES = (  # DICOM first: its preamble may itself be a TIFF header (dual-format files)
+    (128, b"DICM", "dicom"), (0, b"\x89PNG\r\n\x1a\n", "png"), (0, b"\xff\xd8\xff", "jpeg"), (0, b"GIF87a", "gif"),
+    (0, b"GIF89a", "gif"), (0, b"II*\x00", "tiff"), (0, b"MM\x00*", "tiff"), (0, b"II+\x00", "tiff"),
+    (0, b"MM\x00+", "tiff"),
+)
+_NOT_IMAGES = (
+    (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive or an Office document"),
+    (b"\x1f\x8b", "a compressed (gzip) file, perhaps a NIfTI volume"), (b"Rar!", "a RAR archive"),
+    (b"7z\xbc\xaf", "a 7-Zip archive"), (b"\xd0\xcf\x11\xe0", "an old Microsoft Office document"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image, which is not supported outside DICOM"),
+    (b"\xffO\xffQ", "a JPEG 2000 image, which is not supported outside DICOM"),
+    (b"8BPS", "a Photoshop document"), (b"{", "a JSON text file"), (b"<", "a web page or XML file"),
+)
+_SUMMARY_KEYWORDS = (
+    "Modality", "BodyPartExamined", "ViewPosition", "PatientPosition", "ImageType", "Manufacturer",
+    "ManufacturerModelName", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated",
+    "BitsStored", "PixelRepresentation", "PhotometricInterpretation", "PixelSpacing", "ImagerPixelSpacing",
+    "SliceThickness", "KVP", "ConvolutionKernel", "RescaleSlope", "RescaleIntercept", "RescaleType",
+    "WindowCenter", "WindowWidth",
+)
+_IDENTIFIER_KEYWORDS = (
+    "PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientSex", "PatientAge",
+    "AccessionNumber", "StudyID", "InstitutionName", "InstitutionAddress", "StationName",
+    "DeviceSerialNumber", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
+    "StudyDate", "StudyTime", "SeriesDate", "AcquisitionDate", "ContentDate", "StudyDescription",
+    "SeriesDescription", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+)
+
+
+class ImageReadError(ValueError):
+    """Raised for every file that cannot become an image; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class ScanMetadata:
+    """What was read and how, free of patient identifiers so that it can be stored and shown."""
+
+    source_format: str
+    width: int
+    height: int
+    modality: str | None
+    dicom_modality: str | None
+    bits_stored: int | None
+    photometric: str | None
+    window: tuple[float, float] | None
+    pixel_spacing: tuple[float, float] | None
+    frames: int
+    frame_index: int
+    notes: tuple[str, ...]
+    dicom_summary: dict[str, str]
+
+
+@dataclass(frozen=True, eq=False)
+class Scan:
+    """A 2-D greyscale image in [0, 1], plus (DICOM) the modality values it was windowed from."""
+
+    pixels: np.ndarray
+    metadata: ScanMetadata
+    modality_values: np.ndarray | None
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def read_image(
+    source: str | os.PathLike | bytes | BinaryIO, *, name: str | None = None, max_pixels: int = MAX_PIXELS
+) -> Scan:
+    """Read a PNG, JPEG, BMP, TIFF, GIF, WEBP or DICOM file into a `Scan`.
+
+    `name` is the original file name (uploads arrive as bytes; streams and paths supply their own). The format
+    is sniffed from the content, never taken from the extension: the name only adds a note when its extension
+    disagrees, and lets a '.dcm' file without any DICOM signature be tried as DICOM. Streams are read from the
+    start. `max_pixels` is checked against the header before anything is decoded.
+    """
+    data, name = _read_source(source, name)
+    fmt = _sniff(data, name)
+    notes = _extension_notes(name, fmt)
+    try:
+        if fmt == "dicom":
+            return _read_dicom(data, max_pixels, notes, force=data[128:132] != b"DICM")
+        return _read_pillow(data, fmt, max_pixels, notes)
+    except ImageReadError:
+        raise
+    except MemoryError as exc:
+        raise ImageReadError(
+            "This image is too large to decode with the memory available. Export a smaller version."
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"This image is too large to analyse safely (its header declares more than "
+            f"{max_pixels / 1e6:.0f} megapixels). Downsize it or export a smaller version."
+        ) from exc
+    except Exception as exc:  # any decoder failure means a damaged file for the user
+        raise ImageReadError(_damaged_message(fmt, exc)) from exc
+
+
+def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM linear window (PS3.3 C.11.2.1.2.1): values at or below the bottom edge -> 0, above the top -> 1."""
+    center, width = float(center), float(width)
+    if not (np.isfinite(center) and np.isfinite(width)) or width < 1:
+        raise ValueError(f"a window needs a finite centre and a width of at least 1, got ({center}, {width})")
+    values = np.asarray(values, dtype=np.float32)
+    if width == 1:
+        out = (values > center - 0.5).astype(np.float32)
+    else:
+        out = (values - np.float32(center - 0.5)) / np.float32(width - 1) + np.float32(0.5)
+    return np.ascontiguousarray(np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0), dtype=np.float32)
+
+
+def rewindow(scan: Scan, center: float, width: float) -> np.ndarray:
+    """Pixels of a DICOM scan under another window, inverted like the original for MONOCHROME1."""
+    if scan.modality_values is None:
+        raise ValueError("only greyscale DICOM scans carry modality values that can be re-windowed")
+    pixels = apply_window(scan.modality_values, center, width)
+    return 1.0 - pixels if scan.metadata.photometric == "MONOCHROME1" else pixels
+
+
+def read_dicom_identifiers(source: str | os.PathLike | bytes | BinaryIO) -> dict[str, str]:
+    """Patient and study identifiers of a DICOM file, for an explicit 'show header' view only; never store them."""
+    data, name = _read_source(source, None)
+    try:
+        if _sniff(data, name) != "dicom":
+            raise ImageReadError("not DICOM")
+        dataset = pydicom.dcmread(
+            io.BytesIO(_with_preamble(data)), stop_before_pixels=True, force=data[128:132] != b"DICM"
+        )
+        return {kw: _format_value(dataset[kw].value) for kw in _IDENTIFIER_KEYWORDS if dataset.get(kw)}
+    except Exception as exc:
+        raise ImageReadError("This file is not a readable DICOM file, so it has no DICOM header to show.") from exc
+
+
+def content_hash(data: bytes) -> str:
+    """SHA-256 of the file bytes: identifies an image in the review store without keeping its pixels."""
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------------- input and sniffing
+def _read_source(source: Any, name: str | None) -> tuple[bytes, str | None]:
+    """All inputs become bytes, so sniffing and decoders see one kind of thing."""
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+        elif isinstance(source, (str, os.PathLike)):
+            data = Path(source).read_bytes()
+            name = name or Path(source).name
+        elif hasattr(source, "read"):
+            if getattr(source, "seekable", lambda: False)():
+                source.seek(0)  # an upload already read once (e.g. by read_image) is read again whole
+            data = source.read()
+            name = name or getattr(source, "name", None)
+            if not isinstance(data, (bytes, bytearray)):
+                raise ImageReadError("The upload could not be read as a file. Upload the image file itself.")
+            data = bytes(data)
+        else:
+            raise ImageReadError(f"Cannot read an image from a {type(source).__name__}. {SUPPORTED}")
+    except OSError as exc:
+        raise ImageReadError(f"The file could not be opened ({exc.strerror or exc}). Check that it exists.") from exc
+    if not data:
+        raise ImageReadError("This file is empty (0 bytes). It may not have finished uploading or copying; try again.")
+    return data, None if name is None else str(name)
+
+
+def _sniff(data: bytes, name: str | None) -> str:
+    """Format from magic bytes; an unknown content raises with a guess at what the file is."""
+    for offset, magic, fmt in _SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in (12, 40, 52, 56, 64, 108, 124):
+        return "bmp"
+    if _looks_like_headerless_dicom(data) or (name and Path(name).suffix.lower() in (".dcm", ".dicom", ".dic")):
+        return "dicom"
+    raise ImageReadError(f"This file is not a readable image ({_describe_unknown(data)}). {SUPPORTED}")
+
+
+def _looks_like_headerless_dicom(data: bytes) -> bool:
+    """DICOM written without its 128-byte preamble starts with a group 0002 or 0008 tag."""
+    return data[:4] == b"DICM" or data[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+
+
+def _describe_unknown(data: bytes) -> str:
+    for magic, what in _NOT_IMAGES:
+        if data.startswith(magic):
+            return f"it looks like {what}"
+    if data[4:8] == b"ftyp":
+        photo = data[8:12] in (b"heic", b"heix", b"mif1", b"avif")
+        return "it looks like a HEIC/AVIF photo; export it as JPEG" if photo else "it looks like a video"
+    if len(data) >= 348 and 348 in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big")):
+        return "it looks like a NIfTI volume; export slices as DICOM or PNG"
+    sample = data[:1024]
+    if sum(32 <= b < 127 or b in (9, 10, 13) for b in sample) > 0.95 * len(sample):
+        return "it looks like a text file"
+    return "its format was not recognised"
+
+
+def _extension_notes(name: str | None, fmt: str) -> list[str]:
+    suffix = Path(name).suffix.lower() if name else ""
+    expected = _EXTENSIONS.get(suffix)
+    if expected and expected != fmt:
+        return [f"file name ends in {suffix} but the content is {fmt.upper()}; read as {fmt.upper()}"]
+    return []
+
+
+def _with_preamble(data: bytes) -> bytes:
+    """pydicom expects 'DICM' at offset 128; some writers drop the preamble but keep the magic."""
+    return b"\x00" * 128 + data if data[:4] == b"DICM" else data
+
+
+# --------------------------------------------------------------------------------------- shared checks
+def _check_geometry(width: int, height: int, max_pixels: int) -> None:
+    """Reject from the header, before decoding, so a small file cannot expand into gigabytes."""
+    if width * height > max_pixels:
+        raise ImageReadError(
+            f"This image is too large to analyse safely ({width} x {height} = {width * height / 1e6:.0f} "
+            f"megapixels; the limit is {max_pixels / 1e6:.0f}). Downsize it or export a smaller version."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageReadError(
+            f"This image is too small to be a medical image ({width} x {height} pixels; at least "
+            f"{MIN_SIDE} x {MIN_SIDE} is needed). It may be an icon or a thumbnail; upload the full image."
+        )
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageReadError(
+            f"This image has an implausible shape for a chest image ({width} x {height} pixels). "
+            "It may be a strip, a banner or a damaged file; upload the full image."
+        )
+
+
+def _damaged_message(fmt: str, exc: BaseException) -> str:
+    """Truncation or damage, told apart by the decoders' wording; the technical cause stays chained."""
+    text = str(exc).lower()
+    label = "DICOM" if fmt == "dicom" else fmt.upper()
+    if isinstance(exc, EOFError) or "truncated" in text or "less than expected" in text or "end of file" in text:
+        return (
+            f"This {label} file is incomplete (it ends early), probably cut off during upload or export. "
+            "Export it again and re-upload."
+        )
+    return (
+        f"This {label} file is damaged and could not be decoded. "
+        "Export it again from the viewer or PACS, or upload another file."
+    )
+
+
+def _finish(pixels: np.ndarray) -> np.ndarray:
+    """The contract every Scan meets: 2-D, float32, finite, in [0, 1], C-contiguous."""
+    pixels = np.nan_to_num(np.asarray(pixels, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 luminance, channel by channel in float32 to bound memory on large images."""
+    grey = np.zeros(rgb.shape[:2], dtype=np.float32)
+    for channel, weight in enumerate(_LUMA):
+        grey += rgb[..., channel].astype(np.float32) * np.float32(weight)
+    return grey
+
+
+def _full_range(values: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Min-max over the finite values; a constant image becomes black."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise ImageReadError("This image contains no valid pixel values. Export it again or upload another file.")
+    lo, hi = float(finite.min()), float(finite.max())
+    scaled = (values - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(values)
+    return scaled, lo, hi
+
+
+# ---------------------------------------------------------------------------- PNG, JPEG, TIFF, ... (Pillow)
+def _read_pillow(data: bytes, fmt: str, max_pixels: int, notes: list[str]) -> Scan:
+    if fmt == "webp" and not features.check("webp"):
+        raise ImageReadError("WEBP images are not supported by this installation. Convert the file to PNG.")
+    with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as image:
+        width, height = image.size
+        _check_geometry(width, height, max_pixels)
+        frames = int(getattr(image, "n_frames", 1))
+        if frames > 1:
+            image.seek(0)
+            notes.append(f"first frame of {frames} used")
+        image.load()
+        image = _apply_exif_orientation(image, notes)
+        pixels, bits = _pillow_to_grey(image, notes)
+        mode = image.mode
+    return Scan(
+        pixels=_finish(pixels),
+        metadata=ScanMetadata(
+            source_format=fmt, width=pixels.shape[1], height=pixels.shape[0], modality=None, dicom_modality=None,
+            bits_stored=bits, photometric=mode, window=None, pixel_spacing=None, frames=frames, frame_index=0,
+            notes=tuple(notes), dicom_summary={},
+        ),
+        modality_values=None,
+    )
+
+
+def _apply_exif_orientation(image: Image.Image, notes: list[str]) -> Image.Image:
+    """Phones and some exporters store the image sideways plus an EXIF tag saying how to turn it."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+        if orientation in range(2, 9):
+            image = ImageOps.exif_transpose(image)
+            notes.append(f"EXIF orientation {orientation} applied")
+    except Exception:  # noqa: BLE001 - a damaged EXIF block should not lose a readable image
+        notes.append("EXIF data unreadable; image shown as stored")
+    return image
+
+
+def _pillow_to_grey(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
+    """Greyscale float pixels and the bit depth they came from."""
+    mode = image.mode
+    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "F"):
+        scaled, lo, hi = _full_range(np.asarray(image).astype(np.float32))
+        bits = 16 if mode.startswith("I;16") else 32
+        notes.append(f"{bits}-bit image scaled from its own range ({lo:g}..{hi:g})")
+        return scaled, bits
+    if mode == "1":
+        return np.asarray(image, dtype=np.float32), 1
+    if mode == "L" and "transparency" not in image.info:
+        return np.asarray(image, dtype=np.float32) / np.float32(255), 8
+    has_alpha = "A" in mode or "a" in mode or "transparency" in image.info
+    if mode not in ("L", "LA"):
+        kind = "palette" if mode in ("P", "PA") else mode
+        notes.append(f"{kind} image converted to grey (luminance)")
+    rgb = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+    grey = _luminance(rgb) / np.float32(255)
+    if has_alpha:
+        grey *= rgb[..., 3].astype(np.float32) / np.float32(255)
+        notes.append("transparent areas composited on black")
+    return grey, 8
+
+
+# -------------------------------------------------------------------------------------------- DICOM
+def _read_dicom(data: bytes, max_pixels: int, notes: list[str], *, force: bool) -> Scan:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(_with_preamble(data)), force=force)
+    except InvalidDicomError as exc:
+        raise ImageReadError(f"This file is not a readable image ({_describe_unknown(data)}). {SUPPORTED}") from exc
+    if force and not any(kw in ds for kw in ("PixelData", "SOPClassUID", "Modality")):
+        raise ImageReadError(f"This file is not a readable image ({_describe_unknown(data)}). {SUPPORTED}")
+    if not any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        sop = UID(str(ds.SOPClassUID)).name if ds.get("SOPClassUID") else ""
+        if not sop or "Image Storage" in sop:  # an image object without its pixels was cut short
+            raise ImageReadError(_damaged_message("dicom", EOFError()))
+        raise ImageReadError(
+            f"This DICOM file contains no image (it is a '{sop}' object, without pixel data). "
+            "Upload an image of the series (CT slice or radiograph) instead."
+        )
+    if ds.get("Rows") is None or ds.get("Columns") is None:
+        raise ImageReadError("This DICOM file has pixel data but no image size (Rows/Columns). Export it again.")
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    _check_geometry(columns, rows, max_pixels)
+    transfer_syntax = _transfer_syntax(ds)
+    frames = max(1, int(ds.get("NumberOfFrames") or 1))
+    index = (frames - 1) // 2
+    if frames > 1:
+        ds.pixel_array_options(index=index)
+        notes.append(f"middle frame {index + 1} of {frames} used")
+    raw = _decode(ds, transfer_syntax)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper() or None
+    dicom_modality = str(ds.get("Modality", "")).strip().upper() or None
+    window: tuple[float, float] | None = None
+    values: np.ndarray | None = None
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(raw, ds)
+        pixels = _luminance(rgb) / np.float32(np.iinfo(rgb.dtype).max)
+        notes.append("palette colour converted to grey")
+    elif raw.ndim == 3:
+        pixels = _luminance(raw) / np.float32(2 ** int(ds.get("BitsStored", 8)) - 1)
+        notes.append(f"{photometric or 'colour'} image converted to grey (luminance)")
+    else:
+        values = _modality_values(raw, ds, index)
+        pixels, window = _window_dicom(values, raw, ds, index, dicom_modality, notes)
+        if photometric == "MONOCHROME1":
+            pixels = 1.0 - pixels
+            notes.append("MONOCHROME1 inverted so that dense tissue is bright")
+    return Scan(
+        pixels=_finish(pixels),
+        metadata=ScanMetadata(
+            source_format="dicom", width=columns, height=rows,
+            modality="ct" if dicom_modality == "CT" else "xray" if dicom_modality in _XRAY_MODALITIES else None,
+            dicom_modality=dicom_modality, bits_stored=int(ds.BitsStored) if ds.get("BitsStored") else None,
+            photometric=photometric, window=window, pixel_spacing=_pixel_spacing(ds, index), frames=frames,
+            frame_index=index, notes=tuple(notes), dicom_summary=_summary(ds, transfer_syntax),
+        ),
+        modality_values=None if values is None else np.ascontiguousarray(values, dtype=np.float32),
+    )
+
+
+def _transfer_syntax(ds: pydicom.Dataset) -> UID:
+    """The file's transfer syntax (inferred for headerless files), checked to have a working decoder."""
+    uid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if uid is None:
+        implicit, little = ds.original_encoding
+        if little is None:
+            raise ImageReadError("This DICOM file does not say how its image is encoded. Export it again.")
+        uid = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        ds.file_meta.TransferSyntaxUID = uid
+    uid = UID(str(uid))
+    try:
+        available = get_decoder(uid).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise ImageReadError(
+            f"This DICOM image uses an encoding this tool cannot decode ('{uid.name}'). "
+            "Export it again as uncompressed (Explicit VR Little Endian), JPEG or JPEG 2000."
+        )
+    return uid
+
+
+def _decode(ds: pydicom.Dataset, transfer_syntax: UID) -> np.ndarray:
+    """Decoded pixels of the selected frame; a failure names the compression, the usual culprit."""
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # decoders raise many types; all mean "cannot decode"
+        if "less than expected" in str(exc) or isinstance(exc, EOFError):
+            raise ImageReadError(_damaged_message("dicom", EOFError())) from exc
+        raise ImageReadError(
+            f"This DICOM image (encoded as '{transfer_syntax.name}') could not be decoded: its pixel data is "
+            "damaged or uses a variant the installed decoders do not handle. Export it again as uncompressed "
+            "(Explicit VR Little Endian) and re-upload."
+        ) from exc
+
+
+def _frame_value(ds: pydicom.Dataset, index: int, sequence: str, keyword: str) -> Any:
+    """A top-level attribute, else its per-frame or shared functional group (enhanced multi-frame files)."""
+    if ds.get(keyword) is not None:
+        return ds[keyword].value
+    for groups, item in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
+        group_seq = ds.get(groups)
+        if group_seq and len(group_seq) > item and group_seq[item].get(sequence):
+            value = group_seq[item].get(sequence)[0].get(keyword)
+            if value is not None:
+                return value
+    return None
+
+
+def _first_float(value: Any) -> float | None:
+    """First value of a possibly multi-valued numeric attribute, or None when absent or not a number."""
+    if value is None:
+        return None
+    try:
+        number = float(value[0] if isinstance(value, (list, tuple, MultiValue)) else value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _modality_values(raw: np.ndarray, ds: pydicom.Dataset, index: int) -> np.ndarray:
+    """Stored values -> modality values (HU for CT) by the Modality LUT or rescale slope/intercept."""
+    if ds.get("ModalityLUTSequence"):
+        return apply_modality_lut(raw, ds).astype(np.float32)
+    slope = _first_float(_frame_value(ds, index, "PixelValueTransformationSequence", "RescaleSlope"))
+    intercept = _first_float(_frame_value(ds, index, "PixelValueTransformationSequence", "RescaleIntercept"))
+    values = raw.astype(np.float32)
+    if slope is not None and slope != 0 and (slope, intercept or 0.0) != (1.0, 0.0):
+        values = values * np.float32(slope) + np.float32(intercept or 0.0)
+    return values
+
+
+def _window_dicom(
+    values: np.ndarray, raw: np.ndarray, ds: pydicom.Dataset, index: int, modality: str | None, notes: list[str]
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The file's VOI LUT, else its window, else a modality default; returns pixels and the window used."""
+    if ds.get("VOILUTSequence") and np.issubdtype(raw.dtype, np.integer):
+        descriptor = ds.VOILUTSequence[0].LUTDescriptor
+        entries = apply_voi(np.arange(descriptor[1], descriptor[1] + (descriptor[0] or 2**16)), ds).astype(np.float32)
+        mapped = apply_voi(np.rint(values).astype(np.int64), ds).astype(np.float32)
+        lo, hi = float(entries.min()), float(entries.max())
+        notes.append("VOI LUT from the file applied")
+        return ((mapped - lo) / (hi - lo) if hi > lo else np.zeros_like(mapped)), None
+    center = _first_float(_frame_value(ds, index, "FrameVOILUTSequence", "WindowCenter"))
+    width = _first_float(_frame_value(ds, index, "FrameVOILUTSequence", "WindowWidth"))
+    if center is not None and width is not None and width >= 1:
+        notes.append(f"window from the file: centre {center:g}, width {width:g}")
+        return apply_window(values, center, width), (center, width)
+    if width is not None and width < 1:
+        notes.append(f"invalid window width {width:g} in the file ignored")
+    if modality == "CT":
+        center, width = WINDOW_PRESETS["lung"]
+        notes.append(f"no window in the file: lung window (centre {center:g}, width {width:g}) used")
+        return apply_window(values, center, width), (center, width)
+    _, lo, hi = _full_range(values)
+    center, width = (lo + hi) / 2 + 0.5, hi - lo + 1
+    notes.append(f"no window in the file: full range {lo:g}..{hi:g} used")
+    return apply_window(values, center, width), (center, width)
+
+
+def _pixel_spacing(ds: pydicom.Dataset, index: int) -> tuple[float, float] | None:
+    spacing = _frame_value(ds, index, "PixelMeasuresSequence", "PixelSpacing") or ds.get("ImagerPixelSpacing")
+    try:
+        row, column = (float(v) for v in spacing[:2])
+    except (TypeError, ValueError):
+        return None
+    return (row, column) if row > 0 and column > 0 and np.isfinite([row, column]).all() else None
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(str(v) for v in value)[:128]
+    return str(value)[:128]
+
+
+def _summary(ds: pydicom.Dataset, transfer_syntax: UID) -> dict[str, str]:
+    """Technical header fields only (allow-list), so that no identifier can slip into stored metadata."""
+    summary = {kw: _format_value(ds[kw].value) for kw in _SUMMARY_KEYWORDS if ds.get(kw) not in (None, "")}
+    summary["TransferSyntax"] = transfer_syntax.name
+    if ds.get("SOPClassUID"):
+        summary["SOPClass"] = UID(str(ds.SOPClassUID)).name
+    return summary
