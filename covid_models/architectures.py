@@ -105,7 +105,7 @@ def _torchvision(builder_name: str, weights_name: str, **kwargs) -> Callable[[in
         builder = getattr(tvm, builder_name)
         weights = None
         if imagenet:
-            weights = tvm.get_weight(f"{weights_name}.IMAGENET1K_V1")
+            weights = tvm.get_weight(f"{weights_name}_Weights.IMAGENET1K_V1")
             cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
             if not cached.exists() and not _host_reachable("download.pytorch.org"):
                 raise _offline_error(builder_name, "download.pytorch.org")

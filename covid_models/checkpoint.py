@@ -177,7 +177,7 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], *, sourc
     unexpected = sorted(state.keys() - expected.keys())
     mismatched = [
         f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in expected.keys() & state.keys()
+        for key in sorted(expected.keys() & state.keys())
         if state[key].shape != expected[key].shape
     ]
     if missing or unexpected or mismatched:

@@ -1,0 +1,89 @@
+"""The command-line scripts: prediction never crashes on bad files; evaluation reproduces the shipped cards."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bad_input_corpus import build_corpus
+from conftest import WEIGHTS_DIR, require_or_skip
+from model_fixtures import write_tiny_classifier
+from PIL import Image
+
+from covid_models.inference import Classifier, discover_models
+from covid_models.io import read_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=1200)
+
+
+def test_predict_writes_a_row_per_file_and_an_error_row_for_each_bad_one(tmp_path):
+    model = write_tiny_classifier(tmp_path / "model")
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((64, 80)) * 255).astype(np.uint8)).save(images / "good.png")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    (images / "notes.dcm").write_text("not a dicom file")
+    result = _script("predict.py", str(model), str(images), "--out", str(tmp_path / "preds.csv"))
+    assert result.returncode == 0, result.stderr
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(open(tmp_path / "preds.csv"))}
+    assert rows["good.png"]["status"] == "ok"
+    expected = Classifier.load(model).predict(read_image(images / "good.png"))
+    assert float(rows["good.png"]["p_covid"]) == pytest.approx(expected.probabilities["covid"], abs=1e-5)
+    for bad in ("broken.png", "notes.dcm"):
+        assert rows[bad]["status"] == "error" and rows[bad]["error"]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_predict_survives_the_whole_bad_input_corpus(tmp_path):
+    model = write_tiny_classifier(tmp_path / "model")
+    files = build_corpus(tmp_path / "corpus")
+    assert len(files) >= 500
+    result = _script("predict.py", str(model), *map(str, files), "--out", str(tmp_path / "preds.csv"),
+                     "--batch-size", "64")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "preds.csv")))
+    assert len(rows) == len(files)
+    by_name = {Path(r["file"]).name: r["status"] for r in rows}
+    assert all(by_name[p.name] == "ok" for p in files if p.name.startswith("ok-"))
+    assert all(by_name[p.name] == "error" for p in files if p.name.startswith("bad-"))
+
+
+def test_evaluate_on_unreadable_model_is_a_clear_error(tmp_path):
+    result = _script("evaluate.py", str(tmp_path / "missing"), str(tmp_path))
+    assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def _shipped(modality: str) -> Path:
+    found = discover_models(WEIGHTS_DIR, task="classification", modality=modality)
+    if not found:
+        require_or_skip(f"no shipped {modality} classifier in weights/")
+    return found[0][0]
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.parametrize("modality", ["ct", "xray"])
+def test_evaluate_reproduces_the_test_auc_in_the_shipped_card(real_data, modality, tmp_path):
+    model = _shipped(modality)
+    card = Classifier.load(model).card
+    result = _script("evaluate.py", str(model), str(real_data), "--out", str(tmp_path / "m.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "identical to the model's training data" in result.stdout
+    import json
+
+    report = json.loads((tmp_path / "m.json").read_text())
+    test = card.metrics["test"]
+    assert report["n"] == test["n"]
+    assert report["auc"] == pytest.approx(test["auc"], abs=2e-3)  # fp16 storage may move it in the 3rd decimal
+    assert report["sensitivity"] == pytest.approx(test["sensitivity"], abs=0.02)
