@@ -266,15 +266,15 @@ class BalancedSampler(Sampler[int]):
 def _load_resized(path: str, preprocessing: Preprocessing) -> torch.Tensor:
     from covid_models.io import read_image
 
-    resized = preprocessing.resize(read_image(path).pixels)
-    return (resized * 255).round().to(torch.uint8)
+    return preprocessing.resize(read_image(path).pixels)
 
 
 class ImageDataset(Dataset):
-    """Labelled images as network inputs; decoded and resized once, kept in memory as uint8.
+    """Labelled images as network inputs; decoded and resized once, kept in memory.
 
     Caching the resized image makes CPU epochs cost only the network; augmentation happens after
-    the cache, on each draw.
+    the cache, on each draw. The cache is float32, exactly what `Preprocessing.resize` gives at
+    inference (a uint8 cache would round, and evaluation would no longer match the app).
     """
 
     def __init__(self, frame: pd.DataFrame, classes: Sequence[str], preprocessing: Preprocessing,
@@ -297,7 +297,7 @@ class ImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index].float() / 255
+        image = self.images[index]
         if self.augmentation is not None:
             image = self.augmentation(image)
         return self.preprocessing.normalise(image), self.labels[index]

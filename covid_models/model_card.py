@@ -37,6 +37,19 @@ def _metrics_section(test: dict[str, Any]) -> list[str]:
         if not isinstance(value, (dict, list))]
 
 
+def _data_section(data: dict[str, Any]) -> list[str]:
+    """Counts per split, source and label as a table; anything else as compact JSON."""
+    counts = data.get("counts")
+    if not counts:
+        return [f"```\n{_compact(data)}\n```"]
+    keys = [k for k in counts[0] if k != "n"]
+    lines = [f"{data.get('n_images')} images of {data.get('n_patients')} patients; manifest fingerprint "
+             f"`{data.get('manifest_sha256', 'n/a')}`.", "",
+             "| " + " | ".join(keys) + " | images |", "| " + " --- |" * (len(keys) + 1)]
+    lines += ["| " + " | ".join(str(row[k]) for k in keys) + f" | {row['n']} |" for row in counts]
+    return lines
+
+
 def render_model_card(card: ModelCard) -> str:
     training = card.training
     lines = [
@@ -60,7 +73,7 @@ def render_model_card(card: ModelCard) -> str:
     lines += ["", "## Intended use", "",
               "Research and education: exploring how CNNs behave on public COVID-19 chest imaging data, and "
               "a starting point for retraining on a hospital's own, properly curated data. Not for diagnosis.", "",
-              "## Data", "", f"```\n{_compact(card.data)}\n```", "", "## Test metrics", ""]
+              "## Data", ""] + _data_section(card.data) + ["", "## Test metrics", ""]
     lines += _metrics_section(card.metrics.get("test", {}))
     if card.extra:
         lines += ["", "## Other facts", "", f"```\n{_compact(card.extra)}\n```"]
