@@ -20,7 +20,7 @@ import numpy as np
 from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, ensure_split, load_dataset, manifest_hash
 from covid_models.evaluation import classification_report, format_report, predict_frame
-from covid_models.inference import Classifier
+from covid_models.inference import Classifier, discover_models
 from covid_models.io import ImageReadError
 
 
@@ -32,7 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, help="write the metrics as JSON here")
     parser.add_argument("--lung-segmenter", type=Path,
-                        help="lung segmentation model: also report the share of the Grad-CAM heatmap inside the lungs")
+                        help="lung segmentation model for the heatmap check (default: a shipped lung model of the "
+                             "same modality, if any); the share of the Grad-CAM heatmap inside the lungs is reported")
+    parser.add_argument("--no-cam-check", action="store_true", help="skip the heatmap-inside-lungs check")
     parser.add_argument("--cam-limit", type=int, default=200, help="images per class for the heatmap check")
     return parser.parse_args(argv)
 
@@ -59,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report = classification_report(frame, probabilities, card.classes, card.positive_class, card.threshold)
     report["model"], report["data"], report["split"] = card.name, str(args.data), args.split
-    if args.lung_segmenter:
-        report["cam_inside_lungs"] = cam_inside_lungs(classifier, args.lung_segmenter, frame, args.cam_limit)
+    report["command"] = "python scripts/evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    segmenter = args.lung_segmenter or shipped_lung_segmenter(card.modality)
+    if segmenter is not None and not args.no_cam_check:
+        report["cam_inside_lungs"] = cam_inside_lungs(classifier, segmenter, frame, args.cam_limit)
     print(format_report(report))
     if "cam_inside_lungs" in report:
         print("share of the Grad-CAM heatmap inside the lungs (mean per class):")
@@ -70,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(report, indent=2, default=float))
         print(f"wrote {args.out}")
     return 0
+
+
+def shipped_lung_segmenter(modality: str) -> Path | None:
+    """A lung segmentation model of `modality` in the repository's weights/, if one is shipped."""
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    found = [d for d, c in discover_models(weights, task="segmentation", modality=modality) if c.classes == ["lungs"]]
+    return found[0] if found else None
 
 
 def cam_inside_lungs(classifier: Classifier, segmenter_dir: Path, frame, limit: int) -> dict[str, dict[str, float]]:
@@ -86,7 +97,7 @@ def cam_inside_lungs(classifier: Classifier, segmenter_dir: Path, frame, limit: 
     for path, label in tqdm(list(zip(sample["image"], sample["label"], strict=True)), desc="heatmaps", unit="img"):
         scan = read_image(path)
         shares.setdefault(label, []).append(cam_mass_inside(heatmap(classifier, scan), segmenter.mask(scan)))
-    return {label: {"mean": float(np.mean(v)), "n": len(v)} for label, v in shares.items()}
+    return {label: {"mean": float(np.nanmean(v)), "n": len(v)} for label, v in shares.items()}
 
 
 if __name__ == "__main__":

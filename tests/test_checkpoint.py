@@ -1,4 +1,4 @@
-"""Model directories: round trips exactly, and refuses tampered, pickled or mismatched checkpoints without running code."""
+"""Model directories: round trips, and refuses tampered, pickled or mismatched checkpoints without running code."""
 from __future__ import annotations
 
 import json

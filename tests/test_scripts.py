@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -35,7 +36,8 @@ def test_predict_writes_a_row_per_file_and_an_error_row_for_each_bad_one(tmp_pat
     (images / "notes.dcm").write_text("not a dicom file")
     result = _script("predict.py", str(model), str(images), "--out", str(tmp_path / "preds.csv"))
     assert result.returncode == 0, result.stderr
-    rows = {Path(r["file"]).name: r for r in csv.DictReader(open(tmp_path / "preds.csv"))}
+    with open(tmp_path / "preds.csv") as handle:
+        rows = {Path(r["file"]).name: r for r in csv.DictReader(handle)}
     assert rows["good.png"]["status"] == "ok"
     expected = Classifier.load(model).predict(read_image(images / "good.png"))
     assert float(rows["good.png"]["p_covid"]) == pytest.approx(expected.probabilities["covid"], abs=1e-5)
@@ -52,7 +54,8 @@ def test_predict_survives_the_whole_bad_input_corpus(tmp_path):
     result = _script("predict.py", str(model), *map(str, files), "--out", str(tmp_path / "preds.csv"),
                      "--batch-size", "64")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = list(csv.DictReader(open(tmp_path / "preds.csv")))
+    with open(tmp_path / "preds.csv") as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) == len(files)
     by_name = {Path(r["file"]).name: r["status"] for r in rows}
     assert all(by_name[p.name] == "ok" for p in files if p.name.startswith("ok-"))
@@ -77,13 +80,26 @@ def _shipped(modality: str) -> Path:
 def test_evaluate_reproduces_the_test_auc_in_the_shipped_card(real_data, modality, tmp_path):
     model = _shipped(modality)
     card = Classifier.load(model).card
-    result = _script("evaluate.py", str(model), str(real_data), "--out", str(tmp_path / "m.json"))
+    result = _script("evaluate.py", str(model), str(real_data), "--out", str(tmp_path / "m.json"), "--no-cam-check")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "identical to the model's training data" in result.stdout
-    import json
-
     report = json.loads((tmp_path / "m.json").read_text())
     test = card.metrics["test"]
     assert report["n"] == test["n"]
     assert report["auc"] == pytest.approx(test["auc"], abs=2e-3)  # fp16 storage may move it in the 3rd decimal
     assert report["sensitivity"] == pytest.approx(test["sensitivity"], abs=0.02)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_evaluate_reports_the_heatmap_share_inside_the_lungs_per_class(real_data, tmp_path):
+    """The shortcut check: with a shipped lung segmenter, evaluate.py measures where the X-ray model looks."""
+    model = _shipped("xray")
+    if not discover_models(WEIGHTS_DIR, task="segmentation", modality="xray"):
+        require_or_skip("no shipped X-ray lung segmenter in weights/")
+    result = _script("evaluate.py", str(model), str(real_data), "--cam-limit", "2", "--out", str(tmp_path / "m.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    shares = json.loads((tmp_path / "m.json").read_text())["cam_inside_lungs"]
+    assert set(shares) == {"covid", "normal", "pneumonia"}
+    assert all(0.0 <= v["mean"] <= 1.0 and v["n"] == 2 for v in shares.values())
+    assert "inside the lungs" in result.stdout
