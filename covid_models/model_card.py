@@ -80,7 +80,10 @@ def render_model_card(card: ModelCard) -> str:
     lines += ["", "## Training", "",
               f"- Device: {training.get('device')}; duration: {training.get('duration_s')} s; "
               f"git commit: {training.get('git_commit')}",
-              f"- Command: `{training.get('command', 'n/a')}`", "",
+              f"- Command: `{training.get('command', 'n/a')}`"]
+    if training.get("note"):
+        lines.append(f"- Note: {training['note']}")
+    lines += ["",
               "## Limitations", "",
               "- Public COVID-19 datasets confound source and label: images of one class often come from one "
               "hospital or from paper figures. Check the per-source rows above; a high overall AUC can come from "

@@ -244,7 +244,7 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * config.epochs
     history: list[dict[str, float]] = []
-    best_auc, best_state, start_epoch = -1.0, None, 0
+    best_auc, best_state, start_epoch, earlier_seconds = -1.0, None, 0, 0.0
 
     resume_path = out_dir / RESUME_FILE
     if resume and resume_path.is_file():
@@ -253,6 +253,7 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
         optimizer.load_state_dict(state["optimizer"])
         best_auc, best_state, history, start_epoch = state["best_auc"], state["best_state"], state["history"], \
             state["epoch"] + 1
+        earlier_seconds = float(state.get("elapsed_s", 0.0))
         if show:
             log(f"resumed from {resume_path} after epoch {start_epoch}")
 
@@ -308,7 +309,8 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
                 + ("  * best" if improved else ""))
             out_dir.mkdir(parents=True, exist_ok=True)
             torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "best_auc": best_auc, "best_state": best_state, "history": history}, resume_path)
+                        "best_auc": best_auc, "best_state": best_state, "history": history,
+                        "elapsed_s": earlier_seconds + time.time() - started}, resume_path)
         stop = torch.tensor([int(config.patience is not None and epochs_without_gain >= config.patience)])
         if runtime.distributed:
             dist.broadcast(stop, 0)
@@ -357,7 +359,7 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
         data={**data_summary(frame), "manifest_sha256": manifest_hash(frame)},
         training={**{k: v for k, v in asdict(config).items() if k not in ("name", "classes", "extra")},
                   "image_size": preprocessing.image_size, "history": history, "best_val_auc": best_auc,
-                  "device": runtime.describe(), "duration_s": round(time.time() - started, 1),
+                  "device": runtime.describe(), "duration_s": round(earlier_seconds + time.time() - started, 1),
                   "torch": torch.__version__, "covid_models": __version__, "git_commit": git_commit(),
                   **config.extra},
         extra={"ood": ood.card_entry()},
