@@ -1,0 +1,163 @@
+"""Model performance: ROC curves of every shipped model, a threshold to explore, calibration, per-source results.
+
+Every number comes from the model cards (test split metrics computed at training time), so the page
+needs neither the test images nor a GPU.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from covid_models.checkpoint import MODEL_CARD_FILE, ModelCard
+from covid_models.figures import (
+    calibration_figure,
+    card_test_report,
+    confusion_figure,
+    roc_figure,
+    threshold_table,
+    training_curves_figure,
+)
+from pages.shared import model_cards, weights_dir
+
+MODALITY_NAMES = {"xray": "Chest X-ray", "ct": "Chest CT"}
+SOURCE_CONFOUNDING = (
+    "**Why per source?** In the public COVID-19 collections, label and source go together: every COVID X-ray "
+    "comes from papers and teaching websites, while nearly all normal and pneumonia films come from one US "
+    "hospital. A network can reach a high overall AUC by recognising *where an image comes from* (its size, "
+    "compression, text and arrows) instead of the disease. A source whose images all carry one label has no AUC "
+    "(shown as n/a); within-source results are the honest ones to read."
+)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _threshold_key(card: ModelCard) -> str:
+    return f"performance-threshold-{card.name}"
+
+
+def _threshold_section(card: ModelCard) -> float:
+    """The slider and what it implies; returns the chosen threshold (for the ROC marker)."""
+    test = card_test_report(card)
+    key = _threshold_key(card)
+    if key not in st.session_state:
+        st.session_state[key] = round(card.threshold, 3)
+
+    def use_point(value: float) -> None:
+        st.session_state[key] = round(value, 3)
+
+    threshold = st.slider(f"Threshold: a case is called **{card.positive_class}** when its probability is at or "
+                          "above it", min_value=0.0, max_value=1.0, step=0.005, key=key, format="%.3f")
+    buttons = st.columns(max(len(card.operating_points), 1))
+    for column, (name, point) in zip(buttons, card.operating_points.items(), strict=False):
+        marker = " (default)" if name == card.default_operating_point else ""
+        column.button(f"{name}{marker}: {float(point['threshold']):.3f}", key=f"{key}-{name}",
+                      on_click=use_point, args=(float(point["threshold"]),), help=point.get("rule"),
+                      width="stretch")
+    roc = test.get("roc")
+    if not roc:
+        st.warning("This card stores no ROC points (its test split has a single class), so metrics at other "
+                   "thresholds cannot be shown.")
+        return threshold
+    n_pos = int(test["n_positive"])
+    table = threshold_table(roc, threshold, n_pos, int(test["n"]) - n_pos)
+    shown = (("Sensitivity", "sensitivity", "share of positive test images called positive"),
+             ("Specificity", "specificity", "share of negative test images called negative"),
+             ("Accuracy", "accuracy", f"{card.positive_class}-vs-rest accuracy"),
+             ("PPV", "precision", "positive predictive value: share of positive calls that are right "
+                                  "(depends on the test split's prevalence)"),
+             ("NPV", "npv", "negative predictive value: share of negative calls that are right"))
+    for row in (shown[:3], shown[3:]):
+        for column, (label, key_name, help_text) in zip(st.columns(3), row, strict=False):
+            column.metric(label, _number(table[key_name]), help=help_text)
+    negative = f"not {card.positive_class}"
+    st.plotly_chart(confusion_figure([[table["tn"], table["fp"]], [table["fn"], table["tp"]]],
+                                     [negative, card.positive_class], title=f"Test split at threshold {threshold:.3f}"),
+                    key=f"performance-confusion-{card.name}")
+    if table["roc_threshold"] is not None and abs(table["roc_threshold"] - threshold) > 1e-9:
+        st.caption(f"Counts read from the nearest stored ROC point at or above the threshold "
+                   f"({table['roc_threshold']:.3f}); the card keeps the ROC's corners, not every test score.")
+    return threshold
+
+
+def _per_source_table(test: dict) -> pd.DataFrame:
+    rows = [{"source": source, "images": sub.get("n"), "labels": ", ".join(f"{k}: {v}" for k, v in
+                                                                            sub.get("by_label", {}).items()),
+             "AUC": sub.get("auc"), "sensitivity": sub.get("sensitivity"), "specificity": sub.get("specificity"),
+             "accuracy": sub.get("accuracy")}
+            for source, sub in test.get("per_source", {}).items()]
+    return pd.DataFrame(rows)
+
+
+def _model_details(directory: str, card: ModelCard) -> None:
+    test = card_test_report(card)
+    st.subheader("Calibration")
+    if test.get("reliability"):
+        st.plotly_chart(calibration_figure(test["reliability"], test.get("ece")),
+                        key=f"performance-calibration-{card.name}")
+        st.caption(f"Probabilities are temperature-scaled (T = {card.temperature:.3f}, fitted on the validation "
+                   "split). Points near the diagonal mean a predicted 0.8 is right about 80% of the time.")
+    else:
+        st.info("This card stores no reliability curve.")
+
+    st.subheader("Results per source")
+    st.markdown(SOURCE_CONFOUNDING)
+    per_source = _per_source_table(test)
+    if per_source.empty:
+        st.info("This card stores no per-source results.")
+    else:
+        st.dataframe(per_source, hide_index=True, width="stretch",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                    for c in ("AUC", "sensitivity", "specificity", "accuracy")})
+
+    st.subheader("Training curves")
+    history = card.training.get("history") or []
+    if history:
+        st.plotly_chart(training_curves_figure(history), key=f"performance-training-{card.name}")
+    else:
+        st.info("This card stores no training history.")
+
+    st.subheader("Model card")
+    markdown = Path(directory) / MODEL_CARD_FILE
+    if markdown.is_file():
+        st.markdown(markdown.read_text(encoding="utf-8"))
+    else:
+        st.info(f"{MODEL_CARD_FILE} is missing from {directory}.")
+    with st.expander("card.json (every stored fact)"):
+        st.json(card.to_dict(), expanded=1)
+
+
+def main() -> None:
+    st.title("Model performance")
+    st.caption("Measured on each model's held-out test split at training time; read from the model cards.")
+    modalities = [m for m in MODALITY_NAMES if model_cards("classification", m)]
+    if not modalities:
+        st.info(f"No classification model found in {weights_dir()}. Train one with scripts/train.py or point "
+                "COVID_WEIGHTS_DIR at a folder of model directories.")
+        return
+    modality = st.radio("Modality", modalities, format_func=MODALITY_NAMES.get, horizontal=True,
+                        key="performance-modality")
+    cards = model_cards("classification", modality)
+    by_name = {card.name: (directory, card) for directory, card in cards}
+    name = st.selectbox("Model to examine (threshold, calibration, card)", list(by_name),
+                        key=f"performance-model-{modality}")
+    directory, card = by_name[name]
+
+    left, right = st.columns([1, 1], gap="large")
+    with right:
+        st.subheader(f"{name} at a threshold")
+        threshold = _threshold_section(card)
+    with left:
+        st.subheader("ROC curves")
+        st.plotly_chart(roc_figure([(c.name, c) for _, c in cards], current={name: threshold}),
+                        key="performance-roc")
+        st.caption("Markers: each model's operating points (chosen on the validation split), and the open circle "
+                   "at the selected threshold. The 95% CI resamples patients.")
+    _model_details(directory, card)
+
+
+main()
