@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,11 +131,15 @@ def save_model_dir(
         for key, value in model.state_dict().items()
     }
     state.update({key: value.detach().float().cpu().contiguous() for key, value in (extra_tensors or {}).items()})
-    weights = directory / WEIGHTS_FILE
+    # Write beside, then rename: a crash mid-write never leaves a half-written model where a good one was.
+    weights = directory / f".{WEIGHTS_FILE}.tmp"
     save_file(state, str(weights), metadata={"format_version": str(FORMAT_VERSION), "name": card.name})
     card.sha256 = sha256_file(weights)
-    (directory / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2, sort_keys=False) + "\n")
-    (directory / MODEL_CARD_FILE).write_text(render_model_card(card))
+    for name, text in ((CARD_FILE, json.dumps(card.to_dict(), indent=2) + "\n"),
+                       (MODEL_CARD_FILE, render_model_card(card))):
+        (directory / f".{name}.tmp").write_text(text)
+    for name in (WEIGHTS_FILE, CARD_FILE, MODEL_CARD_FILE):
+        os.replace(directory / f".{name}.tmp", directory / name)
     return directory
 
 
