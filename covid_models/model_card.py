@@ -50,6 +50,30 @@ def _data_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _segmentation_section(metrics: dict[str, Any]) -> list[str]:
+    """Dice/IoU per image (mean, SD, bootstrap CI) on the test split, or pooled over cross-validation folds."""
+    cv = metrics.get("cross_validation")
+    block = metrics.get("test") or (cv or {}).get("pooled")
+    if not block:
+        return ["No held-out metrics recorded."]
+    where = (f"{cv['k']}-fold cross-validation ({cv['grouped_by']}); every image scored once by a model that did "
+             "not see it" if cv else "Test split (patient-level)")
+    lines = [f"{where}: {block['n']} images, scored at their own resolution, threshold "
+             f"{block.get('threshold', (cv or {}).get('threshold'))}.", "",
+             "| metric (per image) | mean | SD | 95% CI (bootstrap) |", "| --- | --- | --- | --- |"]
+    for key in ("dice", "iou", "dice_postprocessed", "iou_postprocessed", "postprocessing_dice_change"):
+        if key in block:
+            s = block[key]
+            lines.append(f"| {key} | {_num(s['mean'])} | {_num(s['std'])} | {_num(s['ci95_low'])}-"
+                         f"{_num(s['ci95_high'])} |")
+    lines.append(f"| pooled Dice (all pixels) | {_num(block.get('pooled_dice'))} | | |")
+    if cv:
+        lines += ["", "| fold | images | mean Dice | mean IoU |", "| --- | --- | --- | --- |"]
+        lines += [f"| {f['fold']} | {f['n']} | {_num(f['dice_mean'])} | {_num(f['iou_mean'])} |" for f in cv["folds"]]
+        lines += ["", "The shipped model was then trained on all images: it has no held-out score of its own."]
+    return lines
+
+
 def render_model_card(card: ModelCard) -> str:
     training = card.training
     lines = [
@@ -73,8 +97,12 @@ def render_model_card(card: ModelCard) -> str:
     lines += ["", "## Intended use", "",
               "Research and education: exploring how CNNs behave on public COVID-19 chest imaging data, and "
               "a starting point for retraining on a hospital's own, properly curated data. Not for diagnosis.", "",
-              "## Data", ""] + _data_section(card.data) + ["", "## Test metrics", ""]
-    lines += _metrics_section(card.metrics.get("test", {}))
+              "## Data", ""] + _data_section(card.data)
+    lines += ["", "## Metrics" if card.task == "segmentation" else "## Test metrics", ""]
+    if card.task == "segmentation":
+        lines += _segmentation_section(card.metrics)
+    else:
+        lines += _metrics_section(card.metrics.get("test", {}))
     if card.extra:
         lines += ["", "## Other facts", "", f"```\n{_compact(card.extra)}\n```"]
     lines += ["", "## Training", "",

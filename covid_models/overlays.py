@@ -1,0 +1,69 @@
+"""Pictures for people: masks and heatmaps drawn over the greyscale image, as RGB uint8 arrays the app shows.
+
+Every function takes the image either as a greyscale (H, W) array in [0, 1] (a `Scan`'s pixels) or as an
+(H, W, 3) uint8 picture returned by another function here, so layers can be stacked (lungs, then infection).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from covid_models.segmentation import resize_map
+
+LUNG_COLOR = (64, 160, 255)
+INFECTION_COLOR = (255, 64, 64)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Greyscale [0, 1] (H, W) -> (H, W, 3) uint8; an (H, W, 3) uint8 picture is returned as a copy."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        return image.copy()
+    if image.ndim != 2:
+        raise ValueError(f"expected a greyscale (H, W) image or an (H, W, 3) uint8 picture, got {image.shape}")
+    grey = np.round(np.clip(np.nan_to_num(image.astype(np.float32)), 0.0, 1.0) * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def mask_contour(mask: np.ndarray, width: int = 2) -> np.ndarray:
+    """The inner border of a boolean mask, `width` pixels thick."""
+    mask = np.asarray(mask, dtype=bool)
+    return mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = LUNG_COLOR, alpha: float = 0.3,
+                 contour_width: int = 2) -> np.ndarray:
+    """The image with the mask as a translucent fill (`alpha`) and an opaque contour (0 = no contour)."""
+    picture = to_rgb(image)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != picture.shape[:2]:
+        raise ValueError(f"the mask is {mask.shape} but the image is {picture.shape[:2]}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    tint = np.asarray(color, dtype=np.float32)
+    blended = picture.astype(np.float32)
+    blended[mask] = (1 - alpha) * blended[mask] + alpha * tint
+    if contour_width > 0:
+        blended[mask_contour(mask, contour_width)] = tint
+    return np.round(blended).astype(np.uint8)
+
+
+def colormap_lut(name: str = "jet") -> np.ndarray:
+    """A matplotlib colormap as a (256, 3) uint8 lookup table."""
+    from matplotlib import colormaps
+
+    try:
+        cmap = colormaps[name]
+    except KeyError:
+        raise ValueError(f"unknown colormap {name!r}") from None
+    return np.round(cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def heatmap_overlay(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
+    """A CAM heatmap (values in [0, 1], any size; resized to the image) blended over the image in a colormap."""
+    picture = to_rgb(pixels)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    heat = np.clip(np.nan_to_num(resize_map(heatmap, picture.shape[:2])), 0.0, 1.0)
+    colours = colormap_lut(colormap)[np.round(heat * 255).astype(np.intp)].astype(np.float32)
+    return np.round((1 - alpha) * picture.astype(np.float32) + alpha * colours).astype(np.uint8)

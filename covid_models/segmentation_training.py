@@ -1,0 +1,479 @@
+"""Training segmentation models: the classifier trainer's runtime (CUDA bf16/channels_last, CPU, torchrun DDP,
+progress, resume), with Dice + BCE loss and augmentations applied identically to image and mask.
+
+Two protocols. With a patient-level train/val/test split, the epoch with the best validation Dice is kept
+and the test split is scored once. With k folds (small sets such as the 48 CT slices), every image is
+scored once by the model that did not see its patient, and the shipped model is then trained on all
+images for the same number of epochs. Scores are always taken at each image's own resolution, through
+`Segmenter`, exactly as the app computes its masks.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from covid_models import __version__
+from covid_models.checkpoint import ModelCard, save_model_dir
+from covid_models.data import DataError, check_no_leakage, data_summary, manifest_hash, patient_split, split_groups
+from covid_models.io import read_image
+from covid_models.metrics import dice, iou, summary_with_ci
+from covid_models.preprocessing import Augmentation, Preprocessing
+from covid_models.segmentation import (
+    ARCHITECTURES,
+    DEFAULT_ENCODER,
+    ORIENTATIONS,
+    POSTPROCESS_LUNGS,
+    TARGETS,
+    Segmenter,
+    build_segmentation_model,
+    orient,
+    segmentation_preprocessing,
+)
+from covid_models.training import (
+    Runtime,
+    autocast,
+    barrier,
+    cosine_lr,
+    git_commit,
+    make_loader,
+    progress,
+    seed_everything,
+    setup_runtime,
+    teardown,
+)
+
+RESUME_PREFIX = "resume_state"
+OPERATING_POINT = "fixed"
+
+
+@dataclass
+class SegmentationConfig:
+    name: str
+    modality: str
+    target: str
+    architecture: str = "unet"
+    encoder: str = DEFAULT_ENCODER
+    epochs: int = 8
+    batch_size: int = 8
+    image_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    pretrained: bool = True
+    threshold: float = 0.5
+    postprocess: str | None = None
+    orientation: str = "as_is"
+    folds: int | None = None  # cross-validate with this many patient-grouped folds, then train on everything
+    link_similarity: float = 0.985  # thumbnails this alike are kept on one side of a split or fold
+    half: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
+        if self.postprocess not in (None, POSTPROCESS_LUNGS):
+            raise ValueError(f"postprocess must be None or {POSTPROCESS_LUNGS!r}")
+        if self.folds is not None and self.folds < 2:
+            raise ValueError("cross-validation needs at least 2 folds")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError("the threshold must lie strictly between 0 and 1")
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def load_segmentation_manifest(path: str | Path, target: str) -> pd.DataFrame:
+    """A segmentation manifest (image, mask, patient_id, source, ...) with absolute paths; `label` = target.
+
+    The label column lets the patient-level split and the data summary treat it like any other manifest.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.csv"
+    if not path.is_file():
+        raise DataError(f"segmentation manifest not found: {path}")
+    frame = pd.read_csv(path, dtype={"patient_id": str})
+    missing = {"image", "mask", "patient_id"} - set(frame.columns)
+    if missing:
+        raise DataError(f"{path} lacks the columns {sorted(missing)}")
+    if frame["patient_id"].isna().any():
+        raise DataError(f"{path}: every row needs a patient_id (the split is made per patient)")
+    for column in ("image", "mask"):
+        frame[column] = [str((path.parent / p).resolve()) for p in frame[column]]
+    absent = [p for p in frame["image"].tolist() + frame["mask"].tolist() if not Path(p).is_file()]
+    if absent:
+        raise DataError(f"{path}: {len(absent)} listed file(s) do not exist, e.g. {absent[0]}")
+    frame["source"] = frame.get("source", pd.Series(["unknown"] * len(frame))).fillna("unknown").astype(str)
+    frame["label"] = target
+    return frame
+
+
+def read_pair(image_path: str, mask_path: str, orientation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Image in [0, 1] and boolean mask at their own (equal) size, in the model's orientation."""
+    pixels = read_image(image_path).pixels
+    mask = read_image(mask_path).pixels >= 0.5
+    if pixels.shape != mask.shape:
+        raise DataError(f"{mask_path} is {mask.shape} but its image is {pixels.shape}")
+    return orient(pixels, orientation), orient(mask, orientation)
+
+
+def near_duplicate_links(frame: pd.DataFrame, threshold: float = 0.985) -> list[tuple[str, str]]:
+    """Pairs of image stems whose 32x32 zero-mean thumbnails have cosine similarity >= threshold.
+
+    The same rule the dataset's near_duplicates.csv uses: a picture saved twice under two patient
+    ids must still land on one side of a split.
+    """
+    thumbs = []
+    for path in frame["image"]:
+        small = Preprocessing(image_size=32).resize(read_image(path).pixels)[0].numpy().ravel()
+        small = small - small.mean()
+        thumbs.append(small / (np.linalg.norm(small) + 1e-8))
+    similarity = np.stack(thumbs) @ np.stack(thumbs).T
+    stems = [Path(p).stem for p in frame["image"]]
+    rows, cols = np.nonzero(np.triu(similarity >= threshold, k=1))
+    return [(stems[i], stems[j]) for i, j in zip(rows, cols, strict=True)]
+
+
+def grouped_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold number per row; whole groups (patients) are dealt to folds in a seeded order, largest first."""
+    groups = np.asarray(groups)
+    names, sizes = np.unique(groups, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(names))
+    order = sorted(order, key=lambda i: -sizes[i])  # stable: random among equal sizes
+    counts, fold_of = np.zeros(folds, dtype=int), {}
+    for i in order:
+        fold = int(np.argmin(counts))
+        fold_of[names[i]] = fold
+        counts[fold] += sizes[i]
+    return np.array([fold_of[g] for g in groups])
+
+
+class SegmentationDataset(Dataset):
+    """Image/mask pairs decoded, oriented and resized once (uint8 in memory); augmented on each draw."""
+
+    def __init__(self, frame: pd.DataFrame, preprocessing: Preprocessing, orientation: str = "as_is",
+                 augmentation: Augmentation | None = None, workers: int = 4, show_progress: bool = False):
+        self.preprocessing, self.augmentation = preprocessing, augmentation
+        pairs = list(zip(frame["image"], frame["mask"], strict=True))
+
+        def load(pair: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+            pixels, mask = read_pair(*pair, orientation)
+            image = (preprocessing.resize(pixels) * 255).round().to(torch.uint8)
+            size = (preprocessing.image_size,) * 2
+            small = nn.functional.interpolate(torch.from_numpy(mask)[None, None].float(), size=size, mode="nearest")
+            return image, small[0].to(torch.uint8)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            loaded = pool.map(load, pairs)
+            if show_progress:
+                from tqdm import tqdm
+                loaded = tqdm(loaded, total=len(pairs), desc="decoding pairs", unit="pair", leave=False)
+            self.items = list(loaded)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.items[index]
+        image, mask = image.float() / 255, mask.float()
+        if self.augmentation is not None:
+            image, mask = self.augmentation.apply(image, self.augmentation.sample(), mask)
+        return self.preprocessing.normalise(image), mask
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+
+class DiceBCELoss(nn.Module):
+    """Soft Dice (overlap, insensitive to how small the target is) + BCE (stable per-pixel gradients)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        self.dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.dice(logits, target) + self.bce(logits, target)
+
+
+@torch.inference_mode()
+def _validate(model: nn.Module, dataset: Dataset, config: SegmentationConfig, runtime: Runtime,
+              loss_fn: nn.Module) -> tuple[float, float]:
+    """Mean validation loss and mean per-image Dice at the training resolution (for model selection)."""
+    model.eval()
+    losses, scores = [], []
+    for inputs, targets in make_loader(dataset, config.batch_size * 2, runtime):
+        inputs, targets = inputs.to(runtime.device), targets.to(runtime.device)
+        if runtime.cuda:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast(runtime):
+            logits = model(inputs).float()
+        losses.append(float(loss_fn(logits, targets)) * len(inputs))
+        probability = torch.sigmoid(logits).cpu().numpy()
+        truth = targets.cpu().numpy() > 0.5
+        scores += [dice(p[0] >= config.threshold, t[0]) for p, t in zip(probability, truth, strict=True)]
+    return float(np.sum(losses) / len(dataset)), float(np.mean(scores))
+
+
+def fit(config: SegmentationConfig, train: pd.DataFrame, val: pd.DataFrame | None, runtime: Runtime,
+        resume_path: Path, log: Callable[[str], None], label: str = "") -> tuple[nn.Module, list[dict], float | None]:
+    """Train one model; keep the best validation-Dice epoch when `val` is given, else the last epoch."""
+    show = runtime.is_main
+    preprocessing = segmentation_preprocessing(config.image_size, config.encoder)
+    train_set = SegmentationDataset(train, preprocessing, config.orientation, Augmentation(), show_progress=show)
+    val_set = SegmentationDataset(val, preprocessing, config.orientation) if val is not None else None
+    loader = make_loader(train_set, config.batch_size, runtime, shuffle=True, seed=config.seed)
+    model = build_segmentation_model(config.architecture, config.encoder, config.pretrained).to(runtime.device)
+    if runtime.cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * config.epochs
+    history: list[dict[str, float]] = []
+    best_dice, best_state, start_epoch = -1.0, None, 0
+    if resume_path.is_file():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        best_dice, best_state, history, start_epoch = (state["best_dice"], state["best_state"], state["history"],
+                                                       state["epoch"] + 1)
+        if show:
+            log(f"{label}resumed from {resume_path} after epoch {start_epoch}")
+    train_model: nn.Module = model
+    if runtime.distributed:
+        # PSPNet reads only the first encoder stages: the deeper ones get no gradient.
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.local_rank] if runtime.cuda else None,
+            find_unused_parameters=config.architecture == "pspnet")
+    loss_fn = DiceBCELoss()
+
+    for epoch in range(start_epoch, config.epochs):
+        epoch_start = time.time()
+        train_model.train()
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        losses = []
+        for step, (inputs, targets) in enumerate(progress(loader, runtime, desc=f"{label}epoch {epoch + 1}",
+                                                          unit="batch")):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(epoch * steps_per_epoch + step, total_steps, config.lr, steps_per_epoch)
+            inputs = inputs.to(runtime.device, non_blocking=True)
+            targets = targets.to(runtime.device, non_blocking=True)
+            if runtime.cuda:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast(runtime):
+                loss = loss_fn(train_model(inputs).float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        train_seconds = time.time() - epoch_start
+        if show:
+            record: dict[str, float] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                                        "lr": optimizer.param_groups[0]["lr"]}
+            line = f"{label}epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.4f}"
+            improved = False
+            if val_set is not None:
+                record["val_loss"], record["val_dice"] = _validate(model, val_set, config, runtime, loss_fn)
+                improved = record["val_dice"] > best_dice
+                if improved:
+                    best_dice = record["val_dice"]
+                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                line += f"  val loss {record['val_loss']:.4f}  val Dice {record['val_dice']:.4f}"
+            record["seconds"] = round(time.time() - epoch_start, 1)
+            record["train_images_per_s"] = round(len(train_set) / runtime.world_size / train_seconds, 2)
+            history.append(record)
+            log(line + f"  {record['seconds']:.0f}s" + ("  * best" if improved else ""))
+            resume_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "best_dice": best_dice, "best_state": best_state, "history": history}, resume_path)
+    barrier(runtime)
+    if val_set is not None and best_state is not None:
+        model.load_state_dict(best_state)
+    return model.eval(), history, (best_dice if val_set is not None else None)
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+
+
+def score_images(segmenter: Segmenter, frame: pd.DataFrame, orientation: str,
+                 show_progress: bool = False) -> pd.DataFrame:
+    """Per-image Dice and IoU at each image's own size, raw and (when the card has one) post-processed."""
+    rows = []
+    pairs = list(zip(frame["image"], frame["mask"], frame["patient_id"], strict=True))
+    if show_progress:
+        from tqdm import tqdm
+        pairs = tqdm(pairs, desc="scoring", unit="img", leave=False)
+    for image_path, mask_path, patient in pairs:
+        pixels, truth = read_pair(image_path, mask_path, orientation)
+        probability = segmenter.probability(pixels)
+        predicted = probability >= segmenter.threshold
+        row = {"image": Path(image_path).stem, "patient_id": patient,
+               "dice": dice(predicted, truth), "iou": iou(predicted, truth),
+               "truth_pixels": int(truth.sum()), "predicted_pixels": int(predicted.sum()),
+               "intersection": int(np.logical_and(predicted, truth).sum())}
+        if segmenter.postprocess is not None:
+            processed = segmenter.mask_from_probability(probability)
+            row.update(dice_postprocessed=dice(processed, truth), iou_postprocessed=iou(processed, truth))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarise_scores(scores: pd.DataFrame) -> dict[str, Any]:
+    """Mean, SD and bootstrap CI per metric, the paired post-processing effect, and the pooled (global) Dice."""
+    summary: dict[str, Any] = {"n": int(len(scores))}
+    for metric in ("dice", "iou", "dice_postprocessed", "iou_postprocessed"):
+        if metric in scores.columns:
+            summary[metric] = summary_with_ci(scores[metric].to_numpy())
+    if "dice_postprocessed" in scores.columns:
+        summary["postprocessing_dice_change"] = summary_with_ci(
+            (scores["dice_postprocessed"] - scores["dice"]).to_numpy())
+    total = scores["truth_pixels"].sum() + scores["predicted_pixels"].sum()
+    summary["pooled_dice"] = float(2 * scores["intersection"].sum() / total) if total else 1.0
+    return summary
+
+
+# --- the two protocols --------------------------------------------------------------------------------
+
+
+def train_segmenter(config: SegmentationConfig, frame: pd.DataFrame, out_dir: str | Path, *, resume: bool = False,
+                    device: str | None = None, log: Callable[[str], None] = print) -> ModelCard | None:
+    """Train, evaluate (test split or k-fold CV) and write the model directory; returns its card (main rank)."""
+    config.validate()
+    runtime = setup_runtime(device)
+    try:
+        return _train(config, frame, Path(out_dir), runtime, resume, log)
+    finally:
+        teardown(runtime)
+
+
+def _resume_path(out_dir: Path, tag: str, resume: bool) -> Path:
+    path = out_dir / f"{RESUME_PREFIX}_{tag}.pt"
+    if not resume:
+        path.unlink(missing_ok=True)
+    return path
+
+
+def _card(config: SegmentationConfig, model_frame: pd.DataFrame, metrics: dict, history: list, runtime: Runtime,
+          started: float, extra: dict) -> ModelCard:
+    return ModelCard(
+        name=config.name, task="segmentation", modality=config.modality, architecture=config.architecture,
+        classes=[config.target], positive_class=config.target,
+        preprocessing=segmentation_preprocessing(config.image_size, config.encoder),
+        operating_points={OPERATING_POINT: {"threshold": config.threshold,
+                                            "rule": "fixed probability cut-off, not tuned"}},
+        default_operating_point=OPERATING_POINT, metrics=metrics,
+        data={**data_summary(model_frame), "manifest_sha256": manifest_hash(model_frame)},
+        training={**{k: v for k, v in asdict(config).items() if k not in ("name", "extra")},
+                  "loss": "soft Dice + BCE", "augmentation": asdict(Augmentation()), "history": history,
+                  "device": runtime.describe(), "duration_s": round(time.time() - started, 1),
+                  "torch": torch.__version__, "covid_models": __version__, "git_commit": git_commit(),
+                  **config.extra},
+        extra={"encoder": config.encoder, "target": config.target, "postprocess": config.postprocess,
+               "training_orientation": config.orientation, **extra},
+    )
+
+
+def _train(config: SegmentationConfig, frame: pd.DataFrame, out_dir: Path, runtime: Runtime, resume: bool,
+           log: Callable[[str], None]) -> ModelCard | None:
+    started = time.time()
+    seed_everything(config.seed)
+    show = runtime.is_main
+    if config.folds:
+        return _cross_validate_then_train(config, frame, out_dir, runtime, resume, log, started)
+    if "split" not in frame.columns:
+        frame = patient_split(frame, seed=config.seed,
+                              linked_ids=near_duplicate_links(frame, config.link_similarity))
+    check_no_leakage(frame)
+    splits = {s: frame[frame["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
+    for split, rows in splits.items():
+        if rows.empty:
+            raise DataError(f"the {split} split is empty")
+    model, history, best_dice = fit(config, splits["train"], splits["val"], runtime,
+                                    _resume_path(out_dir, "split", resume), log)
+    if not show:
+        return None
+    extra = {"orientation_note": _orientation_note(config.orientation)}
+    card = _card(config, frame, {}, history, runtime, started, extra)
+    segmenter = Segmenter(model.float(), card)
+    scores = score_images(segmenter, splits["test"], config.orientation, show_progress=True)
+    card.metrics = {"test": {**summarise_scores(scores), "threshold": config.threshold,
+                             "per_image": scores.filter(["image", "dice", "iou", "dice_postprocessed"]).round(5)
+                             .to_dict(orient="list")},
+                    "val": {"dice_at_training_size": best_dice}}
+    card.training["duration_s"] = round(time.time() - started, 1)
+    save_model_dir(out_dir, model, card, half=config.half)
+    _resume_path(out_dir, "split", resume=False)
+    return card
+
+
+def _cross_validate_then_train(config: SegmentationConfig, frame: pd.DataFrame, out_dir: Path, runtime: Runtime,
+                               resume: bool, log: Callable[[str], None], started: float) -> ModelCard | None:
+    show = runtime.is_main
+    frame = frame.reset_index(drop=True)
+    links = near_duplicate_links(frame, config.link_similarity)
+    frame["fold"] = grouped_folds(split_groups(frame, links), config.folds, config.seed)
+    fold_scores, fold_histories = [], []
+    for fold in range(config.folds):
+        held = frame["fold"] == fold
+        train = frame[~held].assign(split="train")
+        check_no_leakage(pd.concat([train, frame[held].assign(split="test")]))
+        model, history, _ = fit(config, train, None, runtime, _resume_path(out_dir, f"fold{fold + 1}", resume), log,
+                                label=f"fold {fold + 1}/{config.folds} ")
+        if show:
+            probe = _card(config, frame, {}, history, runtime, started, {})
+            scores = score_images(Segmenter(model.float(), probe), frame[held], config.orientation)
+            fold_scores.append(scores.assign(fold=fold + 1))
+            fold_histories.append(history)
+            log(f"fold {fold + 1}/{config.folds}: {len(scores)} images, mean Dice {scores['dice'].mean():.4f}, "
+                f"mean IoU {scores['iou'].mean():.4f}")
+    model, history, _ = fit(config, frame.assign(split="train"), None, runtime,
+                            _resume_path(out_dir, "final", resume), log, label="final ")
+    if not show:
+        return None
+    pooled = pd.concat(fold_scores, ignore_index=True)
+    folds = [{"fold": int(f), "n": int(len(s)), "dice_mean": float(s["dice"].mean()),
+              "iou_mean": float(s["iou"].mean()), "pooled_dice": summarise_scores(s)["pooled_dice"]}
+             for f, s in pooled.groupby("fold")]
+    cv = {"k": config.folds,
+          "grouped_by": f"patient_id, and images whose 32x32 thumbnails have cosine similarity >= "
+                        f"{config.link_similarity} ({len(links)} linked pairs)",
+          "protocol": f"{config.folds}-fold cross-validation by group; each image is scored once, at its own size, "
+                      "by the model trained on the other folds (same recipe and epochs); the shipped model is then "
+                      "trained on all images, so it has no held-out score of its own",
+          "folds": folds, "pooled": summarise_scores(pooled), "threshold": config.threshold,
+          "per_image": pooled[["image", "fold", "dice", "iou"]].round(5).to_dict(orient="list"),
+          "fold_histories": fold_histories}
+    data_frame = frame.assign(split="train")
+    card = _card(config, data_frame, {"cross_validation": cv}, history, runtime, started,
+                 {"trained_on": "all images (after cross-validation)", "cv_k": config.folds,
+                  "orientation_note": _orientation_note(config.orientation)})
+    card.data["by_fold"] = {str(k): int(v) for k, v in frame["fold"].value_counts().sort_index().items()}
+    save_model_dir(out_dir, model, card, half=config.half)
+    for tag in [f"fold{f + 1}" for f in range(config.folds)] + ["final"]:
+        _resume_path(out_dir, tag, resume=False)
+    return card
+
+
+def _orientation_note(orientation: str) -> str:
+    if orientation == "transpose":
+        return ("training slices were stored transposed (anterior on the left) and were transposed to the usual "
+                "axial display (anterior up, patient's left on the viewer's right); give the model images in that "
+                "usual display orientation, unrotated")
+    return "images used as stored; give the model images in the same orientation"
