@@ -1,0 +1,191 @@
+"""One-page reports of an analysed image: a self-contained HTML page and a PDF.
+
+A report carries the image, its heatmap overlay, the calibrated probabilities, the operating point and
+how it was chosen, the model, and the research-use notice. It names the file by its bare name only and
+carries no header field of the file, so a report can be shared without leaking patient identifiers.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import PureWindowsPath
+
+import numpy as np
+from PIL import Image
+
+from covid_models import RESEARCH_USE_NOTICE, __version__
+from covid_models.inference import Prediction
+
+MAX_FILE_NAME_CHARS = 120
+HELD_BACK = ("This image does not look like the chest images the model was trained on; "
+             "the prediction is held back and the probabilities below must not be interpreted.")
+
+
+CLASS_NAMES = {"covid": "COVID-19", "non_covid": "non-COVID"}
+
+
+def modality_name(modality: str) -> str:
+    return {"xray": "X-ray", "ct": "CT"}.get(modality, modality)
+
+
+def class_name(label: str) -> str:
+    """A class as people write it ("covid" -> "COVID-19")."""
+    return CLASS_NAMES.get(label, label.replace("_", " "))
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """What a report shows; built by the app from one analysed image."""
+
+    file_name: str
+    modality: str
+    prediction: Prediction
+    operating_point: str  # the rule by which the threshold was chosen, as the card states it
+    explanation: str  # the CAM method's label
+    image: np.ndarray  # (H, W) grey in [0, 1] or (H, W, 3) uint8
+    overlay: np.ndarray  # (H, W, 3) uint8: the heatmap (and masks) over the image
+    lung_share: float | None = None  # share of the heatmap inside the lung mask, when one was computed
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def bare_file_name(name: str) -> str:
+    """The last path component only (POSIX or Windows), shortened: folders may name a patient."""
+    bare = PureWindowsPath(str(name).replace("/", "\\")).name.strip() or "image"
+    return bare if len(bare) <= MAX_FILE_NAME_CHARS else bare[: MAX_FILE_NAME_CHARS - 3] + "..."
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """(H, W) float in [0, 1] or uint8 grey/RGB -> PNG bytes."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        array = (np.clip(np.nan_to_num(array.astype(np.float32)), 0.0, 1.0) * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def result_sentence(prediction: Prediction) -> str:
+    """The calibrated positive probability against the operating point, in words."""
+    if prediction.out_of_distribution:
+        return "Prediction held back: the image is out of distribution."
+    if prediction.positive_probability is None:
+        return f"Most probable class: {class_name(prediction.label)}."
+    side = "at or above" if prediction.positive else "below"
+    call = "flagged for review as suggestive of" if prediction.positive else "not flagged for"
+    positive = class_name(prediction.positive_class)
+    return (f"{positive} probability {prediction.positive_probability:.1%}, {side} the operating "
+            f"point {prediction.threshold:.1%}: {call} {positive}.")
+
+
+def _rows(content: ReportContent) -> list[tuple[str, str]]:
+    rows = [("File", bare_file_name(content.file_name)), ("Modality", modality_name(content.modality)),
+            ("Model", content.prediction.model), ("Operating point", content.operating_point),
+            ("Explanation", content.explanation)]
+    if content.lung_share is not None:
+        rows.append(("Heatmap inside the lungs", f"{content.lung_share:.0%}"))
+    rows.append(("Created", content.created.strftime("%Y-%m-%d %H:%M UTC") + f" (covid_models {__version__})"))
+    return rows
+
+
+def render_html(content: ReportContent) -> str:
+    """A self-contained HTML page (images inlined as base64 PNG)."""
+    def img(array: np.ndarray, alt: str) -> str:
+        data = base64.b64encode(png_bytes(array)).decode("ascii")
+        return f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"><figcaption>{alt}</figcaption></figure>'
+
+    esc = html.escape
+    prediction = content.prediction
+    facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in _rows(content))
+    probabilities = "".join(
+        f"<tr><td>{esc(class_name(c))}</td><td>{p:.1%}</td></tr>"
+        for c, p in sorted(prediction.probabilities.items(), key=lambda item: -item[1]))
+    held = f'<p class="warn">{esc(HELD_BACK)}</p>' if prediction.out_of_distribution else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Screening report: {esc(bare_file_name(content.file_name))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; color: #1f2933; max-width: 60rem; margin: 2rem auto; }}
+.notice {{ border: 2px solid #b45309; background: #fffbeb; padding: .75rem 1rem; font-weight: 600; }}
+.warn {{ border-left: 4px solid #b91c1c; background: #fef2f2; padding: .5rem 1rem; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }} th, td {{ text-align: left; padding: .25rem .75rem; }}
+th {{ color: #52606d; font-weight: 500; }} .images {{ display: flex; gap: 1rem; }}
+figure {{ margin: 0; flex: 1; }} img {{ width: 100%; image-rendering: auto; }}
+</style></head><body>
+<h1>Chest {esc(modality_name(content.modality))} screening report</h1>
+<p class="notice">{esc(RESEARCH_USE_NOTICE)}</p>
+<table>{facts}</table>
+<h2>Result</h2>
+{held}<p><strong>{esc(result_sentence(prediction))}</strong></p>
+<table><tr><th>Class</th><th>Calibrated probability</th></tr>{probabilities}</table>
+<div class="images">{img(content.image, "Image")}{img(content.overlay, content.explanation + " heatmap")}</div>
+<p class="notice">{esc(RESEARCH_USE_NOTICE)}</p>
+</body></html>
+"""
+
+
+def _latin1(text: str) -> str:
+    """The PDF core fonts cover Latin-1 only; anything else becomes '?' rather than failing."""
+    return text.replace("\u2013", "-").replace("\u2014", "-").encode("latin-1", "replace").decode("latin-1")
+
+
+def render_pdf(content: ReportContent) -> bytes:
+    """An A4 one-page PDF with the same content as the HTML report."""
+    from fpdf import FPDF
+
+    pdf = FPDF(format="A4", unit="mm")
+    pdf.set_auto_page_break(False)
+    pdf.set_title(_latin1(f"Screening report: {bare_file_name(content.file_name)}"))
+    pdf.set_creator(f"covid_models {__version__}")
+    pdf.add_page()
+    width = pdf.w - pdf.l_margin - pdf.r_margin
+    pdf.set_font("Helvetica", "B", 16)
+    pdf.cell(width, 9, _latin1(f"Chest {modality_name(content.modality)} screening report"), new_x="LMARGIN",
+             new_y="NEXT")
+    _notice(pdf, width)
+    pdf.ln(2)
+    pdf.set_font("Helvetica", "", 9.5)
+    for key, value in _rows(content):
+        pdf.set_font("Helvetica", "B", 9.5)
+        pdf.cell(45, 5.5, _latin1(key))
+        pdf.set_font("Helvetica", "", 9.5)
+        pdf.multi_cell(width - 45, 5.5, _latin1(value), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    pdf.set_font("Helvetica", "B", 12)
+    pdf.cell(width, 7, "Result", new_x="LMARGIN", new_y="NEXT")
+    prediction = content.prediction
+    if prediction.out_of_distribution:
+        pdf.set_text_color(185, 28, 28)
+        pdf.set_font("Helvetica", "B", 9.5)
+        pdf.multi_cell(width, 5, _latin1(HELD_BACK), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_text_color(0, 0, 0)
+    pdf.set_font("Helvetica", "B", 10)
+    pdf.multi_cell(width, 5.5, _latin1(result_sentence(prediction)), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 9.5)
+    for name, probability in sorted(prediction.probabilities.items(), key=lambda item: -item[1]):
+        pdf.cell(45, 5.5, _latin1(class_name(name)))
+        pdf.cell(30, 5.5, f"{probability:.1%}", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(3)
+    top = pdf.get_y()
+    side = (width - 6) / 2
+    for index, (array, caption) in enumerate(((content.image, "Image"),
+                                              (content.overlay, f"{content.explanation} heatmap"))):
+        x = pdf.l_margin + index * (side + 6)
+        picture = Image.open(io.BytesIO(png_bytes(array)))
+        height = min(side * picture.height / picture.width, pdf.h - top - 45)
+        pdf.image(picture, x=x, y=top, w=height * picture.width / picture.height, h=height)
+        pdf.set_xy(x, top + height + 1)
+        pdf.set_font("Helvetica", "I", 8.5)
+        pdf.cell(side, 4, _latin1(caption))
+    pdf.set_y(pdf.h - 30)
+    _notice(pdf, width)
+    return bytes(pdf.output())
+
+
+def _notice(pdf, width: float) -> None:
+    pdf.set_fill_color(255, 251, 235)
+    pdf.set_draw_color(180, 83, 9)
+    pdf.set_font("Helvetica", "B", 9.5)
+    pdf.multi_cell(width, 5, _latin1(RESEARCH_USE_NOTICE), border=1, fill=True, padding=2,
+                   new_x="LMARGIN", new_y="NEXT")

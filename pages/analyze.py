@@ -1,0 +1,483 @@
+"""Analyze: upload chest images and see calibrated probabilities, a heatmap, masks and a downloadable report.
+
+Every expensive step is cached by the image's content hash together with what changes its result
+(window, model directories, CAM method, segmentation model), so moving a slider or toggling a mask
+reruns the script without recomputing anything. Models are used under their lock (pages.shared.model_lock)
+because CAM hooks on a shared network must not see another session's forward pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from covid_models import RESEARCH_USE_NOTICE
+from covid_models.checkpoint import CheckpointError, ModelCard
+from covid_models.data import DataError, LeakageError, default_data_dir, ensure_split, load_dataset
+from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS, heatmap
+from covid_models.inference import Ensemble, Prediction
+from covid_models.io import (
+    WINDOW_PRESETS,
+    ImageReadError,
+    Scan,
+    content_hash,
+    read_dicom_identifiers,
+    read_image,
+    rewindow,
+)
+from covid_models.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, mask_overlay
+from covid_models.report import (
+    ReportContent,
+    bare_file_name,
+    class_name,
+    png_bytes,
+    render_html,
+    render_pdf,
+    result_sentence,
+)
+from covid_models.segmentation import cam_mass_inside
+from pages.shared import data_dir, load_classifier, load_segmenter, model_cards, model_lock, show_error
+
+MODALITY_NAMES = {"xray": "X-ray", "ct": "CT"}
+ENSEMBLE = "ensemble"
+DISPLAY_SIDE = 768  # heatmaps and masks are kept at this size: enough for the screen, small in the cache
+LOW_LUNG_SHARE = 0.5
+EXAMPLES_PER_CLASS = 2
+FILE_WINDOW = "file"
+CUSTOM_WINDOW = "custom"
+MASK_COLORS = {"lungs": LUNG_COLOR, "infection": INFECTION_COLOR}
+OUTLINE_COLOR = (255, 255, 255)  # a mask outline on the heatmap: white reads on every colour of the jet map
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One image handed to the page, by the uploader or an example button."""
+
+    name: str
+    data: bytes
+    digest: str
+    reference_label: str | None = None  # the dataset's label, for examples only
+    modality: str | None = None  # known for examples (the dataset's); uploads take the DICOM tag or the setting
+
+
+@dataclass(frozen=True)
+class Settings:
+    default_modality: str
+    models: dict[str, tuple[str, ...]]  # modality -> model directories (several = ensemble)
+    method: str
+    opacity: float
+    show_masks: bool
+    outline_on_heatmap: bool
+
+
+# ------------------------------------------------------------------------------------ cached computation
+@st.cache_resource(max_entries=16, show_spinner=False)
+def read_scan(digest: str, _data: bytes, name: str) -> Scan:
+    """Decoded once per file content for the whole server; a Scan is immutable, so sharing it is safe."""
+    return read_image(_data, name=name)
+
+
+def display_size(shape: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) no larger than DISPLAY_SIDE on the longest side, aspect kept."""
+    height, width = shape
+    scale = min(1.0, DISPLAY_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resized(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A float map (bilinear) or a boolean mask (nearest) at `shape`."""
+    if array.shape[:2] == shape:
+        return array
+    if array.dtype == bool:
+        image = Image.fromarray(array.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
+        return np.asarray(image) > 127
+    image = Image.fromarray(array.astype(np.float32), mode="F")
+    return np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def classify(digest: str, window: tuple[float, float] | None, model_dirs: tuple[str, ...], _pixels: np.ndarray
+             ) -> Prediction:
+    """The calibrated prediction of one model, or of the ensemble of several."""
+    members = [load_classifier(directory) for directory in model_dirs]
+    with _locks(model_dirs):
+        return members[0].predict(_pixels) if len(members) == 1 else Ensemble(members).predict(_pixels)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def explain(digest: str, window: tuple[float, float] | None, model_dirs: tuple[str, ...], method: str,
+            _pixels: np.ndarray) -> np.ndarray:
+    """CAM for the positive class at display size; for an ensemble, the mean of its members' maps."""
+    maps = []
+    for directory in model_dirs:
+        classifier = load_classifier(directory)
+        with model_lock(directory):
+            maps.append(heatmap(classifier, _pixels, method))
+    mean = resized(np.mean(maps, axis=0).astype(np.float32), display_size(_pixels.shape))
+    low, high = float(mean.min()), float(mean.max())
+    return ((mean - low) / (high - low) if high > low else np.zeros_like(mean)).astype(np.float32)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def segment(digest: str, window: tuple[float, float] | None, segmenter_dir: str, _pixels: np.ndarray
+            ) -> np.ndarray:
+    """A boolean mask at display size."""
+    segmenter = load_segmenter(segmenter_dir)
+    with model_lock(segmenter_dir):
+        mask = segmenter.mask(_pixels)
+    return resized(np.asarray(mask, dtype=bool), display_size(_pixels.shape))
+
+
+class _locks:
+    """Hold the locks of several models (in a fixed order, so two sessions cannot deadlock)."""
+
+    def __init__(self, directories: tuple[str, ...]):
+        self.locks = [model_lock(d) for d in sorted(set(directories))]
+
+    def __enter__(self) -> None:
+        for lock in self.locks:
+            lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
+
+
+@st.cache_data(show_spinner=False)
+def example_rows(root: str, modality: str, per_class: int) -> list[tuple[str, str]]:
+    """(label, image path) of a few test-split images per class: the official split, else a seeded patient one."""
+    frame = load_dataset(root, modality)
+    if "split" not in frame.columns or frame["split"].isna().any():
+        frame = ensure_split(frame, seed=0, data_root=Path(root))
+    test = frame[frame["split"] == "test"].sort_values("image")
+    picks = [group.sample(min(per_class, len(group)), random_state=0) for _, group in test.groupby("label")]
+    return [(row.label, row.image) for row in pd.concat(picks).itertuples()] if picks else []
+
+
+# ------------------------------------------------------------------------------------------- settings
+def model_label(directory: str, cards: dict[str, ModelCard]) -> str:
+    return f"Ensemble of all {len(cards)} models" if directory == ENSEMBLE else cards[directory].name
+
+
+def model_caption(model_dirs: tuple[str, ...], cards: dict[str, ModelCard]) -> str:
+    """The chosen model's test AUC from its card (the sidebar is too narrow to put it in the option)."""
+    if len(model_dirs) > 1:
+        return "Mean of the members' calibrated probabilities."
+    test = cards[model_dirs[0]].metrics.get("test") or {}
+    auc = test.get("auc")
+    return f"Test AUC {auc:.3f} on {test.get('n', '?')} held-out images." if isinstance(auc, float) and auc == auc \
+        else "No test AUC recorded in its card."
+
+
+def settings_sidebar() -> Settings:
+    with st.sidebar:
+        st.subheader("Analysis settings")
+        default_modality = st.radio(
+            "Modality of images without a DICOM Modality tag", list(MODALITY_NAMES), format_func=MODALITY_NAMES.get,
+            horizontal=True, key="modality",
+            help="PNG, JPEG and TIFF files do not say what they show; DICOM files do, and their tag wins.")
+        models: dict[str, tuple[str, ...]] = {}
+        for modality, name in MODALITY_NAMES.items():
+            cards = dict(model_cards(task="classification", modality=modality))
+            if not cards:
+                st.caption(f"No {name} classifier is installed.")
+                continue
+            options = list(cards) + ([ENSEMBLE] if len(cards) > 1 else [])
+            choice = st.selectbox(f"{name} model", options, format_func=lambda d, c=cards: model_label(d, c),
+                                  key=f"model-{modality}")
+            models[modality] = tuple(cards) if choice == ENSEMBLE else (choice,)
+            st.caption(model_caption(models[modality], cards))
+        method = st.selectbox("Heatmap method", METHODS, format_func=METHOD_LABELS.get, key="method",
+                              help="Class activation map for the COVID-19 class. Methods marked slow run one "
+                                   "forward pass per feature channel.")
+        opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="opacity")
+        show_masks = st.toggle("Show segmentation masks", value=True, key="show-masks")
+        outline = st.toggle("Outline the mask on the heatmap", value=True, key="outline")
+    return Settings(default_modality, models, method, opacity, show_masks, outline)
+
+
+def operating_point_text(model_dirs: tuple[str, ...], prediction: Prediction) -> str:
+    """Which operating point the threshold is and how it was chosen, from the card."""
+    if len(model_dirs) > 1:
+        return (f"threshold {prediction.threshold:.1%}: the mean of the members' operating points, a convenience "
+                "that was not validated for the ensemble")
+    card = load_classifier(model_dirs[0]).card
+    name = card.default_operating_point
+    if name is None:
+        return f"threshold {prediction.threshold:.1%} (the card defines no operating point; 0.5 by default)"
+    rule = card.operating_points[name].get("rule", "rule not recorded")
+    return f"'{name}', threshold {prediction.threshold:.1%}, chosen by: {rule}"
+
+
+def window_choice(upload: Upload, scan: Scan) -> tuple[float, float] | None:
+    """Window presets for DICOM images that keep their modality values; None keeps the window read from the file."""
+    if scan.modality_values is None:
+        return None
+    file_window = scan.metadata.window
+    presets = {FILE_WINDOW: "As in the file" + (f" ({file_window[0]:g} / {file_window[1]:g})" if file_window else "")}
+    if scan.metadata.dicom_modality == "CT":
+        presets.update({name: f"{name.capitalize()} ({c:g} / {w:g})" for name, (c, w) in WINDOW_PRESETS.items()})
+    presets[CUSTOM_WINDOW] = "Custom"
+    key = f"window-{upload.digest[:16]}"
+    choice = st.radio("Window (centre / width)", list(presets), format_func=presets.get, horizontal=True, key=key)
+    if choice == FILE_WINDOW:
+        return None
+    if choice == CUSTOM_WINDOW:
+        start_c, start_w = file_window or WINDOW_PRESETS["lung"]
+        left, right = st.columns(2)
+        centre = left.number_input("Centre", value=float(start_c), step=10.0, key=f"{key}-c")
+        width = right.number_input("Width", value=float(start_w), min_value=1.0, step=10.0, key=f"{key}-w")
+        return float(centre), float(width)
+    return WINDOW_PRESETS[choice]
+
+
+# ---------------------------------------------------------------------------------------------- display
+def dicom_header(upload: Upload, scan: Scan) -> None:
+    with st.expander("DICOM header (technical fields only)"):
+        summary = scan.metadata.dicom_summary
+        st.dataframe(pd.DataFrame({"Field": list(summary), "Value": list(summary.values())}), hide_index=True,
+                     width="stretch")
+        if scan.metadata.notes:
+            st.caption("Reading notes: " + "; ".join(scan.metadata.notes))
+    with st.expander("Patient identifiers in the file header (not stored)"):
+        st.caption("Shown only on request, never stored, never put into reports or review sessions.")
+        if st.toggle("Show identifiers", value=False, key=f"identifiers-{upload.digest[:16]}"):
+            try:
+                identifiers = read_dicom_identifiers(upload.data)
+            except ImageReadError as error:
+                show_error(str(error))
+            else:
+                st.dataframe(pd.DataFrame({"Field": list(identifiers), "Value": list(identifiers.values())}),
+                             hide_index=True, width="stretch")
+
+
+def probability_table(prediction: Prediction) -> None:
+    probabilities = prediction.probabilities
+    frame = pd.DataFrame({"Class": list(probabilities), "Probability": list(probabilities.values())})
+    st.dataframe(frame.sort_values("Probability", ascending=False), hide_index=True, width="stretch",
+                 column_config={"Probability": st.column_config.ProgressColumn(
+                     "Calibrated probability", format="percent", min_value=0.0, max_value=1.0)})
+
+
+def result_block(prediction: Prediction, modality: str, model_dirs: tuple[str, ...]) -> None:
+    if prediction.out_of_distribution:
+        st.error(f"This does not look like a chest {MODALITY_NAMES[modality]} the model was trained on; "
+                 "the prediction is held back.", icon=":material/block:")
+        with st.expander("Probabilities (held back: not to be interpreted)"):
+            probability_table(prediction)
+        return
+    left, right = st.columns([2, 3])
+    with left:
+        if prediction.positive_probability is not None:
+            st.metric(f"{class_name(prediction.positive_class)} probability (calibrated)",
+                      f"{prediction.positive_probability:.1%}")
+            if prediction.positive:
+                st.markdown(":orange-badge[:material/flag: At or above the operating point]")
+            else:
+                st.markdown(":blue-badge[Below the operating point]")
+        st.caption(result_sentence(prediction))
+        st.caption("Operating point: " + operating_point_text(model_dirs, prediction))
+    with right:
+        probability_table(prediction)
+
+
+def trust_signal(share: float, target: str) -> None:
+    """How much of the heatmap lies inside the mask: a COVID-19 heatmap outside the lungs reads no disease."""
+    if np.isnan(share):
+        st.caption("The heatmap is empty, so its share inside the mask is undefined.")
+        return
+    if target != "lungs":
+        st.caption(f"{share:.0%} of the heatmap lies inside the {target} mask.")
+        return
+    text = f"{share:.0%} of the heatmap lies inside the lungs."
+    if share < LOW_LUNG_SHARE:
+        st.warning(text + " The model looked mostly outside the lungs (labels, borders, devices): treat this "
+                   "prediction with suspicion.", icon=":material/visibility_off:")
+    else:
+        st.success(text, icon=":material/visibility:")
+
+
+def analyse(upload: Upload, settings: Settings) -> dict:
+    """Show one image's analysis; returns its row of the batch summary."""
+    st.subheader(bare_file_name(upload.name), divider="gray")
+    row = {"File": bare_file_name(upload.name), "Modality": None, "Model": None, "COVID-19 probability": None}
+    try:
+        scan = read_scan(upload.digest, upload.data, upload.name)
+    except ImageReadError as error:
+        show_error(str(error))
+        return row | {"Result": "not analysed: the file could not be read"}
+    dicom = scan.metadata.source_format == "dicom"
+    modality = scan.metadata.modality or upload.modality or settings.default_modality
+    origin = "from the DICOM Modality tag" if scan.metadata.modality \
+        else "from the dataset" if upload.modality else "as chosen in the settings"
+    if dicom and scan.metadata.modality is None and scan.metadata.dicom_modality:
+        origin += f" (the file's Modality tag '{scan.metadata.dicom_modality}' is not a chest X-ray or CT)"
+    st.caption(f"{MODALITY_NAMES[modality]} {origin}; {scan.metadata.width} x {scan.metadata.height} pixels, "
+               f"{scan.metadata.source_format.upper()}."
+               + (f" Reference label in the dataset: **{upload.reference_label}**." if upload.reference_label else ""))
+    if dicom:
+        dicom_header(upload, scan)
+    window = window_choice(upload, scan)
+    pixels = scan.pixels if window is None else rewindow(scan, *window)
+    model_dirs = settings.models.get(modality)
+    if not model_dirs:
+        st.warning(f"No {MODALITY_NAMES[modality]} classifier is installed, so this image cannot be analysed.")
+        st.image(pixels, width=DISPLAY_SIDE // 2, clamp=True)
+        return row | {"Modality": MODALITY_NAMES[modality], "Result": "not analysed: no model"}
+    try:
+        prediction = classify(upload.digest, window, model_dirs, pixels)
+        slow = settings.method in SLOW_METHODS
+        with st.spinner(f"Computing {METHOD_LABELS[settings.method]}"
+                        + (" (one forward pass per feature channel: this takes a while)..." if slow else "...")):
+            cam = explain(upload.digest, window, model_dirs, settings.method, pixels)
+    except CheckpointError as error:
+        show_error(f"The model could not be loaded: {error}")
+        return row | {"Modality": MODALITY_NAMES[modality], "Result": "not analysed: the model could not be loaded"}
+    result_block(prediction, modality, model_dirs)
+    masks = masks_for(upload, window, pixels, modality)
+    shown = resized(pixels, cam.shape)
+    overlay = heatmap_overlay(shown, cam, settings.opacity)
+    if masks and settings.outline_on_heatmap:
+        overlay = mask_overlay(overlay, next(iter(masks.values())), color=OUTLINE_COLOR, alpha=0.0)
+    columns = st.columns(3 if masks and settings.show_masks else 2)
+    columns[0].image(shown, caption="Image" + (f" (window {window[0]:g} / {window[1]:g})" if window else ""),
+                     clamp=True, width="stretch")
+    columns[1].image(overlay, caption=f"{METHOD_LABELS[settings.method]} for {class_name(prediction.positive_class)}",
+                     width="stretch")
+    if masks and settings.show_masks:
+        target, mask = next(iter(masks.items()))
+        columns[2].image(mask_overlay(shown, mask, color=MASK_COLORS.get(target, LUNG_COLOR)),
+                         caption=f"{target.capitalize()} mask", width="stretch")
+    if not masks:
+        target = "lung" if modality == "xray" else "infection"
+        st.caption(f"No {target} segmentation model for {MODALITY_NAMES[modality]} is installed, so no mask and no "
+                   "share of the heatmap inside it can be shown.")
+    shares = {target: cam_mass_inside(cam, mask) for target, mask in masks.items()}
+    for target, share in shares.items():
+        trust_signal(share, target)
+    lung_share = shares.get("lungs")
+    lung_share = None if lung_share is None or np.isnan(lung_share) else lung_share
+    downloads(upload, modality, prediction, model_dirs, settings, shown, overlay, lung_share)
+    st.caption(":material/health_and_safety: Research use only: not for diagnosis. Review by a radiologist.")
+    return row | {"Modality": MODALITY_NAMES[modality], "Model": prediction.model,
+            "COVID-19 probability": None if prediction.out_of_distribution else prediction.positive_probability,
+            "Result": "held back (out of distribution)" if prediction.out_of_distribution
+            else "at or above the operating point" if prediction.positive else "below the operating point"}
+
+
+def masks_for(upload: Upload, window: tuple[float, float] | None, pixels: np.ndarray, modality: str
+              ) -> dict[str, np.ndarray]:
+    """target -> display-size mask from each segmentation model of the modality (none when none is installed)."""
+    masks: dict[str, np.ndarray] = {}
+    for directory, card in model_cards(task="segmentation", modality=modality):
+        try:
+            mask = segment(upload.digest, window, directory, pixels)
+        except CheckpointError as error:
+            show_error(f"The segmentation model {card.name} could not be loaded: {error}")
+            continue
+        masks.setdefault(card.classes[0], mask)  # the card's only class is its target
+    return masks
+
+
+def downloads(upload: Upload, modality: str, prediction: Prediction, model_dirs: tuple[str, ...], settings: Settings,
+              shown: np.ndarray, overlay: np.ndarray, lung_share: float | None) -> None:
+    """Annotated PNG and the report; built only when clicked (the callables run on download)."""
+    stem = Path(bare_file_name(upload.name)).stem
+    content = ReportContent(file_name=upload.name, modality=modality, prediction=prediction,
+                            operating_point=operating_point_text(model_dirs, prediction),
+                            explanation=METHOD_LABELS[settings.method], image=shown, overlay=overlay,
+                            lung_share=lung_share)
+    key = f"{upload.digest[:16]}-{settings.method}"
+    first, second, third = st.columns(3)
+    first.download_button("Annotated image (PNG)", lambda: png_bytes(overlay), file_name=f"{stem}-heatmap.png",
+                          mime="image/png", on_click="ignore", icon=":material/image:", key=f"png-{key}")
+    second.download_button("Report (PDF)", lambda: render_pdf(content), file_name=f"{stem}-report.pdf",
+                           mime="application/pdf", on_click="ignore", icon=":material/picture_as_pdf:",
+                           key=f"pdf-{key}")
+    third.download_button("Report (HTML)", lambda: render_html(content), file_name=f"{stem}-report.html",
+                          mime="text/html", on_click="ignore", icon=":material/description:", key=f"html-{key}")
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def examples_section(default_modality: str) -> None:
+    """One-click example images from the test split of the configured data folder.
+
+    The curated layout (xray/ and ct/ manifests) gives examples of each modality; any other folder
+    (a manifest, a class-per-folder tree) is taken to hold images of the modality chosen in the settings.
+    """
+    with st.expander("Try an example image from the test split", expanded=False):
+        if default_data_dir() is None:
+            st.text_input("Data folder (the curated dataset with xray/ and ct/, or a folder per class)",
+                          key="data_dir", placeholder="/path/to/data",
+                          help="Set COVID_DATA_DIR before starting the app to skip this step.")
+        root = data_dir()
+        if root is None:
+            return
+        curated = [m for m in MODALITY_NAMES if (root / m / "manifest.csv").is_file()]
+        for modality in curated or [default_modality]:
+            name = MODALITY_NAMES[modality]
+            try:
+                rows = example_rows(str(root), modality, EXAMPLES_PER_CLASS)
+            except (DataError, LeakageError, OSError) as error:
+                st.caption(f"No {name} examples: {error}")
+                continue
+            if not rows:
+                continue
+            st.markdown(f"**{name}**")
+            columns = st.columns(3)
+            for index, (label, path) in enumerate(rows):
+                columns[index % len(columns)].button(f"{label}: {Path(path).name}", key=f"example-{path}",
+                                                     on_click=add_example, args=(path, label, modality),
+                                                     width="stretch")
+
+
+def add_example(path: str, label: str, modality: str) -> None:
+    """Button callback: runs before the rerun, so the example is analysed in the same click."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        show_error(f"The example {Path(path).name} could not be read ({error.strerror}).")
+        return
+    examples: list[Upload] = st.session_state.setdefault("examples", [])
+    if all(example.digest != content_hash(data) for example in examples):
+        examples.append(Upload(Path(path).name, data, content_hash(data), reference_label=label, modality=modality))
+
+
+def uploads() -> list[Upload]:
+    files = st.file_uploader(
+        "Chest X-ray or CT images: PNG, JPEG, TIFF or DICOM (drag and drop, several at once)",
+        accept_multiple_files=True, key="uploads",
+        help="DICOM files may lack an extension; every file's format is recognised from its content.")
+    digests: dict[str, str] = st.session_state.setdefault("upload-digests", {})  # file id -> hash, once per upload
+    items = []
+    for file in files or []:
+        data = file.getvalue()
+        if file.file_id not in digests:
+            digests[file.file_id] = content_hash(data)
+        items.append(Upload(file.name, data, digests[file.file_id]))
+    return items + list(st.session_state.get("examples", []))
+
+
+# -------------------------------------------------------------------------------------------------- page
+st.title("Analyze chest images")
+st.warning(RESEARCH_USE_NOTICE, icon=":material/health_and_safety:")
+settings = settings_sidebar()
+items = uploads()
+examples_section(settings.default_modality)
+if st.session_state.get("examples") and st.button("Remove the example images", icon=":material/delete:"):
+    st.session_state["examples"] = []
+    st.rerun()
+if not items:
+    st.info("Upload one or more images to analyse them.", icon=":material/upload:")
+    st.stop()
+summary_slot = st.container()
+rows = [analyse(item, settings) for item in items]
+if len(items) > 1:
+    with summary_slot:
+        st.markdown(f"**{len(items)} images**; details of each below.")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+            "COVID-19 probability": st.column_config.NumberColumn(format="percent")})

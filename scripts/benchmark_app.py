@@ -1,0 +1,163 @@
+"""Speed and memory of the Analyze page (a benchmark, not a test: it prints a markdown table).
+
+    python scripts/benchmark_app.py                            # real images from $COVID_DATA_DIR or ../shared/data
+    python scripts/benchmark_app.py --n 20 --modality xray --weights weights
+
+Starts `streamlit run streamlit_app.py` on 127.0.0.1 and drives Debian's Chromium (/usr/bin/chromium) through
+Playwright: each of N different real images is uploaded and the time until its complete result is visible
+(probability, heatmap and mask images loaded) is measured in the browser. The server's resident memory
+(streamlit and its children) is read after a warm-up and after the N analyses. Then the same work is timed
+in-process through the library (read + classify + Grad-CAM + masks), to show what the app adds.
+When weights/ holds no classifier of the modality, small untrained fixture models are used (same sizes of
+work only if their architecture and input size match the real ones: the table says which were used).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from covid_models.data import DATA_DIR_ENV, load_dataset
+from covid_models.explain import heatmap
+from covid_models.inference import Classifier, discover_models
+from covid_models.io import read_image
+from covid_models.segmentation import Segmenter
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from app_fixtures import make_weights_dir, running_app  # noqa: E402  (test helpers: app server, fixture models)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+UPLOAD_INPUT = '[data-testid="stFileUploaderDropzoneInput"]'
+# The result of `name` is complete when its heading, the probability and every image of its block are loaded.
+RESULT_COMPLETE = """([name, masks]) => {
+  const heading = [...document.querySelectorAll('h3')].find(h => h.textContent.trim() === name);
+  if (!heading || !document.querySelector('[data-testid="stMetricValue"]')) return false;
+  const captions = [...document.querySelectorAll('[data-testid="stImageCaption"]')].map(c => c.textContent);
+  if (!captions.some(c => c.includes('Grad-CAM')) || (masks && !captions.some(c => c.includes('mask')))) return false;
+  const images = [...document.querySelectorAll('[data-testid="stImage"] img')];
+  return images.length >= (masks ? 3 : 2) && images.every(img => img.complete && img.naturalWidth > 0);
+}"""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_data = os.environ.get(DATA_DIR_ENV) or str(ROOT.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=Path(default_data), help="curated data root (xray/, ct/)")
+    parser.add_argument("--weights", type=Path, default=ROOT / "weights", help="folder of model directories")
+    parser.add_argument("--modality", choices=("xray", "ct"), default="xray")
+    parser.add_argument("--n", type=int, default=20, help="number of measured uploads (different images)")
+    parser.add_argument("--warmup", type=int, default=2, help="uploads before measuring (model loading, imports)")
+    return parser.parse_args()
+
+
+def pick_images(data: Path, modality: str, count: int) -> list[Path]:
+    """`count` different images of the modality, spread over the manifest (seeded, so runs compare)."""
+    frame = load_dataset(data, modality)
+    return [Path(p) for p in frame.sample(n=min(count, len(frame)), random_state=0)["image"]]
+
+
+def server_rss_mb(pid: int) -> float:
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def browser_run(weights: Path, images: list[Path], warmup: int, masks: bool) -> dict[str, float]:
+    """Upload each image alone (the previous one removed) and time until its result is complete."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp, \
+            running_app({"COVID_WEIGHTS_DIR": str(weights), "COVID_REVIEW_DB": f"{tmp}/reviews.sqlite3"}) \
+            as (url, process), sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(300_000)
+        page.goto(url)
+        page.wait_for_selector(UPLOAD_INPUT, state="attached")
+        times, rss_warm = [], 0.0
+        for index, image in enumerate(images):
+            delete = page.locator('[data-testid="stFileUploaderDeleteBtn"] button')
+            if delete.count():
+                delete.first.click()
+                page.get_by_text("Upload one or more images to analyse them.").wait_for()
+            started = time.perf_counter()
+            page.set_input_files(UPLOAD_INPUT, str(image))
+            page.wait_for_function(RESULT_COMPLETE, arg=[image.name, masks], polling="raf")
+            elapsed = time.perf_counter() - started
+            if index >= warmup:
+                times.append(elapsed)
+            if index == warmup - 1:
+                rss_warm = server_rss_mb(process.pid)
+        rss_end = server_rss_mb(process.pid)
+        browser.close()
+    return {"median": statistics.median(times), "p90": percentile(times, 90), "n": len(times),
+            "rss_warm": rss_warm, "rss_end": rss_end}
+
+
+def library_run(weights: Path, modality: str, images: list[Path], warmup: int) -> dict[str, float]:
+    """read + classify + Grad-CAM + every mask of the modality, in this process, per image."""
+    classifier = Classifier.load(discover_models(weights, "classification", modality)[0][0])
+    segmenters = [Segmenter.load(d) for d, _ in discover_models(weights, "segmentation", modality)]
+    steps: dict[str, list[float]] = {"read": [], "classify": [], "gradcam": [], "masks": [], "total": []}
+    for index, image in enumerate(images):
+        marks = [time.perf_counter()]
+        scan = read_image(image)
+        marks.append(time.perf_counter())
+        classifier.predict(scan)
+        marks.append(time.perf_counter())
+        heatmap(classifier, scan, "gradcam")
+        marks.append(time.perf_counter())
+        for segmenter in segmenters:
+            segmenter.mask(scan)
+        marks.append(time.perf_counter())
+        if index >= warmup:
+            for name, start, end in zip(steps, marks, marks[1:], strict=False):
+                steps[name].append(end - start)
+            steps["total"].append(marks[-1] - marks[0])
+    return {name: statistics.median(values) for name, values in steps.items()} | {
+        "total_p90": percentile(steps["total"], 90), "segmenters": len(segmenters)}
+
+
+def main() -> None:
+    args = parse_args()
+    images = pick_images(args.data, args.modality, args.n + args.warmup)
+    weights, kind = args.weights, "shipped"
+    with tempfile.TemporaryDirectory() as tmp:
+        if not discover_models(weights, "classification", args.modality):
+            weights, kind = make_weights_dir(Path(tmp)), "untrained fixture (64 px)"
+        cards = [c for _, c in discover_models(weights, None, args.modality)]
+        masks = any(c.task == "segmentation" for c in cards)
+        browser = browser_run(weights, images, args.warmup, masks)
+        library = library_run(weights, args.modality, images, args.warmup)
+    models = ", ".join(f"{c.name} ({c.architecture}, {c.preprocessing.image_size} px)" for c in cards)
+    print(f"\nAnalyze page, {args.modality}, {browser['n']} uploads of different real images after "
+          f"{args.warmup} warm-up; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"models ({kind}): {models}\n")
+    print("| measure | value |\n| --- | ---: |")
+    print(f"| browser: upload to complete result, median | {browser['median'] * 1000:.0f} ms |")
+    print(f"| browser: upload to complete result, p90 | {browser['p90'] * 1000:.0f} ms |")
+    print(f"| server RSS after warm-up ({args.warmup} analyses) | {browser['rss_warm']:.0f} MiB |")
+    print(f"| server RSS after {browser['n'] + args.warmup} analyses | {browser['rss_end']:.0f} MiB |")
+    print(f"| library: read + classify + Grad-CAM + {library['segmenters']} mask(s), median | "
+          f"{library['total'] * 1000:.0f} ms |")
+    print(f"| library: same, p90 | {library['total_p90'] * 1000:.0f} ms |")
+    print(f"| library: read / classify / Grad-CAM / masks, medians | {library['read'] * 1000:.0f} / "
+          f"{library['classify'] * 1000:.0f} / {library['gradcam'] * 1000:.0f} / {library['masks'] * 1000:.0f} ms |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Entry point of the dashboard: `streamlit run streamlit_app.py`.
+
+Sets the page configuration, shows the research-use notice on every page and hands over to the page
+the user picked; each page is a script under pages/ that reads state and calls the library.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from covid_models import RESEARCH_USE_NOTICE
+
+st.set_page_config(page_title="COVID-19 chest imaging screening", page_icon=":material/radiology:",
+                   layout="wide", initial_sidebar_state="expanded")
+
+navigation = st.navigation([
+    st.Page("pages/analyze.py", title="Analyze", icon=":material/radiology:", default=True),
+    st.Page("pages/review.py", title="Review session", icon=":material/fact_check:"),
+    st.Page("pages/performance.py", title="Model performance", icon=":material/monitoring:"),
+    st.Page("pages/dataset.py", title="Dataset statistics", icon=":material/bar_chart:"),
+    st.Page("pages/about.py", title="About", icon=":material/info:"),
+])
+
+with st.sidebar:
+    st.warning(RESEARCH_USE_NOTICE, icon=":material/health_and_safety:")
+
+navigation.run()

@@ -1,0 +1,52 @@
+"""About page: purpose, the research-use notice, the data sources with licences, and the shipped models."""
+from __future__ import annotations
+
+import pytest
+from app_fixtures import make_weights_dir, page_test
+
+from covid_models import RESEARCH_USE_NOTICE
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return make_weights_dir(tmp_path_factory.mktemp("about"))
+
+
+def shown_text(at) -> str:
+    parts = [e.value for e in (*at.markdown, *at.warning, *at.info, *at.caption, *at.title, *at.header)]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_about_shows_the_notice_sources_with_licences_and_the_models(weights, monkeypatch):
+    at = page_test("pages/about.py", weights, monkeypatch).run()
+    assert not at.exception
+    assert RESEARCH_USE_NOTICE in shown_text(at)
+    assert "Intended use" in shown_text(at)
+    sources = at.table[0].value
+    models = at.dataframe[0].value
+    for source in ("ieee8023", "NIH", "UCSD", "V7 Labs", "Inf-Net"):
+        assert sources.index.str.contains(source).any(), source
+    assert sources["Licence"].str.contains("CC BY-NC-SA 4.0").any()
+    assert sources["Licence"].str.contains("Non-commercial").any()
+    assert sources["Cite"].str.contains("arXiv:2006.11988").any()
+    classifiers = models[models["Task"] == "classification"]
+    assert sorted(classifiers["Model"]) == ["ct-fixture", "xray-fixture-a", "xray-fixture-b"]
+    assert classifiers["Test result"].str.startswith("AUC ").all()
+    segmenters = models[models["Task"] == "segmentation"]
+    assert dict(zip(segmenters["Model"], segmenters["Output"], strict=True)) == {
+        "ct-infection-fixture": "infection (GGO, consolidation) masks", "xray-lungs-fixture": "lung masks"}
+
+
+def test_about_says_where_models_are_missing_instead_of_failing(tmp_path, monkeypatch):
+    at = page_test("pages/about.py", tmp_path / "empty", monkeypatch).run()
+    assert not at.exception
+    assert "No model directories were found" in shown_text(at)
+    assert len(at.dataframe) == 0 and len(at.table) == 1  # the sources only
+
+
+def test_the_app_opens_on_analyze_with_the_notice_in_the_sidebar(weights, monkeypatch):
+    """(AppTest's switch_page runs the page without the entry script; the browser test checks other pages.)"""
+    at = page_test("streamlit_app.py", weights, monkeypatch).run()
+    assert not at.exception
+    assert at.title[0].value == "Analyze chest images"
+    assert RESEARCH_USE_NOTICE in [w.value for w in at.sidebar.warning]

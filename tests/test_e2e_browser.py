@@ -1,0 +1,120 @@
+"""End to end: `streamlit run` on 127.0.0.1, driven by Debian's Chromium through Playwright.
+
+A person's path through the app: upload a chest image, see the probability and the heatmap, record a
+review verdict, reload the browser, and find the verdict still there. Screenshots go to test-artifacts/.
+Playwright never downloads a browser here: it launches /usr/bin/chromium (apt-get install chromium).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from app_fixtures import PROJECT_ROOT, chest_like_png, make_weights_dir, running_app
+from conftest import real_data_dir
+
+from covid_models import RESEARCH_USE_NOTICE
+from covid_models.inference import discover_models
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+UPLOAD_INPUT = '[data-testid="stFileUploaderDropzoneInput"]'
+TIMEOUT_MS = 120_000  # per step; generous because CI machines may be shared with training jobs
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)"
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(f"required (REQUIRE_BROWSER=1): {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """The shipped weights when an X-ray classifier is there, else small untrained fixture models."""
+    shipped = PROJECT_ROOT / "weights"
+    if discover_models(shipped, "classification", "xray"):
+        return shipped
+    return make_weights_dir(tmp_path_factory.mktemp("e2e"))
+
+
+def chest_image() -> tuple[str, bytes]:
+    """A real X-ray of the curated data when present, else a generated chest-like picture."""
+    root = real_data_dir()
+    if root is not None:
+        path = sorted((root / "xray" / "images").glob("*.jpg"))[0]
+        return path.name, path.read_bytes()
+    return "generated-chest.png", chest_like_png(size=256)
+
+
+def upload(page, name: str, data: bytes) -> None:
+    page.set_input_files(UPLOAD_INPUT, files=[{"name": name, "mimeType": "application/octet-stream", "buffer": data}])
+
+
+def analyse(page, url: str, name: str, data: bytes) -> None:
+    """Analyze page: the upload ends in a probability and a loaded heatmap, under the research-use notice."""
+    page.goto(url)
+    page.wait_for_selector(UPLOAD_INPUT, state="attached")
+    upload(page, name, data)
+    heatmap = page.get_by_test_id("stImage").filter(has_text="Grad-CAM").locator("img")
+    heatmap.wait_for(state="visible")
+    probability = page.get_by_test_id("stMetricValue").first.inner_text()
+    assert re.fullmatch(r"\d{1,3}\.\d%", probability.strip())
+    assert heatmap.evaluate("img => img.complete && img.naturalWidth > 0")
+    assert page.get_by_test_id("stSidebar").get_by_text(RESEARCH_USE_NOTICE).is_visible()
+    assert page.get_by_test_id("stMain").get_by_text(RESEARCH_USE_NOTICE).is_visible()
+    page.screenshot(path=str(ARTIFACTS / "e2e-1-analyze.png"), full_page=True)
+
+
+def review_and_reload(page, name: str, data: bytes) -> None:
+    """Review page: a one-image session, an 'Agree' verdict, and the verdict still there after a reload."""
+    page.get_by_role("link", name="Review session").click()
+    page.get_by_label("Your name").fill("Dr E2E")
+    page.get_by_label("Your name").press("Enter")
+    page.get_by_role("button", name=re.compile("Start session")).wait_for()
+    assert page.get_by_test_id("stSidebar").get_by_text(RESEARCH_USE_NOTICE).is_visible()
+    upload(page, name, data)
+    page.get_by_text(name).first.wait_for()
+    page.get_by_role("button", name=re.compile("Start session")).click()
+    page.get_by_text(f"Image 1 of 1: {name}").wait_for()
+    page.get_by_role("button", name=re.compile(r"\bAgree$")).click()
+    page.get_by_text("Your verdict:").wait_for()
+    page.get_by_text("1 of 1 reviewed").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "e2e-2-review.png"), full_page=True)
+
+    page.reload()  # a new browser session: only the URL and the database remember the review
+    assert "session=" in page.url
+    page.get_by_text(f"Image 1 of 1: {name}").wait_for()
+    page.get_by_text("Your verdict:").wait_for()  # raises when the verdict is not shown
+    page.get_by_text("1 of 1 reviewed").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "e2e-3-review-after-reload.png"), full_page=True)
+
+
+def test_upload_analyse_review_and_find_the_verdict_after_a_reload(browser, weights, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    name, data = chest_image()
+    env = {"COVID_WEIGHTS_DIR": str(weights), "COVID_REVIEW_DB": str(tmp_path / "reviews.sqlite3")}
+    with running_app(env) as (url, _process):
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            analyse(page, url, name, data)
+            review_and_reload(page, name, data)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "e2e-failure.png"), full_page=True)
+            raise
+        finally:
+            page.close()
