@@ -45,16 +45,23 @@ SEGMENTATION_OUTPUTS = {"lungs": "lung masks", "infection": "infection (GGO, con
 
 
 def _test_score(card: ModelCard) -> str:
-    """The card's headline test metric: AUC with its CI for classifiers, Dice for segmenters."""
+    """The card's headline held-out metric: AUC with its CI for classifiers, mean Dice for segmenters
+    (on the test split, or pooled over cross-validation folds when the set was too small to hold one out)."""
     test = card.metrics.get("test") or {}
     auc = test.get("auc")
     if isinstance(auc, (int, float)) and not math.isnan(auc):
         ci = test.get("auc_ci95") or []
         interval = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if len(ci) == 2 and None not in ci else ""
         return f"AUC {auc:.3f}{interval}"
-    dice = test.get("dice", test.get("mean_dice"))
-    if isinstance(dice, (int, float)):
-        return f"Dice {dice:.3f}"
+    cross_validation = card.metrics.get("cross_validation") or {}
+    if "dice" in test:
+        block, where = test, "test"
+    else:
+        block, where = cross_validation.get("pooled") or {}, f"{cross_validation.get('k', '?')}-fold cross-validation"
+    dice = block.get("dice")
+    if isinstance(dice, dict) and isinstance(dice.get("mean"), (int, float)):
+        interval = f", 95% CI {dice['ci95_low']:.3f}-{dice['ci95_high']:.3f}" if "ci95_low" in dice else ""
+        return f"mean Dice {dice['mean']:.3f} ({where}{interval})"
     return "not recorded"
 
 

@@ -2,11 +2,14 @@
 
 Every expensive step is cached by the image's content hash together with what changes its result
 (window, model directories, CAM method, segmentation model), so moving a slider or toggling a mask
-reruns the script without recomputing anything. Models are used under their lock (pages.shared.model_lock)
-because CAM hooks on a shared network must not see another session's forward pass.
+reruns the script without recomputing or even decoding anything. Results are cached at display size and
+the caches are bounded (4 decoded full-size scans; 64 images and heatmaps and 128 masks at no more than
+768 px), so a long-running server does not grow without limit. Models are used under their lock
+(pages.shared.model_lock) because CAM hooks on a shared network must not see another session's forward pass.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from covid_models.io import (
     WINDOW_PRESETS,
     ImageReadError,
     Scan,
+    ScanMetadata,
     content_hash,
     read_dicom_identifiers,
     read_image,
@@ -75,10 +79,36 @@ class Settings:
 
 
 # ------------------------------------------------------------------------------------ cached computation
-@st.cache_resource(max_entries=16, show_spinner=False)
+@st.cache_resource(max_entries=4, show_spinner=False)
 def read_scan(digest: str, _data: bytes, name: str) -> Scan:
-    """Decoded once per file content for the whole server; a Scan is immutable, so sharing it is safe."""
+    """The decoded file, shared by the server's sessions (a Scan is immutable); few kept, as they are full size."""
     return read_image(_data, name=name)
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def scan_facts(digest: str, _data: bytes, name: str) -> tuple[ScanMetadata, bool]:
+    """The file's metadata and whether it can be re-windowed: all a rerun needs when the results are cached."""
+    scan = read_scan(digest, _data, name)
+    return scan.metadata, scan.modality_values is not None
+
+
+class Pixels:
+    """The image under a window, decoded only when a cached result is missing, and then once per rerun."""
+
+    def __init__(self, upload: Upload, window: tuple[float, float] | None):
+        self.upload, self.window = upload, window
+
+    @functools.cached_property
+    def full(self) -> np.ndarray:
+        scan = read_scan(self.upload.digest, self.upload.data, self.upload.name)
+        return scan.pixels if self.window is None else rewindow(scan, *self.window)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def display_image(digest: str, window: tuple[float, float] | None, _pixels: Pixels) -> np.ndarray:
+    """The image at display size as uint8 (a quarter of float32 in the cache)."""
+    full = _pixels.full
+    return np.round(resized(full, display_size(full.shape)) * 255).astype(np.uint8)
 
 
 def display_size(shape: tuple[int, int]) -> tuple[int, int]:
@@ -100,36 +130,35 @@ def resized(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
-def classify(digest: str, window: tuple[float, float] | None, model_dirs: tuple[str, ...], _pixels: np.ndarray
+def classify(digest: str, window: tuple[float, float] | None, model_dirs: tuple[str, ...], _pixels: Pixels
              ) -> Prediction:
     """The calibrated prediction of one model, or of the ensemble of several."""
     members = [load_classifier(directory) for directory in model_dirs]
     with _locks(model_dirs):
-        return members[0].predict(_pixels) if len(members) == 1 else Ensemble(members).predict(_pixels)
+        return members[0].predict(_pixels.full) if len(members) == 1 else Ensemble(members).predict(_pixels.full)
 
 
-@st.cache_data(max_entries=128, show_spinner=False)
+@st.cache_data(max_entries=64, show_spinner=False)
 def explain(digest: str, window: tuple[float, float] | None, model_dirs: tuple[str, ...], method: str,
-            _pixels: np.ndarray) -> np.ndarray:
+            _pixels: Pixels) -> np.ndarray:
     """CAM for the positive class at display size; for an ensemble, the mean of its members' maps."""
     maps = []
     for directory in model_dirs:
         classifier = load_classifier(directory)
         with model_lock(directory):
-            maps.append(heatmap(classifier, _pixels, method))
-    mean = resized(np.mean(maps, axis=0).astype(np.float32), display_size(_pixels.shape))
+            maps.append(heatmap(classifier, _pixels.full, method))
+    mean = resized(np.mean(maps, axis=0).astype(np.float32), display_size(_pixels.full.shape))
     low, high = float(mean.min()), float(mean.max())
     return ((mean - low) / (high - low) if high > low else np.zeros_like(mean)).astype(np.float32)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def segment(digest: str, window: tuple[float, float] | None, segmenter_dir: str, _pixels: np.ndarray
-            ) -> np.ndarray:
+@st.cache_data(max_entries=128, show_spinner=False)
+def segment(digest: str, window: tuple[float, float] | None, segmenter_dir: str, _pixels: Pixels) -> np.ndarray:
     """A boolean mask at display size."""
     segmenter = load_segmenter(segmenter_dir)
     with model_lock(segmenter_dir):
-        mask = segmenter.mask(_pixels)
-    return resized(np.asarray(mask, dtype=bool), display_size(_pixels.shape))
+        mask = segmenter.mask(_pixels.full)
+    return resized(np.asarray(mask, dtype=bool), display_size(_pixels.full.shape))
 
 
 class _locks:
@@ -213,13 +242,13 @@ def operating_point_text(model_dirs: tuple[str, ...], prediction: Prediction) ->
     return f"'{name}', threshold {prediction.threshold:.1%}, chosen by: {rule}"
 
 
-def window_choice(upload: Upload, scan: Scan) -> tuple[float, float] | None:
+def window_choice(upload: Upload, metadata: ScanMetadata, windowable: bool) -> tuple[float, float] | None:
     """Window presets for DICOM images that keep their modality values; None keeps the window read from the file."""
-    if scan.modality_values is None:
+    if not windowable:
         return None
-    file_window = scan.metadata.window
+    file_window = metadata.window
     presets = {FILE_WINDOW: "As in the file" + (f" ({file_window[0]:g} / {file_window[1]:g})" if file_window else "")}
-    if scan.metadata.dicom_modality == "CT":
+    if metadata.dicom_modality == "CT":
         presets.update({name: f"{name.capitalize()} ({c:g} / {w:g})" for name, (c, w) in WINDOW_PRESETS.items()})
     presets[CUSTOM_WINDOW] = "Custom"
     key = f"window-{upload.digest[:16]}"
@@ -236,13 +265,13 @@ def window_choice(upload: Upload, scan: Scan) -> tuple[float, float] | None:
 
 
 # ---------------------------------------------------------------------------------------------- display
-def dicom_header(upload: Upload, scan: Scan) -> None:
+def dicom_header(upload: Upload, metadata: ScanMetadata) -> None:
     with st.expander("DICOM header (technical fields only)"):
-        summary = scan.metadata.dicom_summary
+        summary = metadata.dicom_summary
         st.dataframe(pd.DataFrame({"Field": list(summary), "Value": list(summary.values())}), hide_index=True,
                      width="stretch")
-        if scan.metadata.notes:
-            st.caption("Reading notes: " + "; ".join(scan.metadata.notes))
+        if metadata.notes:
+            st.caption("Reading notes: " + "; ".join(metadata.notes))
     with st.expander("Patient identifiers in the file header (not stored)"):
         st.caption("Shown only on request, never stored, never put into reports or review sessions.")
         if st.toggle("Show identifiers", value=False, key=f"identifiers-{upload.digest[:16]}"):
@@ -306,27 +335,28 @@ def analyse(upload: Upload, settings: Settings) -> dict:
     st.subheader(bare_file_name(upload.name), divider="gray")
     row = {"File": bare_file_name(upload.name), "Modality": None, "Model": None, "COVID-19 probability": None}
     try:
-        scan = read_scan(upload.digest, upload.data, upload.name)
+        metadata, windowable = scan_facts(upload.digest, upload.data, upload.name)
     except ImageReadError as error:
         show_error(str(error))
         return row | {"Result": "not analysed: the file could not be read"}
-    dicom = scan.metadata.source_format == "dicom"
-    modality = scan.metadata.modality or upload.modality or settings.default_modality
-    origin = "from the DICOM Modality tag" if scan.metadata.modality \
+    dicom = metadata.source_format == "dicom"
+    modality = metadata.modality or upload.modality or settings.default_modality
+    origin = "from the DICOM Modality tag" if metadata.modality \
         else "from the dataset" if upload.modality else "as chosen in the settings"
-    if dicom and scan.metadata.modality is None and scan.metadata.dicom_modality:
-        origin += f" (the file's Modality tag '{scan.metadata.dicom_modality}' is not a chest X-ray or CT)"
-    st.caption(f"{MODALITY_NAMES[modality]} {origin}; {scan.metadata.width} x {scan.metadata.height} pixels, "
-               f"{scan.metadata.source_format.upper()}."
+    if dicom and metadata.modality is None and metadata.dicom_modality:
+        origin += f" (the file's Modality tag '{metadata.dicom_modality}' is not a chest X-ray or CT)"
+    st.caption(f"{MODALITY_NAMES[modality]} {origin}; {metadata.width} x {metadata.height} pixels, "
+               f"{metadata.source_format.upper()}."
                + (f" Reference label in the dataset: **{upload.reference_label}**." if upload.reference_label else ""))
     if dicom:
-        dicom_header(upload, scan)
-    window = window_choice(upload, scan)
-    pixels = scan.pixels if window is None else rewindow(scan, *window)
+        dicom_header(upload, metadata)
+    window = window_choice(upload, metadata, windowable)
+    pixels = Pixels(upload, window)
+    shown = display_image(upload.digest, window, pixels).astype(np.float32) / 255
     model_dirs = settings.models.get(modality)
     if not model_dirs:
         st.warning(f"No {MODALITY_NAMES[modality]} classifier is installed, so this image cannot be analysed.")
-        st.image(pixels, width=DISPLAY_SIDE // 2, clamp=True)
+        st.image(shown, width=DISPLAY_SIDE // 2, clamp=True)
         return row | {"Modality": MODALITY_NAMES[modality], "Result": "not analysed: no model"}
     try:
         prediction = classify(upload.digest, window, model_dirs, pixels)
@@ -339,7 +369,6 @@ def analyse(upload: Upload, settings: Settings) -> dict:
         return row | {"Modality": MODALITY_NAMES[modality], "Result": "not analysed: the model could not be loaded"}
     result_block(prediction, modality, model_dirs)
     masks = masks_for(upload, window, pixels, modality)
-    shown = resized(pixels, cam.shape)
     overlay = heatmap_overlay(shown, cam, settings.opacity)
     if masks and settings.outline_on_heatmap:
         overlay = mask_overlay(overlay, next(iter(masks.values())), color=OUTLINE_COLOR, alpha=0.0)
@@ -369,7 +398,7 @@ def analyse(upload: Upload, settings: Settings) -> dict:
             else "at or above the operating point" if prediction.positive else "below the operating point"}
 
 
-def masks_for(upload: Upload, window: tuple[float, float] | None, pixels: np.ndarray, modality: str
+def masks_for(upload: Upload, window: tuple[float, float] | None, pixels: Pixels, modality: str
               ) -> dict[str, np.ndarray]:
     """target -> display-size mask from each segmentation model of the modality (none when none is installed)."""
     masks: dict[str, np.ndarray] = {}

@@ -134,6 +134,7 @@ def library_run(weights: Path, modality: str, images: list[Path], warmup: int) -
 
 def main() -> None:
     args = parse_args()
+    load_before = os.getloadavg()[0]
     images = pick_images(args.data, args.modality, args.n + args.warmup)
     weights, kind = args.weights, "shipped"
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,7 +147,8 @@ def main() -> None:
     models = ", ".join(f"{c.name} ({c.architecture}, {c.preprocessing.image_size} px)" for c in cards)
     print(f"\nAnalyze page, {args.modality}, {browser['n']} uploads of different real images after "
           f"{args.warmup} warm-up; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"models ({kind}): {models}\n")
+          f"models ({kind}): {models}; 1-minute load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after (other processes on the machine slow every figure down)\n")
     print("| measure | value |\n| --- | ---: |")
     print(f"| browser: upload to complete result, median | {browser['median'] * 1000:.0f} ms |")
     print(f"| browser: upload to complete result, p90 | {browser['p90'] * 1000:.0f} ms |")

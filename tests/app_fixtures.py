@@ -97,8 +97,10 @@ def write_segmenter(directory: Path, name: str, modality: str, target: str, seed
         name=name, task="segmentation", modality=modality, architecture="unet", classes=[target],
         preprocessing=segmentation_preprocessing(64),
         operating_points={"default": {"threshold": 0.5, "rule": "test fixture"}}, default_operating_point="default",
-        metrics={"test": {"dice": 0.5}},
-        extra={"encoder": DEFAULT_ENCODER, "postprocess": POSTPROCESS_LUNGS if target == "lungs" else None},
+        metrics={"test": {"n": 10, "threshold": 0.5, "pooled_dice": 0.5,
+                          "dice": {"mean": 0.5, "std": 0.1, "ci95_low": 0.4, "ci95_high": 0.6, "n": 10}}},
+        extra={"encoder": DEFAULT_ENCODER, "target": target,
+               "postprocess": POSTPROCESS_LUNGS if target == "lungs" else None},
     )
     return save_model_dir(directory / name, model, card)
 

@@ -33,6 +33,7 @@ def test_about_shows_the_notice_sources_with_licences_and_the_models(weights, mo
     assert sorted(classifiers["Model"]) == ["ct-fixture", "xray-fixture-a", "xray-fixture-b"]
     assert classifiers["Test result"].str.startswith("AUC ").all()
     segmenters = models[models["Task"] == "segmentation"]
+    assert list(segmenters["Test result"]) == ["mean Dice 0.500 (test, 95% CI 0.400-0.600)"] * 2
     assert dict(zip(segmenters["Model"], segmenters["Output"], strict=True)) == {
         "ct-infection-fixture": "infection (GGO, consolidation) masks", "xray-lungs-fixture": "lung masks"}
 

@@ -1,0 +1,240 @@
+"""Resident memory over a long session of analyses (a benchmark, not a test: it prints a markdown table).
+
+    python scripts/benchmark_memory.py                                  # every classifier in weights/, N=200
+    python scripts/benchmark_memory.py --n 200 --weights weights --data ../shared/data
+
+One analysis is what the Analyze page computes for one upload, in one process: the file's bytes read by
+`covid_models.io.read_image`, `Classifier.predict`, a CAM heatmap (`covid_models.explain.heatmap`, forward
+and backward hooks on the shared network), the masks of every segmentation model of the same modality in
+the weights folder (none while none is installed), the heatmap and mask overlays and the share of the
+heatmap inside the mask. Streamlit's result caches are left out on purpose: they hold results by design
+(bounded by `max_entries`), whereas this measures what a computation leaves behind once its result is dropped.
+
+Per model: RSS after a warm-up (first-call allocations, thread pools, allocator arenas), RSS after N more
+analyses, the growth between the two, its trend (least-squares slope of RSS sampled every 10 analyses: a
+leak shows as a steady slope, noise does not), the peak, and the hooks left on the network's modules (0 when
+every CAM object released its hooks). By default each reading follows a garbage collection and glibc's
+malloc_trim, which hands freed heap back to the system, so that RSS counts memory still held: without it
+(--no-trim) readings swing by up to about a hundred MB with what the allocator keeps cached from the large
+transient arrays (768-pixel overlays, segmentation inputs), whatever is held. Images come from
+the data folder's test split of the model's modality, cycled; without one, generated chest-like pictures.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gc
+import io
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from PIL import Image
+from torch import nn
+
+from covid_models.data import DataError, default_data_dir, ensure_split, load_dataset
+from covid_models.explain import heatmap
+from covid_models.inference import Classifier, discover_models
+from covid_models.io import read_image
+from covid_models.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, mask_overlay
+from covid_models.segmentation import Segmenter, cam_mass_inside
+
+ROOT = Path(__file__).resolve().parents[1]
+DISPLAY_SIDE = 768  # the Analyze page keeps heatmaps and masks at this size
+OPACITY = 0.45  # the page's default heatmap opacity
+MASK_COLORS = {"lungs": LUNG_COLOR, "infection": INFECTION_COLOR}
+MAX_IMAGES = 64  # distinct images cycled through: enough variety of sizes without reading the whole split
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MemoryRun:
+    model: str
+    n: int
+    segmenters: int
+    rss_warm_mb: float
+    rss_end_mb: float
+    trend_mb_per_100: float
+    peak_mb: float  # highest reading, before trimming
+    forward_hooks: int
+    backward_hooks: int
+
+    @property
+    def growth_mb(self) -> float:
+        return self.rss_end_mb - self.rss_warm_mb
+
+
+def hooks_left(model: nn.Module) -> tuple[int, int]:
+    """(forward, backward) hooks registered on any module of `model`, plus the global module hooks."""
+    from torch.nn.modules import module as torch_module
+
+    forward = len(torch_module._global_forward_hooks) + len(torch_module._global_forward_pre_hooks)
+    backward = len(torch_module._global_backward_hooks) + len(torch_module._global_backward_pre_hooks)
+    for sub in model.modules():
+        forward += len(sub._forward_hooks) + len(sub._forward_pre_hooks)
+        backward += len(sub._backward_hooks) + len(sub._backward_pre_hooks)
+    return forward, backward
+
+
+def rss_mb(trim: bool = False) -> float:
+    """Resident memory of this process after a full garbage collection.
+
+    With `trim`, freed heap is handed back to the system first (glibc's malloc_trim), so the figure counts
+    memory still held rather than what the allocator keeps cached for reuse.
+    """
+    gc.collect()
+    if trim:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    return psutil.Process().memory_info().rss / MB
+
+
+def display_size(shape: tuple[int, int]) -> tuple[int, int]:
+    height, width = shape
+    scale = min(1.0, DISPLAY_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resized(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear for float maps, nearest for boolean masks, as the page resizes them."""
+    if array.shape[:2] == shape:
+        return array
+    if array.dtype == bool:
+        image = Image.fromarray(array.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
+        return np.asarray(image) > 127
+    image = Image.fromarray(array.astype(np.float32), mode="F")
+    return np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
+def analyse(classifier: Classifier, segmenters: list[Segmenter], name: str, data: bytes,
+            method: str = "gradcam") -> float | None:
+    """One upload through the Analyze page's computations; returns the COVID-19 probability."""
+    scan = read_image(data, name=name)
+    pixels = scan.pixels
+    prediction = classifier.predict(pixels)
+    cam = resized(heatmap(classifier, pixels, method), display_size(pixels.shape))
+    shown = resized(pixels, cam.shape)
+    overlay = heatmap_overlay(shown, cam, OPACITY)
+    for segmenter in segmenters:
+        mask = resized(np.asarray(segmenter.mask(pixels), dtype=bool), cam.shape)
+        overlay = mask_overlay(overlay, mask, color=(255, 255, 255), alpha=0.0)
+        mask_overlay(shown, mask, color=MASK_COLORS.get(segmenter.target, LUNG_COLOR))
+        cam_mass_inside(cam, mask)
+    return prediction.positive_probability
+
+
+def generated_images(count: int) -> list[tuple[str, bytes]]:
+    """Chest-like PNGs (two dark lung fields in a bright body) of several sizes, for runs without data."""
+    images = []
+    for index in range(count):
+        size = (256, 384, 512)[index % 3]
+        rng = np.random.default_rng(index)
+        y, x = np.mgrid[0:size, 0:size] / size
+        lungs = np.exp(-(((x - 0.3) / 0.13) ** 2 + ((y - 0.5) / 0.28) ** 2)) + \
+            np.exp(-(((x - 0.7) / 0.13) ** 2 + ((y - 0.5) / 0.28) ** 2))
+        pixels = np.clip(0.75 - 0.5 * lungs + rng.normal(0, 0.03, (size, size)), 0, 1)
+        buffer = io.BytesIO()
+        Image.fromarray((pixels * 255).astype(np.uint8)).save(buffer, format="PNG")
+        images.append((f"generated-{index}.png", buffer.getvalue()))
+    return images
+
+
+def test_images(data: Path | None, modality: str) -> tuple[list[tuple[str, bytes]], str]:
+    """(name, bytes) of up to MAX_IMAGES test-split images of `modality`, and where they came from."""
+    if data is not None:
+        try:
+            frame = ensure_split(load_dataset(data, modality), seed=0, data_root=data)
+        except (DataError, OSError) as error:
+            print(f"<!-- {modality}: no images from {data} ({error}); generated ones used -->")
+        else:
+            paths = frame[frame["split"] == "test"].sort_values("image")["image"].head(MAX_IMAGES)
+            return [(Path(p).name, Path(p).read_bytes()) for p in paths], f"{len(paths)} test-split images of {data}"
+    return generated_images(MAX_IMAGES // 4), "generated images"
+
+
+def measure(classifier: Classifier, segmenters: list[Segmenter], images: list[tuple[str, bytes]], n: int,
+            warmup: int, method: str, trim: bool) -> MemoryRun:
+    """Warm up, then N analyses cycling through `images`; RSS along the way, hooks left at the end."""
+    for index in range(warmup):
+        analyse(classifier, segmenters, *images[index % len(images)], method=method)
+    peak = rss_mb()
+    samples = [(0, rss_mb(trim))]
+    started = time.perf_counter()
+    for index in range(n):
+        analyse(classifier, segmenters, *images[(warmup + index) % len(images)], method=method)
+        if index % 10 == 9 or index == n - 1:
+            peak = max(peak, rss_mb())
+            samples.append((index + 1, rss_mb(trim)))
+        if index % 25 == 24:  # the trajectory, for the reader
+            print(f"{classifier.name}: {index + 1}/{n} analyses, RSS {samples[-1][1]:.1f} MB, "
+                  f"{(time.perf_counter() - started) / (index + 1):.2f} s each", file=sys.stderr, flush=True)
+    counts, rss = np.asarray(samples).T
+    slope = float(np.polyfit(counts, rss, 1)[0]) * 100 if len(samples) > 2 else float("nan")
+    forward, backward = hooks_left(classifier.model)
+    return MemoryRun(classifier.name, n, len(segmenters), samples[0][1], samples[-1][1], slope, peak, forward,
+                     backward)
+
+
+def load_segmenters(weights: Path, modality: str) -> list[Segmenter]:
+    return [Segmenter.load(directory) for directory, _card in discover_models(weights, "segmentation", modality)]
+
+
+def markdown_table(runs: list[MemoryRun]) -> str:
+    lines = ["| model | segmentation models | N | RSS after warm-up (MB) | RSS after N (MB) | growth (MB) "
+             "| trend (MB per 100 analyses) | peak RSS (MB) | forward hooks left | backward hooks left |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r.model} | {r.segmenters} | {r.n} | {r.rss_warm_mb:.1f} | {r.rss_end_mb:.1f} | {r.growth_mb:+.1f} "
+              f"| {r.trend_mb_per_100:+.2f} | {r.peak_mb:.1f} | {r.forward_hooks} | {r.backward_hooks} |"
+              for r in runs]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200, help="analyses measured after the warm-up")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--weights", type=Path, default=ROOT / "weights")
+    parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data",
+                        help="curated data folder ($COVID_DATA_DIR, else ../shared/data); generated images "
+                             "when absent")
+    parser.add_argument("--method", default="gradcam", help="CAM method (the page's default: gradcam)")
+    parser.add_argument("--no-trim", dest="trim", action="store_false",
+                        help="read RSS as it is, without handing freed heap back first (malloc_trim)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--model", action="append", default=None,
+                        help="only this model directory name (repeatable); default: every classifier")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.warmup < 0:
+        parser.error("--n must be at least 1 and --warmup at least 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = args.data if args.data and args.data.is_dir() else None
+    found = [(d, c) for d, c in discover_models(args.weights, "classification")
+             if args.model is None or d.name in args.model]
+    if not found:
+        parser.error(f"no classifier found in {args.weights}")
+    print(f"<!-- {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"pid {os.getpid()}, method {args.method}, warm-up {args.warmup}, "
+          f"RSS read {'after malloc_trim' if args.trim else 'untrimmed'} -->")
+    runs = []
+    for directory, _card in found:
+        classifier = Classifier.load(directory)
+        segmenters = load_segmenters(args.weights, classifier.card.modality)
+        images, origin = test_images(data, classifier.card.modality)
+        print(f"<!-- {classifier.name} ({directory.name}): {origin}; segmentation: "
+              f"{', '.join(s.name for s in segmenters) or 'none installed'} -->", flush=True)
+        runs.append(measure(classifier, segmenters, images, args.n, args.warmup, args.method, args.trim))
+    print(markdown_table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
