@@ -55,7 +55,10 @@ class Classifier:
         model_state = {k: v for k, v in state.items() if not k.startswith(OOD_PREFIX)}
         model = build_model(card.architecture, len(card.classes))
         load_weights_into(model, model_state, source=str(directory))
-        ood = OodGuard.from_state(ood_state, card.extra.get("ood")) if ood_state else None
+        try:
+            ood = OodGuard.from_state(ood_state, card.extra.get("ood")) if ood_state else None
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"{directory}: {error}") from error
         return cls(model, card, ood)
 
     @property

@@ -47,6 +47,9 @@ class OodGuard:
     def from_state(cls, state: dict[str, torch.Tensor], entry: dict[str, Any] | None) -> OodGuard:
         if entry is None:
             raise ValueError("checkpoint has OOD tensors but its card has no 'ood' entry")
+        if entry.get("method") != METHOD or set(state) != {f"{OOD_PREFIX}class_means", f"{OOD_PREFIX}precision"}:
+            raise ValueError("its out-of-distribution statistics are of an older format; refit them with "
+                             "scripts/fit_ood.py")
         return cls(state[f"{OOD_PREFIX}class_means"].double(), state[f"{OOD_PREFIX}precision"].double(),
                    threshold=float(entry["threshold"]))
 

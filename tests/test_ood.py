@@ -59,3 +59,10 @@ def test_shipped_xray_model_flags_photographs_and_ct_slices_but_few_real_xrays(r
     assert flagged["genuine"] <= 0.1
     assert flagged["photos"] >= 0.5
     assert flagged["ct"] >= 0.5
+
+
+def test_statistics_of_an_older_format_are_refused_with_a_clear_message():
+    old = {"ood.mean": torch.zeros(4), "ood.components": torch.eye(4), "ood.class_means": torch.zeros(2, 4),
+           "ood.precision": torch.eye(4)}
+    with pytest.raises(ValueError, match="older format"):
+        OodGuard.from_state(old, {"method": "mahalanobis (PCA + Ledoit-Wolf)", "threshold": 1.0})
