@@ -108,8 +108,9 @@ if models.empty:
     st.info(f"No model directories were found in {weights_dir()}. Train models with scripts/train.py or set "
             "COVID_WEIGHTS_DIR to a folder of model directories.", icon=":material/info:")
 else:
-    st.dataframe(models, hide_index=True, width="stretch")
-    st.caption("Test results come from each model's card (held-out test split; 95% intervals by patient-level "
-               "bootstrap). Each model directory also holds a MODEL_CARD.md with its data, metrics and limits.")
+    st.table(models.set_index("Model"))
+    st.caption("Results come from each model's card: the held-out test split, or cross-validation where a set was "
+               "too small to hold images out; 95% intervals by bootstrap. Each model directory also holds a "
+               "MODEL_CARD.md with its data, metrics and limits.")
 
 st.caption(f"covid_models {__version__}")

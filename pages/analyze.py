@@ -54,6 +54,7 @@ EXAMPLES_PER_CLASS = 2
 FILE_WINDOW = "file"
 CUSTOM_WINDOW = "custom"
 MASK_COLORS = {"lungs": LUNG_COLOR, "infection": INFECTION_COLOR}
+MASK_CAPTIONS = {"lungs": "Lung mask", "infection": "Infection mask (ground glass and consolidation)"}
 OUTLINE_COLOR = (255, 255, 255)  # a mask outline on the heatmap: white reads on every colour of the jet map
 
 
@@ -380,7 +381,7 @@ def analyse(upload: Upload, settings: Settings) -> dict:
     if masks and settings.show_masks:
         target, mask = next(iter(masks.items()))
         columns[2].image(mask_overlay(shown, mask, color=MASK_COLORS.get(target, LUNG_COLOR)),
-                         caption=f"{target.capitalize()} mask", width="stretch")
+                         caption=MASK_CAPTIONS.get(target, f"{target.capitalize()} mask"), width="stretch")
     if not masks:
         target = "lung" if modality == "xray" else "infection"
         st.caption(f"No {target} segmentation model for {MODALITY_NAMES[modality]} is installed, so no mask and no "
