@@ -43,13 +43,12 @@ from covid_models.training import (
     Runtime,
     autocast,
     barrier,
-    cosine_lr,
     git_commit,
     make_loader,
-    progress,
     seed_everything,
     setup_runtime,
     teardown,
+    train_epoch,
 )
 
 RESUME_PREFIX = "resume_state"
@@ -243,8 +242,7 @@ def fit(config: SegmentationConfig, train: pd.DataFrame, val: pd.DataFrame | Non
     if runtime.cuda:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = len(loader) * config.epochs
     history: list[dict[str, float]] = []
     best_dice, best_state, start_epoch = -1.0, None, 0
     if resume_path.is_file():
@@ -265,24 +263,8 @@ def fit(config: SegmentationConfig, train: pd.DataFrame, val: pd.DataFrame | Non
 
     for epoch in range(start_epoch, config.epochs):
         epoch_start = time.time()
-        train_model.train()
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        losses = []
-        for step, (inputs, targets) in enumerate(progress(loader, runtime, desc=f"{label}epoch {epoch + 1}",
-                                                          unit="batch")):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(epoch * steps_per_epoch + step, total_steps, config.lr, steps_per_epoch)
-            inputs = inputs.to(runtime.device, non_blocking=True)
-            targets = targets.to(runtime.device, non_blocking=True)
-            if runtime.cuda:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with autocast(runtime):
-                loss = loss_fn(train_model(inputs).float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        losses = train_epoch(train_model, loader, optimizer, loss_fn, runtime, epoch=epoch, total_steps=total_steps,
+                             lr=config.lr, desc=f"{label}epoch {epoch + 1}")
         train_seconds = time.time() - epoch_start
         if show:
             record: dict[str, float] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),

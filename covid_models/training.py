@@ -134,6 +134,34 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                runtime: Runtime, *, epoch: int, total_steps: int, lr: float, desc: str) -> list[float]:
+    """One pass over `loader` with the cosine schedule (one epoch of warm-up); returns the batch losses.
+
+    Shared by the classifier and segmentation trainers: bf16 autocast and channels_last on CUDA, the
+    sampler told its epoch so DDP ranks and balanced draws change from epoch to epoch.
+    """
+    model.train()
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    steps_per_epoch = len(loader)
+    losses = []
+    for step, (inputs, targets) in enumerate(progress(loader, runtime, desc=desc, unit="batch")):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(epoch * steps_per_epoch + step, total_steps, lr, steps_per_epoch)
+        inputs = inputs.to(runtime.device, non_blocking=True)
+        targets = targets.to(runtime.device, non_blocking=True)
+        if runtime.cuda:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast(runtime):
+            loss = loss_fn(model(inputs).float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 # --- classifier training ---------------------------------------------------------------------------
 
 
@@ -241,8 +269,7 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
     if runtime.cuda:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = len(train_loader) * config.epochs
     history: list[dict[str, float]] = []
     best_auc, best_state, start_epoch, earlier_seconds = -1.0, None, 0, 0.0
 
@@ -268,25 +295,8 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
 
     for epoch in range(start_epoch, config.epochs):
         epoch_start = time.time()
-        train_model.train()
-        for s in (sampler, train_loader.sampler):
-            if hasattr(s, "set_epoch"):
-                s.set_epoch(epoch)
-        losses = []
-        for step, (inputs, targets) in enumerate(progress(train_loader, runtime, desc=f"epoch {epoch + 1}",
-                                                          unit="batch")):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(epoch * steps_per_epoch + step, total_steps, config.lr, steps_per_epoch)
-            inputs = inputs.to(runtime.device, non_blocking=True)
-            targets = targets.to(runtime.device, non_blocking=True)
-            if runtime.cuda:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with autocast(runtime):
-                loss = loss_fn(train_model(inputs).float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        losses = train_epoch(train_model, train_loader, optimizer, loss_fn, runtime, epoch=epoch,
+                             total_steps=total_steps, lr=config.lr, desc=f"epoch {epoch + 1}")
         train_seconds = time.time() - epoch_start
         if show:
             val_logits, val_labels, _ = collect(model, val_loader, runtime)
