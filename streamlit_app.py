@@ -8,6 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE
+from pages.shared import app_navigation
 
 st.set_page_config(page_title="COVID-19 chest imaging screening", page_icon=":material/radiology:",
                    layout="wide", initial_sidebar_state="expanded")
@@ -23,4 +24,5 @@ navigation = st.navigation([
 with st.sidebar:
     st.warning(RESEARCH_USE_NOTICE, icon=":material/health_and_safety:")
 
-navigation.run()
+with app_navigation():
+    navigation.run()

@@ -8,7 +8,9 @@ import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE, __version__
 from covid_models.checkpoint import ModelCard
-from pages.shared import model_cards, weights_dir
+from pages.shared import enter_through_app, model_cards, weights_dir
+
+enter_through_app()
 
 # Facts of the curated dataset's sources (shared/data/README.md), written here so the page needs no data folder.
 SOURCES = pd.DataFrame([

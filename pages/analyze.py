@@ -44,7 +44,17 @@ from covid_models.report import (
     result_sentence,
 )
 from covid_models.segmentation import cam_mass_inside
-from pages.shared import data_dir, load_classifier, load_segmenter, model_cards, model_lock, show_error
+from pages.shared import (
+    data_dir,
+    enter_through_app,
+    load_classifier,
+    load_segmenter,
+    model_cards,
+    model_lock,
+    show_error,
+)
+
+enter_through_app()
 
 MODALITY_NAMES = {"xray": "X-ray", "ct": "CT"}
 ENSEMBLE = "ensemble"

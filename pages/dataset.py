@@ -24,7 +24,9 @@ from covid_models.data import (
     near_duplicate_pairs,
 )
 from covid_models.figures import class_balance_figure, count_table, image_size_figure, mask_fraction_figure
-from pages.shared import data_dir, model_cards, show_error
+from pages.shared import data_dir, enter_through_app, model_cards, show_error
+
+enter_through_app()
 
 CLASSIFICATION_SETS = {"xray": "Chest X-ray classification", "ct": "Chest CT classification"}
 SEGMENTATION_TITLES = {"xray-lungs": "X-ray lung segmentation", "ct-infection": "CT infection segmentation"}

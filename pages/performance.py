@@ -20,7 +20,9 @@ from covid_models.figures import (
     threshold_table,
     training_curves_figure,
 )
-from pages.shared import model_cards, weights_dir
+from pages.shared import enter_through_app, model_cards, weights_dir
+
+enter_through_app()
 
 MODALITY_NAMES = {"xray": "Chest X-ray", "ct": "Chest CT"}
 SOURCE_CONFOUNDING = (

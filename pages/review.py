@@ -27,7 +27,9 @@ from covid_models.inference import Prediction
 from covid_models.io import ImageReadError, content_hash, read_image
 from covid_models.overlays import heatmap_overlay
 from covid_models.reviews import ItemView, NewItem, ReviewDatabaseError, ReviewError, ReviewStore, SessionInfo
-from pages.shared import data_dir, load_classifier, model_cards, review_store, show_error
+from pages.shared import data_dir, enter_through_app, load_classifier, model_cards, review_store, show_error
+
+enter_through_app()
 
 MODALITY_NAMES = {"xray": "Chest X-ray", "ct": "Chest CT"}
 SOURCE_UPLOAD, SOURCE_DATA = "upload", "data"

@@ -6,10 +6,14 @@ slider move or a click never reloads them; no business logic lives here, only in
 from __future__ import annotations
 
 import os
+import runpy
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from covid_models.checkpoint import ModelCard
 from covid_models.data import default_data_dir
@@ -19,6 +23,36 @@ from covid_models.segmentation import Segmenter
 
 WEIGHTS_DIR_ENV = "COVID_WEIGHTS_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ENTRY_SCRIPT = REPO_ROOT / "streamlit_app.py"
+_run = threading.local()  # Streamlit runs each script run of a session in one thread
+
+
+@contextmanager
+def app_navigation() -> Iterator[None]:
+    """Marks the pages run inside it as entered through the app's navigation (used by streamlit_app.py)."""
+    _run.navigated = True
+    try:
+        yield
+    finally:
+        _run.navigated = False
+
+
+def enter_through_app() -> None:
+    """Called first by every page: when Streamlit ran the page without the app's entry script, run that instead.
+
+    On a freshly started server, Streamlit serves the first request in its legacy `pages/` mode, so a
+    bookmarked link such as /dataset runs this page directly: no research-use notice, and a sidebar listing
+    every script of the folder. Running streamlit_app.py here hands the run to `st.navigation`, which shows
+    the requested page inside the app and ends the legacy mode for the rest of the server's life.
+    (A page tested on its own, as its own main script, is left alone.)
+    """
+    context = get_script_run_ctx()
+    if getattr(_run, "navigated", False) or context is None:
+        return
+    if Path(context.main_script_path).resolve() != ENTRY_SCRIPT:
+        return
+    runpy.run_path(str(ENTRY_SCRIPT), run_name="__main__")
+    st.stop()  # the page has been shown by the navigation; nothing more of this outer run
 
 
 def weights_dir() -> Path:

@@ -118,3 +118,29 @@ def test_upload_analyse_review_and_find_the_verdict_after_a_reload(browser, weig
             raise
         finally:
             page.close()
+
+
+APP_PAGES = ["Analyze", "Review session", "Model performance", "Dataset statistics", "About"]
+
+
+@pytest.mark.parametrize("path", ["about", "dataset"])
+def test_a_deep_link_as_the_first_request_opens_the_page_inside_the_app(browser, weights, tmp_path, path):
+    """A bookmarked page on a freshly started server gets the app's navigation and notice, not a bare script."""
+    env = {"COVID_WEIGHTS_DIR": str(weights), "COVID_REVIEW_DB": str(tmp_path / "reviews.sqlite3")}
+    with running_app(env) as (url, _process):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            page.goto(f"{url}/{path}")
+            sidebar = page.get_by_test_id("stSidebar")
+            sidebar.get_by_text(RESEARCH_USE_NOTICE).wait_for()
+            links = sidebar.get_by_test_id("stSidebarNavLink")
+            assert [text.split("\n")[-1].strip() for text in links.all_inner_texts()] == APP_PAGES  # after the icon
+            assert page.url.rstrip("/").endswith(f"/{path}")
+            page.get_by_test_id("stMain").get_by_role("heading").first.wait_for()
+            page.screenshot(path=str(ARTIFACTS / f"e2e-deep-link-{path}.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / f"e2e-deep-link-{path}-failure.png"), full_page=True)
+            raise
+        finally:
+            page.close()
