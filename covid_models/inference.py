@@ -41,7 +41,7 @@ class Classifier:
     def __init__(self, model: nn.Module, card: ModelCard, ood: OodGuard | None = None):
         if card.task != "classification":
             raise CheckpointError(f"{card.name} is a {card.task} model, not a classifier")
-        self.model = model.eval()
+        self.model = model.eval().requires_grad_(False)  # inference only: heatmaps take gradients of activations
         self.card = card
         self.ood = ood
 
