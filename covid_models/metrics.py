@@ -1,7 +1,8 @@
 """Evaluation metrics: ROC/AUC with bootstrap CI, threshold metrics, calibration, operating points, Dice/IoU.
 
 Plain functions on numpy arrays, so the trainer, `scripts/evaluate.py` and the app compute every
-number the same way.
+number the same way. scikit-learn is imported by the functions that use it, so that the dashboard, which
+needs only Cohen's kappa and confusion tables from here, does not load it (about 55 MB).
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 
 def bootstrap_ci(
@@ -52,11 +52,15 @@ def auc(y_true: np.ndarray, score: np.ndarray) -> float:
     y_true = np.asarray(y_true)
     if len(np.unique(y_true)) < 2:
         raise ValueError("AUC is undefined with a single class")
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y_true, score))
 
 
 def roc_points(y_true: np.ndarray, score: np.ndarray, max_points: int = 200) -> dict[str, list[float]]:
     """ROC curve (fpr, tpr, thresholds), thinned to at most `max_points` for storage in a card."""
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, thresholds = roc_curve(y_true, score, drop_intermediate=True)
     thresholds = np.minimum(thresholds, 1.0)
     if len(fpr) > max_points:
@@ -93,6 +97,8 @@ def threshold_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -
 
 def youden_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
     """Threshold maximising sensitivity + specificity - 1."""
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, thresholds = roc_curve(y_true, score)
     best = int(np.argmax(tpr - fpr))
     return float(min(thresholds[best], 1.0))
@@ -100,6 +106,8 @@ def youden_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
 
 def sensitivity_threshold(y_true: np.ndarray, score: np.ndarray, target: float = 0.95) -> float:
     """Highest threshold whose sensitivity reaches `target` (the most specific screening cut-off)."""
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, thresholds = roc_curve(y_true, score)
     reaching = np.flatnonzero(tpr >= target)
     return float(min(thresholds[reaching[0]], 1.0))
@@ -163,6 +171,19 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
     matrix = np.zeros((n_classes, n_classes), dtype=int)
     np.add.at(matrix, (np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)), 1)
     return matrix.tolist()
+
+
+def cohen_kappa(first: Sequence[str], second: Sequence[str], labels: Sequence[str]) -> float:
+    """Agreement between two raters beyond chance: (observed - expected) / (1 - expected); NaN when the
+    expected agreement is 1 (both raters always gave the same single label)."""
+    index = {label: i for i, label in enumerate(labels)}
+    table = np.zeros((len(labels), len(labels)))
+    for a, b in zip(first, second, strict=True):
+        table[index[a], index[b]] += 1
+    total = table.sum()
+    observed = np.trace(table) / total
+    expected = float(table.sum(axis=1) @ table.sum(axis=0)) / total**2
+    return float("nan") if expected == 1 else float((observed - expected) / (1 - expected))
 
 
 def dice(prediction: np.ndarray, target: np.ndarray, empty: float = 1.0) -> float:

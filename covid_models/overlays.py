@@ -48,15 +48,23 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int
     return np.round(blended).astype(np.uint8)
 
 
-def colormap_lut(name: str = "jet") -> np.ndarray:
-    """A matplotlib colormap as a (256, 3) uint8 lookup table."""
-    from matplotlib import colormaps
+# Matplotlib's "jet" as (position, value) anchors per channel, linearly interpolated between them; written
+# out so that the app needs no matplotlib (tests compare the table with matplotlib's).
+_JET = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+COLORMAPS = ("jet",)
 
-    try:
-        cmap = colormaps[name]
-    except KeyError:
-        raise ValueError(f"unknown colormap {name!r}") from None
-    return np.round(cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+
+def colormap_lut(name: str = "jet") -> np.ndarray:
+    """A colormap as a (256, 3) uint8 lookup table."""
+    if name not in COLORMAPS:
+        raise ValueError(f"unknown colormap {name!r}; available: {', '.join(COLORMAPS)}")
+    positions = np.linspace(0.0, 1.0, 256)
+    channels = [np.interp(positions, *zip(*_JET[channel], strict=True)) for channel in ("red", "green", "blue")]
+    return np.round(np.stack(channels, axis=1) * 255).astype(np.uint8)
 
 
 def heatmap_overlay(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:

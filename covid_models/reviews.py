@@ -48,6 +48,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
+from covid_models.metrics import cohen_kappa
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -519,9 +521,8 @@ class ReviewStore:
 
     def summary(self, session_id: int) -> ReviewSummary:
         """Agreement, Cohen's kappa and the confusion table between model and reviewer."""
-        # Imported here: writer processes and the page that only records verdicts never need them.
+        # Imported here: writer processes and the page that only records verdicts never need it.
         import pandas as pd
-        from sklearn.metrics import cohen_kappa_score
 
         items = self.items(session_id)
         counts = {verdict: sum(item.verdict == verdict for item in items) for verdict in VERDICTS}
@@ -541,7 +542,7 @@ class ReviewStore:
                 "chance agreement is 100% and kappa is undefined"
             )
         else:
-            value = float(cohen_kappa_score(model_labels, reviewer_labels, labels=classes))
+            value = cohen_kappa(model_labels, reviewer_labels, classes)
             if math.isfinite(value):
                 kappa = value
             else:

@@ -10,6 +10,7 @@ from covid_models.metrics import (
     auc,
     binary_report,
     bootstrap_ci,
+    cohen_kappa,
     confusion_matrix,
     dice,
     expected_calibration_error,
@@ -117,3 +118,14 @@ def test_dice_and_iou_relate_for_any_masks(h, w, seed):
     assert 0 <= j <= d <= 1
     if a.any() or b.any():
         assert d == pytest.approx(2 * j / (1 + j))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("abc")), min_size=1, max_size=40))
+def test_cohen_kappa_agrees_with_scikit_learn(pairs):
+    from sklearn.metrics import cohen_kappa_score
+
+    first, second = zip(*pairs, strict=True)
+    ours = cohen_kappa(first, second, ["a", "b", "c"])
+    theirs = cohen_kappa_score(first, second, labels=["a", "b", "c"])
+    assert (np.isnan(ours) and np.isnan(theirs)) or ours == pytest.approx(theirs)

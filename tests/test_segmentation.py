@@ -16,7 +16,15 @@ from covid_models.checkpoint import CheckpointError, ModelCard, save_model_dir
 from covid_models.data import DataError
 from covid_models.inference import discover_models
 from covid_models.metrics import dice, iou
-from covid_models.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, mask_contour, mask_overlay, to_rgb
+from covid_models.overlays import (
+    INFECTION_COLOR,
+    LUNG_COLOR,
+    colormap_lut,
+    heatmap_overlay,
+    mask_contour,
+    mask_overlay,
+    to_rgb,
+)
 from covid_models.preprocessing import Augmentation
 from covid_models.segmentation import (
     ARCHITECTURES,
@@ -221,6 +229,13 @@ def test_heatmap_overlay_resizes_the_heatmap_and_colours_hot_areas_red():
     assert cold[2] > 100 and cold[0] < 50  # jet: 0 -> dark blue
     with pytest.raises(ValueError, match="colormap"):
         heatmap_overlay(pixels, heat, colormap="no-such-map")
+
+
+def test_the_jet_table_is_matplotlibs_jet():
+    colormaps = pytest.importorskip("matplotlib").colormaps  # a test tool here; the app does not need it
+    expected = np.round(colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+    difference = np.abs(colormap_lut("jet").astype(int) - expected)
+    assert difference.max() <= 1  # matplotlib interpolates in float32: some entries round the other way
 
 
 # --- data ---------------------------------------------------------------------------------------------
