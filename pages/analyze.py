@@ -3,9 +3,10 @@
 Every expensive step is cached by the image's content hash together with what changes its result
 (window, model directories, CAM method, segmentation model), so moving a slider or toggling a mask
 reruns the script without recomputing or even decoding anything. Results are cached at display size and
-the caches are bounded (4 decoded full-size scans; 64 images and heatmaps and 128 masks at no more than
-768 px), so a long-running server does not grow without limit. Models are used under their lock
-(pages.shared.model_lock) because CAM hooks on a shared network must not see another session's forward pass.
+the caches are bounded (2 decoded full-size scans; 64 images and 64 heatmaps as uint8 and 128 masks as packed
+bits at no more than 768 px, about 85 MB when full), so a long-running server does not grow without limit.
+Models are used under their lock (pages.shared.model_lock) because a CAM hook on a shared network must not
+see another session's forward pass.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from PIL import Image
 from covid_models import RESEARCH_USE_NOTICE
 from covid_models.checkpoint import CheckpointError, ModelCard
 from covid_models.data import DataError, LeakageError, default_data_dir, ensure_split, load_dataset
-from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS, heatmap
+from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS, Progress, heatmap
 from covid_models.inference import Ensemble, Prediction
 from covid_models.io import (
     WINDOW_PRESETS,
@@ -90,7 +91,7 @@ class Settings:
 
 
 # ------------------------------------------------------------------------------------ cached computation
-@st.cache_resource(max_entries=4, show_spinner=False)
+@st.cache_resource(max_entries=2, show_spinner=False)
 def read_scan(digest: str, _data: bytes, name: str) -> Scan:
     """The decoded file, shared by the server's sessions (a Scan is immutable); few kept, as they are full size."""
     return read_image(_data, name=name)
@@ -151,25 +152,35 @@ def classify(digest: str, window: tuple[float, float] | None, model_dirs: tuple[
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def explain(digest: str, window: tuple[float, float] | None, model_dirs: tuple[str, ...], method: str,
-            _pixels: Pixels) -> np.ndarray:
-    """CAM for the positive class at display size; for an ensemble, the mean of its members' maps."""
+            _pixels: Pixels, _progress: Progress | None = None) -> np.ndarray:
+    """CAM for the positive class at display size as uint8 (a quarter of float32 in the cache); for an
+    ensemble, the mean of its members' maps. `_progress` hears the fraction done (slow methods only)."""
     maps = []
-    for directory in model_dirs:
+    for number, directory in enumerate(model_dirs):
         classifier = load_classifier(directory)
+        member_progress = None if _progress is None else \
+            functools.partial(lambda n, done: _progress((n + done) / len(model_dirs)), number)
         with model_lock(directory):
-            maps.append(heatmap(classifier, _pixels.full, method))
+            maps.append(heatmap(classifier, _pixels.full, method, progress=member_progress))
     mean = resized(np.mean(maps, axis=0).astype(np.float32), display_size(_pixels.full.shape))
     low, high = float(mean.min()), float(mean.max())
-    return ((mean - low) / (high - low) if high > low else np.zeros_like(mean)).astype(np.float32)
+    scaled = (mean - low) / (high - low) if high > low else np.zeros_like(mean)
+    return np.round(scaled * 255).astype(np.uint8)
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
-def segment(digest: str, window: tuple[float, float] | None, segmenter_dir: str, _pixels: Pixels) -> np.ndarray:
-    """A boolean mask at display size."""
+def segment(digest: str, window: tuple[float, float] | None, segmenter_dir: str, _pixels: Pixels
+            ) -> tuple[np.ndarray, tuple[int, int]]:
+    """A mask at display size, packed eight pixels to a byte for the cache, with its shape (see `unpacked`)."""
     segmenter = load_segmenter(segmenter_dir)
     with model_lock(segmenter_dir):
         mask = segmenter.mask(_pixels.full)
-    return resized(np.asarray(mask, dtype=bool), display_size(_pixels.full.shape))
+    mask = resized(np.asarray(mask, dtype=bool), display_size(_pixels.full.shape))
+    return np.packbits(mask), mask.shape
+
+
+def unpacked(packed: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
 
 
 class _locks:
@@ -371,10 +382,7 @@ def analyse(upload: Upload, settings: Settings) -> dict:
         return row | {"Modality": MODALITY_NAMES[modality], "Result": "not analysed: no model"}
     try:
         prediction = classify(upload.digest, window, model_dirs, pixels)
-        slow = settings.method in SLOW_METHODS
-        with st.spinner(f"Computing {METHOD_LABELS[settings.method]}"
-                        + (" (one forward pass per feature channel: this takes a while)..." if slow else "...")):
-            cam = explain(upload.digest, window, model_dirs, settings.method, pixels)
+        cam = heatmap_for(upload, window, model_dirs, settings.method, pixels).astype(np.float32) / 255
     except CheckpointError as error:
         show_error(f"The model could not be loaded: {error}")
         return row | {"Modality": MODALITY_NAMES[modality], "Result": "not analysed: the model could not be loaded"}
@@ -386,8 +394,10 @@ def analyse(upload: Upload, settings: Settings) -> dict:
     columns = st.columns(3 if masks and settings.show_masks else 2)
     columns[0].image(shown, caption="Image" + (f" (window {window[0]:g} / {window[1]:g})" if window else ""),
                      clamp=True, width="stretch")
-    columns[1].image(overlay, caption=f"{METHOD_LABELS[settings.method]} for {class_name(prediction.positive_class)}",
-                     width="stretch")
+    cam_caption = f"{METHOD_LABELS[settings.method]} for {class_name(prediction.positive_class)}"
+    if prediction.out_of_distribution:
+        cam_caption += " (held back with the prediction: not to be interpreted)"
+    columns[1].image(overlay, caption=cam_caption, width="stretch")
     if masks and settings.show_masks:
         target, mask = next(iter(masks.items()))
         columns[2].image(mask_overlay(shown, mask, color=MASK_COLORS.get(target, LUNG_COLOR)),
@@ -409,13 +419,28 @@ def analyse(upload: Upload, settings: Settings) -> dict:
             else "at or above the operating point" if prediction.positive else "below the operating point"}
 
 
+def heatmap_for(upload: Upload, window: tuple[float, float] | None, model_dirs: tuple[str, ...], method: str,
+                pixels: Pixels) -> np.ndarray:
+    """The cached heatmap (uint8); a slow method shows a progress bar while it is computed."""
+    if method not in SLOW_METHODS:
+        with st.spinner(f"Computing {METHOD_LABELS[method]}..."):
+            return explain(upload.digest, window, model_dirs, method, pixels)
+    label = f"Computing {METHOD_LABELS[method]}: one forward pass per feature channel, this takes a while"
+    bar = st.empty()
+    try:
+        return explain(upload.digest, window, model_dirs, method, pixels,
+                       lambda done: bar.progress(done, text=f"{label} ({done:.0%})"))
+    finally:
+        bar.empty()
+
+
 def masks_for(upload: Upload, window: tuple[float, float] | None, pixels: Pixels, modality: str
               ) -> dict[str, np.ndarray]:
     """target -> display-size mask from each segmentation model of the modality (none when none is installed)."""
     masks: dict[str, np.ndarray] = {}
     for directory, card in model_cards(task="segmentation", modality=modality):
         try:
-            mask = segment(upload.digest, window, directory, pixels)
+            mask = unpacked(*segment(upload.digest, window, directory, pixels))
         except CheckpointError as error:
             show_error(f"The segmentation model {card.name} could not be loaded: {error}")
             continue

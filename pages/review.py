@@ -27,14 +27,22 @@ from covid_models.inference import Prediction
 from covid_models.io import ImageReadError, content_hash, read_image
 from covid_models.overlays import heatmap_overlay
 from covid_models.reviews import ItemView, NewItem, ReviewDatabaseError, ReviewError, ReviewStore, SessionInfo
-from pages.shared import data_dir, enter_through_app, load_classifier, model_cards, review_store, show_error
+from pages.shared import (
+    data_dir,
+    enter_through_app,
+    load_classifier,
+    model_cards,
+    model_lock,
+    review_store,
+    show_error,
+)
 
 enter_through_app()
 
 MODALITY_NAMES = {"xray": "Chest X-ray", "ct": "Chest CT"}
 SOURCE_UPLOAD, SOURCE_DATA = "upload", "data"
 DISPLAY_SIDE = 640  # images are shown and explained at this size at most
-IMAGE_CACHE_BYTES = 512 * 1024 * 1024
+IMAGE_CACHE_BYTES = 128 * 1024 * 1024  # uploaded files kept for moving back and forth; a quarter of the app's 1 GB
 HEATMAP_METHOD = "gradcam"
 HEATMAP_ALPHA = 0.4
 MAX_BATCH = 200
@@ -83,12 +91,6 @@ def image_cache() -> ImageCache:
     return ImageCache(IMAGE_CACHE_BYTES)
 
 
-@st.cache_resource(show_spinner=False)
-def model_lock(directory: str) -> threading.Lock:
-    """One lock per model: CAM hooks on a shared network must not see another session's forward pass."""
-    return threading.Lock()
-
-
 @st.cache_data(show_spinner=False)
 def held_out_rows(root: str, modality: str, mtime: float) -> pd.DataFrame:
     """The test split of a data folder's manifest (official, else the seeded patient-level one)."""
@@ -129,12 +131,12 @@ def predict(digest: str, directory: str, _data: bytes, _name: str) -> Prediction
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
-def overlay(digest: str, directory: str, _pixels: np.ndarray) -> np.ndarray:
-    """The Grad-CAM of the positive class over the image (RGB uint8)."""
+def review_heatmap(digest: str, directory: str, _pixels: np.ndarray) -> np.ndarray:
+    """The Grad-CAM of the positive class as uint8 (a quarter of float32 in the cache)."""
     classifier = load_classifier(directory)
     with model_lock(directory):
         cam = heatmap(classifier, _pixels, HEATMAP_METHOD)
-    return heatmap_overlay(_pixels, cam, HEATMAP_ALPHA)
+    return np.round(cam * 255).astype(np.uint8)
 
 
 def review_label(prediction: Prediction) -> str:
@@ -393,7 +395,8 @@ def item_view(store: ReviewStore, info: SessionInfo, items: list[ItemView], clas
                 middle.info(f"Model {info.model_name} is no longer installed: no heatmap.")
             else:
                 try:
-                    middle.image(overlay(item.image_hash, directory, pixels),
+                    cam = review_heatmap(item.image_hash, directory, pixels).astype(np.float32) / 255
+                    middle.image(heatmap_overlay(pixels, cam, HEATMAP_ALPHA),
                                  caption="Grad-CAM: where the model looked for COVID-19", width="stretch")
                     unusual = predict(item.image_hash, directory, data, item.display_name).out_of_distribution
                 except CheckpointError as error:

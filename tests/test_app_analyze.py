@@ -164,6 +164,8 @@ def test_an_out_of_distribution_image_is_held_back(tmp_path, monkeypatch):
     assert len(at.metric) == 0
     held = next(e for e in at.expander if e.label.startswith("Probabilities (held back"))
     assert list(held.dataframe[0].value["Class"]) and len(at.dataframe) == 1
+    captions = [caption for image in at.image for caption in image.captions]
+    assert any(c.startswith("Grad-CAM") and "not to be interpreted" in c for c in captions)
 
 
 def test_an_example_from_the_test_split_is_analysed_with_one_click(weights, tmp_path, monkeypatch):
