@@ -6,12 +6,32 @@ Every function takes the image either as a greyscale (H, W) array in [0, 1] (a `
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from covid_models.segmentation import resize_map
 
 LUNG_COLOR = (64, 160, 255)
 INFECTION_COLOR = (255, 64, 64)
+DISPLAY_SIDE = 768  # the dashboard shows and caches images, heatmaps and masks at no more than this size
+
+
+def display_size(shape: tuple[int, int], side: int = DISPLAY_SIDE) -> tuple[int, int]:
+    """(height, width) no larger than `side` on the longest side, aspect kept."""
+    height, width = shape
+    scale = min(1.0, side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def for_display(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A float image or map (bilinear, smoothed when shrinking) or a boolean mask (nearest) at `shape`."""
+    if array.shape[:2] == tuple(shape):
+        return array
+    if array.dtype == bool:
+        image = Image.fromarray(array.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
+        return np.asarray(image) > 127
+    image = Image.fromarray(np.asarray(array, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
 from covid_models import RESEARCH_USE_NOTICE
 from covid_models.checkpoint import CheckpointError, ModelCard
@@ -34,7 +33,15 @@ from covid_models.io import (
     read_image,
     rewindow,
 )
-from covid_models.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, mask_overlay
+from covid_models.overlays import (
+    DISPLAY_SIDE,
+    INFECTION_COLOR,
+    LUNG_COLOR,
+    display_size,
+    for_display,
+    heatmap_overlay,
+    mask_overlay,
+)
 from covid_models.report import (
     ReportContent,
     bare_file_name,
@@ -59,7 +66,6 @@ enter_through_app()
 
 MODALITY_NAMES = {"xray": "X-ray", "ct": "CT"}
 ENSEMBLE = "ensemble"
-DISPLAY_SIDE = 768  # heatmaps and masks are kept at this size: enough for the screen, small in the cache
 LOW_LUNG_SHARE = 0.5
 EXAMPLES_PER_CLASS = 2
 FILE_WINDOW = "file"
@@ -120,25 +126,7 @@ class Pixels:
 def display_image(digest: str, window: tuple[float, float] | None, _pixels: Pixels) -> np.ndarray:
     """The image at display size as uint8 (a quarter of float32 in the cache)."""
     full = _pixels.full
-    return np.round(resized(full, display_size(full.shape)) * 255).astype(np.uint8)
-
-
-def display_size(shape: tuple[int, int]) -> tuple[int, int]:
-    """(height, width) no larger than DISPLAY_SIDE on the longest side, aspect kept."""
-    height, width = shape
-    scale = min(1.0, DISPLAY_SIDE / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def resized(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A float map (bilinear) or a boolean mask (nearest) at `shape`."""
-    if array.shape[:2] == shape:
-        return array
-    if array.dtype == bool:
-        image = Image.fromarray(array.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
-        return np.asarray(image) > 127
-    image = Image.fromarray(array.astype(np.float32), mode="F")
-    return np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+    return np.round(for_display(full, display_size(full.shape)) * 255).astype(np.uint8)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -162,7 +150,7 @@ def explain(digest: str, window: tuple[float, float] | None, model_dirs: tuple[s
             functools.partial(lambda n, done: _progress((n + done) / len(model_dirs)), number)
         with model_lock(directory):
             maps.append(heatmap(classifier, _pixels.full, method, progress=member_progress))
-    mean = resized(np.mean(maps, axis=0).astype(np.float32), display_size(_pixels.full.shape))
+    mean = for_display(np.mean(maps, axis=0).astype(np.float32), display_size(_pixels.full.shape))
     low, high = float(mean.min()), float(mean.max())
     scaled = (mean - low) / (high - low) if high > low else np.zeros_like(mean)
     return np.round(scaled * 255).astype(np.uint8)
@@ -175,7 +163,7 @@ def segment(digest: str, window: tuple[float, float] | None, segmenter_dir: str,
     segmenter = load_segmenter(segmenter_dir)
     with model_lock(segmenter_dir):
         mask = segmenter.mask(_pixels.full)
-    mask = resized(np.asarray(mask, dtype=bool), display_size(_pixels.full.shape))
+    mask = for_display(np.asarray(mask, dtype=bool), display_size(_pixels.full.shape))
     return np.packbits(mask), mask.shape
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
 from covid_models.checkpoint import CheckpointError, ModelCard
 from covid_models.data import DataError, LeakageError, ensure_split, load_dataset
@@ -25,7 +24,7 @@ from covid_models.explain import heatmap
 from covid_models.figures import confusion_figure
 from covid_models.inference import Prediction
 from covid_models.io import ImageReadError, content_hash, read_image
-from covid_models.overlays import heatmap_overlay
+from covid_models.overlays import display_size, for_display, heatmap_overlay
 from covid_models.reviews import ItemView, NewItem, ReviewDatabaseError, ReviewError, ReviewStore, SessionInfo
 from pages.shared import (
     data_dir,
@@ -114,11 +113,7 @@ def _manifest_mtime(root: Path, modality: str) -> float:
 def display_pixels(data: bytes, name: str) -> np.ndarray:
     """The image as [0, 1] greyscale, no larger than DISPLAY_SIDE (aspect kept)."""
     pixels = read_image(data, name=name).pixels
-    scale = DISPLAY_SIDE / max(pixels.shape)
-    if scale >= 1:
-        return pixels
-    size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
-    return np.asarray(Image.fromarray(pixels.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+    return for_display(pixels, display_size(pixels.shape, DISPLAY_SIDE))
 
 
 @st.cache_data(max_entries=512, show_spinner=False)

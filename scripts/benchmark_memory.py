@@ -22,10 +22,6 @@ the data folder's test split of the model's modality, cycled; without one, gener
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import gc
-import io
 import os
 import platform
 import sys
@@ -34,24 +30,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
-from PIL import Image
-from torch import nn
 
 from covid_models.data import DataError, default_data_dir, ensure_split, load_dataset
 from covid_models.explain import heatmap
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import read_image
-from covid_models.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, mask_overlay
+from covid_models.overlays import INFECTION_COLOR, LUNG_COLOR, display_size, for_display, heatmap_overlay, mask_overlay
 from covid_models.segmentation import Segmenter, cam_mass_inside
 
 ROOT = Path(__file__).resolve().parents[1]
-DISPLAY_SIDE = 768  # the Analyze page keeps heatmaps and masks at this size
+sys.path.insert(0, str(ROOT / "tests"))
+from app_fixtures import chest_like_png  # noqa: E402  (test helpers shared with the benchmarks)
+from measure import hooks_left, rss_mb  # noqa: E402
+
 OPACITY = 0.45  # the page's default heatmap opacity
 MASK_COLORS = {"lungs": LUNG_COLOR, "infection": INFECTION_COLOR}
 MAX_IMAGES = 64  # distinct images cycled through: enough variety of sizes without reading the whole split
-MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -71,60 +66,17 @@ class MemoryRun:
         return self.rss_end_mb - self.rss_warm_mb
 
 
-def hooks_left(model: nn.Module) -> tuple[int, int]:
-    """(forward, backward) hooks registered on any module of `model`, plus the global module hooks."""
-    from torch.nn.modules import module as torch_module
-
-    forward = len(torch_module._global_forward_hooks) + len(torch_module._global_forward_pre_hooks)
-    backward = len(torch_module._global_backward_hooks) + len(torch_module._global_backward_pre_hooks)
-    for sub in model.modules():
-        forward += len(sub._forward_hooks) + len(sub._forward_pre_hooks)
-        backward += len(sub._backward_hooks) + len(sub._backward_pre_hooks)
-    return forward, backward
-
-
-def rss_mb(trim: bool = False) -> float:
-    """Resident memory of this process after a full garbage collection.
-
-    With `trim`, freed heap is handed back to the system first (glibc's malloc_trim), so the figure counts
-    memory still held rather than what the allocator keeps cached for reuse.
-    """
-    gc.collect()
-    if trim:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    return psutil.Process().memory_info().rss / MB
-
-
-def display_size(shape: tuple[int, int]) -> tuple[int, int]:
-    height, width = shape
-    scale = min(1.0, DISPLAY_SIDE / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def resized(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear for float maps, nearest for boolean masks, as the page resizes them."""
-    if array.shape[:2] == shape:
-        return array
-    if array.dtype == bool:
-        image = Image.fromarray(array.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
-        return np.asarray(image) > 127
-    image = Image.fromarray(array.astype(np.float32), mode="F")
-    return np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
-
-
 def analyse(classifier: Classifier, segmenters: list[Segmenter], name: str, data: bytes,
             method: str = "gradcam") -> float | None:
     """One upload through the Analyze page's computations; returns the COVID-19 probability."""
     scan = read_image(data, name=name)
     pixels = scan.pixels
     prediction = classifier.predict(pixels)
-    cam = resized(heatmap(classifier, pixels, method), display_size(pixels.shape))
-    shown = resized(pixels, cam.shape)
+    cam = for_display(heatmap(classifier, pixels, method), display_size(pixels.shape))
+    shown = for_display(pixels, cam.shape)
     overlay = heatmap_overlay(shown, cam, OPACITY)
     for segmenter in segmenters:
-        mask = resized(np.asarray(segmenter.mask(pixels), dtype=bool), cam.shape)
+        mask = for_display(np.asarray(segmenter.mask(pixels), dtype=bool), cam.shape)
         overlay = mask_overlay(overlay, mask, color=(255, 255, 255), alpha=0.0)
         mask_overlay(shown, mask, color=MASK_COLORS.get(segmenter.target, LUNG_COLOR))
         cam_mass_inside(cam, mask)
@@ -132,19 +84,9 @@ def analyse(classifier: Classifier, segmenters: list[Segmenter], name: str, data
 
 
 def generated_images(count: int) -> list[tuple[str, bytes]]:
-    """Chest-like PNGs (two dark lung fields in a bright body) of several sizes, for runs without data."""
-    images = []
-    for index in range(count):
-        size = (256, 384, 512)[index % 3]
-        rng = np.random.default_rng(index)
-        y, x = np.mgrid[0:size, 0:size] / size
-        lungs = np.exp(-(((x - 0.3) / 0.13) ** 2 + ((y - 0.5) / 0.28) ** 2)) + \
-            np.exp(-(((x - 0.7) / 0.13) ** 2 + ((y - 0.5) / 0.28) ** 2))
-        pixels = np.clip(0.75 - 0.5 * lungs + rng.normal(0, 0.03, (size, size)), 0, 1)
-        buffer = io.BytesIO()
-        Image.fromarray((pixels * 255).astype(np.uint8)).save(buffer, format="PNG")
-        images.append((f"generated-{index}.png", buffer.getvalue()))
-    return images
+    """Chest-like PNGs of several sizes, for runs without data."""
+    return [(f"generated-{index}.png", chest_like_png(size=(256, 384, 512)[index % 3], seed=index))
+            for index in range(count)]
 
 
 def test_images(data: Path | None, modality: str) -> tuple[list[tuple[str, bytes]], str]:
@@ -165,13 +107,13 @@ def measure(classifier: Classifier, segmenters: list[Segmenter], images: list[tu
     """Warm up, then N analyses cycling through `images`; RSS along the way, hooks left at the end."""
     for index in range(warmup):
         analyse(classifier, segmenters, *images[index % len(images)], method=method)
-    peak = rss_mb()
+    peak = rss_mb(trim=False)
     samples = [(0, rss_mb(trim))]
     started = time.perf_counter()
     for index in range(n):
         analyse(classifier, segmenters, *images[(warmup + index) % len(images)], method=method)
         if index % 10 == 9 or index == n - 1:
-            peak = max(peak, rss_mb())
+            peak = max(peak, rss_mb(trim=False))
             samples.append((index + 1, rss_mb(trim)))
         if index % 25 == 24:  # the trajectory, for the reader
             print(f"{classifier.name}: {index + 1}/{n} analyses, RSS {samples[-1][1]:.1f} MB, "

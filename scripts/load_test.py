@@ -22,14 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,14 +32,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-from PIL import Image
 
 from covid_models.data import DataError, default_data_dir, ensure_split, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+sys.path.insert(0, str(ROOT / "tests"))
+from app_fixtures import CHROMIUM, CHROMIUM_ARGS, chest_like_png, running_app, wait_healthy  # noqa: E402  (test helpers)
+
 MAX_SESSIONS = 16
 MAX_UPLOADS = 20
 MAX_TOTAL_S = 1800
@@ -77,18 +71,6 @@ class SessionResult:
 
 
 # ------------------------------------------------------------------------------------------------ images
-def chest_like_png(seed: int, size: int = 384) -> bytes:
-    """A chest-like greyscale PNG (two dark lung fields in a bright body), different for every seed."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    lungs = np.exp(-(((x - 0.3) / 0.13) ** 2 + ((y - 0.5) / 0.28) ** 2)) + \
-        np.exp(-(((x - 0.7) / 0.13) ** 2 + ((y - 0.5) / 0.28) ** 2))
-    pixels = np.clip(0.75 - 0.5 * lungs + rng.normal(0, 0.03, (size, size)), 0, 1)
-    buffer = io.BytesIO()
-    Image.fromarray((pixels * 255).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def upload_images(data: Path | None, count: int) -> tuple[list[tuple[str, bytes]], str]:
     """`count` distinct (name, bytes): X-ray test-split images of the data folder, else generated ones."""
     if data is not None:
@@ -101,16 +83,11 @@ def upload_images(data: Path | None, count: int) -> tuple[list[tuple[str, bytes]
             if len(paths) >= count:
                 return [(Path(p).name, Path(p).read_bytes()) for p in paths[:count]], f"X-ray test split of {data}"
             print(f"<!-- only {len(paths)} test images in {data}; generated ones used -->")
-    return [(f"generated-{seed:03d}.png", chest_like_png(seed)) for seed in range(count)], "generated images"
+    return [(f"generated-{seed:03d}.png", chest_like_png(size=384, seed=seed)) for seed in range(count)], \
+        "generated images"
 
 
 # ------------------------------------------------------------------------------------------------ server
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def local_url(url: str) -> str:
     """The URL without a trailing slash, refused unless it points at this machine."""
     parsed = urlparse(url)
@@ -119,50 +96,15 @@ def local_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def wait_healthy(url: str, deadline: float, process: subprocess.Popen | None = None) -> None:
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
-            raise RuntimeError(f"the app at {url} did not answer its health check")
-        time.sleep(0.5)
-
-
 @contextmanager
 def streamlit_server(weights: Path, data: Path | None, startup_s: float) -> Iterator[str]:
     """`streamlit run streamlit_app.py` on 127.0.0.1 (free port) with a throw-away review database."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="load-test-") as scratch, \
-            open(Path(scratch) / "server.log", "wb") as log:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "COVID_WEIGHTS_DIR": str(weights),
-               "COVID_REVIEW_DB": str(Path(scratch) / "reviews.sqlite3")}
-        env.pop("DATABASE_URL", None)
+    with tempfile.TemporaryDirectory(prefix="load-test-") as scratch:
+        env = {"COVID_WEIGHTS_DIR": str(weights), "COVID_REVIEW_DB": str(Path(scratch) / "reviews.sqlite3")}
         if data is not None:
             env["COVID_DATA_DIR"] = str(data)
-        command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-                   "--server.address", "127.0.0.1", "--server.headless", "true",
-                   "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            try:
-                wait_healthy(url, time.monotonic() + startup_s, process)
-            except RuntimeError:
-                log.flush()
-                print((Path(scratch) / "server.log").read_text(errors="replace")[-4000:], file=sys.stderr)
-                raise
+        with running_app(env, timeout=startup_s) as (url, _process):
             yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 # ----------------------------------------------------------------------------------------------- sessions

@@ -34,6 +34,9 @@ XRAY_CLASSES = ["covid", "normal", "pneumonia"]
 CT_CLASSES = ["covid", "non_covid"]
 FIXTURE_RULE = "test fixture: threshold maximising Youden's J on random validation scores"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browser here
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
 FEATURES = 1280  # efficientnet_lite0's penultimate width
 
 
@@ -153,11 +156,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_healthy(url: str, deadline: float, process: subprocess.Popen | None = None) -> None:
+    """Until Streamlit's health endpoint at `url` answers; RuntimeError when the process ends or time runs out."""
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
+            raise RuntimeError(f"the app at {url} did not answer its health check")
+        time.sleep(0.3)
+
+
 @contextmanager
 def running_app(env: dict[str, str], *, timeout: float = 90.0) -> Iterator[tuple[str, subprocess.Popen]]:
     """`streamlit run streamlit_app.py` on a free local port with `env` added; yields (url, process).
 
-    Waits for Streamlit's health endpoint; the server's output goes to a temporary log that is shown
+    A DATABASE_URL of the caller's environment is not passed on (only one given in `env`), so the app never
+    writes to a real review database by accident. The server's output goes to a temporary log that is shown
     in the error when it does not come up.
     """
     port = free_port()
@@ -165,22 +183,16 @@ def running_app(env: dict[str, str], *, timeout: float = 90.0) -> Iterator[tuple
     command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true",
                "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+    inherited = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**inherited, "HF_HUB_OFFLINE": "1", **env},
                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise RuntimeError(f"streamlit did not start on {url}:\n{log.read().decode(errors='replace')}")
-            time.sleep(0.3)
+        try:
+            wait_healthy(url, time.monotonic() + timeout, process)
+        except RuntimeError as error:
+            log.seek(0)
+            raise RuntimeError(f"{error}:\n{log.read().decode(errors='replace')[-4000:]}") from None
         yield url, process
     finally:
         process.terminate()

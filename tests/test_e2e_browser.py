@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from app_fixtures import PROJECT_ROOT, chest_like_png, make_weights_dir, running_app
+from app_fixtures import CHROMIUM, CHROMIUM_ARGS, PROJECT_ROOT, chest_like_png, make_weights_dir, running_app
 from conftest import real_data_dir
 
 from covid_models import RESEARCH_USE_NOTICE
@@ -19,9 +19,6 @@ from covid_models.inference import discover_models
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 UPLOAD_INPUT = '[data-testid="stFileUploaderDropzoneInput"]'
 TIMEOUT_MS = 120_000  # per step; generous because CI machines may be shared with training jobs

@@ -9,21 +9,15 @@ backstop, resident memory. scripts/benchmark_memory.py measures the same at full
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
-import io
 import subprocess
 import sys
 
-import numpy as np
-import psutil
 import pytest
 import torch
+from app_fixtures import chest_like_png
+from measure import hooks_left, rss_mb
 from model_fixtures import write_tiny_classifier
-from PIL import Image
-from torch import nn
-from torch.nn.modules import module as torch_module
 
 from covid_models.checkpoint import ModelCard
 from covid_models.explain import heatmap
@@ -49,16 +43,6 @@ ANALYSES = 40
 RSS_BOUND_MB = 10.0
 
 
-def hooks_left(model: nn.Module) -> tuple[int, int]:
-    """(forward, backward) hooks on any module of `model`, plus the global module hooks."""
-    forward = len(torch_module._global_forward_hooks) + len(torch_module._global_forward_pre_hooks)
-    backward = len(torch_module._global_backward_hooks) + len(torch_module._global_backward_pre_hooks)
-    for sub in model.modules():
-        forward += len(sub._forward_hooks) + len(sub._forward_pre_hooks)
-        backward += len(sub._backward_hooks) + len(sub._backward_pre_hooks)
-    return forward, backward
-
-
 def live_objects() -> dict[str, int]:
     """Tensors reachable in the process after a full collection."""
     gc.collect()
@@ -66,27 +50,7 @@ def live_objects() -> dict[str, int]:
     return {"tensors": sum(issubclass(type(obj), torch.Tensor) for obj in gc.get_objects())}
 
 
-def rss_mb() -> float:
-    """Resident memory after a full collection, with freed heap handed back where glibc allows it."""
-    gc.collect()
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-    if hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def chest_png(seed: int, size: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    lungs = np.exp(-(((x - 0.3) / 0.13) ** 2 + ((y - 0.5) / 0.28) ** 2)) + \
-        np.exp(-(((x - 0.7) / 0.13) ** 2 + ((y - 0.5) / 0.28) ** 2))
-    pixels = np.clip(0.75 - 0.5 * lungs + rng.normal(0, 0.03, (size, size)), 0, 1)
-    buffer = io.BytesIO()
-    Image.fromarray((pixels * 255).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-IMAGES = [chest_png(seed, (384, 448, 512)[seed % 3]) for seed in range(6)]
+IMAGES = [chest_like_png(size=(384, 448, 512)[seed % 3], seed=seed) for seed in range(6)]
 
 
 @pytest.fixture(scope="module")
