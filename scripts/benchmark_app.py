@@ -6,20 +6,23 @@
 Starts `streamlit run streamlit_app.py` on 127.0.0.1 and drives Debian's Chromium (/usr/bin/chromium) through
 Playwright: each of N different real images is uploaded and the time until its complete result is visible
 (probability, heatmap and mask images loaded) is measured in the browser. The server's resident memory
-(streamlit and its children) is read after a warm-up and after the N analyses. Then the same work is timed
-in-process through the library (read + classify + Grad-CAM + masks), to show what the app adds.
+(streamlit and its children) is read after a warm-up, after the N analyses and after opening every other page
+(the Dataset page with the data folder's live statistics), and its peak is sampled throughout. Then the same
+work is timed in-process through the library (read + classify + Grad-CAM + masks), to show what the app adds.
 When weights/ holds no classifier of the modality, small untrained fixture models are used (same sizes of
 work only if their architecture and input size match the real ones: the table says which were used).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,12 +37,13 @@ from covid_models.segmentation import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from app_fixtures import make_weights_dir, running_app  # noqa: E402  (test helpers: app server, fixture models)
+from app_fixtures import CHROMIUM, CHROMIUM_ARGS, make_weights_dir, running_app  # noqa: E402  (test helpers)
+from measure import server_rss_mb  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 UPLOAD_INPUT = '[data-testid="stFileUploaderDropzoneInput"]'
+TOUR = ("review", "performance", "dataset", "about")
+PAGE_SETTLED = """() => !document.querySelector('[data-testid="stSpinner"]')
+  && !(document.querySelector('[data-testid="stStatusWidget"]')?.textContent || '').includes('Running')"""
 POLL_MS = 20  # not every animation frame: on 2 cores, rendering 60 frames/s would slow the server it measures
 # The result of `name` is complete when its heading, the probability and every image of its block are loaded.
 RESULT_COMPLETE = """([name, masks]) => {
@@ -69,23 +73,52 @@ def pick_images(data: Path, modality: str, count: int) -> list[Path]:
     return [Path(p) for p in frame.sample(n=min(count, len(frame)), random_state=0)["image"]]
 
 
-def server_rss_mb(pid: int) -> float:
-    process = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
+class PeakSampler:
+    """The server's highest RSS, sampled every 0.2 s in a background thread while the block runs."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak = pid, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, server_rss_mb(self.pid))
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def visit_other_pages(page, url: str) -> None:
+    """Each other page as a user opens it (the Dataset page with the data folder's live statistics)."""
+    for path in TOUR:
+        page.goto(f"{url}/{path}")
+        page.get_by_test_id("stMain").get_by_role("heading").first.wait_for()
+        page.wait_for_function(PAGE_SETTLED, polling=200)
 
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def browser_run(weights: Path, modality: str, images: list[Path], warmup: int, masks: bool) -> dict[str, float]:
-    """Upload each image alone (the previous one removed) and time until its result is complete."""
+def browser_run(weights: Path, data: Path, modality: str, images: list[Path], warmup: int, masks: bool
+                ) -> dict[str, float]:
+    """Upload each image alone (the previous one removed) and time until its result is complete; then open
+    the other pages. The server's RSS is read after the warm-up, after the uploads and after the tour, and
+    its peak is sampled throughout."""
     from playwright.sync_api import sync_playwright
 
+    env = {"COVID_WEIGHTS_DIR": str(weights), "COVID_DATA_DIR": str(data)}
     with tempfile.TemporaryDirectory() as tmp, \
-            running_app({"COVID_WEIGHTS_DIR": str(weights), "COVID_REVIEW_DB": f"{tmp}/reviews.sqlite3"}) \
-            as (url, process), sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            running_app(env | {"COVID_REVIEW_DB": f"{tmp}/reviews.sqlite3"}) as (url, process), \
+            PeakSampler(process.pid) as sampler, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         page.set_default_timeout(300_000)
         page.goto(url)
@@ -108,9 +141,11 @@ def browser_run(weights: Path, modality: str, images: list[Path], warmup: int, m
             if index == warmup - 1:
                 rss_warm = server_rss_mb(process.pid)
         rss_end = server_rss_mb(process.pid)
+        visit_other_pages(page, url)
+        rss_tour = server_rss_mb(process.pid)
         browser.close()
     return {"median": statistics.median(times), "p90": percentile(times, 90), "n": len(times),
-            "rss_warm": rss_warm, "rss_end": rss_end}
+            "rss_warm": rss_warm, "rss_end": rss_end, "rss_tour": rss_tour, "rss_peak": sampler.peak}
 
 
 def library_run(weights: Path, modality: str, images: list[Path], warmup: int) -> dict[str, float]:
@@ -147,7 +182,7 @@ def main() -> None:
             weights, kind = make_weights_dir(Path(tmp)), "untrained fixture (64 px)"
         cards = [c for _, c in discover_models(weights, None, args.modality)]
         masks = any(c.task == "segmentation" for c in cards)
-        browser = browser_run(weights, args.modality, images, args.warmup, masks)
+        browser = browser_run(weights, args.data, args.modality, images, args.warmup, masks)
         library = library_run(weights, args.modality, images, args.warmup)
     models = ", ".join(f"{c.name} ({c.architecture}, {c.preprocessing.image_size} px)" for c in cards)
     print(f"\nAnalyze page, {args.modality}, {browser['n']} uploads of different real images after "
@@ -159,6 +194,8 @@ def main() -> None:
     print(f"| browser: upload to complete result, p90 | {browser['p90'] * 1000:.0f} ms |")
     print(f"| server RSS after warm-up ({args.warmup} analyses) | {browser['rss_warm']:.0f} MiB |")
     print(f"| server RSS after {browser['n'] + args.warmup} analyses | {browser['rss_end']:.0f} MiB |")
+    print(f"| server RSS after also opening {', '.join(TOUR)} | {browser['rss_tour']:.0f} MiB |")
+    print(f"| server RSS, highest sample (every 0.2 s) | {browser['rss_peak']:.0f} MiB |")
     print(f"| library: read + classify + Grad-CAM + {library['segmenters']} mask(s), median | "
           f"{library['total'] * 1000:.0f} ms |")
     print(f"| library: same, p90 | {library['total_p90'] * 1000:.0f} ms |")
