@@ -102,7 +102,8 @@ def import_folder(root: str | Path) -> pd.DataFrame:
     for path in sorted(root.rglob("*")):
         if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        label = next((FOLDER_LABELS[_normalise_folder_name(part)] for part in reversed(path.relative_to(root).parts[:-1])
+        folders = reversed(path.relative_to(root).parts[:-1])
+        label = next((FOLDER_LABELS[_normalise_folder_name(part)] for part in folders
                       if _normalise_folder_name(part) in FOLDER_LABELS), None)
         if label is None:
             continue

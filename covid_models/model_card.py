@@ -27,7 +27,8 @@ def _metrics_section(test: dict[str, Any]) -> list[str]:
                 lines.append(f"| {key} | {_num(test[key])} |")
         lines += ["", f"Confusion matrix (rows true {test.get('classes')}, columns predicted): "
                   f"`{test.get('confusion_matrix')}`", "", "Per source (read these before trusting the totals):", "",
-                  "| source | images | labels | AUC | sensitivity | specificity |", "| --- | --- | --- | --- | --- | --- |"]
+                  "| source | images | labels | AUC | sensitivity | specificity |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for source, sub in test.get("per_source", {}).items():
             lines.append(f"| {source} | {sub['n']} | {sub.get('by_label')} | {_num(sub['auc'])} | "
                          f"{_num(sub['sensitivity'])} | {_num(sub['specificity'])} |")

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         card = classifier.card
         frame = load_dataset(args.data, card.modality)
         frame = ensure_split(frame[frame["label"].isin(card.classes)].reset_index(drop=True),
-                             seed=int(card.training.get("seed", 0)), data_root=args.data if args.data.is_dir() else None)
+                             seed=int(card.training.get("seed", 0)),
+                             data_root=args.data if args.data.is_dir() else None)
     except (CheckpointError, DataError, LeakageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
