@@ -26,7 +26,7 @@ METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "
 # Slow methods run one forward pass per channel of the target layer; they report progress.
 SLOW_METHODS = frozenset({"scorecam", "ablationcam"})
 GRADIENT_METHODS = frozenset({"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"})
-SLOW_BATCH = 32  # masked or ablated copies of the image per forward pass of the slow methods
+SLOW_BATCH = 16  # masked or ablated copies per forward pass (as pytorch-grad-cam; larger batches were no faster here)
 
 Progress = Callable[[float], None]  # called with the fraction done, from 0 to 1
 

@@ -1,0 +1,111 @@
+"""Time of each heatmap method per image (a benchmark, not a test: it prints a markdown table).
+
+    python scripts/benchmark_cam.py                          # every classifier in weights/, real test images
+    python scripts/benchmark_cam.py --runs 10 --slow-runs 2 --weights weights --data ../shared/data
+
+For each classifier and CAM method: the median time of `covid_models.explain.heatmap` on test-split images of
+the model's modality (generated chest-like pictures without a data folder), and, when pytorch-grad-cam is
+installed (it is a test tool: requirements-dev.txt), the median time of the same map through it, which
+back-propagates through the whole network. The slow methods (one forward pass per feature channel) run on
+fewer images.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from covid_models.data import DataError, default_data_dir, ensure_split, load_dataset
+from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS, heatmap
+from covid_models.inference import Classifier, discover_models
+from covid_models.io import read_image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from app_fixtures import chest_like_png  # noqa: E402  (test helpers shared with the benchmarks)
+
+
+def images(data: Path | None, modality: str, count: int) -> tuple[list[np.ndarray], str]:
+    if data is not None:
+        try:
+            frame = ensure_split(load_dataset(data, modality), seed=0, data_root=data)
+        except (DataError, OSError) as error:
+            print(f"<!-- {modality}: no images from {data} ({error}); generated ones used -->")
+        else:
+            paths = frame[frame["split"] == "test"].sort_values("image")["image"].head(count)
+            return [read_image(p).pixels for p in paths], f"test split of {data}"
+    return [read_image(chest_like_png(size=512, seed=i)).pixels for i in range(count)], "generated images"
+
+
+def reference_heatmap(classifier: Classifier, pixels: np.ndarray, method: str) -> None:
+    """The same map through pytorch-grad-cam (weights made trainable for its backward pass, then restored)."""
+    import pytorch_grad_cam as cams
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    kinds = {"gradcam": cams.GradCAM, "gradcam++": cams.GradCAMPlusPlus, "eigencam": cams.EigenCAM,
+             "hirescam": cams.HiResCAM, "scorecam": cams.ScoreCAM, "xgradcam": cams.XGradCAM,
+             "layercam": cams.LayerCAM, "ablationcam": cams.AblationCAM}
+    target = ClassifierOutputTarget(classifier.card.classes.index(classifier.card.positive_class))
+    classifier.model.requires_grad_(True)
+    try:
+        with kinds[method](model=classifier.model, target_layers=[classifier.cam_layer]) as cam, torch.enable_grad():
+            cam(input_tensor=classifier.to_input(pixels)[None], targets=[target])
+    finally:
+        classifier.model.zero_grad(set_to_none=True)
+        classifier.model.requires_grad_(False).eval()
+
+
+def median_ms(run, pictures: list[np.ndarray], warm_up: bool = True) -> float:
+    if warm_up:  # first-call allocations; not worth a second pass for the slow methods
+        run(pictures[0])
+    times = []
+    for pixels in pictures:
+        started = time.perf_counter()
+        run(pixels)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, default=ROOT / "weights")
+    parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data")
+    parser.add_argument("--runs", type=int, default=10, help="images per fast method")
+    parser.add_argument("--slow-runs", type=int, default=2, help="images per slow method (Score-CAM, Ablation-CAM)")
+    parser.add_argument("--no-reference", action="store_true", help="skip pytorch-grad-cam even when installed")
+    args = parser.parse_args()
+    try:
+        import pytorch_grad_cam  # noqa: F401
+        reference = not args.no_reference
+    except ImportError:
+        reference = False
+    data = args.data if args.data.is_dir() else None
+    print(f"<!-- {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads -->")
+    print("| model | method | ms per image (median) | pytorch-grad-cam, same map (ms) | images |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for directory, card in discover_models(args.weights, "classification"):
+        classifier = Classifier.load(directory)
+        pictures, origin = images(data, card.modality, max(args.runs, args.slow_runs))
+        print(f"<!-- {card.name}: {origin} -->")
+        for method in METHODS:
+            slow = method in SLOW_METHODS
+            sample = pictures[:args.slow_runs if slow else args.runs]
+            ours = median_ms(functools.partial(heatmap, classifier, method=method), sample, not slow)
+            theirs = "n/a"
+            if reference:
+                run = functools.partial(reference_heatmap, classifier, method=method)
+                theirs = f"{median_ms(run, sample, not slow):.0f}"
+            print(f"| {card.name} | {METHOD_LABELS[method]} | {ours:.0f} | {theirs} | {len(sample)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
