@@ -175,6 +175,14 @@ def load_state(directory: str | Path, card: ModelCard) -> dict[str, torch.Tensor
         raise CheckpointError(f"{weights} is not a valid safetensors file: {error}") from error
 
 
+def load_model_dir(directory: str | Path, task: str) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """The card and the checked tensors of a model directory that must hold a `task` model."""
+    card = read_card(directory)
+    if card.task != task:
+        raise CheckpointError(f"{directory} holds a {card.task} model, not a {task} model")
+    return card, load_state(directory, card)
+
+
 def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "checkpoint") -> nn.Module:
     """Copy `state` into `model`, refusing any missing, unexpected or mis-shaped tensor with a clear list."""
     expected = model.state_dict()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from covid_models.architectures import build_model, cam_target_layer
-from covid_models.checkpoint import CheckpointError, ModelCard, load_state, load_weights_into, read_card
+from covid_models.checkpoint import CheckpointError, ModelCard, load_model_dir, load_weights_into, read_card
 from covid_models.io import Scan
 from covid_models.ood import OOD_PREFIX, OodGuard
 
@@ -47,10 +47,7 @@ class Classifier:
 
     @classmethod
     def load(cls, directory: str | Path) -> Classifier:
-        card = read_card(directory)
-        if card.task != "classification":
-            raise CheckpointError(f"{directory} holds a {card.task} model, not a classifier")
-        state = load_state(directory, card)
+        card, state = load_model_dir(directory, "classification")
         ood_state = {k: v for k, v in state.items() if k.startswith(OOD_PREFIX)}
         model_state = {k: v for k, v in state.items() if not k.startswith(OOD_PREFIX)}
         model = build_model(card.architecture, len(card.classes))

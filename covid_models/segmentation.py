@@ -17,7 +17,7 @@ from scipy import ndimage
 from torch import nn
 
 from covid_models.architectures import efficientnet_lite0_imagenet_state_dict, get_architecture
-from covid_models.checkpoint import CheckpointError, ModelCard, load_state, load_weights_into, read_card
+from covid_models.checkpoint import CheckpointError, ModelCard, load_model_dir, load_weights_into
 from covid_models.io import Scan
 from covid_models.preprocessing import Preprocessing
 
@@ -137,12 +137,9 @@ class Segmenter:
 
     @classmethod
     def load(cls, directory: str | Path) -> Segmenter:
-        card = read_card(directory)
-        if card.task != "segmentation":
-            raise CheckpointError(f"{directory} holds a {card.task} model, not a segmentation model")
+        card, state = load_model_dir(directory, "segmentation")
         if card.architecture not in ARCHITECTURES:
             raise CheckpointError(f"{directory}: unknown segmentation architecture {card.architecture!r}")
-        state = load_state(directory, card)
         model = build_segmentation_model(card.architecture, card.extra.get("encoder", DEFAULT_ENCODER),
                                          pretrained=False)
         load_weights_into(model, state, source=str(directory))
