@@ -4,7 +4,8 @@ Every expensive step is cached by the image's content hash together with what ch
 (window, model directories, CAM method, segmentation model), so moving a slider or toggling a mask
 reruns the script without recomputing or even decoding anything. Results are cached at display size and
 the caches are bounded (2 decoded full-size scans; 64 images and 64 heatmaps as uint8 and 128 masks as packed
-bits at no more than 768 px, about 85 MB when full), so a long-running server does not grow without limit.
+bits at no more than 768 px, plus 16 MB of slow-method heatmaps: about 100 MB when full), so a long-running
+server does not grow without limit.
 Models are used under their lock (pages.shared.model_lock) because a CAM hook on a shared network must not
 see another session's forward pass.
 """
@@ -53,6 +54,7 @@ from covid_models.report import (
 )
 from covid_models.segmentation import cam_mass_inside
 from pages.shared import (
+    LruCache,
     data_dir,
     enter_through_app,
     load_classifier,
@@ -73,6 +75,7 @@ CUSTOM_WINDOW = "custom"
 MASK_COLORS = {"lungs": LUNG_COLOR, "infection": INFECTION_COLOR}
 MASK_CAPTIONS = {"lungs": "Lung mask", "infection": "Infection mask (ground glass and consolidation)"}
 OUTLINE_COLOR = (255, 255, 255)  # a mask outline on the heatmap: white reads on every colour of the jet map
+SLOW_HEATMAP_BYTES = 16 * 1024 * 1024  # Score-CAM and Ablation-CAM maps kept (uint8 at display size: about 28)
 
 
 @dataclass(frozen=True)
@@ -138,22 +141,34 @@ def classify(digest: str, window: tuple[float, float] | None, model_dirs: tuple[
         return members[0].predict(_pixels.full) if len(members) == 1 else Ensemble(members).predict(_pixels.full)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def explain(digest: str, window: tuple[float, float] | None, model_dirs: tuple[str, ...], method: str,
-            _pixels: Pixels, _progress: Progress | None = None) -> np.ndarray:
-    """CAM for the positive class at display size as uint8 (a quarter of float32 in the cache); for an
-    ensemble, the mean of its members' maps. `_progress` hears the fraction done (slow methods only)."""
+def compute_heatmap(model_dirs: tuple[str, ...], method: str, pixels: np.ndarray,
+                    progress: Progress | None = None) -> np.ndarray:
+    """CAM for the positive class at display size as uint8 (a quarter of float32 in a cache); for an
+    ensemble, the mean of its members' maps. `progress` hears the fraction done (slow methods only)."""
     maps = []
     for number, directory in enumerate(model_dirs):
         classifier = load_classifier(directory)
-        member_progress = None if _progress is None else \
-            functools.partial(lambda n, done: _progress((n + done) / len(model_dirs)), number)
+        member_progress = None if progress is None else \
+            functools.partial(lambda n, done: progress((n + done) / len(model_dirs)), number)
         with model_lock(directory):
-            maps.append(heatmap(classifier, _pixels.full, method, progress=member_progress))
-    mean = for_display(np.mean(maps, axis=0).astype(np.float32), display_size(_pixels.full.shape))
+            maps.append(heatmap(classifier, pixels, method, progress=member_progress))
+    mean = for_display(np.mean(maps, axis=0).astype(np.float32), display_size(pixels.shape))
     low, high = float(mean.min()), float(mean.max())
     scaled = (mean - low) / (high - low) if high > low else np.zeros_like(mean)
     return np.round(scaled * 255).astype(np.uint8)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def explain(digest: str, window: tuple[float, float] | None, model_dirs: tuple[str, ...], method: str,
+            _pixels: Pixels) -> np.ndarray:
+    """The heatmap of a fast method, cached."""
+    return compute_heatmap(model_dirs, method, _pixels.full)
+
+
+@st.cache_resource(show_spinner=False)
+def slow_heatmaps() -> LruCache:
+    """Heatmaps of the slow methods: computed outside Streamlit's caches so that they can show progress."""
+    return LruCache(SLOW_HEATMAP_BYTES, size=lambda array: array.nbytes)
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
@@ -409,17 +424,22 @@ def analyse(upload: Upload, settings: Settings) -> dict:
 
 def heatmap_for(upload: Upload, window: tuple[float, float] | None, model_dirs: tuple[str, ...], method: str,
                 pixels: Pixels) -> np.ndarray:
-    """The cached heatmap (uint8); a slow method shows a progress bar while it is computed."""
+    """The heatmap (uint8), cached; a slow method shows a progress bar while it is computed."""
     if method not in SLOW_METHODS:
         with st.spinner(f"Computing {METHOD_LABELS[method]}..."):
             return explain(upload.digest, window, model_dirs, method, pixels)
-    label = f"Computing {METHOD_LABELS[method]}: one forward pass per feature channel, this takes a while"
-    bar = st.empty()
-    try:
-        return explain(upload.digest, window, model_dirs, method, pixels,
-                       lambda done: bar.progress(done, text=f"{label} ({done:.0%})"))
-    finally:
-        bar.empty()
+    key = (upload.digest, window, model_dirs, method)
+    cam = slow_heatmaps().get(key)
+    if cam is None:
+        label = f"Computing {METHOD_LABELS[method]}: one forward pass per feature channel, this takes a while"
+        bar = st.empty()
+        try:
+            cam = compute_heatmap(model_dirs, method, pixels.full,
+                                  lambda done: bar.progress(done, text=f"{label} ({done:.0%})"))
+        finally:
+            bar.empty()
+        slow_heatmaps().put(key, cam)
+    return cam
 
 
 def masks_for(upload: Upload, window: tuple[float, float] | None, pixels: Pixels, modality: str

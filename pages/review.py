@@ -10,8 +10,6 @@ the hash) or re-uploaded by the reviewer (matched by hash).
 from __future__ import annotations
 
 import io
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from covid_models.io import ImageReadError, content_hash, read_image
 from covid_models.overlays import display_size, for_display, heatmap_overlay
 from covid_models.reviews import ItemView, NewItem, ReviewDatabaseError, ReviewError, ReviewStore, SessionInfo
 from pages.shared import (
+    LruCache,
     data_dir,
     enter_through_app,
     load_classifier,
@@ -53,41 +52,11 @@ REVIEWER_WIDGET, REVIEWER_KEY = "review-reviewer", "review-reviewer-name"
 # ------------------------------------------------------------------ server-side state
 
 
-class ImageCache:
-    """Image bytes by content hash, least recently used dropped beyond `max_bytes`; shared by all browser tabs.
-
-    The review database must not hold pixels, yet a reviewer moving back and forth needs the images:
-    they stay here for the life of the server process.
-    """
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, bytes] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def put(self, digest: str, data: bytes) -> None:
-        with self._lock:
-            if digest in self._items:
-                self._items.move_to_end(digest)
-                return
-            self._items[digest] = data
-            self._size += len(data)
-            while self._size > self.max_bytes and len(self._items) > 1:
-                _, dropped = self._items.popitem(last=False)
-                self._size -= len(dropped)
-
-    def get(self, digest: str) -> bytes | None:
-        with self._lock:
-            data = self._items.get(digest)
-            if data is not None:
-                self._items.move_to_end(digest)
-            return data
-
-
 @st.cache_resource(show_spinner=False)
-def image_cache() -> ImageCache:
-    return ImageCache(IMAGE_CACHE_BYTES)
+def image_cache() -> LruCache:
+    """Uploaded files by content hash: the review database must not hold pixels, yet a reviewer moving back and
+    forth needs the images; they stay here for the life of the server process."""
+    return LruCache(IMAGE_CACHE_BYTES, size=len)
 
 
 @st.cache_data(show_spinner=False)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import runpy
 import threading
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -115,3 +117,36 @@ def data_dir() -> Path | None:
 def show_error(message: str) -> None:
     """A user-readable error box; the page goes on."""
     st.error(f"Could not complete this step. {message}", icon=":material/error:")
+
+
+class LruCache:
+    """Values by key for the whole server process, least recently used dropped beyond `max_size`.
+
+    For results that must not go through Streamlit's caches: uploaded files kept for the review page, and
+    heatmaps computed with a progress bar (elements updated inside a cached function cannot be replayed).
+    `size` measures a value (bytes, array nbytes); the newest value is kept even when it alone is larger.
+    """
+
+    def __init__(self, max_size: int, size: Callable[[Any], int]):
+        self.max_size, self.size = max_size, size
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return
+            self._items[key] = value
+            self._total += self.size(value)
+            while self._total > self.max_size and len(self._items) > 1:
+                _, dropped = self._items.popitem(last=False)
+                self._total -= self.size(dropped)
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value

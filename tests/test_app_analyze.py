@@ -91,6 +91,20 @@ def test_each_heatmap_method_can_be_chosen(weights, monkeypatch, method):
     assert any(c.startswith(METHOD_LABELS[method]) for image in at.image for c in image.captions)
 
 
+def test_a_slow_method_shows_progress_while_computing_and_none_once_cached(weights, monkeypatch):
+    from covid_models.explain import METHOD_LABELS
+
+    at = page_test(PAGE, weights, monkeypatch).run()
+    at.selectbox(key="method").set_value("ablationcam")
+    upload(at, ("chest.png", chest_like_png(seed=7)))
+    assert not at.exception
+    assert any(c.startswith(METHOD_LABELS["ablationcam"]) for image in at.image for c in image.captions)
+    assert not at.get("progress")  # the bar is removed once the heatmap is there
+    at.slider(key="opacity").set_value(0.7).run()  # a rerun served from the cache
+    assert not at.exception and not at.get("progress")
+    assert any(c.startswith(METHOD_LABELS["ablationcam"]) for image in at.image for c in image.captions)
+
+
 def test_moving_the_opacity_slider_changes_the_view_without_recomputing(weights, monkeypatch):
     at = page_test(PAGE, weights, monkeypatch).run()
     upload(at, ("chest.png", chest_like_png(seed=4)))
