@@ -215,6 +215,13 @@ def ensure_split(frame: pd.DataFrame, seed: int = 0, data_root: Path | None = No
     return frame
 
 
+def held_out_images(data_root: Path, modality: str) -> pd.DataFrame:
+    """The held-out rows of a data folder's `modality` manifest, sorted by image: the official split when the
+    manifest has one, else the seeded (seed 0) patient-level split; leakage is checked either way."""
+    frame = ensure_split(load_dataset(data_root, modality), seed=0, data_root=data_root)
+    return frame[frame["split"] == "test"].sort_values("image").reset_index(drop=True)
+
+
 def manifest_hash(frame: pd.DataFrame) -> str:
     """A short fingerprint of which images with which labels and splits a model saw."""
     columns = [c for c in ("image", "label", "patient_id", "split") if c in frame.columns]

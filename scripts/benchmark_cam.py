@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from covid_models.data import DataError, default_data_dir, ensure_split, load_dataset
+from covid_models.data import DataError, default_data_dir, held_out_images
 from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS, heatmap
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import read_image
@@ -36,11 +36,10 @@ from app_fixtures import chest_like_png  # noqa: E402  (test helpers shared with
 def images(data: Path | None, modality: str, count: int) -> tuple[list[np.ndarray], str]:
     if data is not None:
         try:
-            frame = ensure_split(load_dataset(data, modality), seed=0, data_root=data)
+            paths = held_out_images(data, modality)["image"].head(count)
         except (DataError, OSError) as error:
             print(f"<!-- {modality}: no images from {data} ({error}); generated ones used -->")
         else:
-            paths = frame[frame["split"] == "test"].sort_values("image")["image"].head(count)
             return [read_image(p).pixels for p in paths], f"test split of {data}"
     return [read_image(chest_like_png(size=512, seed=i)).pixels for i in range(count)], "generated images"
 

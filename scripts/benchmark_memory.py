@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from covid_models.data import DataError, default_data_dir, ensure_split, load_dataset
+from covid_models.data import DataError, default_data_dir, held_out_images
 from covid_models.explain import heatmap
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import read_image
@@ -93,11 +93,10 @@ def test_images(data: Path | None, modality: str) -> tuple[list[tuple[str, bytes
     """(name, bytes) of up to MAX_IMAGES test-split images of `modality`, and where they came from."""
     if data is not None:
         try:
-            frame = ensure_split(load_dataset(data, modality), seed=0, data_root=data)
+            paths = held_out_images(data, modality)["image"].head(MAX_IMAGES)
         except (DataError, OSError) as error:
             print(f"<!-- {modality}: no images from {data} ({error}); generated ones used -->")
         else:
-            paths = frame[frame["split"] == "test"].sort_values("image")["image"].head(MAX_IMAGES)
             return [(Path(p).name, Path(p).read_bytes()) for p in paths], f"{len(paths)} test-split images of {data}"
     return generated_images(MAX_IMAGES // 4), "generated images"
 

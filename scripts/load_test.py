@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from covid_models.data import DataError, default_data_dir, ensure_split, load_dataset
+from covid_models.data import DataError, default_data_dir, held_out_images
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -75,11 +75,10 @@ def upload_images(data: Path | None, count: int) -> tuple[list[tuple[str, bytes]
     """`count` distinct (name, bytes): X-ray test-split images of the data folder, else generated ones."""
     if data is not None:
         try:
-            frame = ensure_split(load_dataset(data, "xray"), seed=0, data_root=data)
+            paths = list(held_out_images(data, "xray")["image"])
         except (DataError, OSError) as error:
             print(f"<!-- no images from {data} ({error}); generated ones used -->")
         else:
-            paths = list(frame[frame["split"] == "test"].sort_values("image")["image"])
             if len(paths) >= count:
                 return [(Path(p).name, Path(p).read_bytes()) for p in paths[:count]], f"X-ray test split of {data}"
             print(f"<!-- only {len(paths)} test images in {data}; generated ones used -->")

@@ -1,6 +1,8 @@
 """Manifests, folder imports, patient-level splits and the leakage check."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +17,7 @@ from covid_models.data import (
     balanced_weights,
     check_no_leakage,
     ensure_split,
+    held_out_images,
     import_folder,
     load_dataset,
     load_manifest,
@@ -74,6 +77,23 @@ def test_ensure_split_keeps_an_official_split():
     frame = _frame(20)
     frame["split"] = ["test" if pid in {"P1", "P2"} else "train" for pid in frame["patient_id"]]
     assert ensure_split(frame)["split"].tolist() == frame["split"].tolist()
+
+
+def test_held_out_images_are_the_official_test_rows_sorted_by_image(tmp_path):
+    (tmp_path / "xray").mkdir()
+    (tmp_path / "xray" / "manifest.csv").write_text(
+        "image,label,patient_id,source,split\n"
+        "c.png,covid,p1,s,test\na.png,normal,p2,s,test\nb.png,covid,p3,s,train\n")
+    rows = held_out_images(tmp_path, "xray")
+    assert [Path(p).name for p in rows["image"]] == ["a.png", "c.png"]
+    assert rows.index.tolist() == [0, 1]
+
+
+def test_held_out_images_refuse_a_leaky_official_split(tmp_path):
+    (tmp_path / "manifest.csv").write_text(
+        "image,label,patient_id,source,split\na.png,covid,p1,s,test\nb.png,covid,p1,s,train\n")
+    with pytest.raises(LeakageError, match="p1"):
+        held_out_images(tmp_path, "xray")
 
 
 def test_manifest_paths_are_resolved_relative_to_the_manifest(tmp_path):
