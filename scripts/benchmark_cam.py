@@ -31,6 +31,7 @@ from covid_models.io import read_image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from app_fixtures import chest_like_png  # noqa: E402  (test helpers shared with the benchmarks)
+from reference_cam import reference_cam  # noqa: E402
 
 
 def images(data: Path | None, modality: str, count: int) -> tuple[list[np.ndarray], str]:
@@ -42,24 +43,6 @@ def images(data: Path | None, modality: str, count: int) -> tuple[list[np.ndarra
         else:
             return [read_image(p).pixels for p in paths], f"test split of {data}"
     return [read_image(chest_like_png(size=512, seed=i)).pixels for i in range(count)], "generated images"
-
-
-def reference_heatmap(classifier: Classifier, pixels: np.ndarray, method: str) -> None:
-    """The same map through pytorch-grad-cam (weights made trainable for its backward pass, then restored)."""
-    import pytorch_grad_cam as cams
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    kinds = {"gradcam": cams.GradCAM, "gradcam++": cams.GradCAMPlusPlus, "eigencam": cams.EigenCAM,
-             "hirescam": cams.HiResCAM, "scorecam": cams.ScoreCAM, "xgradcam": cams.XGradCAM,
-             "layercam": cams.LayerCAM, "ablationcam": cams.AblationCAM}
-    target = ClassifierOutputTarget(classifier.card.classes.index(classifier.card.positive_class))
-    classifier.model.requires_grad_(True)
-    try:
-        with kinds[method](model=classifier.model, target_layers=[classifier.cam_layer]) as cam, torch.enable_grad():
-            cam(input_tensor=classifier.to_input(pixels)[None], targets=[target])
-    finally:
-        classifier.model.zero_grad(set_to_none=True)
-        classifier.model.requires_grad_(False).eval()
 
 
 def median_ms(run, pictures: list[np.ndarray], warm_up: bool = True) -> float:
@@ -101,7 +84,7 @@ def main() -> None:
             ours = median_ms(functools.partial(heatmap, classifier, method=method), sample, not slow)
             theirs = "n/a"
             if reference:
-                run = functools.partial(reference_heatmap, classifier, method=method)
+                run = functools.partial(reference_cam, classifier, method=method, target_class=card.positive_class)
                 theirs = f"{median_ms(run, sample, not slow):.0f}"
             print(f"| {card.name} | {METHOD_LABELS[method]} | {ours:.0f} | {theirs} | {len(sample)} |", flush=True)
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from app_fixtures import chest_like_png
 from model_fixtures import tiny_card
+from reference_cam import reference_cam
 
 from covid_models.architectures import build_model, get_architecture
 from covid_models.explain import METHODS, SLOW_METHODS, ExplainError, heatmap
@@ -35,20 +36,7 @@ def classifier(architecture: str, size: int = 64, seed: int = 0) -> Classifier:
 
 def reference(model: Classifier, pixels: np.ndarray, method: str, target_class: str) -> np.ndarray:
     """pytorch-grad-cam's map for `target_class`, resized and scaled the way heatmap() does."""
-    import pytorch_grad_cam as cams
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    kinds = {"gradcam": cams.GradCAM, "gradcam++": cams.GradCAMPlusPlus, "eigencam": cams.EigenCAM,
-             "hirescam": cams.HiResCAM, "scorecam": cams.ScoreCAM, "xgradcam": cams.XGradCAM,
-             "layercam": cams.LayerCAM, "ablationcam": cams.AblationCAM}
-    target = ClassifierOutputTarget(model.card.classes.index(target_class))
-    model.model.requires_grad_(True)  # the reference back-propagates to the weights
-    try:
-        with kinds[method](model=model.model, target_layers=[model.cam_layer]) as cam, torch.enable_grad():
-            grey = cam(input_tensor=model.to_input(pixels)[None], targets=[target])[0]
-    finally:
-        model.model.zero_grad(set_to_none=True)
-        model.model.requires_grad_(False).eval()
+    grey = reference_cam(model, pixels, method, target_class)
     resized = F.interpolate(torch.from_numpy(np.float32(grey))[None, None], size=pixels.shape, mode="bilinear",
                             align_corners=False)[0, 0].numpy()
     low, high = resized.min(), resized.max()
