@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,3 +36,13 @@ def real_data() -> Path:
     if path is None:
         require_or_skip("real data not found: set COVID_DATA_DIR or place the dataset at ../shared/data")
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, restored after it: no two thread pools contending on a shared CPU, and
+    steadier memory readings; the computation is the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

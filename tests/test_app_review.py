@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from app_fixtures import chest_like_png, make_weights_dir, page_test
 from app_fixtures_b import clear_streamlit_caches, make_data_dir, point_app_at
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
@@ -15,6 +14,8 @@ from covid_models.data import ensure_split, load_manifest
 from covid_models.io import content_hash
 from covid_models.reviews import ReviewStore
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
+
 PAGE = "pages/review.py"
 REVIEWER = "Dr Ada Test"
 
@@ -23,15 +24,6 @@ REVIEWER = "Dr Ada Test"
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("review")
     return make_weights_dir(root, segmentation=False), make_data_dir(root)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Each rerun computes a heatmap; one thread is faster than two contending ones on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()
@@ -95,7 +87,7 @@ def test_without_a_name_the_page_asks_for_one(folders, database, monkeypatch) ->
     assert not at.button
 
 
-def test_a_data_folder_session_stores_hashes_and_names_of_test_split_images(folders, database, store,
+def test_a_data_folder_session_stores_hashes_and_names_of_held_out_images(folders, database, store,
                                                                             monkeypatch) -> None:
     at = _page(folders, database, monkeypatch)
     session = _start_from_data(at, n=3)

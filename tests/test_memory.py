@@ -32,6 +32,8 @@ from covid_models.segmentation import (
     segmentation_preprocessing,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
+
 WARMUP = 10
 ANALYSES = 40
 # Resident memory is read after returning freed heap to the system (glibc's malloc_trim), so that it counts
@@ -63,15 +65,6 @@ def models(tmp_path_factory) -> tuple[Classifier, Segmenter]:
                      operating_points={"default": {"threshold": 0.5, "rule": "test fixture"}},
                      default_operating_point="default", extra={"postprocess": POSTPROCESS_LUNGS})
     return classifier, Segmenter(build_segmentation_model("unet", pretrained=False), card)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Fewer thread pools, steadier memory; the computation is the same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def analyse(classifier: Classifier, segmenter: Segmenter, data: bytes) -> tuple:
