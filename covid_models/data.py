@@ -50,20 +50,30 @@ def default_data_dir() -> Path | None:
     return Path(value) if value and Path(value).is_dir() else None
 
 
-def load_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a manifest.csv; image paths become absolute (they are relative to the manifest's folder)."""
+def read_manifest_csv(path: str | Path, required: set[str], what: str = "manifest") -> tuple[Path, pd.DataFrame]:
+    """A manifest (the csv, or the folder holding manifest.csv) and its path, patient ids read as text and the
+    image and mask paths made absolute (they are relative to the manifest's folder).
+
+    DataError when the file is missing or lacks a `required` column.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.csv"
     if not path.is_file():
-        raise DataError(f"manifest not found: {path}")
+        raise DataError(f"{what} not found: {path}")
     frame = pd.read_csv(path, dtype={"patient_id": str})
-    missing = {"image", "label"} - set(frame.columns)
+    missing = required - set(frame.columns)
     if missing:
         raise DataError(f"{path} lacks the columns {sorted(missing)}")
-    frame["image"] = [str((path.parent / p).resolve()) for p in frame["image"]]
-    if "mask" in frame.columns:
-        frame["mask"] = [str((path.parent / p).resolve()) for p in frame["mask"]]
+    for column in ("image", "mask"):
+        if column in frame.columns:
+            frame[column] = [str((path.parent / p).resolve()) for p in frame[column]]
+    return path, frame
+
+
+def load_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a classification manifest.csv, with absolute image paths, a patient id and a source on every row."""
+    path, frame = read_manifest_csv(path, {"image", "label"})
     if "patient_id" not in frame.columns or frame["patient_id"].isna().any():
         warnings.warn(f"{path}: rows without patient_id get one id per image; splits may leak patients",
                       stacklevel=2)

@@ -24,7 +24,15 @@ from torch.utils.data import Dataset
 
 from covid_models import __version__
 from covid_models.checkpoint import ModelCard, save_model_dir
-from covid_models.data import DataError, check_no_leakage, data_summary, manifest_hash, patient_split, split_groups
+from covid_models.data import (
+    DataError,
+    check_no_leakage,
+    data_summary,
+    manifest_hash,
+    patient_split,
+    read_manifest_csv,
+    split_groups,
+)
 from covid_models.io import read_image
 from covid_models.metrics import dice, iou, summary_with_ci
 from covid_models.preprocessing import Augmentation, Preprocessing
@@ -100,19 +108,9 @@ def load_segmentation_manifest(path: str | Path, target: str) -> pd.DataFrame:
 
     The label column lets the patient-level split and the data summary treat it like any other manifest.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "manifest.csv"
-    if not path.is_file():
-        raise DataError(f"segmentation manifest not found: {path}")
-    frame = pd.read_csv(path, dtype={"patient_id": str})
-    missing = {"image", "mask", "patient_id"} - set(frame.columns)
-    if missing:
-        raise DataError(f"{path} lacks the columns {sorted(missing)}")
+    path, frame = read_manifest_csv(path, {"image", "mask", "patient_id"}, "segmentation manifest")
     if frame["patient_id"].isna().any():
         raise DataError(f"{path}: every row needs a patient_id (the split is made per patient)")
-    for column in ("image", "mask"):
-        frame[column] = [str((path.parent / p).resolve()) for p in frame[column]]
     absent = [p for p in frame["image"].tolist() + frame["mask"].tolist() if not Path(p).is_file()]
     if absent:
         raise DataError(f"{path}: {len(absent)} listed file(s) do not exist, e.g. {absent[0]}")
