@@ -149,7 +149,7 @@ def compute_heatmap(model_dirs: tuple[str, ...], method: str, pixels: np.ndarray
     for number, directory in enumerate(model_dirs):
         classifier = load_classifier(directory)
         member_progress = None if progress is None else \
-            functools.partial(lambda n, done: progress((n + done) / len(model_dirs)), number)
+            (lambda done, n=number: progress((n + done) / len(model_dirs)))
         with model_lock(directory):
             maps.append(heatmap(classifier, pixels, method, progress=member_progress))
     mean = for_display(np.mean(maps, axis=0).astype(np.float32), display_size(pixels.shape))
