@@ -10,7 +10,7 @@ from app_fixtures_b import clear_streamlit_caches, make_data_dir, point_app_at
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from covid_models.data import ensure_split, load_manifest
+from covid_models.data import held_out_images
 from covid_models.io import content_hash
 from covid_models.reviews import ReviewStore
 
@@ -75,10 +75,15 @@ def _verdict(at: AppTest, verdict: str) -> AppTest:
     return _run(at)
 
 
+def _choose_other_label(at: AppTest, session: int, item) -> str:
+    """Pick, for `item`, a label other than the model's (what a reviewer does before 'Disagree')."""
+    other = next(c for c in ("covid", "normal", "pneumonia") if c != item.predicted_label)
+    at.segmented_control(key=f"review-label-{session}-{item.position}").set_value(other)
+    return other
+
+
 def _test_split_names(data_root: Path, modality: str) -> set[str]:
-    frame = load_manifest(data_root / modality / "manifest.csv")
-    frame = ensure_split(frame, seed=0, data_root=data_root)
-    return {Path(p).name for p in frame.loc[frame["split"] == "test", "image"]}
+    return {Path(p).name for p in held_out_images(data_root, modality)["image"]}
 
 
 def test_without_a_name_the_page_asks_for_one(folders, database, monkeypatch) -> None:
@@ -118,8 +123,7 @@ def test_each_verdict_is_in_the_database_at_once(folders, database, store, monke
     assert (first.verdict, first.reviewer_label) == ("agree", items[0].predicted_label)
     assert _shown_position(at).startswith("#### Image 2 of 3")
 
-    other = next(c for c in ("covid", "normal", "pneumonia") if c != items[1].predicted_label)
-    at.segmented_control(key=f"review-label-{session}-1").set_value(other)
+    other = _choose_other_label(at, session, items[1])
     at.text_area(key=f"review-note-{session}-1").input("consolidation right lower zone")
     _verdict(at, "disagree")
     second = store.items(session)[1]
@@ -231,8 +235,7 @@ def test_summary_shows_the_stores_numbers_and_the_csv_download_is_its_export(fol
     session = _start_from_data(at, n=4)
     items = store.items(session)
     _verdict(at, "agree")
-    other = next(c for c in ("covid", "normal", "pneumonia") if c != items[1].predicted_label)
-    at.segmented_control(key=f"review-label-{session}-1").set_value(other)
+    _choose_other_label(at, session, items[1])
     _verdict(at, "disagree")
     _verdict(at, "unsure")
 
@@ -255,8 +258,7 @@ def test_confusion_table_of_model_against_reviewer_is_drawn(folders, database, s
     session = _start_from_data(at, n=2)
     items = store.items(session)
     _verdict(at, "agree")
-    other = next(c for c in ("covid", "normal", "pneumonia") if c != items[1].predicted_label)
-    at.segmented_control(key=f"review-label-{session}-1").set_value(other)
+    _choose_other_label(at, session, items[1])
     _verdict(at, "disagree")
     import plotly.io
 
