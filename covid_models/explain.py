@@ -175,7 +175,7 @@ def heatmap(classifier: Classifier, image: Scan | np.ndarray, method: str = "gra
     target_class = target_class or classifier.card.positive_class or classes[0]
     if target_class not in classes:
         raise ExplainError(f"class {target_class!r} is not one of {classes}")
-    pixels = image.pixels if isinstance(image, Scan) else image
+    pixels = classifier.card.preprocessing.model_pixels(image)
     inputs = classifier.to_input(pixels)[None]
     cam = class_activation_map(classifier, inputs, method, classes.index(target_class), progress).float()
     resized = F.interpolate(cam.clamp(min=0)[None, None], size=pixels.shape, mode="bilinear",

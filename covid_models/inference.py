@@ -67,9 +67,12 @@ class Classifier:
         return cam_target_layer(self.model, self.card.architecture)
 
     def to_input(self, image: Scan | np.ndarray) -> torch.Tensor:
-        """Scan or (H, W) [0, 1] array -> the normalised input tensor the card prescribes (C, S, S)."""
-        pixels = image.pixels if isinstance(image, Scan) else image
-        return self.card.preprocessing(pixels)
+        """Scan or (H, W) [0, 1] array -> the normalised input tensor the card prescribes (C, S, S).
+
+        A CT DICOM scan goes through the card's fixed HU window (`Preprocessing.model_pixels`), never the
+        window it is displayed with.
+        """
+        return self.card.preprocessing(image)
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

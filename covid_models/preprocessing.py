@@ -3,6 +3,12 @@
 A `Preprocessing` record is stored in every checkpoint's card, so inference applies exactly the
 transform the model was trained with: greyscale [0, 1] image -> resized square -> replicated to
 `channels` -> normalised with the backbone's mean/std.
+
+The canonical CT input: a CT model's card names one fixed HU window (`hu_window`, the lung window by
+default). A DICOM CT slice (HU kept in `Scan.modality_values`) is windowed with it, whatever window the
+file or the viewer uses; a PNG/JPEG slice has no HU and is taken as already windowed. So a display window
+never reaches the model, and training (JPEG slices) and inference (DICOM slices, CT volumes) meet in one
+[0, 1] image.
 """
 from __future__ import annotations
 
@@ -14,6 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from covid_models.io import Scan, apply_window
+
+LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)  # (centre, width) in HU: the CT models' input window
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -23,18 +33,38 @@ class Preprocessing:
     channels: int = 3
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    hu_window: tuple[float, float] | None = None  # (centre, width) applied to CT HU; None for X-ray models
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        window = data.get("hu_window")
         return cls(
             image_size=int(data["image_size"]),
             channels=int(data["channels"]),
             mean=tuple(float(v) for v in data["mean"]),
             std=tuple(float(v) for v in data["std"]),
+            hu_window=None if window is None else (float(window[0]), float(window[1])),
         )
+
+    def window_hu(self, hu: np.ndarray) -> np.ndarray:
+        """HU values (any shape) -> the model's [0, 1] input under the card's fixed window."""
+        if self.hu_window is None:
+            raise ValueError("this model takes no HU input (its card names no hu_window)")
+        return apply_window(hu, *self.hu_window)
+
+    def model_pixels(self, image: Scan | np.ndarray) -> np.ndarray:
+        """The (H, W) [0, 1] image a model sees: DICOM CT through the card's HU window, everything else as read.
+
+        Only a CT DICOM's HU values are re-windowed; a viewer's window preset is never an input here.
+        """
+        if not isinstance(image, Scan):
+            return image
+        if self.hu_window is not None and image.modality_values is not None and image.metadata.dicom_modality == "CT":
+            return self.window_hu(image.modality_values)
+        return image.pixels
 
     def resize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(H, W) image -> (1, S, S) float tensor; stretched so a CAM maps back by a plain resize."""
@@ -54,8 +84,9 @@ class Preprocessing:
         std = torch.tensor(self.std, dtype=image.dtype, device=image.device).view(shape)
         return (expanded - mean) / std
 
-    def __call__(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(H, W) greyscale in [0, 1] -> (channels, S, S) network input."""
+    def __call__(self, image: Scan | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A `Scan` (see `model_pixels`) or an (H, W) greyscale image in [0, 1] -> (channels, S, S) network input."""
+        pixels = self.model_pixels(image) if isinstance(image, Scan) else image
         return self.normalise(self.resize(pixels))
 
 

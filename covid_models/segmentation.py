@@ -165,7 +165,7 @@ class Segmenter:
     @torch.inference_mode()
     def probability(self, image: Scan | np.ndarray) -> np.ndarray:
         """Per-pixel probability of the target, (H, W) float32 at the image's own size."""
-        pixels = image.pixels if isinstance(image, Scan) else np.asarray(image, dtype=np.float32)
+        pixels = np.asarray(self.card.preprocessing.model_pixels(image), dtype=np.float32)
         inputs = self.card.preprocessing(pixels)[None]
         parameter = next(self.model.parameters())
         logits = self.model(inputs.to(parameter.device, parameter.dtype)).float()
