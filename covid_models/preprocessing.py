@@ -92,10 +92,12 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Radiograph-safe random transforms: small rotation, shift, scale, brightness/contrast.
+    """Radiograph-safe random transforms: geometry (rotation, shift, scale), intensity (brightness, contrast,
+    gamma) and acquisition (resolution loss, JPEG re-compression), so a model cannot key on one window, one
+    crop or one export pipeline (the UCSD CT positives are figure crops out of preprint PDFs).
 
-    No vertical flip (anatomy is never upside down) and no horizontal flip by default: the heart
-    and the side markers sit on one side, and a flipped chest is not a plausible image.
+    No vertical flip (anatomy is never upside down). Horizontal flip is off by default (the heart and the
+    side markers of a radiograph sit on one side) and on for axial CT, whose COVID findings are bilateral.
     """
 
     max_rotation_deg: float = 10.0
@@ -103,10 +105,33 @@ class Augmentation:
     scale_range: tuple[float, float] = (0.9, 1.1)
     brightness: float = 0.1
     contrast: float = 0.15
+    gamma: float = 0.0  # exponent drawn log-uniformly in [exp(-gamma), exp(gamma)]: a window-like jitter
+    hflip: float = 0.0  # probability of a left-right mirror
+    degrade: float = 0.0  # probability of a resolution loss (x0.35-0.8) and a JPEG re-compression (quality 30-90)
+
+    @classmethod
+    def for_modality(cls, modality: str) -> Augmentation:
+        """The training augmentation of each modality (stored in the card's training record)."""
+        if modality == "ct":
+            return cls(max_rotation_deg=15.0, max_shift=0.1, scale_range=(0.8, 1.25), brightness=0.1, contrast=0.25,
+                       gamma=0.4, hflip=0.5, degrade=0.3)
+        return cls(max_rotation_deg=10.0, max_shift=0.08, scale_range=(0.9, 1.15), brightness=0.1, contrast=0.2,
+                   gamma=0.3, degrade=0.3)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(C, S, S) in [0, 1] -> randomly transformed, same shape, still in [0, 1]."""
-        return self.apply(image, self.sample(generator))[0]
+        image = self.apply(image, self.sample(generator))[0]
+        u = torch.rand(5, generator=generator).tolist()
+        if u[0] < self.hflip:
+            image = image.flip(-1)
+        if self.gamma:
+            image = image.clamp(1e-6, 1.0) ** math.exp((u[1] * 2 - 1) * self.gamma)
+        if u[2] < self.degrade:
+            image = _degrade(image, 0.35 + 0.45 * u[3], int(30 + 60 * u[4]))
+        return image
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """One random affine matrix (2x3) plus brightness/contrast factors, packed in a vector."""
@@ -136,3 +161,20 @@ class Augmentation:
                 mask[None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
             )[0]
         return warped, warped_mask
+
+
+def _degrade(image: torch.Tensor, factor: float, quality: int) -> torch.Tensor:
+    """Resolution loss (down by `factor`, back up bilinearly) followed by a JPEG round trip at `quality`."""
+    import io
+
+    from PIL import Image
+
+    size = image.shape[-2:]
+    small = [max(8, round(side * factor)) for side in size]
+    image = F.interpolate(image[None], size=small, mode="bilinear", antialias=True, align_corners=False)
+    image = F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False)[0].clamp(0.0, 1.0)
+    grey = (image[0] * 255).round().to(torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, format="JPEG", quality=quality)
+    decoded = np.asarray(Image.open(buffer), dtype=np.float32) / 255.0
+    return torch.from_numpy(decoded)[None].expand_as(image).clone()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from covid_models.architectures import efficientnet_lite0_imagenet_state_dict, get_architecture
+from covid_models.architectures import efficientnet_lite_imagenet_state_dict, get_architecture
 from covid_models.checkpoint import CheckpointError, ModelCard, load_model_dir, load_weights_into
 from covid_models.io import Scan
 from covid_models.preprocessing import Preprocessing
@@ -27,7 +27,7 @@ TARGETS = ("lungs", "infection")
 POSTPROCESS_LUNGS = "two_largest_components+fill_holes"
 ORIENTATIONS = ("as_is", "transpose")
 _SMP_CLASSES = {"unet": "Unet", "fpn": "FPN", "pspnet": "PSPNet", "linknet": "Linknet"}
-_OFFLINE_ENCODERS = {DEFAULT_ENCODER: efficientnet_lite0_imagenet_state_dict}
+_OFFLINE_ENCODERS = {DEFAULT_ENCODER: efficientnet_lite_imagenet_state_dict}
 
 
 def build_segmentation_model(architecture: str, encoder: str = DEFAULT_ENCODER, pretrained: bool = True) -> nn.Module:

@@ -31,7 +31,7 @@ from covid_models.evaluation import classification_report
 from covid_models.inference import penultimate_layer
 from covid_models.metrics import auc, sensitivity_threshold, threshold_metrics, youden_threshold
 from covid_models.ood import OodGuard
-from covid_models.preprocessing import Augmentation
+from covid_models.preprocessing import LUNG_WINDOW, Augmentation
 
 RESUME_FILE = "resume_state.pt"
 
@@ -184,7 +184,65 @@ class TrainConfig:
     operating_point: str = "youden"
     patience: int | None = None
     half: bool = False
+    source_adversarial: float = 0.0  # weight of the gradient-reversed source head; 0 = off
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _GradientReversal(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by -weight (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.weight = weight
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.weight * grad, None
+
+
+def reverse_gradient(features: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    return _GradientReversal.apply(features, weight)
+
+
+class SourceAdversary(nn.Module):
+    """Wraps a classifier with a head that predicts the image's source from its features through a gradient
+    reversal, so training pushes the features to carry as little source as the class task allows.
+
+    The head also sees the model's class probabilities (detached), so it asks "which source, given the
+    class?": where a plain adversary would erase the disease too (every COVID film of `xray/` comes from one
+    source), the conditional one erases what the source adds beyond the class (as in CDAN, Long et al. 2018).
+    Output: class logits and source logits concatenated; targets: (N, 2) rows of (class, source).
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, num_sources: int, weight: float):
+        super().__init__()
+        self.model, self.num_classes, self.weight = model, num_classes, weight
+        features = penultimate_layer(model).in_features
+        self.head = nn.Sequential(nn.Linear(features + num_classes, 128), nn.ReLU(), nn.Linear(128, num_sources))
+        self._features: list[torch.Tensor] = []
+        penultimate_layer(model).register_forward_hook(lambda _m, inp, _o: self._features.append(inp[0]))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self._features.clear()
+        logits = self.model(inputs)
+        features = reverse_gradient(self._features[-1].float(), self.weight)
+        classes = torch.softmax(logits.detach().float(), 1)
+        return torch.cat([logits.float(), self.head(torch.cat([features, classes], 1))], 1)
+
+
+class AdversarialLoss(nn.Module):
+    """Class cross-entropy plus source cross-entropy on `SourceAdversary` outputs."""
+
+    def __init__(self, num_classes: int, label_smoothing: float = 0.05):
+        super().__init__()
+        self.num_classes = num_classes
+        self.classes = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.sources = nn.CrossEntropyLoss()
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (self.classes(outputs[:, :self.num_classes], targets[:, 0])
+                + self.sources(outputs[:, self.num_classes:], targets[:, 1]))
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -246,15 +304,18 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
     started = time.time()
     seed_everything(config.seed)
     arch = get_architecture(config.architecture)
-    preprocessing = arch.preprocessing(config.image_size)
+    preprocessing = arch.preprocessing(config.image_size, LUNG_WINDOW if config.modality == "ct" else None)
+    augmentation = Augmentation.for_modality(config.modality)
     positive = config.classes.index(config.positive_class)
     splits = {s: frame[frame["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
+    sources = sorted(frame["source"].unique())
     for split, rows in splits.items():
         if rows.empty:
             raise ValueError(f"the {split} split is empty")
     show = runtime.is_main
     datasets = {
-        "train": ImageDataset(splits["train"], config.classes, preprocessing, Augmentation(), progress=show),
+        "train": ImageDataset(splits["train"], config.classes, preprocessing, augmentation, progress=show,
+                              sources=sources if config.source_adversarial else None),
         "val": ImageDataset(splits["val"], config.classes, preprocessing, progress=show),
     }
     sampler = None
@@ -268,7 +329,14 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
     model = build_model(config.architecture, len(config.classes), config.pretrained).to(runtime.device)
     if runtime.cuda:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    train_model: nn.Module = model
+    loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=0.05)
+    adversary: SourceAdversary | None = None
+    if config.source_adversarial:
+        adversary = SourceAdversary(model, len(config.classes), len(sources), config.source_adversarial)
+        train_model = adversary.to(runtime.device)
+        loss_fn = AdversarialLoss(len(config.classes))
+    optimizer = torch.optim.AdamW(train_model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = len(train_loader) * config.epochs
     history: list[dict[str, float]] = []
     best_auc, best_state, start_epoch, earlier_seconds = -1.0, None, 0, 0.0
@@ -277,6 +345,8 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
     if resume and resume_path.is_file():
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
+        if adversary is not None:
+            adversary.head.load_state_dict(state["adversary"])
         optimizer.load_state_dict(state["optimizer"])
         best_auc, best_state, history, start_epoch = state["best_auc"], state["best_state"], state["history"], \
             state["epoch"] + 1
@@ -284,13 +354,11 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
         if show:
             log(f"resumed from {resume_path} after epoch {start_epoch}")
 
-    train_model: nn.Module = model
     if runtime.distributed:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[runtime.local_rank] if runtime.cuda else None)
+            train_model, device_ids=[runtime.local_rank] if runtime.cuda else None)
     if config.compile:
         train_model = torch.compile(train_model)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
     epochs_without_gain = 0
 
     for epoch in range(start_epoch, config.epochs):
@@ -319,6 +387,7 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
                 + ("  * best" if improved else ""))
             out_dir.mkdir(parents=True, exist_ok=True)
             torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "adversary": adversary.head.state_dict() if adversary is not None else {},
                         "best_auc": best_auc, "best_state": best_state, "history": history,
                         "elapsed_s": earlier_seconds + time.time() - started}, resume_path)
         stop = torch.tensor([int(config.patience is not None and epochs_without_gain >= config.patience)])
@@ -368,7 +437,7 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
         metrics={"test": test_report, "val": {k: val_report[k] for k in ("auc", "auc_ci95", "n", "ece")}},
         data={**data_summary(frame), "manifest_sha256": manifest_hash(frame)},
         training={**{k: v for k, v in asdict(config).items() if k not in ("name", "classes", "extra")},
-                  "image_size": preprocessing.image_size, "history": history, "best_val_auc": best_auc,
+                  "image_size": preprocessing.image_size, "augmentation": augmentation.to_dict(), "history": history, "best_val_auc": best_auc,
                   "device": runtime.describe(), "duration_s": round(earlier_seconds + time.time() - started, 1),
                   "torch": torch.__version__, "covid_models": __version__, "git_commit": git_commit(),
                   **config.extra},

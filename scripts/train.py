@@ -15,8 +15,17 @@ import shlex
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from covid_models.architectures import REGISTRY, PretrainedWeightsUnavailable
-from covid_models.data import DataError, LeakageError, default_data_dir, ensure_split, load_dataset
+from covid_models.data import (
+    DataError,
+    LeakageError,
+    default_data_dir,
+    ensure_split,
+    extra_training_rows,
+    load_dataset,
+)
 from covid_models.evaluation import format_report
 from covid_models.training import TrainConfig, train_classifier
 
@@ -40,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patience", type=int, help="stop after this many epochs without validation AUC gain")
     parser.add_argument("--operating-point", default="youden", choices=("youden", "sensitivity_95"))
     parser.add_argument("--no-balance", action="store_true", help="do not draw classes equally often")
+    parser.add_argument("--extra-train", action="append", default=[], metavar="MANIFEST:LABEL[:ORIENTATION]",
+                        help="add another manifest's images to the train split only, all with LABEL "
+                             "(e.g. ../shared/data/segmentation/ct-infection:covid:transpose); repeatable")
+    parser.add_argument("--source-adversarial", type=float, default=0.0, metavar="WEIGHT",
+                        help="train against a gradient-reversed head predicting the manifest's source (0 = off)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     parser.add_argument("--half", action="store_true", help="store the weights as fp16")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
@@ -62,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         frame = ensure_split(frame, seed=args.seed, data_root=args.data if args.data.is_dir() else None)
         if args.limit:
             frame = frame.groupby(["split", "label"], group_keys=False).head(args.limit)
+        for extra in args.extra_train:
+            manifest, label, *orientation = extra.split(":")
+            frame = pd.concat([frame, extra_training_rows(manifest, label, *orientation)], ignore_index=True)
     except (DataError, LeakageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -71,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size=args.image_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         pretrained=None if args.pretrained == "none" else args.pretrained, balance=not args.no_balance,
         compile=args.compile, operating_point=args.operating_point, patience=args.patience, half=args.half,
+        source_adversarial=args.source_adversarial,
         extra={"command": "python scripts/train.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "data_argument": str(args.data)},
     )

@@ -57,12 +57,13 @@ def _imagenet_top5(model, image_name: str) -> list[str]:
     return [info.index_to_description(i) for i in top]
 
 
-def test_efficientnet_lite0_loads_real_imagenet_weights_offline():
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_efficientnet_lite_loads_real_imagenet_weights_offline(variant):
     """A real ImageNet model recognises scikit-learn's bundled photos; a random init does not."""
-    model = build_model("efficientnet_lite0", num_classes=1000, pretrained="imagenet").eval()
-    from covid_models.architectures import efficientnet_lite0_imagenet_state_dict
+    model = build_model(f"efficientnet_lite{variant}", num_classes=1000, pretrained="imagenet").eval()
+    from covid_models.architectures import efficientnet_lite_imagenet_state_dict
 
-    model.load_state_dict(efficientnet_lite0_imagenet_state_dict())  # keep the ImageNet head for this check
+    model.load_state_dict(efficientnet_lite_imagenet_state_dict(variant))  # keep the ImageNet head for this check
     flower = " ".join(_imagenet_top5(model, "flower.jpg"))
     china = " ".join(_imagenet_top5(model, "china.jpg"))
     assert "daisy" in flower

@@ -56,3 +56,81 @@ def test_mask_follows_the_image_geometry():
     assert set(warped_mask.unique().tolist()) <= {0.0, 1.0}  # nearest: still a binary mask
     overlap = ((warped > 0.5) & (warped_mask > 0.5)).sum() / (warped_mask > 0.5).sum()
     assert overlap > 0.8
+
+
+# --- the canonical CT input -------------------------------------------------------------------------------
+CT_PREPROCESSING = Preprocessing(image_size=64, hu_window=(-600.0, 1500.0))
+
+
+def _ct_slice() -> np.ndarray:
+    """Stored values of a CT slice: air, lung, soft tissue, bone and the -3024 HU padding outside the field."""
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 2500, (96, 80)).astype(np.int16)
+    stored[:6] = -2000  # -3024 HU after the -1024 intercept: outside the scan field
+    return stored
+
+
+def test_dicom_ct_in_hu_and_the_same_slice_as_a_lung_windowed_png_give_the_same_input():
+    from bad_input_corpus import encode, make_dicom
+    from PIL import Image
+
+    from covid_models.io import apply_window, read_image
+
+    stored = _ct_slice()
+    dicom = read_image(make_dicom(stored, rescale=(1.0, -1024.0), window=(40, 400)))  # a mediastinal file window
+    windowed = apply_window(stored.astype(np.float32) - 1024.0, -600.0, 1500.0)
+    png = read_image(encode(Image.fromarray((windowed * 255).round().astype(np.uint8)), "PNG"))
+    from_dicom, from_png = CT_PREPROCESSING(dicom), CT_PREPROCESSING(png)
+    assert torch.allclose(from_dicom, from_png, atol=2 / 255 / 0.5)  # 8-bit rounding of the PNG only
+    assert not torch.allclose(from_dicom, CT_PREPROCESSING(dicom.pixels), atol=0.1)  # not the file's window
+
+
+def test_padding_outside_the_scan_field_reads_as_air():
+    from bad_input_corpus import make_dicom
+
+    from covid_models.io import read_image
+
+    pixels = CT_PREPROCESSING.model_pixels(read_image(make_dicom(_ct_slice(), rescale=(1.0, -1024.0))))
+    assert np.all(pixels[:6] == 0.0)
+
+
+def test_a_display_window_preset_never_changes_the_model_input():
+    from bad_input_corpus import make_dicom
+
+    from covid_models.io import WINDOW_PRESETS, read_image, rewindow
+
+    scan = read_image(make_dicom(_ct_slice(), rescale=(1.0, -1024.0)))
+    reference = CT_PREPROCESSING(scan)
+    for preset in WINDOW_PRESETS.values():
+        rewindow(scan, *preset)  # what the viewer draws
+        assert torch.equal(CT_PREPROCESSING(scan), reference)
+
+
+def test_xray_models_take_the_file_as_read():
+    from bad_input_corpus import make_dicom
+
+    from covid_models.io import read_image
+
+    scan = read_image(make_dicom(_ct_slice(), modality="DX", rescale=None))
+    np.testing.assert_array_equal(Preprocessing(image_size=64).model_pixels(scan), scan.pixels)
+    assert Preprocessing.from_dict(CT_PREPROCESSING.to_dict()) == CT_PREPROCESSING
+
+
+def test_ct_augmentation_mirrors_left_right_but_xray_augmentation_does_not():
+    image = torch.zeros(1, 32, 32)
+    image[:, :, :8] = 1.0  # bright on the image's left
+    plain = dict(max_rotation_deg=0.0, max_shift=0.0, scale_range=(1.0, 1.0), brightness=0.0, contrast=0.0)
+    ct, xray = Augmentation(**plain, hflip=0.5), Augmentation(**plain)
+    generator = torch.Generator().manual_seed(0)
+    ct_right = sum(bool(ct(image, generator)[0, :, 24:].mean() > 0.5) for _ in range(40))
+    xray_right = sum(bool(xray(image, generator)[0, :, 24:].mean() > 0.5) for _ in range(40))
+    assert 8 < ct_right < 32 and xray_right == 0
+
+
+def test_gamma_and_degradation_keep_range_and_change_the_image():
+    image = torch.rand(1, 48, 48)
+    augment = Augmentation(max_rotation_deg=0.0, max_shift=0.0, scale_range=(1.0, 1.0), brightness=0.0, contrast=0.0,
+                           gamma=0.5, degrade=1.0)
+    out = augment(image, torch.Generator().manual_seed(2))
+    assert out.shape == image.shape and out.min() >= 0 and out.max() <= 1
+    assert (out - image).abs().mean() > 0.01

@@ -101,3 +101,26 @@ def test_trainer_reports_missing_data_without_a_traceback(tmp_path):
                             cwd=ROOT)
     assert result.returncode == 2
     assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_gradient_reversal_is_identity_forward_and_flips_the_gradient_sign():
+    from covid_models.training import reverse_gradient
+
+    features = torch.randn(4, 3, requires_grad=True)
+    out = reverse_gradient(features, 0.5)
+    assert torch.equal(out, features)
+    out.sum().backward()
+    assert torch.equal(features.grad, torch.full_like(features, -0.5))
+
+
+def test_source_adversary_outputs_class_then_source_logits_and_its_loss_trains_both_heads():
+    from covid_models.architectures import build_model
+    from covid_models.training import AdversarialLoss, SourceAdversary
+
+    model = build_model("resnet18", 3)
+    adversary = SourceAdversary(model, num_classes=3, num_sources=2, weight=1.0)
+    outputs = adversary(torch.rand(2, 3, 64, 64))
+    assert outputs.shape == (2, 5)
+    loss = AdversarialLoss(3)(outputs, torch.tensor([[0, 1], [2, 0]]))
+    loss.backward()
+    assert adversary.head[0].weight.grad is not None and model.fc[1].weight.grad is not None
