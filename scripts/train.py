@@ -21,10 +21,12 @@ from covid_models.architectures import REGISTRY, PretrainedWeightsUnavailable
 from covid_models.data import (
     DataError,
     LeakageError,
+    check_no_leakage,
     default_data_dir,
     ensure_split,
     extra_training_rows,
     load_dataset,
+    load_manifest,
 )
 from covid_models.evaluation import format_report
 from covid_models.training import TrainConfig, train_classifier
@@ -49,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patience", type=int, help="stop after this many epochs without validation AUC gain")
     parser.add_argument("--operating-point", default="youden", choices=("youden", "sensitivity_95"))
     parser.add_argument("--no-balance", action="store_true", help="do not draw classes equally often")
+    parser.add_argument("--add-manifest", action="append", default=[], type=Path, metavar="MANIFEST",
+                        help="another manifest of the same classes, split on its own by patient and joined "
+                             "(e.g. ../shared/data/xray-hannover); repeatable")
     parser.add_argument("--extra-train", action="append", default=[], metavar="MANIFEST:LABEL[:ORIENTATION]",
                         help="add another manifest's images to the train split only, all with LABEL "
                              "(e.g. ../shared/data/segmentation/ct-infection:covid:transpose); repeatable")
@@ -74,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         frame = load_dataset(args.data, args.modality)
         frame = frame[frame["label"].isin(classes)]
         frame = ensure_split(frame, seed=args.seed, data_root=args.data if args.data.is_dir() else None)
+        # Each added manifest is split on its own, so the main data keep exactly the split earlier models had
+        # (an old model is then compared on images it never saw).
+        added = [ensure_split(load_manifest(path), seed=args.seed) for path in args.add_manifest]
+        frame = pd.concat([frame, *added], ignore_index=True)
+        check_no_leakage(frame)
         if args.limit:
             frame = frame.groupby(["split", "label"], group_keys=False).head(args.limit)
         for extra in args.extra_train:
