@@ -205,3 +205,16 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], *, sourc
     converted = {key: value.to(expected[key].dtype) for key, value in state.items()}
     model.load_state_dict(converted)
     return model
+
+
+def save_card(directory: str | Path, card: ModelCard) -> None:
+    """Rewrite a model directory's card.json and MODEL_CARD.md (e.g. after an evaluation adds figures); the
+    weights and their sha256 are untouched."""
+    from covid_models.model_card import render_model_card
+
+    card.validate()
+    directory = Path(directory)
+    for name, text in ((CARD_FILE, json.dumps(card.to_dict(), indent=2) + "\n"),
+                       (MODEL_CARD_FILE, render_model_card(card))):
+        (directory / f".{name}.tmp").write_text(text)
+        os.replace(directory / f".{name}.tmp", directory / name)

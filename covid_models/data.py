@@ -281,6 +281,27 @@ class BalancedSampler(Sampler[int]):
         return self.num_samples // self.world_size
 
 
+def training_table(data: str | Path, modality: str, classes: Sequence[str], *, seed: int = 0,
+                   add_manifests: Sequence[str | Path] = (), extra_train: Sequence[str] = ()) -> pd.DataFrame:
+    """The split table a model is trained and evaluated on, rebuilt identically from the card's record.
+
+    `data` keeps its official or seeded patient split; each of `add_manifests` (e.g. the Hannover films) is
+    split on its own and joined, so the main data keep exactly the split that earlier models had and an old
+    model is compared on images it never saw. `extra_train` entries "MANIFEST:LABEL[:ORIENTATION]" join the
+    train split only (see `extra_training_rows`). The leakage check runs on the whole table.
+    """
+    data = Path(data)
+    frame = load_dataset(data, modality)
+    frame = ensure_split(frame[frame["label"].isin(classes)], seed=seed, data_root=data if data.is_dir() else None)
+    added = [ensure_split(load_manifest(path), seed=seed) for path in add_manifests]
+    frame = pd.concat([frame, *(a[a["label"].isin(classes)] for a in added)], ignore_index=True)
+    check_no_leakage(frame)
+    for entry in extra_train:
+        manifest, label, *orientation = str(entry).split(":")
+        frame = pd.concat([frame, extra_training_rows(manifest, label, *orientation)], ignore_index=True)
+    return frame
+
+
 def extra_training_rows(manifest: str | Path, label: str, orientation: str = "as_is") -> pd.DataFrame:
     """Images of another manifest (e.g. the MedSeg infection slices, all COVID) as extra training rows.
 

@@ -32,6 +32,7 @@ from covid_models.inference import penultimate_layer
 from covid_models.metrics import auc, sensitivity_threshold, threshold_metrics, youden_threshold
 from covid_models.ood import OodGuard
 from covid_models.preprocessing import LUNG_WINDOW, Augmentation
+from covid_models.trust import source_probes
 
 RESUME_FILE = "resume_state.pt"
 
@@ -423,11 +424,13 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
     ood = OodGuard.fit(train_features, train_labels, val_features)
 
     test_dataset = ImageDataset(splits["test"], config.classes, preprocessing, progress=True)
-    test_logits, _, _ = collect(model, make_loader(test_dataset, config.batch_size * 2, runtime), runtime)
+    test_logits, _, test_features = collect(model, make_loader(test_dataset, config.batch_size * 2, runtime),
+                                            runtime)
     test_probability = torch.softmax(test_logits / temperature, 1).numpy()
     threshold = operating_points[config.operating_point]["threshold"]
     test_report = classification_report(splits["test"], test_probability, config.classes, config.positive_class,
                                         threshold)
+    test_report["source_probe"] = source_probes(test_features.numpy(), splits["test"], seed=config.seed)
     val_report = classification_report(splits["val"], torch.softmax(val_logits / temperature, 1).numpy(),
                                        config.classes, config.positive_class, threshold, n_resamples=200)
     card = ModelCard(

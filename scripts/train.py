@@ -15,19 +15,8 @@ import shlex
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from covid_models.architectures import REGISTRY, PretrainedWeightsUnavailable
-from covid_models.data import (
-    DataError,
-    LeakageError,
-    check_no_leakage,
-    default_data_dir,
-    ensure_split,
-    extra_training_rows,
-    load_dataset,
-    load_manifest,
-)
+from covid_models.data import DataError, LeakageError, default_data_dir, training_table
 from covid_models.evaluation import format_report
 from covid_models.training import TrainConfig, train_classifier
 
@@ -76,19 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     classes = (args.classes or DEFAULT_CLASSES[args.modality]).split(",")
     try:
-        frame = load_dataset(args.data, args.modality)
-        frame = frame[frame["label"].isin(classes)]
-        frame = ensure_split(frame, seed=args.seed, data_root=args.data if args.data.is_dir() else None)
-        # Each added manifest is split on its own, so the main data keep exactly the split earlier models had
-        # (an old model is then compared on images it never saw).
-        added = [ensure_split(load_manifest(path), seed=args.seed) for path in args.add_manifest]
-        frame = pd.concat([frame, *added], ignore_index=True)
-        check_no_leakage(frame)
+        frame = training_table(args.data, args.modality, classes, seed=args.seed, add_manifests=args.add_manifest,
+                               extra_train=args.extra_train)
         if args.limit:
             frame = frame.groupby(["split", "label"], group_keys=False).head(args.limit)
-        for extra in args.extra_train:
-            manifest, label, *orientation = extra.split(":")
-            frame = pd.concat([frame, extra_training_rows(manifest, label, *orientation)], ignore_index=True)
     except (DataError, LeakageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -100,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile, operating_point=args.operating_point, patience=args.patience, half=args.half,
         source_adversarial=args.source_adversarial,
         extra={"command": "python scripts/train.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-               "data_argument": str(args.data)},
+               "data_argument": str(args.data), "add_manifests": [str(p) for p in args.add_manifest],
+               "extra_train": list(args.extra_train)},
     )
     try:
         card = train_classifier(config, frame, args.out, resume=args.resume, device=args.device)

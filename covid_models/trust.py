@@ -1,0 +1,75 @@
+"""Measures of whether a classifier reads the disease or the image's source.
+
+COVID classifiers trained on pooled public data notoriously learn the hospital, not the disease. Two
+numbers make that visible and go into every card:
+- the **source probe**: how well a linear classifier recovers the image's `source` from the network's
+  penultimate features (cross-validated, grouped by patient). The lower, the less the network encodes where
+  an image came from. Within one class (e.g. COVID films of ieee8023 vs Hannover) it measures source
+  information that the class cannot explain.
+- the **within-source AUC**: COVID-vs-rest inside one source that has both, by patient-grouped k-fold
+  cross-validation (each fold scored by a model that never saw it): `patient_folds` makes the folds.
+scikit-learn is imported inside the functions: the app never needs it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def patient_folds(frame: pd.DataFrame, k: int = 5, seed: int = 0, stratify: str = "label") -> np.ndarray:
+    """Fold index (0..k-1) per row: every patient in exactly one fold, `stratify` balanced across folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if frame["patient_id"].nunique() < k:
+        raise ValueError(f"{k}-fold cross-validation needs at least {k} patients, got {frame['patient_id'].nunique()}")
+    folds = np.full(len(frame), -1)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for fold, (_, held) in enumerate(splitter.split(frame, frame[stratify], frame["patient_id"])):
+        folds[held] = fold
+    return folds
+
+
+def source_probe(features: np.ndarray, sources: Sequence[str], groups: Sequence[str], k: int = 5, seed: int = 0
+                 ) -> dict[str, Any] | None:
+    """Cross-validated AUC of a logistic regression predicting `sources` from `features`, folds grouped by
+    patient (macro one-vs-rest for more than two sources); None with fewer than two sources or too few
+    patients per source to cross-validate. 0.5 means no linearly readable source information."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    sources, groups = np.asarray(sources).astype(str), np.asarray(groups).astype(str)
+    names = sorted(set(sources))
+    patients_per_source = [len(set(groups[sources == s])) for s in names]
+    folds = min(k, *patients_per_source) if len(names) > 1 else 0
+    if folds < 2:
+        return None
+    target = np.array([names.index(s) for s in sources])
+    probability = np.zeros((len(target), len(names)))
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train, held in splitter.split(features, target, groups):
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+        model.fit(features[train], target[train])
+        probability[np.ix_(held, model[-1].classes_)] = model.predict_proba(features[held])
+    if len(names) == 2:
+        auc = roc_auc_score(target, probability[:, 1])
+    else:
+        auc = roc_auc_score(target, probability, multi_class="ovr", average="macro", labels=list(range(len(names))))
+    counts = {s: int((sources == s).sum()) for s in names}
+    return {"auc": float(auc), "n": int(len(target)), "folds": int(folds), "by_source": counts}
+
+
+def source_probes(features: np.ndarray, frame: pd.DataFrame, k: int = 5, seed: int = 0) -> dict[str, Any]:
+    """The source probe over all images and within each class that has images of several sources."""
+    result: dict[str, Any] = {"all": source_probe(features, frame["source"], frame["patient_id"], k, seed),
+                              "within_class": {}}
+    for label, rows in frame.groupby("label").indices.items():
+        probe = source_probe(features[rows], frame["source"].iloc[rows], frame["patient_id"].iloc[rows], k, seed)
+        if probe is not None:
+            result["within_class"][str(label)] = probe
+    return result
