@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  fold AUC {per_fold[-1]['auc']}")
     truth = (inside.loc[scored, "label"] == "covid").to_numpy()
     result = {
-        "source": args.source, "folds": args.folds, "n": int(len(scored)), "n_covid": int(truth.sum()),
+        "source": args.source, "folds": args.folds, "n": int(scored.sum()), "n_covid": int(truth.sum()),
         "auc": auc(truth, positive[scored]),
         "auc_ci95": bootstrap_ci(auc, truth, positive[scored], groups=inside.loc[scored, "patient_id"].to_numpy()),
         "per_fold": per_fold,
