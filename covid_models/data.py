@@ -20,11 +20,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from covid_models.io import IMAGE_SUFFIXES
 from covid_models.preprocessing import Augmentation, Preprocessing
 
 DATA_DIR_ENV = "COVID_DATA_DIR"
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp"}
 
 # Folder names of the public datasets -> our labels (matched case-insensitively, "-", "_" and spaces ignored).
 FOLDER_LABELS = {

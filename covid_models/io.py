@@ -66,6 +66,7 @@ _EXTENSIONS = {
     ".tif": "tiff", ".tiff": "tiff", ".gif": "gif", ".webp": "webp", ".dcm": "dicom", ".dicom": "dicom",
     ".dic": "dicom",
 }
+IMAGE_SUFFIXES = frozenset(_EXTENSIONS)  # the file names a folder scan picks up (the content decides the format)
 _SIGNATURES = (  # DICOM first: its preamble may itself be a TIFF header (dual-format files)
     (128, b"DICM", "dicom"), (0, b"\x89PNG\r\n\x1a\n", "png"), (0, b"\xff\xd8\xff", "jpeg"), (0, b"GIF87a", "gif"),
     (0, b"GIF89a", "gif"), (0, b"II*\x00", "tiff"), (0, b"MM\x00*", "tiff"), (0, b"II+\x00", "tiff"),
