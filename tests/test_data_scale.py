@@ -8,14 +8,34 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covid_models.data import SPLITS, absolute_paths, load_manifest, patient_split, split_groups
+from covid_models.data import SPLITS, absolute_paths, image_stems, load_manifest, patient_split, split_groups
+
+
+def reference_split_groups(frame: pd.DataFrame, linked_ids=()) -> np.ndarray:
+    """split_groups as it was (a union-find in Python, commit 3163568), kept as the specification."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        parent[find(a)] = find(b)
+
+    for stem, patient in zip([Path(p).stem for p in frame["image"]], frame["patient_id"], strict=True):
+        union(f"img:{stem}", f"pat:{patient}")
+    for a, b in linked_ids:
+        union(f"img:{a}", f"img:{b}")
+    return pd.factorize(pd.Series([find(f"pat:{p}") for p in frame["patient_id"]]))[0]
 
 
 def reference_patient_split(frame: pd.DataFrame, fractions=(0.7, 0.15, 0.15), seed: int = 0,
                             linked_ids=()) -> pd.DataFrame:
     """patient_split as it was before it was vectorised (commit 3163568), kept as the specification."""
     frame = frame.copy()
-    frame["_group"] = split_groups(frame, linked_ids)
+    frame["_group"] = reference_split_groups(frame, linked_ids)
     rng = np.random.default_rng(seed)
     stratum_of = frame.groupby("_group").agg(
         stratum=("label", lambda s: s.mode().iloc[0]), source=("source", "first"), size=("label", "size"))
@@ -52,6 +72,19 @@ def test_the_vectorised_split_gives_exactly_the_split_of_the_per_group_code(seed
     got = patient_split(frame, fractions, seed, links)
     pd.testing.assert_frame_equal(got, expected)
     assert "_group" not in got.columns and list(frame.columns) == list(generated_manifest(1).columns)
+
+
+def test_groups_are_those_of_the_union_find_including_links_through_images_outside_the_manifest():
+    frame = generated_manifest(3000, 5)
+    links = [(f"img{a:06d}", f"img{b:06d}") for a, b in np.random.default_rng(5).integers(0, 3000, (300, 2))]
+    links += [("img000001", "elsewhere"), ("elsewhere", "img002999")]  # two images joined through a third
+    np.testing.assert_array_equal(split_groups(frame, links), reference_split_groups(frame, links))
+    np.testing.assert_array_equal(split_groups(frame), reference_split_groups(frame))
+
+
+def test_image_stems_are_path_stems():
+    names = ["a/b/x.png", "x.tar.gz", ".hidden", "dir.d/noext", "..a.png", "a.", "/abs/y.dcm", "z"]
+    assert image_stems(pd.Series(names)).tolist() == [Path(n).stem for n in names]
 
 
 def test_manifest_paths_resolve_each_folder_once_and_match_a_resolve_per_row(tmp_path):
