@@ -285,24 +285,55 @@ def class_balance_figure(counts: pd.DataFrame | Sequence[Mapping[str, Any]]) -> 
     return figure
 
 
-def image_size_figure(frame: pd.DataFrame) -> go.Figure:
-    """Width against height of every image, coloured by source (columns width, height, source; label on hover).
+SIZE_POINTS = 2000  # at most this many points in the image-size chart, however many images
 
-    Sources that differ in size (uniform 1024 px hospital films against cropped paper figures) are
-    another way a model can tell the source instead of the disease.
+
+def image_size_table(frame: pd.DataFrame, max_points: int = SIZE_POINTS) -> tuple[pd.DataFrame, int]:
+    """Images per (source, width, height) with their labels, and the bin width in pixels (1: exact sizes).
+
+    Sizes are binned on a grid that doubles until at most `max_points` (source, size) points remain, so that the
+    chart sent to the browser stays small (100,000 images sent one point each made 1.6 MB of JSON).
     """
+    table = pd.DataFrame({
+        "source": frame["source"].astype(str) if "source" in frame.columns else "unknown",
+        "label": frame["label"].astype(str) if "label" in frame.columns else "",
+        "width": pd.to_numeric(frame["width"], errors="coerce"),
+        "height": pd.to_numeric(frame["height"], errors="coerce"),
+    }).dropna(subset=["width", "height"])
+    step = 1
+    while table.groupby(["source", table["width"] // step, table["height"] // step]).ngroups > max_points:
+        step *= 2
+    if step > 1:
+        table["width"] = (table["width"] // step) * step + step / 2
+        table["height"] = (table["height"] // step) * step + step / 2
+    keys = ["source", "width", "height"]
+    by_label = table.groupby([*keys, "label"]).size().rename("n").reset_index()
+    by_label["text"] = by_label["label"] + " " + by_label["n"].astype(str)
+    points = by_label.groupby(keys).agg(n=("n", "sum"), labels=("text", ", ".join)).reset_index()
+    return points, step
+
+
+def image_size_figure(frame: pd.DataFrame) -> go.Figure:
+    """Width against height of the images, one point per size and source (area by image count; labels on hover).
+
+    Columns width, height, source and label. Sources that differ in size (uniform 1024 px hospital films against
+    cropped paper figures) are another way a model can tell the source instead of the disease.
+    """
+    points, step = image_size_table(frame)
     figure = go.Figure()
     palette = _palette()
-    source_column = frame["source"] if "source" in frame.columns else pd.Series("unknown", index=frame.index)
-    for index, (source, part) in enumerate(frame.groupby(source_column.astype(str))):
-        labels = part["label"].astype(str) if "label" in part.columns else pd.Series("", index=part.index)
+    largest = max(int(points["n"].max()) if len(points) else 1, 1)
+    for index, (source, part) in enumerate(points.groupby("source")):
         figure.add_trace(go.Scatter(
-            x=part["width"], y=part["height"], mode="markers", name=f"{source} ({len(part)})",
-            marker={"color": palette[index % len(palette)], "size": 6, "opacity": 0.6}, customdata=labels,
-            hovertemplate="%{x} × %{y} px<br>%{customdata}<extra>" + source + "</extra>"))
+            x=part["width"], y=part["height"], mode="markers", name=f"{source} ({int(part['n'].sum())})",
+            marker={"color": palette[index % len(palette)], "opacity": 0.6,
+                    "size": [6 + 18 * math.sqrt(n / largest) for n in part["n"]]},
+            customdata=np.stack([part["n"], part["labels"]], axis=1),
+            hovertemplate="%{x} × %{y} px<br>%{customdata[0]} images: %{customdata[1]}<extra>" + source + "</extra>"))
+    title = "Image sizes" + (f" (binned to {step} px)" if step > 1 else "")
     figure.update_layout(xaxis={"title": {"text": "width (px)"}}, yaxis={"title": {"text": "height (px)"}},
                          height=420, legend={"title": {"text": "source (images)"}},
-                         margin={"l": 10, "r": 10, "t": 40, "b": 10}, title={"text": "Image sizes"})
+                         margin={"l": 10, "r": 10, "t": 40, "b": 10}, title={"text": title})
     return figure
 
 

@@ -12,22 +12,31 @@ Scaling choices (documented because they change what the model sees):
 - DICOM: modality LUT or rescale slope/intercept (HU for CT), then the file's VOI LUT, else its first
   Window Center/Width, else a default (lung window for CT, the image's own min..max otherwise);
   MONOCHROME1 is inverted so that dense tissue is always bright.
+
+Memory per file is bounded (several users share one server): files over `MAX_FILE_BYTES` and frames whose decoded
+size exceeds `MAX_DECODED_BYTES` are refused before decoding, and an image larger than `WORKING_SIDE` on its
+longest side is reduced right after decoding (JPEG already while decoding) by averaging blocks of pixels, so that
+only the working size is ever held as float32. The models read at most 512 pixels and the display shows at most
+768, so nothing they use is lost; the metadata gives both sizes and the pixel spacing at the working size.
+Values that no float32 window can show (beyond +-1e30, e.g. a float TIFF at +-3e38 or a rescale slope of 1e38)
+are refused rather than shown as a blank image.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
-from PIL import Image, ImageOps, features
+from PIL import Image, features
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, pixel_array
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -36,6 +45,10 @@ from pydicom.uid import (
 )
 
 MAX_PIXELS = 50_000_000
+MAX_FILE_BYTES = 128 * 1024 * 1024  # a file is read whole; an uploaded one is already capped at 50 MB by Streamlit
+MAX_DECODED_BYTES = 128 * 1024 * 1024  # one decoded frame before reduction (7000 x 7000 at 16 bits: 93 MiB)
+WORKING_SIDE = 1024  # longest side kept: models read <= 512 px, the display shows <= 768 px (overlays.DISPLAY_SIDE)
+MAX_ABS_VALUE = 1e30  # no scanner or export stores values near float32's limit (3.4e38); such files are damaged
 MIN_SIDE = 16  # below this no chest image is readable: it is an icon, a thumbnail or a damaged header
 MAX_ASPECT_RATIO = 20.0  # a chest CT slice or radiograph is never a strip
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -53,6 +66,7 @@ _EXTENSIONS = {
     ".tif": "tiff", ".tiff": "tiff", ".gif": "gif", ".webp": "webp", ".dcm": "dicom", ".dicom": "dicom",
     ".dic": "dicom",
 }
+IMAGE_SUFFIXES = frozenset(_EXTENSIONS)  # the file names a folder scan picks up (the content decides the format)
 _SIGNATURES = (  # DICOM first: its preamble may itself be a TIFF header (dual-format files)
     (128, b"DICM", "dicom"), (0, b"\x89PNG\r\n\x1a\n", "png"), (0, b"\xff\xd8\xff", "jpeg"), (0, b"GIF87a", "gif"),
     (0, b"GIF89a", "gif"), (0, b"II*\x00", "tiff"), (0, b"MM\x00*", "tiff"), (0, b"II+\x00", "tiff"),
@@ -103,6 +117,8 @@ class ScanMetadata:
     frame_index: int
     notes: tuple[str, ...]
     dicom_summary: dict[str, str]
+    original_width: int | None = None  # the size in the file; width and height are the working size of `pixels`
+    original_height: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,7 +139,9 @@ def read_image(
     `name` is the original file name (uploads arrive as bytes; streams and paths supply their own). The format
     is sniffed from the content, never taken from the extension: the name only adds a note when its extension
     disagrees, and lets a '.dcm' file without any DICOM signature be tried as DICOM. Streams are read from the
-    start. `max_pixels` is checked against the header before anything is decoded.
+    start. A path must name a regular file of at most `MAX_FILE_BYTES` (checked before reading: pipes and devices
+    are refused, never read). `max_pixels` is checked against the header before anything is decoded; images
+    larger than `WORKING_SIDE` come back reduced to it (`metadata.original_width/height` keep the file's size).
     """
     data, name = _read_source(source, name)
     fmt = _sniff(data, name)
@@ -188,13 +206,43 @@ def content_hash(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------------- input and sniffing
+def check_file(path: str | os.PathLike) -> int:
+    """Size in bytes of `path` when it can be read as an image file; else ImageReadError saying why.
+
+    Only `stat` is called: a named pipe or a device (/dev/zero) would block or never end if read, and a file larger
+    than `MAX_FILE_BYTES` would be held whole in memory, so both are refused before any byte is read.
+    """
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ImageReadError(f"The file could not be opened ({exc.strerror or exc}). Check that it exists.") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageReadError("This is a folder, not an image file.")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a named pipe" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
+                or stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "a special file")
+        raise ImageReadError(f"This is {kind}, not a regular file, so it was not read. {SUPPORTED}")
+    _check_file_size(info.st_size)
+    return info.st_size
+
+
+def _check_file_size(size: int) -> None:
+    if size > MAX_FILE_BYTES:
+        raise ImageReadError(
+            f"This file is too large to analyse safely ({size / 2**20:,.0f} MB; the limit is "
+            f"{MAX_FILE_BYTES / 2**20:.0f} MB). Export a smaller or compressed version."
+        )
+
+
 def _read_source(source: Any, name: str | None) -> tuple[bytes, str | None]:
     """All inputs become bytes, so sniffing and decoders see one kind of thing."""
     try:
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
         elif isinstance(source, (str, os.PathLike)):
-            data = Path(source).read_bytes()
+            check_file(source)
+            with open(source, "rb") as handle:
+                data = handle.read(MAX_FILE_BYTES + 1)  # a file that grew since stat is still bounded
             name = name or Path(source).name
         elif hasattr(source, "read"):
             if getattr(source, "seekable", lambda: False)():
@@ -208,6 +256,7 @@ def _read_source(source: Any, name: str | None) -> tuple[bytes, str | None]:
             raise ImageReadError(f"Cannot read an image from a {type(source).__name__}. {SUPPORTED}")
     except OSError as exc:
         raise ImageReadError(f"The file could not be opened ({exc.strerror or exc}). Check that it exists.") from exc
+    _check_file_size(len(data))
     if not data:
         raise ImageReadError("This file is empty (0 bytes). It may not have finished uploading or copying; try again.")
     return data, None if name is None else str(name)
@@ -315,8 +364,47 @@ def _full_range(values: np.ndarray) -> tuple[np.ndarray, float, float]:
     if finite.size == 0:
         raise ImageReadError("This image contains no valid pixel values. Export it again or upload another file.")
     lo, hi = float(finite.min()), float(finite.max())
+    _check_value_range(lo, hi)
     scaled = (values - np.float32(lo)) / np.float32(hi - lo) if hi > lo else np.zeros_like(values)
     return scaled, lo, hi
+
+
+def _check_value_range(lo: float, hi: float) -> None:
+    """Values near float32's limit overflow every scaling (the image would come out blank): refuse them."""
+    if max(abs(lo), abs(hi)) > MAX_ABS_VALUE:
+        raise ImageReadError(
+            f"This image's pixel values are out of range ({lo:.3g} to {hi:.3g}; images stay far within "
+            f"+-{MAX_ABS_VALUE:.0e}), so it cannot be shown or analysed. The file is damaged or was exported with "
+            "a wrong scale; export it again."
+        )
+
+
+def reduction_factor(width: int, height: int, side: int = WORKING_SIDE) -> int:
+    """The block size that brings the longest side to at most `side` (1: the image is kept as it is)."""
+    return max(1, -(-max(width, height) // side))
+
+
+def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of each factor x factor block of an (H, W) or (H, W, C) array as float32, a strip at a time.
+
+    Edge blocks that the size does not fill are averaged over the pixels they hold. Strips bound the float32
+    temporaries to a few MB whatever the image size.
+    """
+    strip = factor * 64
+    parts = []
+    for top in range(0, values.shape[0], strip):
+        block = values[top:top + strip]
+        rows = np.arange(0, block.shape[0], factor)
+        columns = np.arange(0, block.shape[1], factor)
+        sums = np.add.reduceat(np.add.reduceat(block, rows, axis=0, dtype=np.float32), columns, axis=1)
+        counts = np.outer(np.diff(rows, append=block.shape[0]), np.diff(columns, append=block.shape[1]))
+        parts.append(sums / counts.reshape(counts.shape + (1,) * (block.ndim - 2)).astype(np.float32))
+    return np.concatenate(parts)
+
+
+def _reduced_note(width: int, height: int, shape: tuple[int, ...]) -> str:
+    return (f"reduced from {width} x {height} to {shape[1]} x {shape[0]} pixels for analysis (block mean); "
+            f"models read at most 512 and the display shows at most 768 pixels")
 
 
 # ---------------------------------------------------------------------------- PNG, JPEG, TIFF, ... (Pillow)
@@ -330,41 +418,98 @@ def _read_pillow(data: bytes, fmt: str, max_pixels: int, notes: list[str]) -> Sc
         if frames > 1:
             image.seek(0)
             notes.append(f"first frame of {frames} used")
+        factor = reduction_factor(width, height)
+        if factor > 1 and fmt == "jpeg":  # the JPEG decoder scales by 1/2, 1/4 or 1/8 for free
+            image.draft(image.mode, (-(-width // factor), -(-height // factor)))
+            factor = reduction_factor(*image.size)
+        _check_decoded_bytes(image.size[0] * image.size[1] * _PIL_BYTES_PER_PIXEL.get(image.mode, 4))
         image.load()
-        image = _apply_exif_orientation(image, notes)
-        pixels, bits = _pillow_to_grey(image, notes)
+        orientation = _exif_orientation(image, notes)
+        reduced = factor > 1 or image.size != (width, height)
+        pixels, bits = _pillow_to_grey(image, notes) if factor == 1 else _reduced_pillow_grey(image, factor, notes)
+        if orientation is not None:
+            pixels = np.asarray(Image.fromarray(np.asarray(pixels, dtype=np.float32), "F").transpose(orientation))
+        if reduced:
+            notes.append(_reduced_note(width, height, pixels.shape))
         mode = image.mode
     return Scan(
         pixels=_finish(pixels),
         metadata=ScanMetadata(
             source_format=fmt, width=pixels.shape[1], height=pixels.shape[0], modality=None, dicom_modality=None,
             bits_stored=bits, photometric=mode, window=None, pixel_spacing=None, frames=frames, frame_index=0,
-            notes=tuple(notes), dicom_summary={},
+            notes=tuple(notes), dicom_summary={}, original_width=width, original_height=height,
         ),
         modality_values=None,
     )
 
 
-def _apply_exif_orientation(image: Image.Image, notes: list[str]) -> Image.Image:
+_PIL_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I;16S": 2}
+_HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "F")
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # as ImageOps.exif_transpose; applied to the grey result, so that a large image is turned after its reduction
+
+
+def _check_decoded_bytes(size: int) -> None:
+    """Refuse before decoding a frame that would itself exceed the memory one upload may take."""
+    if size > MAX_DECODED_BYTES:
+        raise ImageReadError(
+            f"This image is too large to analyse safely (decoding it would take {size / 2**20:,.0f} MB of memory; "
+            f"the limit is {MAX_DECODED_BYTES / 2**20:.0f} MB). Downsize it or export a smaller version."
+        )
+
+
+def _exif_orientation(image: Image.Image, notes: list[str]) -> Image.Transpose | None:
     """Phones and some exporters store the image sideways plus an EXIF tag saying how to turn it."""
     try:
         orientation = image.getexif().get(0x0112, 1)
-        if orientation in range(2, 9):
-            image = ImageOps.exif_transpose(image)
-            notes.append(f"EXIF orientation {orientation} applied")
     except Exception:  # noqa: BLE001 - a damaged EXIF block should not lose a readable image
         notes.append("EXIF data unreadable; image shown as stored")
-    return image
+        return None
+    if orientation in _EXIF_TRANSPOSE:
+        notes.append(f"EXIF orientation {orientation} applied")
+        return _EXIF_TRANSPOSE[orientation]
+    return None
+
+
+def _reduced_pillow_grey(image: Image.Image, factor: int, notes: list[str]) -> tuple[np.ndarray, int]:
+    """`_pillow_to_grey` of a large image at 1/`factor` of its size, converted strip by strip.
+
+    High-depth images are averaged before their min-max scaling, which must see the whole (reduced) image.
+    """
+    width, height = image.size
+    strip_rows = factor * 64
+    strip_notes: list[str] = []
+    parts = []
+    for top in range(0, height, strip_rows):
+        strip = image.crop((0, top, width, min(height, top + strip_rows)))
+        if image.mode in _HIGH_DEPTH_MODES:
+            values = np.asarray(strip).astype(np.float32)
+        else:
+            values, _ = _pillow_to_grey(strip, strip_notes if top == 0 else [])
+        parts.append(_block_mean(values, factor))
+    reduced = np.concatenate(parts)
+    if image.mode in _HIGH_DEPTH_MODES:
+        return _scaled_high_depth(reduced, image.mode, notes)
+    notes.extend(strip_notes)
+    return reduced, 8 if image.mode != "1" else 1
+
+
+def _scaled_high_depth(values: np.ndarray, mode: str, notes: list[str]) -> tuple[np.ndarray, int]:
+    """16-bit, 32-bit and float values min-max scaled over the image itself, and the bit depth."""
+    scaled, lo, hi = _full_range(values)
+    bits = 16 if mode.startswith("I;16") else 32
+    notes.append(f"{bits}-bit image scaled from its own range ({lo:g}..{hi:g})")
+    return scaled, bits
 
 
 def _pillow_to_grey(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, int]:
     """Greyscale float pixels and the bit depth they came from."""
     mode = image.mode
-    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "F"):
-        scaled, lo, hi = _full_range(np.asarray(image).astype(np.float32))
-        bits = 16 if mode.startswith("I;16") else 32
-        notes.append(f"{bits}-bit image scaled from its own range ({lo:g}..{hi:g})")
-        return scaled, bits
+    if mode in _HIGH_DEPTH_MODES:
+        return _scaled_high_depth(np.asarray(image).astype(np.float32), mode, notes)
     if mode == "1":
         return np.asarray(image, dtype=np.float32), 1
     if mode == "L" and "transparency" not in image.info:
@@ -387,6 +532,7 @@ def _read_dicom(data: bytes, max_pixels: int, notes: list[str], *, force: bool) 
         ds = pydicom.dcmread(io.BytesIO(_with_preamble(data)), force=force)
     except InvalidDicomError as exc:
         raise ImageReadError(f"This file is not a readable image ({_describe_unknown(data)}). {SUPPORTED}") from exc
+    ds.buffer = None  # for a deflated file, its inflated copy (as large as the pixels): no longer needed once parsed
     if force and not any(kw in ds for kw in ("PixelData", "SOPClassUID", "Modality")):
         raise ImageReadError(f"This file is not a readable image ({_describe_unknown(data)}). {SUPPORTED}")
     if not any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -404,11 +550,16 @@ def _read_dicom(data: bytes, max_pixels: int, notes: list[str], *, force: bool) 
     transfer_syntax = _transfer_syntax(ds)
     frames = max(1, int(ds.get("NumberOfFrames") or 1))
     index = (frames - 1) // 2
+    samples, bits_allocated = int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 16)
+    _check_decoded_bytes(rows * columns * samples * max(1, bits_allocated // 8))
     if frames > 1:
-        ds.pixel_array_options(index=index)
         notes.append(f"middle frame {index + 1} of {frames} used")
-    raw = _decode(ds, transfer_syntax)
+    raw = _decode(ds, transfer_syntax, index if frames > 1 else None)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper() or None
+    factor = reduction_factor(columns, rows)
+    if factor > 1:  # palette indices cannot be averaged: every factor-th pixel is kept instead
+        raw = raw[::factor, ::factor].copy() if photometric == "PALETTE COLOR" else _block_mean_as(raw, factor)
+        notes.append(_reduced_note(columns, rows, raw.shape))
     dicom_modality = str(ds.get("Modality", "")).strip().upper() or None
     window: tuple[float, float] | None = None
     values: np.ndarray | None = None
@@ -428,11 +579,12 @@ def _read_dicom(data: bytes, max_pixels: int, notes: list[str], *, force: bool) 
     return Scan(
         pixels=_finish(pixels),
         metadata=ScanMetadata(
-            source_format="dicom", width=columns, height=rows,
+            source_format="dicom", width=pixels.shape[1], height=pixels.shape[0],
             modality="ct" if dicom_modality == "CT" else "xray" if dicom_modality in _XRAY_MODALITIES else None,
             dicom_modality=dicom_modality, bits_stored=int(ds.BitsStored) if ds.get("BitsStored") else None,
-            photometric=photometric, window=window, pixel_spacing=_pixel_spacing(ds, index), frames=frames,
+            photometric=photometric, window=window, pixel_spacing=_pixel_spacing(ds, index, factor), frames=frames,
             frame_index=index, notes=tuple(notes), dicom_summary=_summary(ds, transfer_syntax),
+            original_width=columns, original_height=rows,
         ),
         modality_values=None if values is None else np.ascontiguousarray(values, dtype=np.float32),
     )
@@ -460,10 +612,21 @@ def _transfer_syntax(ds: pydicom.Dataset) -> UID:
     return uid
 
 
-def _decode(ds: pydicom.Dataset, transfer_syntax: UID) -> np.ndarray:
-    """Decoded pixels of the selected frame; a failure names the compression, the usual culprit."""
+def _block_mean_as(raw: np.ndarray, factor: int) -> np.ndarray:
+    """`_block_mean` back in the stored type, so that LUTs and windows treat it as they treat the file's values."""
+    means = _block_mean(raw, factor)
+    return np.rint(means).astype(raw.dtype) if np.issubdtype(raw.dtype, np.integer) else means.astype(raw.dtype)
+
+
+def _decode(ds: pydicom.Dataset, transfer_syntax: UID, index: int | None) -> np.ndarray:
+    """Decoded pixels of the selected frame (the stored pixel data is dropped from `ds` once decoded, and never
+    cached on it); a failure names the compression, the usual culprit."""
     try:
-        return ds.pixel_array
+        raw = pixel_array(ds, index=index)
+        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            if keyword in ds:
+                del ds[keyword]
+        return raw
     except Exception as exc:  # decoders raise many types; all mean "cannot decode"
         if "less than expected" in str(exc) or isinstance(exc, EOFError):
             raise ImageReadError(_damaged_message("dicom", EOFError())) from exc
@@ -506,7 +669,15 @@ def _modality_values(raw: np.ndarray, ds: pydicom.Dataset, index: int) -> np.nda
     intercept = _first_float(_frame_value(ds, index, "PixelValueTransformationSequence", "RescaleIntercept"))
     values = raw.astype(np.float32)
     if slope is not None and slope != 0 and (slope, intercept or 0.0) != (1.0, 0.0):
-        values = values * np.float32(slope) + np.float32(intercept or 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = values * np.float32(slope) + np.float32(intercept or 0.0)
+        finite = values[np.isfinite(values)]
+        if (np.isinf(values) & np.isfinite(raw)).any() or (finite.size and np.abs(finite).max() > MAX_ABS_VALUE):
+            raise ImageReadError(
+                f"This DICOM image's values are out of range once its rescale slope {slope:g} and intercept "
+                f"{intercept or 0:g} are applied (beyond +-{MAX_ABS_VALUE:.0e}), so it cannot be shown or analysed. "
+                "Its rescale attributes are wrong or the file is damaged; export it again."
+            )
     return values
 
 
@@ -538,13 +709,16 @@ def _window_dicom(
     return apply_window(values, center, width), (center, width)
 
 
-def _pixel_spacing(ds: pydicom.Dataset, index: int) -> tuple[float, float] | None:
+def _pixel_spacing(ds: pydicom.Dataset, index: int, factor: int = 1) -> tuple[float, float] | None:
+    """(row, column) spacing in mm of the working pixels: the file's, times the reduction factor."""
     spacing = _frame_value(ds, index, "PixelMeasuresSequence", "PixelSpacing") or ds.get("ImagerPixelSpacing")
     try:
         row, column = (float(v) for v in spacing[:2])
     except (TypeError, ValueError):
         return None
-    return (row, column) if row > 0 and column > 0 and np.isfinite([row, column]).all() else None
+    if not (row > 0 and column > 0 and np.isfinite([row, column]).all()):
+        return None
+    return (row * factor, column * factor)
 
 
 def _format_value(value: Any) -> str:

@@ -2,8 +2,9 @@
 
 The live part reads the manifests of a curated data folder (COVID_DATA_DIR or a path typed here): class
 balance per source and split, image sizes, a few sample images per class, and the patient-leakage check.
-Results are cached per manifest path and modification time, so the page is recomputed only when a
-manifest changes.
+Results (the split, the leakage check, the figures and tables) are computed once per manifest content
+(a SHA-256 of the manifest and near_duplicates.csv) for the whole server, so a rerun or a second visitor only
+lays them out; they are recomputed when a manifest changes.
 """
 from __future__ import annotations
 
@@ -15,14 +16,7 @@ import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
 from covid_models.checkpoint import ModelCard
-from covid_models.data import (
-    DataError,
-    LeakageError,
-    check_no_leakage,
-    ensure_split,
-    load_manifest,
-    near_duplicate_pairs,
-)
+from covid_models.data import DataError, classification_statistics, file_fingerprint, read_manifest_csv
 from covid_models.figures import class_balance_figure, count_table, image_size_figure, mask_fraction_figure
 from pages.shared import data_dir, enter_through_app, model_cards, show_error
 
@@ -38,27 +32,26 @@ FOLDER_KEY = "dataset-folder"
 # ------------------------------------------------------------------ cached reading (path + mtime keyed)
 
 
-@st.cache_data(show_spinner="Reading the manifest...")
-def classification_stats(manifest: str, mtime: float, root: str) -> dict:
-    """The manifest with a split column, how the split was obtained, the leakage check's verdict and the
-    near-duplicate pairs (near_duplicates.csv) that straddle two splits.
+@st.cache_resource(show_spinner="Reading the manifest...", max_entries=4)
+def classification_stats(manifest: str, fingerprint: str, root: str) -> dict:
+    """`classification_statistics` of a manifest, plus the tables and figures the page shows of it.
 
-    `mtime` is part of the cache key only: a rewritten manifest is read again.
+    Shared by every session (a resource, not copied on each read: 100,000 rows would be unpickled on every
+    rerun); callers only read it. `fingerprint` (see `manifest_fingerprint`) is part of the cache key only.
     """
-    frame = load_manifest(manifest)
-    official = "split" in frame.columns and not frame["split"].isna().any()
-    links = near_duplicate_pairs(Path(root))
-    stats: dict = {"official_split": official, "leakage": None}
-    try:
-        frame = frame if official else ensure_split(frame, seed=SPLIT_SEED, data_root=Path(root))
-        check_no_leakage(frame)
-    except LeakageError as error:
-        stats["leakage"] = str(error)
-    split_of = dict(zip((Path(p).stem for p in frame["image"]), frame["split"], strict=True))
-    stats["near_duplicates"] = [f"{a} ({split_of[a]}) ~ {b} ({split_of[b]})" for a, b in links
-                                if a in split_of and b in split_of and split_of[a] != split_of[b]]
-    stats["frame"] = frame
+    stats = classification_statistics(manifest, Path(root), seed=SPLIT_SEED)
+    frame = stats["frame"]
+    stats["balance_figure"] = class_balance_figure(count_table(frame))
+    stats["crosstab"] = pd.crosstab([frame["split"], frame["source"]], frame["label"], margins=True,
+                                    margins_name="total")
+    stats["size_figure"] = image_size_figure(frame) if {"width", "height"} <= set(frame.columns) else None
+    stats["patients"] = frame["patient_id"].nunique()
     return stats
+
+
+def manifest_fingerprint(manifest: Path, root: Path) -> str:
+    """The cache key of a manifest's statistics: its content and the near-duplicate list beside it."""
+    return file_fingerprint(manifest, root / "near_duplicates.csv")
 
 
 @st.cache_data(show_spinner="Reading the manifest...")
@@ -67,13 +60,7 @@ def segmentation_frame(manifest: str, mtime: float) -> pd.DataFrame:
 
     Read here rather than by `load_manifest`, which requires the `label` column these sets do not have.
     """
-    path = Path(manifest)
-    frame = pd.read_csv(path, dtype={"patient_id": str})
-    missing = {"image", "mask"} - set(frame.columns)
-    if missing:
-        raise DataError(f"{path} lacks the columns {sorted(missing)}")
-    for column in ("image", "mask"):
-        frame[column] = [str((path.parent / p).resolve()) for p in frame[column]]
+    _, frame = read_manifest_csv(manifest, {"image", "mask"})
     if "source" not in frame.columns:
         frame["source"] = "unknown"
     if not {"width", "height"} <= set(frame.columns):
@@ -181,7 +168,7 @@ def leakage_result(stats: dict, name: str) -> None:
         st.error(f"Patient-leakage check failed: {stats['leakage']}", icon=":material/gpp_bad:")
     else:
         frame = stats["frame"]
-        st.success(f"Patient-leakage check passed: none of the {frame['patient_id'].nunique()} patients and none of "
+        st.success(f"Patient-leakage check passed: none of the {stats['patients']} patients and none of "
                    f"the {len(frame)} images appears in more than one split.", icon=":material/verified_user:")
     if stats["near_duplicates"]:
         st.warning(f"{len(stats['near_duplicates'])} near-duplicate pair(s) listed in near_duplicates.csv fall on "
@@ -204,21 +191,20 @@ def gallery(frame: pd.DataFrame, column: str, seed: int, captions: str = "label"
 
 
 def classification_tab(name: str, manifest: Path, root: Path, seed: int) -> None:
-    stats = classification_stats(str(manifest), manifest.stat().st_mtime, str(root))
+    stats = classification_stats(str(manifest), manifest_fingerprint(manifest, root), str(root))
     frame = stats["frame"]
     columns = st.columns(4)
     columns[0].metric("Images", len(frame))
-    columns[1].metric("Patients", frame["patient_id"].nunique())
+    columns[1].metric("Patients", stats["patients"])
     columns[2].metric("Sources", frame["source"].nunique())
     columns[3].metric("Labels", frame["label"].nunique())
     leakage_result(stats, name)
     st.subheader("Class balance per source and split")
-    st.plotly_chart(class_balance_figure(count_table(frame)), key=f"dataset-balance-{name}")
-    table = pd.crosstab([frame["split"], frame["source"]], frame["label"], margins=True, margins_name="total")
-    st.dataframe(table, width="stretch")
-    if {"width", "height"} <= set(frame.columns):
+    st.plotly_chart(stats["balance_figure"], key=f"dataset-balance-{name}")
+    st.dataframe(stats["crosstab"], width="stretch")
+    if stats["size_figure"] is not None:
         st.subheader("Image sizes")
-        st.plotly_chart(image_size_figure(frame), key=f"dataset-sizes-{name}")
+        st.plotly_chart(stats["size_figure"], key=f"dataset-sizes-{name}")
     st.subheader("Sample images per class")
     gallery(frame, "label", seed)
 

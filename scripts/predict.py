@@ -2,23 +2,27 @@
 
     python scripts/predict.py weights/xray-efficientnet-lite0 scans/ --out preds.csv
 
-A file that cannot be read becomes a row with status "error" and the reason, never a crash.
-Probabilities are calibrated; `positive` applies the model's default operating point.
+Every path given, and every image file or special file (pipe, device, broken or looping link) inside a folder,
+gets a row: status "ok" with the prediction, or status "error" with the reason. Nothing is read before its type
+and size are checked (covid_models.io.check_file), and each row is written as soon as it is made, so a run
+stopped half-way keeps the rows it made. Probabilities are calibrated; `positive` applies the model's default
+operating point. Other regular files inside folders (a manifest, notes) are counted, not classified.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
+from covid_models import runtime
+from covid_models.io import IMAGE_SUFFIXES, ImageReadError, Scan, read_image
 
-from covid_models.checkpoint import CheckpointError
-from covid_models.data import IMAGE_SUFFIXES
-from covid_models.inference import Classifier, Prediction
-from covid_models.io import ImageReadError, Scan, read_image
+if TYPE_CHECKING:
+    from covid_models.inference import Classifier
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,63 +34,90 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def input_files(inputs: list[Path]) -> Iterator[Path]:
-    """Files as given, and image-like files inside folders (every file given by name is tried)."""
+def input_files(inputs: list[Path], ignored: list[Path] | None = None) -> Iterator[Path]:
+    """Paths as given, and inside folders every entry with an image suffix or that is not a regular file.
+
+    Only `lstat`/`stat` are called here: a pipe or a device is yielded (read_image refuses it with its reason),
+    never opened. Regular files without an image suffix are appended to `ignored`.
+    """
     for item in inputs:
-        if item.is_dir():
-            yield from sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
+        if not item.is_dir():
             yield item
+            continue
+        for path in sorted(item.rglob("*")):
+            if path.is_dir():
+                continue
+            try:
+                regular = stat.S_ISREG(path.stat().st_mode)
+            except OSError:  # a dangling or looping link: read_image names the reason
+                regular = False
+            if not regular or path.suffix.lower() in IMAGE_SUFFIXES:
+                yield path
+            elif ignored is not None:
+                ignored.append(path)
 
 
-def rows(classifier: Classifier, files: list[Path], batch_size: int) -> Iterator[dict[str, object]]:
+def rows(classifier: Classifier, files: Iterator[Path], batch_size: int) -> Iterator[dict[str, object]]:
+    """One row per path, in order within each batch: unreadable files as soon as they are met."""
     classes = classifier.card.classes
     empty = {"label": "", **{f"p_{c}": "" for c in classes}, "positive_probability": "", "threshold": "",
              "positive": "", "ood_score": "", "out_of_distribution": ""}
-    with tqdm(total=len(files), desc="classifying", unit="img") as bar:
-        for start in range(0, len(files), batch_size):
-            readable: list[tuple[Path, Scan]] = []
-            for path in files[start:start + batch_size]:
-                try:
-                    readable.append((path, read_image(path)))
-                except ImageReadError as error:
-                    yield {"file": str(path), "status": "error", "error": str(error), **empty}
-                except OSError as error:
-                    yield {"file": str(path), "status": "error", "error": f"cannot open the file: {error.strerror}",
-                           **empty}
-            predictions: list[Prediction] = classifier.predict_batch([scan for _, scan in readable], batch_size)
-            for (path, _), prediction in zip(readable, predictions, strict=True):
-                yield {"file": str(path), "status": "ok", "error": "", "label": prediction.label,
-                       **{f"p_{c}": round(prediction.probabilities[c], 6) for c in classes},
-                       "positive_probability": round(prediction.positive_probability, 6),
-                       "threshold": round(prediction.threshold, 6), "positive": prediction.positive,
-                       "ood_score": "" if prediction.ood_score is None else round(prediction.ood_score, 3),
-                       "out_of_distribution": prediction.out_of_distribution}
-            bar.update(len(files[start:start + batch_size]))
+    readable: list[tuple[Path, Scan]] = []
+
+    def predicted() -> Iterator[dict[str, object]]:
+        predictions = classifier.predict_batch([scan for _, scan in readable], batch_size)
+        for (path, _), prediction in zip(readable, predictions, strict=True):
+            yield {"file": str(path), "status": "ok", "error": "", "label": prediction.label,
+                   **{f"p_{c}": round(prediction.probabilities[c], 6) for c in classes},
+                   "positive_probability": round(prediction.positive_probability, 6),
+                   "threshold": round(prediction.threshold, 6), "positive": prediction.positive,
+                   "ood_score": "" if prediction.ood_score is None else round(prediction.ood_score, 3),
+                   "out_of_distribution": prediction.out_of_distribution}
+        readable.clear()
+
+    for path in files:
+        try:
+            readable.append((path, read_image(path)))
+        except ImageReadError as error:
+            yield {"file": str(path), "status": "error", "error": str(error), **empty}
+        except MemoryError:
+            yield {"file": str(path), "status": "error", "error": "not enough memory to read this file", **empty}
+        if len(readable) == batch_size:
+            yield from predicted()
+    if readable:
+        yield from predicted()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    runtime.configure()  # before torch is imported (below)
+    from tqdm import tqdm
+
+    from covid_models.checkpoint import CheckpointError
+    from covid_models.inference import Classifier
+
     try:
         classifier = Classifier.load(args.checkpoint)
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    files = list(input_files(args.inputs))
-    if not files:
-        print("error: no input files found", file=sys.stderr)
-        return 2
     fields = ["file", "status", "error", "label", *[f"p_{c}" for c in classifier.card.classes],
               "positive_probability", "threshold", "positive", "ood_score", "out_of_distribution"]
-    errors = 0
+    counts = {"ok": 0, "error": 0}
+    ignored: list[Path] = []
     with open(args.out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
-        for row in rows(classifier, files, args.batch_size):
-            errors += row["status"] == "error"
+        files = input_files(args.inputs, ignored)
+        for row in tqdm(rows(classifier, files, args.batch_size), desc="classifying", unit="img"):
+            counts[str(row["status"])] += 1
             writer.writerow(row)
-    print(f"wrote {args.out}: {len(files) - errors} classified, {errors} unreadable "
-          f"(model {classifier.name}, positive = {classifier.card.positive_class} probability >= "
+            handle.flush()  # a run killed later keeps every row made so far
+    if not any(counts.values()):
+        print(f"error: no input files found ({len(ignored)} files without an image suffix ignored)", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {counts['ok']} classified, {counts['error']} unreadable, {len(ignored)} other files "
+          f"ignored (model {classifier.name}, positive = {classifier.card.positive_class} probability >= "
           f"{classifier.card.threshold:.3f}, operating point {classifier.card.default_operating_point})")
     return 0
 

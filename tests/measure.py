@@ -44,3 +44,19 @@ def server_rss_mb(pid: int) -> float:
     """Resident memory (MiB) of a server process and all its children."""
     process = psutil.Process(pid)
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / MB
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak: the kernel's high-water mark of resident memory (VmHWM) is set to the current RSS."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def peak_rss_mb() -> float:
+    """Highest resident memory (MiB) of this process since it started or since `reset_peak_rss` (Linux VmHWM).
+
+    Unlike `getrusage`'s ru_maxrss, it does not include the parent's peak carried over by fork and exec.
+    """
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024

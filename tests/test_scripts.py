@@ -21,10 +21,10 @@ from covid_models.io import read_image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def _script(name: str, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}  # this checkout's library, not an install
     return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=1200)
+                          env=env, cwd=ROOT, timeout=timeout)
 
 
 def test_predict_writes_a_row_per_file_and_an_error_row_for_each_bad_one(tmp_path):
@@ -43,6 +43,38 @@ def test_predict_writes_a_row_per_file_and_an_error_row_for_each_bad_one(tmp_pat
     assert float(rows["good.png"]["p_covid"]) == pytest.approx(expected.probabilities["covid"], abs=1e-5)
     for bad in ("broken.png", "notes.dcm"):
         assert rows[bad]["status"] == "error" and rows[bad]["error"]
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_checks_type_and_size_before_reading_and_gives_every_skipped_path_a_row(tmp_path):
+    """A pipe (reading it would block for ever), a /dev/zero link (endless), a 4 GiB sparse file (4 GiB of RSS if
+    read), a link to itself and a dangling link: each gets an error row with its reason, in seconds, and the good
+    image its prediction; a text file inside the folder is counted as ignored, not classified."""
+    model = write_tiny_classifier(tmp_path / "model")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((64, 80)) * 255).astype(np.uint8)).save(folder / "good.png")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "zero.dcm").symlink_to("/dev/zero")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    (folder / "dangling.jpg").symlink_to(folder / "missing.jpg")
+    with open(folder / "huge.tif", "wb") as handle:
+        handle.truncate(4 * 2**30)  # sparse: no byte of it is on disk
+    (folder / "notes.txt").write_text("not an image")
+    outside_pipe = tmp_path / "pipe-outside"
+    os.mkfifo(outside_pipe)
+    result = _script("predict.py", str(model), str(folder), str(outside_pipe), "--out", str(tmp_path / "preds.csv"),
+                     timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "preds.csv") as handle:
+        rows = {Path(r["file"]).name: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"good.png", "pipe.png", "zero.dcm", "loop.png", "dangling.jpg", "huge.tif", "pipe-outside"}
+    assert rows["good.png"]["status"] == "ok"
+    reasons = {"pipe.png": "named pipe", "pipe-outside": "named pipe", "zero.dcm": "a device",
+               "loop.png": "symbolic links", "dangling.jpg": "No such file", "huge.tif": "too large"}
+    for name, reason in reasons.items():
+        assert rows[name]["status"] == "error" and reason in rows[name]["error"], rows[name]
+    assert "1 other files ignored" in result.stdout
     assert "Traceback" not in result.stderr
 
 

@@ -1,0 +1,98 @@
+"""Manifest reading and the patient split at scale: same results as the per-row code they replaced."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covid_models.data import SPLITS, absolute_paths, image_stems, load_manifest, patient_split, split_groups
+
+
+def reference_split_groups(frame: pd.DataFrame, linked_ids=()) -> np.ndarray:
+    """split_groups as it was (a union-find in Python, commit 3163568), kept as the specification."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        parent[find(a)] = find(b)
+
+    for stem, patient in zip([Path(p).stem for p in frame["image"]], frame["patient_id"], strict=True):
+        union(f"img:{stem}", f"pat:{patient}")
+    for a, b in linked_ids:
+        union(f"img:{a}", f"img:{b}")
+    return pd.factorize(pd.Series([find(f"pat:{p}") for p in frame["patient_id"]]))[0]
+
+
+def reference_patient_split(frame: pd.DataFrame, fractions=(0.7, 0.15, 0.15), seed: int = 0,
+                            linked_ids=()) -> pd.DataFrame:
+    """patient_split as it was before it was vectorised (commit 3163568), kept as the specification."""
+    frame = frame.copy()
+    frame["_group"] = reference_split_groups(frame, linked_ids)
+    rng = np.random.default_rng(seed)
+    stratum_of = frame.groupby("_group").agg(
+        stratum=("label", lambda s: s.mode().iloc[0]), source=("source", "first"), size=("label", "size"))
+    stratum_of["key"] = stratum_of["stratum"] + "|" + stratum_of["source"]
+    assignment: dict[int, str] = {}
+    for _, block in stratum_of.groupby("key"):
+        order = rng.permutation(block.index.to_numpy())
+        counts = dict.fromkeys(SPLITS, 0)
+        total = block["size"].sum()
+        for group in order:
+            deficits = {s: f * total - counts[s] for s, f in zip(SPLITS, fractions, strict=True)}
+            target = max(deficits, key=deficits.get)
+            assignment[group] = target
+            counts[target] += int(block.loc[group, "size"])
+    frame["split"] = frame["_group"].map(assignment)
+    return frame.drop(columns="_group")
+
+
+def generated_manifest(rows: int, seed: int = 0) -> pd.DataFrame:
+    """Patients with 1-6 images whose labels sometimes disagree (ties included), several sources, linked images."""
+    rng = np.random.default_rng(seed)
+    patients = rng.integers(0, max(1, rows // 3), rows)
+    labels = np.array(["covid", "normal", "pneumonia"])[rng.integers(0, 3, rows)]
+    sources = np.array(["nih", "ieee", "bimcv", "rsna"])[patients % 4]
+    return pd.DataFrame({"image": [f"/data/{s}/img{i:06d}.png" for i, s in enumerate(sources)], "label": labels,
+                         "patient_id": [f"p{p}" for p in patients], "source": sources})
+
+
+@pytest.mark.parametrize(("seed", "fractions"), [(0, (0.7, 0.15, 0.15)), (3, (0.6, 0.2, 0.2)), (11, (0.8, 0.1, 0.1))])
+def test_the_vectorised_split_gives_exactly_the_split_of_the_per_group_code(seed, fractions):
+    frame = generated_manifest(6000, seed)
+    links = [(f"img{a:06d}", f"img{b:06d}") for a, b in np.random.default_rng(seed).integers(0, 6000, (200, 2))]
+    expected = reference_patient_split(frame, fractions, seed, links)
+    got = patient_split(frame, fractions, seed, links)
+    pd.testing.assert_frame_equal(got, expected)
+    assert "_group" not in got.columns and list(frame.columns) == list(generated_manifest(1).columns)
+
+
+def test_groups_are_those_of_the_union_find_including_links_through_images_outside_the_manifest():
+    frame = generated_manifest(3000, 5)
+    links = [(f"img{a:06d}", f"img{b:06d}") for a, b in np.random.default_rng(5).integers(0, 3000, (300, 2))]
+    links += [("img000001", "elsewhere"), ("elsewhere", "img002999")]  # two images joined through a third
+    np.testing.assert_array_equal(split_groups(frame, links), reference_split_groups(frame, links))
+    np.testing.assert_array_equal(split_groups(frame), reference_split_groups(frame))
+
+
+def test_image_stems_are_path_stems():
+    names = ["a/b/x.png", "x.tar.gz", ".hidden", "dir.d/noext", "..a.png", "a.", "/abs/y.dcm", "z"]
+    assert image_stems(pd.Series(names)).tolist() == [Path(n).stem for n in names]
+
+
+def test_manifest_paths_resolve_each_folder_once_and_match_a_resolve_per_row(tmp_path):
+    (tmp_path / "real" / "a").mkdir(parents=True)
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    paths = ["real/a/x.png", "linked/a/y.png", "./real/../real/a/z.png", "top.png", str(tmp_path / "abs.png")]
+    assert absolute_paths(tmp_path, paths) == [str((tmp_path / p).resolve()) for p in paths]
+    pd.DataFrame({"image": paths, "label": "covid", "patient_id": "p", "source": "s"}).to_csv(
+        tmp_path / "manifest.csv", index=False)
+    assert load_manifest(tmp_path)["image"].tolist() == [os.fspath((tmp_path / p).resolve()) for p in paths]
+    assert Path(load_manifest(tmp_path)["image"][1]).parent == tmp_path / "real" / "a"
