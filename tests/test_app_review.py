@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from covid_models.data import held_out_images
 from covid_models.io import content_hash
-from covid_models.reviews import ReviewStore
+from covid_models.reviews import ReviewDatabaseError, ReviewStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
@@ -320,3 +320,171 @@ def test_leaving_a_session_returns_to_the_session_list(folders, database, store,
     assert "session" not in at.query_params
     assert isinstance(at.dataframe[0].value, pd.DataFrame)
     assert at.selectbox(key="review-resume-choice").value == store.session_info(session).token
+
+
+# ---------------------------------------------------------------- access control
+
+
+def _upload_session(folders, database, monkeypatch, files) -> tuple[AppTest, int]:
+    at = _sign_in(_page(folders, database, monkeypatch, data=False))
+    at.file_uploader(key="review-uploads").set_value([(name, data, "image/png") for name, data in files])
+    _run(at)
+    at.button(key="review-start").click()
+    _run(at)
+    return at, int(at.session_state["review-session"])
+
+
+def test_another_reviewer_with_the_link_gets_a_not_yours_page_and_nothing_of_the_session(
+        folders, database, store, monkeypatch) -> None:
+    secret_name = "confidential-patient-scan.png"
+    at, session = _upload_session(folders, database, monkeypatch, [(secret_name, chest_like_png(80, seed=21))])
+    at.text_area(key=f"review-note-{session}-0").input("confidential note")
+    _verdict(at, "unsure")
+    token = store.session_info(session).token
+
+    visitor = _run(_page(folders, database, monkeypatch, data=False, token=token))
+    assert [b.key for b in visitor.button] == ["review-sign-in"], "a visitor with the link only gets the sign-in"
+    bob = _sign_in(visitor, "Dr Bob", "bob's own passphrase")
+    assert any("belongs to another reviewer" in e.value for e in bob.error)
+    shown = _everything_shown(bob)
+    for leaked in (secret_name, "confidential note", REVIEWER):
+        assert leaked not in shown
+    assert not bob.image and "review-agree" not in [b.key for b in bob.button]
+    assert store.item(session, 0).verdict == "unsure"
+    bob.button(key="review-not-yours-back").click()
+    _run(bob)
+    assert "session" not in bob.query_params and not bob.dataframe, "Bob has no sessions listed, Ada's neither"
+
+
+def test_an_admin_opens_any_session_but_is_never_served_another_reviewers_uploads(
+        folders, database, store, monkeypatch) -> None:
+    _, session = _upload_session(folders, database, monkeypatch, [("ada-upload.png", chest_like_png(80, seed=22))])
+    monkeypatch.setenv("COVID_REVIEW_ADMIN_TOKEN", "admin-token-for-tests")
+    admin = _run(_page(folders, database, monkeypatch, data=False, token=store.session_info(session).token))
+    admin.text_input(key="review-reviewer").input("Chief Radiologist")
+    admin.text_input(key="review-passphrase").input("chief's passphrase")
+    admin.text_input(key="review-admin-token").input("admin-token-for-tests")
+    admin.button(key="review-sign-in").click()
+    _run(admin)
+    assert admin.session_state["review-identity"].admin, [e.value for e in admin.error]
+    assert _shown_position(admin) == "#### Image 1 of 1: ada-upload.png"
+    assert not admin.image, "the upload lives in Ada's cache only"
+    assert admin.button(key="review-agree").disabled
+
+
+@pytest.mark.parametrize("link", ["99999999999999999999", "2147483648", "1", "A" * 32])
+def test_a_malformed_or_unknown_session_link_gets_a_clear_message(folders, database, monkeypatch, link) -> None:
+    at = _sign_in(_page(folders, database, monkeypatch, token=link))
+    assert any("link" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_a_wrong_passphrase_signs_nobody_in(folders, database, monkeypatch) -> None:
+    _sign_in(_page(folders, database, monkeypatch))
+    again = _sign_in(_page(folders, database, monkeypatch), REVIEWER, "not the passphrase")
+    assert any("wrong passphrase" in e.value for e in again.error)
+    assert "review-identity" not in again.session_state
+
+
+def test_user_text_is_shown_as_text_not_markdown(folders, database, monkeypatch) -> None:
+    hostile = "Dr ![x](http://127.0.0.1:9/track.png) [log in again](http://127.0.0.1:9/)"
+    at = _sign_in(_page(folders, database, monkeypatch), hostile, "a hostile passphrase")
+    markdown = [m.value for m in at.caption] + [m.value for m in at.markdown]
+    signed_in = next(value for value in markdown if value.startswith("Signed in as"))
+    assert "](" not in signed_in and "![" not in signed_in
+    assert _unescape(signed_in) == f"Signed in as **{hostile}**"
+
+
+# ---------------------------------------------------------------- two tabs, database faults, batch size
+
+
+def test_a_stale_second_tab_cannot_erase_a_verdict_and_its_note(folders, database, store, monkeypatch) -> None:
+    first = _page(folders, database, monkeypatch)
+    session = _start_from_data(first, n=2)
+    token = store.session_info(session).token
+    second = _sign_in(_page(folders, database, monkeypatch, token=token, item=1))  # both tabs on image 1
+    first_tab = _page(folders, database, monkeypatch, token=token, item=1)
+    first_tab = _sign_in(first_tab)
+
+    first_tab.text_area(key=f"review-note-{session}-0").input("effusion, see lateral")
+    _verdict(first_tab, "unsure")
+    _verdict(second, "agree")  # drawn before the first tab saved
+
+    stored = store.item(session, 0)
+    assert (stored.verdict, stored.note) == ("unsure", "effusion, see lateral")
+    warning = _unescape(next(w.value for w in second.warning if "changed in another tab" in w.value))
+    assert "Unsure" in warning and "effusion, see lateral" in warning and "Agree" in warning
+    assert [(e.verdict, e.saved) for e in store.history(session, 0)] == [("unsure", True), ("agree", False)]
+    _verdict(second, "agree")  # now it has seen the saved verdict, replacing it is a decision
+    assert store.item(session, 0).verdict == "agree"
+
+
+def test_a_database_fault_says_the_verdict_was_not_saved_and_keeps_the_note(folders, database, store,
+                                                                           monkeypatch) -> None:
+    at = _page(folders, database, monkeypatch)
+    session = _start_from_data(at, n=2)
+    note_key = f"review-note-{session}-0"
+    at.text_area(key=note_key).input("GGO both lower lobes")
+
+    def full(*_args, **_kwargs):
+        raise ReviewDatabaseError("the verdict was NOT saved: database or disk is full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ReviewStore, "record_verdict", full)
+        _verdict(at, "agree")
+    error = _unescape(next(e.value for e in at.error if "NOT saved" in e.value))
+    assert "database or disk is full" in error and "note is kept" in error
+    assert at.text_area(key=note_key).value == "GGO both lower lobes"
+    assert store.item(session, 0).verdict is None
+    _verdict(at, "agree")  # the database is back: the same note is saved
+    assert (store.item(session, 0).verdict, store.item(session, 0).note) == ("agree", "GGO both lower lobes")
+
+
+def test_a_review_database_that_cannot_be_created_gives_a_clear_message(folders, tmp_path, monkeypatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    at = _run(_page(folders, blocker / "missing" / "reviews.sqlite3", monkeypatch))
+    assert any("cannot create the folder of the review database" in _unescape(e.value) for e in at.error)
+
+
+def test_an_upload_batch_larger_than_the_reviewers_cache_is_refused(folders, database, store, monkeypatch) -> None:
+    at = _sign_in(_page(folders, database, monkeypatch, data=False))
+    big = b"\0" * (33 * 1024 * 1024)
+    at.file_uploader(key="review-uploads").set_value([("a.png", big, "image/png"), ("b.png", big, "image/png")])
+    _run(at)
+    at.button(key="review-start").click()
+    _run(at)
+    assert any("66 MB together" in e.value and "2 smaller sessions" in e.value for e in at.error)
+    assert store.sessions() == []
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_blinded_reading_hides_the_model_until_the_reader_records_a_label(folders, database, store,
+                                                                          monkeypatch) -> None:
+    at = _page(folders, database, monkeypatch)
+    session = _start_from_data(at, n=2, blinded=True)
+    assert not any(m.label == "COVID-19 probability" for m in at.metric)
+    assert not any("Model reading" in m.value for m in at.markdown)
+    assert len(at.image) == 1, "the image only, no heatmap"
+    at.button(key="review-reading-normal").click()
+    _run(at)
+    first = store.item(session, 0)
+    assert first.reviewer_label == "normal"
+    assert first.verdict == ("agree" if first.predicted_label == "normal" else "disagree")
+    at.button(key="review-previous").click()
+    _run(at)
+    assert any(m.label == "COVID-19 probability" for m in at.metric), "revealed once read"
+
+
+def test_verdict_buttons_carry_shortcuts_and_a_non_diagnostic_verdict(folders, database, store, monkeypatch) -> None:
+    at = _page(folders, database, monkeypatch)
+    session = _start_from_data(at, n=2)
+    shortcuts = {key: at.button(key=f"review-{key}").proto.shortcut for key in
+                 ("agree", "disagree", "unsure", "non_diagnostic", "previous", "next")}
+    assert shortcuts == {"agree": "a", "disagree": "d", "unsure": "u", "non_diagnostic": "n", "previous": "left",
+                         "next": "right"}
+    _verdict(at, "non_diagnostic")
+    assert store.item(session, 0).verdict == "non_diagnostic"
+    _summary(at)
+    assert {m.label: m.value for m in at.metric}["Non-diagnostic"] == "1"
