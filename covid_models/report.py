@@ -11,15 +11,14 @@ import html
 import io
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import PureWindowsPath
 
 import numpy as np
 from PIL import Image
 
 from covid_models import RESEARCH_USE_NOTICE, __version__
+from covid_models.filenames import bare_file_name
 from covid_models.inference import Prediction
 
-MAX_FILE_NAME_CHARS = 120
 HELD_BACK = ("This image does not look like the chest images the model was trained on; "
              "the prediction is held back and the probabilities below must not be interpreted.")
 
@@ -49,12 +48,6 @@ class ReportContent:
     overlay: np.ndarray  # (H, W, 3) uint8: the heatmap (and masks) over the image
     lung_share: float | None = None  # share of the heatmap inside the lung mask, when one was computed
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-
-def bare_file_name(name: str) -> str:
-    """The last path component only (POSIX or Windows), shortened: folders may name a patient."""
-    bare = PureWindowsPath(str(name).replace("/", "\\")).name.strip() or "image"
-    return bare if len(bare) <= MAX_FILE_NAME_CHARS else bare[: MAX_FILE_NAME_CHARS - 3] + "..."
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -1,32 +1,46 @@
 """Radiologist review sessions: each image's model prediction beside the reviewer's verdict.
 
-A session is a batch of images a named reviewer works through; every verdict is committed in its own
-transaction, so a page reload, an app restart or a killed process loses nothing already recorded and the
-session resumes where it stopped. The store keeps a SHA-256 of each image's bytes and its bare file name,
-never pixels, directories or patient identifiers.
+A session is a batch of images a reviewer works through; every verdict is committed in its own transaction,
+so a page reload, an app restart or a killed process loses nothing already recorded and the session resumes
+where it stopped. The store keeps a SHA-256 of each image's bytes and its bare file name, never pixels,
+directories or patient identifiers.
+
+Access: a session belongs to the identity that started it (``Reviewer.key``: an OIDC account, or a reviewer
+name protected by a passphrase whose salted scrypt hash is stored) and is reached through an unguessable
+token, never through its row id; opening someone else's session raises ``NotYoursError`` unless the
+reviewer is an admin. Verdicts carry a version: a write based on an older version (a stale second tab) is
+refused with ``StaleVerdictError``, and every write, refused ones included, is kept in ``verdict_history``.
 
 Storage is SQLAlchemy: an SQLite file by default, PostgreSQL when a URL (or ``DATABASE_URL``) names one.
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed verdict survives the process being killed
 (the WAL is in the OS cache), though not a power loss of the machine; a writer that finds the file locked by
-another process waits (``busy_timeout``) instead of failing.
+another process waits (``busy_timeout``) instead of failing. A database made by an earlier version is
+migrated in place when the store opens it (``_migrate``). Database faults (disk full, server gone) raise
+``ReviewDatabaseError`` saying what was not saved and why; nothing committed before is touched.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import hmac
 import io
 import math
 import os
 import re
+import secrets
 import unicodedata
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path, PureWindowsPath
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
+    Connection,
     DateTime,
     Dialect,
     Engine,
@@ -40,25 +54,33 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
     func,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
+from covid_models.filenames import bare_file_name
 from covid_models.metrics import cohen_kappa
 
 if TYPE_CHECKING:
     import pandas as pd
 
-VERDICTS = ("agree", "disagree", "unsure")
+VERDICTS = ("agree", "disagree", "unsure", "non_diagnostic")
+VERDICT_TEXT = {"agree": "Agree", "disagree": "Disagree", "unsure": "Unsure",
+                "non_diagnostic": "Non-diagnostic / not a chest image"}
 SESSION_STATUSES = ("open", "completed")
 MAX_REVIEWER_CHARS = 200
+MAX_OWNER_CHARS = 320
 MAX_NOTE_CHARS = 5000
 MAX_NAME_CHARS = 255
 MAX_LABEL_CHARS = 64
+MIN_PASSPHRASE_CHARS = 8
+MAX_PASSPHRASE_CHARS = 1024
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 DEFAULT_DB_PATH = Path("~/.local/share/covid-screening/reviews.sqlite3")
 CSV_COLUMNS = (
@@ -68,18 +90,60 @@ CSV_COLUMNS = (
 # Serialises schema creation between app processes starting together on one PostgreSQL database.
 _PG_SCHEMA_LOCK_KEY = 0x5EE_C0DE
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24): 192 random bits
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# scrypt at n=2**14, r=8: about 16 MB and tens of milliseconds per check, the interactive-login setting.
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class ReviewError(ValueError):
     """Invalid review input or an unknown session/item; the message is fit to show the user."""
 
 
+class NotYoursError(ReviewError):
+    """The session exists but belongs to another reviewer (and the caller is no admin)."""
+
+
+class StaleVerdictError(ReviewError):
+    """The verdict changed since the caller read it (another tab or device wrote it); nothing was overwritten.
+
+    ``current`` is the item as stored now; ``attempted`` is what the refused write said, also kept in the
+    verdict history.
+    """
+
+    def __init__(self, current: ItemView, attempted: VerdictEntry) -> None:
+        super().__init__(
+            f"This verdict was changed in another tab or window (now {VERDICT_TEXT[current.verdict or 'unsure']}"
+            f"{', note: ' + repr(current.note) if current.note else ''}); yours "
+            f"({VERDICT_TEXT[attempted.verdict]}{', note: ' + repr(attempted.note) if attempted.note else ''}) "
+            "was not saved over it. Look at both and record again to replace it."
+        )
+        self.current, self.attempted = current, attempted
+
+
 class ReviewDatabaseError(RuntimeError):
-    """The review database cannot be opened (bad URL, server unreachable, file not writable)."""
+    """The review database cannot be used (bad URL, server unreachable, disk full, file not writable)."""
 
 
 # ---------------------------------------------------------------- values handed in and out
+
+
+@dataclass(frozen=True)
+class Reviewer:
+    """Who is asking: ``key`` identifies the owner of sessions ("oidc:<account>" or "name:<casefolded name>"),
+    ``name`` is shown and exported, ``admin`` may open and export every session."""
+
+    key: str
+    name: str
+    admin: bool = False
+
+    @classmethod
+    def from_oidc(cls, account: str, name: str, *, admin: bool = False) -> Reviewer:
+        """An identity proven by the app's OpenID Connect login (``st.user``): no passphrase involved."""
+        account = _required_text(account, "account", MAX_OWNER_CHARS - 5).lower()
+        return cls(key=f"oidc:{account}", name=_clean_text(name, "name", MAX_REVIEWER_CHARS) or account, admin=admin)
 
 
 @dataclass(frozen=True)
@@ -95,13 +159,17 @@ class NewItem:
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """A session in a list of sessions to resume."""
+    """A session's header and progress. ``token`` is the only way the app names a session (in its URL);
+    ``id`` is the database row, never shown."""
 
     id: int
+    token: str
     reviewer: str
+    owner: str | None
     model_name: str
     modality: str
     status: str
+    blinded: bool
     created_at: datetime
     updated_at: datetime
     n_items: int
@@ -110,7 +178,7 @@ class SessionInfo:
 
 @dataclass(frozen=True)
 class ItemView:
-    """One item of a session with its verdict (``verdict`` is None while unreviewed)."""
+    """One item of a session with its verdict (``verdict`` is None and ``version`` 0 while unreviewed)."""
 
     session_id: int
     position: int
@@ -123,6 +191,20 @@ class ItemView:
     reviewer_label: str | None
     note: str
     decided_at: datetime | None
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class VerdictEntry:
+    """One write of a verdict as the history keeps it; ``saved`` is False for a refused stale write."""
+
+    verdict: str
+    reviewer_label: str | None
+    note: str
+    version: int
+    decided_at: datetime
+    by: str | None = None
+    saved: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,9 +212,9 @@ class ReviewSummary:
     """How the reviewer's reading compares with the model's, over one session.
 
     ``agreement_rate`` is agree / (agree + disagree); ``kappa`` is Cohen's kappa between model label and
-    reviewer label over the items with a reviewer label (agree, or disagree with a label given);
-    ``kappa_explanation`` says why kappa is None when it is. ``confusion`` counts those same items:
-    rows are the model's label, columns the reviewer's.
+    reviewer label over the items with a reviewer label (agree, or disagree with a label given; unsure and
+    non-diagnostic verdicts carry none); ``kappa_explanation`` says why kappa is None when it is.
+    ``confusion`` counts those same items: rows are the model's label, columns the reviewer's.
     """
 
     session_id: int
@@ -143,12 +225,52 @@ class ReviewSummary:
     kappa: float | None
     kappa_explanation: str | None
     n_labelled: int
-    confusion: pd.DataFrame
+    confusion: pd.DataFrame = field(repr=False)
 
 
-def image_sha256(data: bytes) -> str:
-    """The content hash stored for an image: identifies the file without keeping any of it."""
-    return hashlib.sha256(data).hexdigest()
+def _hash_passphrase(passphrase: str, salt: bytes | None = None) -> str:
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.scrypt(passphrase.encode(), salt=salt, maxmem=64 * 1024 * 1024, **_SCRYPT)
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${salt.hex()}${digest.hex()}"
+
+
+def _passphrase_matches(passphrase: str, stored: str) -> bool:
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        computed = hashlib.scrypt(passphrase.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
+                                  dklen=len(digest) // 2, maxmem=64 * 1024 * 1024)
+    except ValueError:
+        return False
+    return hmac.compare_digest(computed.hex(), digest)
+
+
+def admin_token_matches(typed: str, configured: str | None) -> bool:
+    """Whether `typed` is the configured admin token (constant-time; never True when none is configured)."""
+    return bool(configured) and hmac.compare_digest(typed.encode(), str(configured).encode())
+
+
+def _database_errors(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Turns a database fault inside a store call into ReviewDatabaseError("<action>: <reason>")."""
+
+    def wrap(method: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(method)
+        def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return method(*args, **kwargs)
+            except (OperationalError, InterfaceError) as exc:
+                raise ReviewDatabaseError(f"{action}: {_reason(exc)}") from None
+
+        return call
+
+    return wrap
+
+
+def _reason(exc: OperationalError | InterfaceError) -> str:
+    """The first line of the driver's message (no SQL, no parameters)."""
+    origin = str(exc.orig).strip() if exc.orig is not None else ""
+    lines = [line.strip() for line in origin.splitlines() if line.strip()]
+    return lines[-1] if lines and "connection" in origin.lower() and "refused" in lines[-1].lower() else (
+        lines[0] if lines else type(exc).__name__)
 
 
 # ---------------------------------------------------------------- database URL
@@ -158,13 +280,19 @@ def database_url(explicit: str | None = None) -> str:
     """The database to use: ``explicit``, else $DATABASE_URL, else an SQLite file.
 
     The SQLite file is $COVID_REVIEW_DB or ``~/.local/share/covid-screening/reviews.sqlite3``; its folder is
-    created. ``postgres://`` and ``postgresql://`` URLs (as hosting services print them) are pointed at the
-    psycopg 3 driver, the one installed.
+    created (ReviewDatabaseError when it cannot be). ``postgres://`` and ``postgresql://`` URLs (as hosting
+    services print them) are pointed at the psycopg 3 driver, the one installed.
     """
     url = (explicit or "").strip() or os.environ.get("DATABASE_URL", "").strip()
     if not url:
         path = Path(os.environ.get("COVID_REVIEW_DB", "").strip() or DEFAULT_DB_PATH).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ReviewDatabaseError(
+                f"cannot create the folder of the review database {str(path.parent)!r}: {exc.strerror or exc}. "
+                "Set COVID_REVIEW_DB to a file in a writable folder, or DATABASE_URL to a database server."
+            ) from None
         return f"sqlite:///{path}"
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
@@ -197,6 +325,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
 class _Base(DeclarativeBase):
     pass
 
@@ -205,14 +337,29 @@ def _in(column: str, values: Sequence[str]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
+class _ReviewerRow(_Base):
+    """A reviewer who signs in by name and passphrase (OIDC accounts need no row)."""
+
+    __tablename__ = "reviewers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(MAX_OWNER_CHARS), unique=True)
+    name: Mapped[str] = mapped_column(String(MAX_REVIEWER_CHARS))
+    passphrase_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(_UTCDateTime(), default=_now)
+
+
 class _SessionRow(_Base):
     __tablename__ = "review_sessions"
     __table_args__ = (CheckConstraint(_in("status", SESSION_STATUSES), name="ck_review_sessions_status"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token: Mapped[str] = mapped_column(String(64), unique=True, index=True, default=_new_token)
+    owner: Mapped[str | None] = mapped_column(String(MAX_OWNER_CHARS), index=True, nullable=True)
     reviewer: Mapped[str] = mapped_column(String(MAX_REVIEWER_CHARS), index=True)
     model_name: Mapped[str] = mapped_column(String(MAX_NAME_CHARS))
     modality: Mapped[str] = mapped_column(String(MAX_LABEL_CHARS))
+    blinded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(_UTCDateTime(), default=_now)
     updated_at: Mapped[datetime] = mapped_column(_UTCDateTime(), default=_now)
     status: Mapped[str] = mapped_column(String(16), default="open")
@@ -239,7 +386,7 @@ class _ItemRow(_Base):
 
 
 class _VerdictRow(_Base):
-    """The latest verdict on an item (one row per item: re-recording replaces it)."""
+    """The latest verdict on an item (one row per item); ``version`` counts its saved writes."""
 
     __tablename__ = "verdicts"
     __table_args__ = (CheckConstraint(_in("verdict", VERDICTS), name="ck_verdicts_verdict"),)
@@ -250,7 +397,64 @@ class _VerdictRow(_Base):
     reviewer_label: Mapped[str | None] = mapped_column(String(MAX_LABEL_CHARS), nullable=True)
     note: Mapped[str] = mapped_column(Text, default="")
     decided_at: Mapped[datetime] = mapped_column(_UTCDateTime(), default=_now)
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
     item: Mapped[_ItemRow] = relationship(back_populates="verdict")
+
+
+class _HistoryRow(_Base):
+    """Every verdict write, saved or refused as stale: nothing a reviewer wrote is lost."""
+
+    __tablename__ = "verdict_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    verdict: Mapped[str] = mapped_column(String(16))
+    reviewer_label: Mapped[str | None] = mapped_column(String(MAX_LABEL_CHARS), nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    decided_at: Mapped[datetime] = mapped_column(_UTCDateTime(), default=_now)
+    by: Mapped[str | None] = mapped_column(String(MAX_OWNER_CHARS), nullable=True)
+    saved: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+def _migrate(connection: Connection) -> None:
+    """Bring a database made by an earlier version up to this schema, in the caller's transaction.
+
+    Earlier versions had no session tokens or owners, no blinded flag, no verdict versions, history or
+    'non_diagnostic' verdict. Old sessions get a token and no owner: ``claim_unowned_sessions`` gives them
+    to the first reviewer who signs in under their reviewer name (admins see them meanwhile).
+    """
+    existing = set(inspect(connection).get_table_names())
+    if "review_sessions" in existing:
+        columns = {c["name"] for c in inspect(connection).get_columns("review_sessions")}
+        if "token" not in columns:
+            connection.execute(text("ALTER TABLE review_sessions ADD COLUMN token VARCHAR(64)"))
+            connection.execute(text(f"ALTER TABLE review_sessions ADD COLUMN owner VARCHAR({MAX_OWNER_CHARS})"))
+            connection.execute(text("ALTER TABLE review_sessions ADD COLUMN blinded BOOLEAN NOT NULL DEFAULT false"))
+            for (row_id,) in connection.execute(text("SELECT id FROM review_sessions")).all():
+                connection.execute(text("UPDATE review_sessions SET token = :t WHERE id = :i"),
+                                   {"t": _new_token(), "i": row_id})
+            connection.execute(text("CREATE UNIQUE INDEX ix_review_sessions_token ON review_sessions (token)"))
+            connection.execute(text("CREATE INDEX ix_review_sessions_owner ON review_sessions (owner)"))
+    old_verdicts = "verdicts" in existing and "version" not in {
+        c["name"] for c in inspect(connection).get_columns("verdicts")}
+    if old_verdicts and connection.dialect.name == "sqlite":  # SQLite cannot alter a CHECK: rebuild the table
+        connection.execute(text("ALTER TABLE verdicts RENAME TO verdicts_before_v2"))
+    elif old_verdicts:
+        connection.execute(text("ALTER TABLE verdicts DROP CONSTRAINT IF EXISTS ck_verdicts_verdict"))
+        connection.execute(text(f"ALTER TABLE verdicts ADD CONSTRAINT ck_verdicts_verdict CHECK "
+                                f"({_in('verdict', VERDICTS)})"))
+        connection.execute(text("ALTER TABLE verdicts ADD COLUMN version INTEGER NOT NULL DEFAULT 1"))
+    _Base.metadata.create_all(connection)
+    if old_verdicts and connection.dialect.name == "sqlite":
+        connection.execute(text(
+            "INSERT INTO verdicts (id, item_id, verdict, reviewer_label, note, decided_at, version) "
+            "SELECT id, item_id, verdict, reviewer_label, note, decided_at, 1 FROM verdicts_before_v2"))
+        connection.execute(text("DROP TABLE verdicts_before_v2"))
+    if old_verdicts:  # the history starts with what was there
+        connection.execute(text(
+            "INSERT INTO verdict_history (item_id, version, verdict, reviewer_label, note, decided_at, saved) "
+            "SELECT item_id, 1, verdict, reviewer_label, note, decided_at, true FROM verdicts"))
 
 
 # ---------------------------------------------------------------- input cleaning
@@ -279,14 +483,6 @@ def _required_text(value: object, what: str, limit: int) -> str:
     return cleaned
 
 
-def _bare_file_name(name: object, image_hash: str) -> str:
-    """The file name without any directory (of either separator style), which may name a patient."""
-    cleaned = _clean_text(name, "file name", 4096)
-    bare = PureWindowsPath(cleaned).name.strip()
-    bare = bare[-MAX_NAME_CHARS:]
-    return bare or f"image-{image_hash[:12]}"
-
-
 def _probability(value: object, what: str) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
@@ -302,10 +498,12 @@ def _checked_item(item: NewItem, position: int) -> _ItemRow:
     image_hash = item.image_hash.strip().lower() if isinstance(item.image_hash, str) else ""
     if not _SHA256_HEX.fullmatch(image_hash):
         raise ReviewError(f"{where}: image_hash must be a SHA-256 hex digest (64 hex digits)")
+    if not isinstance(item.display_name, str):
+        raise ReviewError(f"{where}: file name must be text, got {type(item.display_name).__name__}")
     return _ItemRow(
         position=position,
         image_hash=image_hash,
-        display_name=_bare_file_name(item.display_name, image_hash),
+        display_name=bare_file_name(item.display_name, f"image-{image_hash[:12]}", MAX_NAME_CHARS),
         predicted_label=_required_text(item.predicted_label, f"{where}: predicted label", MAX_LABEL_CHARS),
         covid_probability=_probability(item.covid_probability, f"{where}: COVID probability"),
         operating_threshold=_probability(item.operating_threshold, f"{where}: operating threshold"),
@@ -324,13 +522,21 @@ def _reviewer_label(verdict: str, model_label: str, given: str | None) -> str | 
             raise ReviewError(f"a 'disagree' verdict needs a label other than the model's ({model_label!r})")
         return label or None
     if label:
-        raise ReviewError("an 'unsure' verdict carries no reviewer label")
+        raise ReviewError(f"an {verdict!r} verdict carries no reviewer label")
     return None
 
 
 def _csv_cell(value: str) -> str:
     """Neutralise text a spreadsheet would run as a formula (file names and notes are user input)."""
     return "'" + value if value.startswith(_FORMULA_PREFIXES) else value
+
+
+def session_token(value: object) -> str:
+    """A session token from a URL parameter, checked for shape before any database sees it."""
+    token = value.strip() if isinstance(value, str) else ""
+    if not _TOKEN.fullmatch(token):
+        raise ReviewError("This link does not name a review session (it may have been cut short or mistyped).")
+    return token
 
 
 # ---------------------------------------------------------------- the store
@@ -378,11 +584,10 @@ class ReviewStore:
             with engine.begin() as connection:
                 if connection.dialect.name == "postgresql":
                     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK_KEY})
-                _Base.metadata.create_all(connection)
-        except OperationalError as exc:
+                _migrate(connection)
+        except (OperationalError, InterfaceError) as exc:
             engine.dispose()
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise ReviewDatabaseError(f"cannot open review database {shown!r}: {reason}") from None
+            raise ReviewDatabaseError(f"cannot open review database {shown!r}: {_reason(exc)}") from None
         self.display_url = shown
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
@@ -399,22 +604,79 @@ class ReviewStore:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # -- who
+
+    @_database_errors("signing in failed")
+    def sign_in(self, name: str, passphrase: str) -> Reviewer:
+        """The reviewer `name` (case-insensitive) if `passphrase` is theirs; a new name is registered with it.
+
+        Registering a name also gives it the sessions an earlier version stored under that name without an
+        owner. A wrong passphrase raises ReviewError, saying no more than that.
+        """
+        name = _required_text(name, "reviewer name", MAX_REVIEWER_CHARS)
+        if not isinstance(passphrase, str) or not passphrase:
+            raise ReviewError("enter your passphrase")
+        if len(passphrase) > MAX_PASSPHRASE_CHARS:
+            raise ReviewError(f"a passphrase is at most {MAX_PASSPHRASE_CHARS} characters")
+        key = f"name:{name.casefold()}"
+        with self._transaction() as session:
+            row = session.scalars(select(_ReviewerRow).where(_ReviewerRow.key == key)).one_or_none()
+            if row is not None:
+                if not _passphrase_matches(passphrase, row.passphrase_hash):
+                    raise ReviewError(f"wrong passphrase for {name!r} (a name belongs to whoever first used it)")
+                return Reviewer(key=key, name=row.name)
+            if len(passphrase) < MIN_PASSPHRASE_CHARS:
+                raise ReviewError(f"{name!r} is a new reviewer name: choose a passphrase of at least "
+                                  f"{MIN_PASSPHRASE_CHARS} characters to protect its sessions")
+            session.add(_ReviewerRow(key=key, name=name, passphrase_hash=_hash_passphrase(passphrase)))
+            reviewer = Reviewer(key=key, name=name)
+            self._claim(session, reviewer)
+            return reviewer
+
+    @_database_errors("claiming earlier sessions failed")
+    def claim_unowned_sessions(self, reviewer: Reviewer) -> int:
+        """Give `reviewer` the owner-less sessions (from before access control) stored under their name."""
+        with self._transaction() as session:
+            return self._claim(session, reviewer)
+
+    @staticmethod
+    def _claim(session: Session, reviewer: Reviewer) -> int:
+        rows = session.scalars(select(_SessionRow).where(
+            _SessionRow.owner.is_(None), func.lower(_SessionRow.reviewer) == reviewer.name.lower())).all()
+        for row in rows:
+            row.owner = reviewer.key
+        return len(rows)
+
     # -- writing
 
-    def start_session(self, reviewer: str, model_name: str, modality: str, items: Sequence[NewItem]) -> int:
-        """Create a session over `items` (positions 0..n-1 in the given order); returns its id."""
-        reviewer = _required_text(reviewer, "reviewer name", MAX_REVIEWER_CHARS)
+    @_database_errors("the session was NOT created")
+    def start_session(self, reviewer: Reviewer | str, model_name: str, modality: str, items: Sequence[NewItem],
+                      *, blinded: bool = False) -> int:
+        """Create a session over `items` (positions 0..n-1 in the given order); returns its id.
+
+        A Reviewer owns the session; a bare name (scripts, tests) leaves it without owner until claimed.
+        """
+        owner = reviewer.key if isinstance(reviewer, Reviewer) else None
+        name = _required_text(reviewer.name if isinstance(reviewer, Reviewer) else reviewer, "reviewer name",
+                              MAX_REVIEWER_CHARS)
         model_name = _required_text(model_name, "model name", MAX_NAME_CHARS)
         modality = _required_text(modality, "modality", MAX_LABEL_CHARS).lower()
         if not items:
             raise ReviewError("a review session needs at least one image")
         rows = [_checked_item(item, position) for position, item in enumerate(items)]
-        with self._sessions.begin() as session:
-            row = _SessionRow(reviewer=reviewer, model_name=model_name, modality=modality, items=rows)
+        with self._transaction() as session:
+            row = _SessionRow(token=_new_token(), owner=owner, reviewer=name, model_name=model_name,
+                              modality=modality, blinded=bool(blinded), items=rows)
             session.add(row)
             session.flush()
             return row.id
 
+    @_database_errors("the verdict was NOT saved")
     def record_verdict(
         self,
         session_id: int,
@@ -422,14 +684,21 @@ class ReviewStore:
         verdict: str,
         note: str = "",
         reviewer_label: str | None = None,
+        *,
+        expected_version: int | None = None,
+        by: str | None = None,
     ) -> ItemView:
-        """Record (or replace) the verdict on one item, committed at once; returns the item as stored."""
+        """Record (or replace) the verdict on one item, committed at once; returns the item as stored.
+
+        `expected_version` is the item's ``version`` the caller showed; when the stored one differs, the write
+        is refused with StaleVerdictError (and kept in the history). None skips the check (scripts).
+        """
         if verdict not in VERDICTS:
             raise ReviewError(f"unknown verdict {verdict!r}: expected one of {', '.join(VERDICTS)}")
         if isinstance(position, bool) or not isinstance(position, int):
             raise ReviewError(f"a position is an integer, got {position!r}")
         note = _clean_text(note, "note", MAX_NOTE_CHARS, multiline=True)
-        with self._sessions.begin() as session:
+        with self._transaction() as session:
             parent = self._session_row(session, session_id)
             item = session.scalars(
                 select(_ItemRow)
@@ -443,47 +712,108 @@ class ReviewStore:
                 )
             label = _reviewer_label(verdict, item.predicted_label, reviewer_label)
             now = _now()
-            if item.verdict is None:
-                item.verdict = _VerdictRow(verdict=verdict, reviewer_label=label, note=note, decided_at=now)
+            current = item.verdict.version if item.verdict is not None else 0
+            if expected_version is not None and expected_version != current:
+                stale = StaleVerdictError(_item_view(item, item.verdict),
+                                          VerdictEntry(verdict, label, note, current, now, by, saved=False))
+                session.add(_HistoryRow(item_id=item.id, version=current, verdict=verdict, reviewer_label=label,
+                                        note=note, decided_at=now, by=by, saved=False))
             else:
-                item.verdict.verdict = verdict
-                item.verdict.reviewer_label = label
-                item.verdict.note = note
-                item.verdict.decided_at = now
-            parent.updated_at = now
-            session.flush()
-            return _item_view(item, item.verdict)
+                stale = None
+                self._write_verdict(session, item, verdict, label, note, now, current, by)
+                parent.updated_at = now
+                session.flush()
+                stored = _item_view(item, item.verdict)
+        if stale is not None:  # raised after the commit, which kept the refused write in the history
+            raise stale
+        return stored
 
+    @staticmethod
+    def _write_verdict(session: Session, item: _ItemRow, verdict: str, label: str | None, note: str,
+                       now: datetime, current: int, by: str | None) -> None:
+        """The verdict row at version current + 1, and its copy in the history."""
+        if item.verdict is None:
+            item.verdict = _VerdictRow(verdict=verdict, reviewer_label=label, note=note, decided_at=now, version=1)
+        else:
+            item.verdict.verdict = verdict
+            item.verdict.reviewer_label = label
+            item.verdict.note = note
+            item.verdict.decided_at = now
+            item.verdict.version = current + 1
+        session.add(_HistoryRow(item_id=item.id, version=current + 1, verdict=verdict, reviewer_label=label,
+                                note=note, decided_at=now, by=by, saved=True))
+
+    def record_reading(self, session_id: int, position: int, label: str, note: str = "", *,
+                       expected_version: int | None = None, by: str | None = None) -> ItemView:
+        """A blinded reader's own label: stored as 'agree' when it is the model's, else 'disagree' with it."""
+        model_label = self.item(session_id, position).predicted_label
+        verdict = "agree" if label == model_label else "disagree"
+        return self.record_verdict(session_id, position, verdict, note, label, expected_version=expected_version,
+                                   by=by)
+
+    @_database_errors("the session status was NOT changed")
     def set_status(self, session_id: int, status: str) -> None:
         """Mark a session 'completed' (or 'open' again); verdicts can still be amended either way."""
         if status not in SESSION_STATUSES:
             raise ReviewError(f"unknown session status {status!r}: expected one of {', '.join(SESSION_STATUSES)}")
-        with self._sessions.begin() as session:
+        with self._transaction() as session:
             row = self._session_row(session, session_id)
             row.status = status
             row.updated_at = _now()
 
     # -- reading
 
-    def sessions(self, reviewer: str | None = None) -> list[SessionInfo]:
-        """Sessions, most recently active first; only `reviewer`'s (case-insensitive) when given."""
+    @_database_errors("the sessions could not be read")
+    def sessions(self, reviewer: Reviewer | None = None) -> list[SessionInfo]:
+        """Sessions, most recently active first: only those `reviewer` owns (every one for an admin or for
+        None, which only scripts pass)."""
         query = _session_info_query()
-        if reviewer is not None:
-            name = _clean_text(reviewer, "reviewer name", MAX_REVIEWER_CHARS)
-            query = query.where(func.lower(_SessionRow.reviewer) == name.lower())
-        with self._sessions.begin() as session:
+        if reviewer is not None and not reviewer.admin:
+            query = query.where(_SessionRow.owner == reviewer.key)
+        with self._transaction() as session:
             return [_session_info(*row) for row in session.execute(query)]
 
+    @_database_errors("the session could not be read")
+    def open_session(self, token: str, reviewer: Reviewer) -> SessionInfo:
+        """The session behind a link, if `reviewer` may open it: NotYoursError when another reviewer owns it
+        (or nobody yet) and `reviewer` is no admin; ReviewError for a malformed or unknown token."""
+        token = session_token(token)
+        with self._transaction() as session:
+            row = session.execute(_session_info_query(token=token)).one_or_none()
+        if row is None:
+            raise ReviewError("No review session has this link: it may have been deleted, or the link is wrong.")
+        info = _session_info(*row)
+        if not reviewer.admin and info.owner != reviewer.key:
+            raise NotYoursError("This review session belongs to another reviewer. Sign in as its reviewer to open "
+                                "it, or ask an administrator for an export.")
+        return info
+
+    @_database_errors("the session could not be read")
     def session_info(self, session_id: int) -> SessionInfo:
-        """One session's header and progress."""
-        with self._sessions.begin() as session:
+        """One session's header and progress (counting that session's items only)."""
+        with self._transaction() as session:
             self._session_row(session, session_id)
-            row = session.execute(_session_info_query().where(_SessionRow.id == session_id)).one()
+            row = session.execute(_session_info_query(session_id=session_id)).one()
             return _session_info(*row)
 
+    @_database_errors("the image could not be read")
+    def item(self, session_id: int, position: int) -> ItemView:
+        """One item with its verdict: what the page shows, read alone."""
+        with self._transaction() as session:
+            self._session_row(session, session_id)
+            row = session.execute(
+                select(_ItemRow, _VerdictRow)
+                .outerjoin(_VerdictRow, _VerdictRow.item_id == _ItemRow.id)
+                .where(_ItemRow.session_id == session_id, _ItemRow.position == position)
+            ).one_or_none()
+            if row is None:
+                raise ReviewError(f"session {session_id} has no image at position {position}")
+            return _item_view(*row)
+
+    @_database_errors("the session could not be read")
     def items(self, session_id: int) -> list[ItemView]:
         """The session's items in order, each with its verdict if it has one."""
-        with self._sessions.begin() as session:
+        with self._transaction() as session:
             self._session_row(session, session_id)
             rows = session.execute(
                 select(_ItemRow, _VerdictRow)
@@ -493,16 +823,44 @@ class ReviewStore:
             )
             return [_item_view(item, verdict) for item, verdict in rows]
 
-    def next_unreviewed(self, session_id: int) -> int | None:
-        """The first position without a verdict (where to resume), or None when all are reviewed."""
-        with self._sessions.begin() as session:
+    @_database_errors("the session could not be read")
+    def image_refs(self, session_id: int) -> list[tuple[int, str, str]]:
+        """(position, image hash, file name) of every item: to find or ask for the images, without verdicts."""
+        with self._transaction() as session:
             self._session_row(session, session_id)
+            return [tuple(row) for row in session.execute(  # type: ignore[misc]
+                select(_ItemRow.position, _ItemRow.image_hash, _ItemRow.display_name)
+                .where(_ItemRow.session_id == session_id).order_by(_ItemRow.position))]
+
+    @_database_errors("the verdict history could not be read")
+    def history(self, session_id: int, position: int) -> list[VerdictEntry]:
+        """Every write on one item, oldest first, refused stale writes included."""
+        with self._transaction() as session:
+            self._session_row(session, session_id)
+            rows = session.scalars(
+                select(_HistoryRow).join(_ItemRow, _ItemRow.id == _HistoryRow.item_id)
+                .where(_ItemRow.session_id == session_id, _ItemRow.position == position)
+                .order_by(_HistoryRow.id))
+            return [VerdictEntry(r.verdict, r.reviewer_label, r.note, r.version, r.decided_at, r.by, r.saved)
+                    for r in rows]
+
+    @_database_errors("the session could not be read")
+    def next_unreviewed(self, session_id: int, after: int = -1) -> int | None:
+        """The first position after `after` without a verdict (where to resume), else the first one anywhere;
+        None when all are reviewed."""
+        def first(session: Session, start: int) -> int | None:
             return session.scalar(
                 select(func.min(_ItemRow.position))
                 .outerjoin(_VerdictRow, _VerdictRow.item_id == _ItemRow.id)
-                .where(_ItemRow.session_id == session_id, _VerdictRow.id.is_(None))
+                .where(_ItemRow.session_id == session_id, _VerdictRow.id.is_(None), _ItemRow.position > start)
             )
 
+        with self._transaction() as session:
+            self._session_row(session, session_id)
+            found = first(session, after)
+            return found if found is not None or after < 0 else first(session, -1)
+
+    @_database_errors("the export could not be read")
     def export_csv(self, session_id: int) -> str:
         """The session as CSV, one row per item (verdict columns empty while unreviewed)."""
         info = self.session_info(session_id)
@@ -519,22 +877,33 @@ class ReviewStore:
             ])
         return buffer.getvalue()
 
+    @_database_errors("the summary could not be read")
     def summary(self, session_id: int) -> ReviewSummary:
-        """Agreement, Cohen's kappa and the confusion table between model and reviewer."""
+        """Agreement, Cohen's kappa and the confusion table between model and reviewer, from SQL counts."""
         # Imported here: writer processes and the page that only records verdicts never need it.
         import pandas as pd
 
-        items = self.items(session_id)
-        counts = {verdict: sum(item.verdict == verdict for item in items) for verdict in VERDICTS}
+        with self._transaction() as session:
+            self._session_row(session, session_id)
+            n_items = session.scalar(select(func.count()).where(_ItemRow.session_id == session_id)) or 0
+            joined = select(_VerdictRow).join(_ItemRow, _ItemRow.id == _VerdictRow.item_id).where(
+                _ItemRow.session_id == session_id).subquery()
+            by_verdict = dict(session.execute(
+                select(joined.c.verdict, func.count()).group_by(joined.c.verdict)).all())
+            pairs = session.execute(
+                select(_ItemRow.predicted_label, _VerdictRow.reviewer_label, func.count())
+                .join(_VerdictRow, _VerdictRow.item_id == _ItemRow.id)
+                .where(_ItemRow.session_id == session_id, _VerdictRow.reviewer_label.is_not(None))
+                .group_by(_ItemRow.predicted_label, _VerdictRow.reviewer_label)
+            ).all()
+        counts = {verdict: int(by_verdict.get(verdict, 0)) for verdict in VERDICTS}
         decided = counts["agree"] + counts["disagree"]
-        labelled = [(item.predicted_label, item.reviewer_label) for item in items if item.reviewer_label]
-        model_labels = [model for model, _ in labelled]
-        reviewer_labels = [reviewer for _, reviewer in labelled]
-        classes = sorted(set(model_labels) | set(reviewer_labels))
+        classes = sorted({model for model, _, _ in pairs} | {reviewer for _, reviewer, _ in pairs})
+        n_labelled = sum(count for _, _, count in pairs)
 
         kappa: float | None = None
         explanation: str | None = None
-        if not labelled:
+        if not pairs:
             explanation = "no reviewed image has a reviewer label yet (agree, or disagree with a label)"
         elif len(classes) < 2:
             explanation = (
@@ -542,6 +911,8 @@ class ReviewStore:
                 "chance agreement is 100% and kappa is undefined"
             )
         else:
+            model_labels = [model for model, _, count in pairs for _ in range(count)]
+            reviewer_labels = [reviewer for _, reviewer, count in pairs for _ in range(count)]
             value = cohen_kappa(model_labels, reviewer_labels, classes)
             if math.isfinite(value):
                 kappa = value
@@ -549,17 +920,17 @@ class ReviewStore:
                 explanation = "kappa is undefined for these labels (chance agreement is 100%)"
 
         confusion = pd.DataFrame(0, index=pd.Index(classes, name="model"), columns=pd.Index(classes, name="reviewer"))
-        for model, reviewer in labelled:
-            confusion.loc[model, reviewer] += 1
+        for model, reviewer, count in pairs:
+            confusion.loc[model, reviewer] = count
         return ReviewSummary(
             session_id=session_id,
-            n_items=len(items),
+            n_items=n_items,
             n_reviewed=sum(counts.values()),
             verdict_counts=counts,
             agreement_rate=counts["agree"] / decided if decided else None,
             kappa=kappa,
             kappa_explanation=explanation,
-            n_labelled=len(labelled),
+            n_labelled=n_labelled,
             confusion=confusion,
         )
 
@@ -575,25 +946,36 @@ class ReviewStore:
         return row
 
 
-def _session_info_query() -> Select[tuple[_SessionRow, int | None, int | None]]:
-    """Sessions with their item and verdict counts (one verdict row at most per item)."""
+def _session_info_query(*, session_id: int | None = None, token: str | None = None,
+                        ) -> Select[tuple[_SessionRow, int | None, int | None]]:
+    """Sessions with their item and verdict counts (one verdict row at most per item); counting only the
+    session asked for when one is."""
     counts = (
         select(_ItemRow.session_id, func.count().label("n_items"), func.count(_VerdictRow.id).label("n_reviewed"))
         .outerjoin(_VerdictRow, _VerdictRow.item_id == _ItemRow.id)
         .group_by(_ItemRow.session_id)
-        .subquery()
     )
+    query = select(_SessionRow)
+    if session_id is not None:
+        query = query.where(_SessionRow.id == session_id)
+        counts = counts.where(_ItemRow.session_id == session_id)
+    if token is not None:
+        query = query.where(_SessionRow.token == token)
+        counts = counts.where(_ItemRow.session_id == select(_SessionRow.id).where(
+            _SessionRow.token == token).scalar_subquery())
+    subquery = counts.subquery()
     return (
-        select(_SessionRow, counts.c.n_items, counts.c.n_reviewed)
-        .outerjoin(counts, counts.c.session_id == _SessionRow.id)
+        query.add_columns(subquery.c.n_items, subquery.c.n_reviewed)
+        .outerjoin(subquery, subquery.c.session_id == _SessionRow.id)
         .order_by(_SessionRow.updated_at.desc(), _SessionRow.id.desc())
     )
 
 
 def _session_info(row: _SessionRow, n_items: int | None, n_reviewed: int | None) -> SessionInfo:
     return SessionInfo(
-        id=row.id, reviewer=row.reviewer, model_name=row.model_name, modality=row.modality, status=row.status,
-        created_at=row.created_at, updated_at=row.updated_at, n_items=n_items or 0, n_reviewed=n_reviewed or 0,
+        id=row.id, token=row.token, reviewer=row.reviewer, owner=row.owner, model_name=row.model_name,
+        modality=row.modality, status=row.status, blinded=bool(row.blinded), created_at=row.created_at,
+        updated_at=row.updated_at, n_items=n_items or 0, n_reviewed=n_reviewed or 0,
     )
 
 
@@ -610,6 +992,7 @@ def _item_view(item: _ItemRow, verdict: _VerdictRow | None) -> ItemView:
         reviewer_label=verdict.reviewer_label if verdict else None,
         note=verdict.note if verdict else "",
         decided_at=verdict.decided_at if verdict else None,
+        version=verdict.version if verdict else 0,
     )
 
 

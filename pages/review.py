@@ -1,15 +1,24 @@
 """Review session: a radiologist works through a batch of images, agreeing or disagreeing with the model.
 
 Verdicts are committed to the review database one by one (covid_models.reviews), so a reload, an app
-restart or a closed laptop loses nothing: the session is listed under the reviewer's name (and kept in
-the page URL) and resumes at the first image without a verdict. The database keeps each image's SHA-256
-and bare file name, never its pixels, so the images themselves live in a server-side cache for the life
-of the process; after a restart they are found again in the data folder (by file name, checked against
-the hash) or re-uploaded by the reviewer (matched by hash).
+restart or a closed laptop loses nothing. A session belongs to the reviewer who started it: signed in
+through the app's OpenID Connect login when one is configured, else by name and passphrase. Its link
+(`?session=<token>&item=<n>`) names it by an unguessable token and reopens it, at the image the reader was
+on, for its reviewer only. The database keeps each image's SHA-256 and bare file name, never its pixels, so
+uploaded images live in a server-side cache per reviewer for the life of the process; after a restart they
+are found again in the data folder (by file name, checked against the hash) or re-uploaded (matched by hash).
+
+The page reads only what it shows: the session's counts (SQL aggregates), the current item, and the
+summary or CSV only when asked for, so a rerun costs the same at 100 or 100,000 images.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
+import re
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +26,27 @@ import pandas as pd
 import streamlit as st
 
 from covid_models.checkpoint import CheckpointError, ModelCard
-from covid_models.data import DataError, LeakageError, ensure_split, load_dataset
+from covid_models.data import DataError, LeakageError, held_out_images, load_dataset
 from covid_models.explain import heatmap
 from covid_models.figures import confusion_figure
 from covid_models.inference import Prediction
 from covid_models.io import ImageReadError, content_hash, read_image
 from covid_models.overlays import display_size, for_display, heatmap_overlay
-from covid_models.reviews import ItemView, NewItem, ReviewDatabaseError, ReviewError, ReviewStore, SessionInfo
+from covid_models.reviews import (
+    VERDICT_TEXT,
+    ItemView,
+    NewItem,
+    NotYoursError,
+    ReviewDatabaseError,
+    Reviewer,
+    ReviewError,
+    ReviewStore,
+    SessionInfo,
+    StaleVerdictError,
+    admin_token_matches,
+    session_token,
+)
 from pages.shared import (
-    LruCache,
     data_dir,
     enter_through_app,
     load_classifier,
@@ -40,37 +61,90 @@ enter_through_app()
 MODALITY_NAMES = {"xray": "Chest X-ray", "ct": "Chest CT"}
 SOURCE_UPLOAD, SOURCE_DATA = "upload", "data"
 DISPLAY_SIDE = 640  # images are shown and explained at this size at most
-IMAGE_CACHE_BYTES = 128 * 1024 * 1024  # uploaded files kept for moving back and forth; a quarter of the app's 1 GB
+REVIEWER_CACHE_BYTES = 64 * 1024 * 1024  # uploads kept per reviewer; a batch larger than this is refused
+SERVER_CACHE_BYTES = 256 * 1024 * 1024  # all reviewers together; the least recently active reviewer's go first
 HEATMAP_METHOD = "gradcam"
 HEATMAP_ALPHA = 0.4
 MAX_BATCH = 200
-VERDICT_TEXT = {"agree": "Agree", "disagree": "Disagree", "unsure": "Unsure"}
+MAX_NAMES_LISTED = 20
+SHORTCUTS = {"agree": "A", "disagree": "D", "unsure": "U", "non_diagnostic": "N", "previous": "Left",
+             "next": "Right"}
+VERDICT_COLOURS = {"agree": "#1e7b34", "disagree": "#b3261e"}  # green and red, told apart by label and icon too
 SESSION_KEY, POSITION_KEY, MESSAGE_KEY = "review-session", "review-position", "review-message"
-REVIEWER_WIDGET, REVIEWER_KEY = "review-reviewer", "review-reviewer-name"
+IDENTITY_KEY, CSV_KEY, MISSING_KEY = "review-identity", "review-csv", "review-missing"
+REVIEWER_WIDGET = "review-reviewer"
+ADMINS_SETTING, ADMIN_TOKEN_SETTING = "COVID_REVIEW_ADMINS", "COVID_REVIEW_ADMIN_TOKEN"
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~<>$:&])")  # inline syntax; text stays on one line
+
+
+def plain(text: object) -> str:
+    """User text (names, notes, file names) made literal inside Markdown: no links, images or formatting."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def setting(name: str) -> str:
+    """A deployment setting: the environment variable, else the same key (lower case) in st.secrets."""
+    value = os.environ.get(name, "").strip()
+    if value:
+        return value
+    try:
+        return str(st.secrets.get(name.lower(), "")).strip()
+    except (FileNotFoundError, KeyError, AttributeError, ValueError):  # no secrets file: not configured
+        return ""
 
 
 # ------------------------------------------------------------------ server-side state
 
 
+class UploadCache:
+    """Uploaded files by (reviewer, content hash) for the life of the server process.
+
+    A reviewer's uploads are never served to another reviewer, whatever hash they ask for. Each reviewer keeps
+    at most REVIEWER_CACHE_BYTES (least recently used dropped); beyond SERVER_CACHE_BYTES in all, the least
+    recently active reviewer's files are dropped first, so one reviewer's batch never evicts another's
+    working set while there is room.
+    """
+
+    def __init__(self, per_reviewer: int, total: int) -> None:
+        self.per_reviewer, self.total = per_reviewer, total
+        self._files: OrderedDict[str, OrderedDict[str, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, owner: str, digest: str, data: bytes) -> None:
+        with self._lock:
+            files = self._files.setdefault(owner, OrderedDict())
+            self._files.move_to_end(owner)
+            files[digest] = data
+            files.move_to_end(digest)
+            while len(files) > 1 and sum(map(len, files.values())) > self.per_reviewer:
+                files.popitem(last=False)
+            while len(self._files) > 1 and sum(len(v) for f in self._files.values() for v in f.values()) > self.total:
+                self._files.popitem(last=False)
+
+    def get(self, owner: str, digest: str) -> bytes | None:
+        with self._lock:
+            files = self._files.get(owner)
+            if files is None or digest not in files:
+                return None
+            self._files.move_to_end(owner)
+            files.move_to_end(digest)
+            return files[digest]
+
+
 @st.cache_resource(show_spinner=False)
-def image_cache() -> LruCache:
-    """Uploaded files by content hash: the review database must not hold pixels, yet a reviewer moving back and
-    forth needs the images; they stay here for the life of the server process."""
-    return LruCache(IMAGE_CACHE_BYTES, size=len)
+def upload_cache() -> UploadCache:
+    return UploadCache(REVIEWER_CACHE_BYTES, SERVER_CACHE_BYTES)
 
 
 @st.cache_data(show_spinner=False)
-def held_out_rows(root: str, modality: str, mtime: float) -> pd.DataFrame:
-    """The test split of a data folder's manifest (official, else the seeded patient-level one)."""
-    frame = load_dataset(root, modality)
-    if "split" not in frame.columns or frame["split"].isna().any():
-        frame = ensure_split(frame, seed=0, data_root=Path(root))
-    return frame[frame["split"] == "test"].sort_values("image").reset_index(drop=True)
+def test_split(root: str, modality: str, mtime: float) -> list[str]:
+    """Image paths of the data folder's held-out split (official, else the seeded patient-level one)."""
+    return held_out_images(Path(root), modality)["image"].tolist()
 
 
 @st.cache_data(show_spinner=False)
 def files_by_name(root: str, modality: str, mtime: float) -> dict[str, str]:
-    """Bare file name -> path over a data folder's manifest, to find a resumed session's images again."""
+    """Bare file name -> path over a data folder's manifest, to find a session's images again."""
     return {Path(path).name: path for path in load_dataset(root, modality)["image"]}
 
 
@@ -96,7 +170,7 @@ def predict(digest: str, directory: str, _data: bytes, _name: str) -> Prediction
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def review_heatmap(digest: str, directory: str, _pixels: np.ndarray) -> np.ndarray:
-    """The Grad-CAM of the positive class as uint8 (a quarter of float32 in the cache)."""
+    """The Grad-CAM of the positive class as uint8; only ever asked for by a page that holds the image."""
     classifier = load_classifier(directory)
     with model_lock(directory):
         cam = heatmap(classifier, _pixels, HEATMAP_METHOD)
@@ -112,6 +186,69 @@ def review_label(prediction: Prediction) -> str:
     return max(others, key=others.get)
 
 
+# ------------------------------------------------------------------ who is reviewing
+
+
+def _oidc_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except (FileNotFoundError, KeyError, AttributeError, ValueError):
+        return False
+
+
+def identity(store: ReviewStore) -> Reviewer | None:
+    """The signed-in reviewer of this browser tab, or None after showing how to sign in."""
+    admins = {a.strip().lower() for a in setting(ADMINS_SETTING).split(",") if a.strip()}
+    if _oidc_configured():
+        if not st.user.is_logged_in:
+            st.info("Sign in to start a review session or open one of yours.")
+            st.button("Log in", key="review-login", on_click=st.login, type="primary", icon=":material/login:")
+            return None
+        account = str(st.user.get("email") or st.user.get("sub") or "")
+        reviewer = Reviewer.from_oidc(account, str(st.user.get("name") or account), admin=account.lower() in admins)
+        if st.session_state.get(IDENTITY_KEY) != reviewer:
+            store.claim_unowned_sessions(reviewer)
+            st.session_state[IDENTITY_KEY] = reviewer
+        return reviewer
+    reviewer = st.session_state.get(IDENTITY_KEY)
+    if isinstance(reviewer, Reviewer):
+        return reviewer
+    sign_in_form(store, admin_token=setting(ADMIN_TOKEN_SETTING))
+    return None
+
+
+def sign_in_form(store: ReviewStore, admin_token: str) -> None:
+    """Name and passphrase: a new name is registered with its passphrase, a known one must match it."""
+    st.info("Sign in with your name and passphrase. The first time, the passphrase you choose protects your "
+            "sessions: nobody else can open or change them.", icon=":material/lock:")
+    with st.form("review-sign-in-form", border=False):
+        name = st.text_input("Your name", key=REVIEWER_WIDGET, max_chars=200,
+                             placeholder="as it should appear in the export")
+        passphrase = st.text_input("Passphrase", key="review-passphrase", type="password", max_chars=1024,
+                                   help="At least 8 characters; only a salted hash of it is stored")
+        typed_token = st.text_input("Administrator token (optional)", key="review-admin-token",
+                                    type="password") if admin_token else ""
+        submitted = st.form_submit_button("Sign in", key="review-sign-in", type="primary", icon=":material/login:")
+    if not submitted:
+        return
+    try:
+        reviewer = store.sign_in(name, passphrase)
+    except (ReviewError, ReviewDatabaseError) as error:
+        show_error(plain(error))
+        return
+    if typed_token and not admin_token_matches(typed_token, admin_token):
+        show_error("The administrator token is wrong; not signed in.")
+        return
+    st.session_state[IDENTITY_KEY] = dataclasses.replace(reviewer, admin=bool(typed_token))
+    st.rerun()
+
+
+def _sign_out() -> None:
+    for key in (IDENTITY_KEY, SESSION_KEY, POSITION_KEY, CSV_KEY, MISSING_KEY):
+        st.session_state.pop(key, None)
+    st.query_params.clear()
+
+
 # ------------------------------------------------------------------ starting a session
 
 
@@ -121,19 +258,19 @@ def _cards(modality: str) -> dict[str, tuple[str, ModelCard]]:
 
 
 def _batch_from_data(root: Path, modality: str, n: int, seed: int) -> list[tuple[str, bytes]]:
-    test = held_out_rows(str(root), modality, _manifest_mtime(root, modality))
-    picks = test.sample(n=min(n, len(test)), random_state=seed) if len(test) else test
-    return [(Path(path).name, Path(path).read_bytes()) for path in picks["image"]]
+    paths = pd.Series(test_split(str(root), modality, _manifest_mtime(root, modality)), dtype=object)
+    picks = paths.sample(n=min(n, len(paths)), random_state=seed) if len(paths) else paths
+    return [(Path(path).name, Path(path).read_bytes()) for path in picks]
 
 
-def _start(store: ReviewStore, reviewer: str, modality: str, directory: str, card: ModelCard,
-           batch: list[tuple[str, bytes]]) -> None:
-    """Predict every image, keep the bytes in the cache and open the session in the database."""
-    cache, items, skipped, seen = image_cache(), [], [], set()
+def _start(store: ReviewStore, reviewer: Reviewer, modality: str, directory: str, card: ModelCard,
+           batch: list[tuple[str, bytes]], *, keep_bytes: bool, blinded: bool) -> None:
+    """Predict every image, keep uploaded bytes in the reviewer's cache and open the session in the database."""
+    cache, items, skipped, seen = upload_cache(), [], [], set()
     bar = st.progress(0.0, text="Predicting...")
     for index, (name, data) in enumerate(batch):
         digest = content_hash(data)
-        bar.progress((index + 1) / len(batch), text=f"Predicting {index + 1} of {len(batch)}: {name}")
+        bar.progress((index + 1) / len(batch), text=f"Predicting {index + 1} of {len(batch)}: {plain(name)}")
         if digest in seen:
             skipped.append(f"{name}: the same image as another file of this batch")
             continue
@@ -143,7 +280,8 @@ def _start(store: ReviewStore, reviewer: str, modality: str, directory: str, car
             skipped.append(f"{name}: {error}")
             continue
         seen.add(digest)
-        cache.put(digest, data)
+        if keep_bytes:
+            cache.put(reviewer.key, digest, data)
         items.append(NewItem(image_hash=digest, display_name=name, predicted_label=review_label(prediction),
                              covid_probability=float(prediction.positive_probability),
                              operating_threshold=float(prediction.threshold)))
@@ -153,11 +291,23 @@ def _start(store: ReviewStore, reviewer: str, modality: str, directory: str, car
     if not items:
         st.session_state[MESSAGE_KEY] = ("error", "None of the images could be read: " + "; ".join(skipped))
         return
-    session_id = store.start_session(reviewer, card.name, modality, items)
-    _open(session_id, 0)
+    session_id = store.start_session(reviewer, card.name, modality, items, blinded=blinded)
+    _open(store.session_info(session_id), 0)
 
 
-def new_session_form(store: ReviewStore, reviewer: str) -> None:
+def _too_large(batch: list[tuple[str, bytes]]) -> str | None:
+    """Why an upload batch is refused: larger than the reviewer's share of the server's image cache."""
+    total = sum(len(data) for _, data in batch)
+    if total <= REVIEWER_CACHE_BYTES:
+        return None
+    parts = -(-total // REVIEWER_CACHE_BYTES)
+    return (f"These {len(batch)} files are {total / 2**20:.0f} MB together; the server keeps at most "
+            f"{REVIEWER_CACHE_BYTES / 2**20:.0f} MB of uploaded images per reviewer, so the first images would be "
+            f"gone before you reached them. Start {parts} smaller sessions instead (about "
+            f"{len(batch) // parts} files each).")
+
+
+def new_session_form(store: ReviewStore, reviewer: Reviewer) -> None:
     st.subheader("Start a new session")
     modalities = [m for m in MODALITY_NAMES if _cards(m)]
     if not modalities:
@@ -179,10 +329,14 @@ def new_session_form(store: ReviewStore, reviewer: str) -> None:
         n = int(columns[0].number_input("Number of images", 1, MAX_BATCH, 10, key="review-n"))
         seed = int(columns[1].number_input("Sample seed", 0, 10**6, 0, key="review-seed",
                                            help="The same seed gives the same images"))
-        st.caption(f"A seeded sample of the {MODALITY_NAMES[modality]} test split in {root}.")
+        st.caption(f"A seeded sample of the {MODALITY_NAMES[modality]} test split of the data folder.")
     else:
         uploads = st.file_uploader("Images to review (PNG, JPEG, TIFF or DICOM)", accept_multiple_files=True,
                                    key="review-uploads") or []
+        st.caption(f"Up to {REVIEWER_CACHE_BYTES / 2**20:.0f} MB per session: the server keeps the files only "
+                   "while it runs, for you alone.")
+    blinded = st.checkbox("Blinded reading", key="review-blinded",
+                          help="Record your own reading of each image before the model's reading is shown")
     if st.button("Start session", type="primary", key="review-start", icon=":material/play_arrow:"):
         try:
             if source == SOURCE_DATA and root is not None:
@@ -192,15 +346,20 @@ def new_session_form(store: ReviewStore, reviewer: str) -> None:
             if not batch:
                 show_error("Choose at least one image for the session.")
                 return
-            _start(store, reviewer, modality, directory, card, batch)
-        except (DataError, LeakageError, OSError) as error:
-            show_error(f"The data folder could not be read: {error}")
+            refusal = None if source == SOURCE_DATA else _too_large(batch)
+            if refusal:
+                show_error(refusal)
+                return
+            _start(store, reviewer, modality, directory, card, batch, keep_bytes=source != SOURCE_DATA,
+                   blinded=blinded)
+        except (DataError, LeakageError, OSError):
+            show_error("The data folder could not be read; check that it holds the manifest and images.")
             return
         except CheckpointError as error:
             show_error(f"The model could not be loaded: {error}")
             return
-        except ReviewError as error:
-            show_error(str(error))
+        except (ReviewError, ReviewDatabaseError) as error:
+            show_error(plain(error))
             return
         st.rerun()
 
@@ -208,104 +367,134 @@ def new_session_form(store: ReviewStore, reviewer: str) -> None:
 # ------------------------------------------------------------------ choosing and resuming
 
 
-def _open(session_id: int, position: int) -> None:
-    st.session_state[SESSION_KEY] = session_id
-    st.session_state[POSITION_KEY] = position
-    st.query_params["session"] = str(session_id)
+def _open(info: SessionInfo, position: int) -> None:
+    st.session_state[SESSION_KEY] = info.id
+    _move(position)
+    st.session_state.pop(MISSING_KEY, None)
+    st.session_state.pop(CSV_KEY, None)
+    st.query_params["session"] = info.token
 
 
 def _leave() -> None:
-    for key in (SESSION_KEY, POSITION_KEY):
+    for key in (SESSION_KEY, POSITION_KEY, CSV_KEY, MISSING_KEY):
         st.session_state.pop(key, None)
-    st.query_params.pop("session", None)
+    st.query_params.clear()
 
 
-def _resume(store: ReviewStore, session_id: int) -> None:
-    _open(session_id, store.next_unreviewed(session_id) or 0)
+def _resume(store: ReviewStore, info: SessionInfo) -> None:
+    _open(info, store.next_unreviewed(info.id) or 0)
 
 
-def session_list(store: ReviewStore, reviewer: str) -> None:
+def session_list(store: ReviewStore, reviewer: Reviewer) -> None:
     sessions = store.sessions(reviewer)
     if not sessions:
-        st.caption(f"No earlier session under the name {reviewer!r}.")
+        st.caption("You have no earlier session.")
         return
-    st.subheader("Your sessions")
+    st.subheader("All sessions (administrator)" if reviewer.admin else "Your sessions")
     st.dataframe(pd.DataFrame([{
-        "session": s.id, "started": s.created_at.strftime("%Y-%m-%d %H:%M"),
-        "last verdict": s.updated_at.strftime("%Y-%m-%d %H:%M"), "model": s.model_name,
+        "reviewer": s.reviewer, "started (UTC)": f"{s.created_at:%Y-%m-%d %H:%M}",
+        "last verdict (UTC)": f"{s.updated_at:%Y-%m-%d %H:%M}", "model": s.model_name,
         "modality": MODALITY_NAMES.get(s.modality, s.modality), "reviewed": f"{s.n_reviewed} / {s.n_items}",
-        "status": s.status} for s in sessions]), hide_index=True, width="stretch")
-    by_id = {s.id: s for s in sessions}
+        "blinded": s.blinded, "status": s.status} for s in sessions]), hide_index=True, width="stretch")
+    by_token = {s.token: s for s in sessions}
     columns = st.columns([3, 1], vertical_alignment="bottom")
-    chosen = columns[0].selectbox("Session to resume", list(by_id), key="review-resume-choice",
-                                  format_func=lambda i: _session_title(by_id[i]))
-    columns[1].button("Resume", key="review-resume", on_click=_resume, args=(store, chosen), type="primary",
-                      width="stretch", icon=":material/resume:")
+    chosen = columns[0].selectbox("Session to resume", list(by_token), key="review-resume-choice",
+                                  format_func=lambda token: _session_title(by_token[token]))
+    columns[1].button("Resume", key="review-resume", on_click=_resume, args=(store, by_token[chosen]),
+                      type="primary", width="stretch", icon=":material/resume:")
 
 
 def _session_title(info: SessionInfo) -> str:
-    return (f"#{info.id} · {info.model_name} · {info.n_reviewed}/{info.n_items} reviewed · "
+    return (f"{info.reviewer} · {info.model_name} · {info.n_reviewed}/{info.n_items} reviewed · "
             f"started {info.created_at:%Y-%m-%d %H:%M} UTC")
 
 
-def _from_url(store: ReviewStore) -> None:
-    """Reopen the session named in the URL (a page reload keeps the URL, not the session state)."""
-    if SESSION_KEY in st.session_state or "session" not in st.query_params:
-        return
+def _from_url(store: ReviewStore, reviewer: Reviewer) -> bool:
+    """Open the session named in the URL, at the image named there (a reload keeps the URL, not the state).
+
+    Returns False after showing why it cannot be opened (malformed link, unknown, someone else's)."""
+    token = st.query_params.get("session")
+    if token is None:
+        return True
     try:
-        session_id = int(st.query_params["session"])
-        store.session_info(session_id)
-    except (ValueError, ReviewError):
-        st.query_params.pop("session", None)
-        return
-    _resume(store, session_id)
+        info = store.open_session(session_token(token), reviewer)
+    except NotYoursError as error:
+        st.error(str(error), icon=":material/lock:")
+        st.button("Back to my sessions", key="review-not-yours-back", on_click=_leave, icon=":material/arrow_back:")
+        return False
+    except ReviewError as error:
+        show_error(str(error))
+        st.button("Back to my sessions", key="review-bad-link-back", on_click=_leave, icon=":material/arrow_back:")
+        return False
+    if st.session_state.get(SESSION_KEY) != info.id:
+        shown = str(st.query_params.get("item", ""))
+        position = int(shown) - 1 if shown.isdigit() and 1 <= int(shown) <= info.n_items else None
+        _open(info, position if position is not None else store.next_unreviewed(info.id) or 0)
+    return True
 
 
-# ------------------------------------------------------------------ images after a restart
+# ------------------------------------------------------------------ images
 
 
-def find_images(items: list[ItemView], modality: str) -> list[ItemView]:
-    """Put the session's images back in the cache from the data folder; returns the items still missing."""
-    cache = image_cache()
-    missing = [item for item in items if cache.get(item.image_hash) is None]
+def image_bytes(reviewer: Reviewer, info: SessionInfo, item: ItemView) -> bytes | None:
+    """The item's image: from the reviewer's upload cache, else the data folder (checked against the hash)."""
+    data = upload_cache().get(reviewer.key, item.image_hash)
+    if data is not None:
+        return data
     root = data_dir()
-    if not missing or root is None:
-        return missing
+    if root is None:
+        return None
     try:
-        index = files_by_name(str(root), modality, _manifest_mtime(root, modality))
-    except (DataError, LeakageError, OSError):
-        return missing
-    still = []
-    for item in missing:
-        path = index.get(item.display_name)
+        path = files_by_name(str(root), info.modality, _manifest_mtime(root, info.modality)).get(item.display_name)
         data = Path(path).read_bytes() if path and Path(path).is_file() else None
-        if data is not None and content_hash(data) == item.image_hash:
-            cache.put(item.image_hash, data)
-        else:
-            still.append(item)
-    return still
+    except (DataError, LeakageError, OSError):
+        return None
+    return data if data is not None and content_hash(data) == item.image_hash else None
 
 
-def reupload(session_id: int, missing: list[ItemView]) -> None:
+def missing_images(store: ReviewStore, reviewer: Reviewer, info: SessionInfo) -> list[tuple[int, str, str]]:
+    """(position, hash, name) of the session's images not on the server; found once per opening and kept."""
+    if MISSING_KEY not in st.session_state:
+        cache, root = upload_cache(), data_dir()
+        names: dict[str, str] = {}
+        if root is not None:
+            try:
+                names = files_by_name(str(root), info.modality, _manifest_mtime(root, info.modality))
+            except (DataError, LeakageError, OSError):
+                names = {}
+        st.session_state[MISSING_KEY] = [ref for ref in store.image_refs(info.id)
+                                         if cache.get(reviewer.key, ref[1]) is None and ref[2] not in names]
+    return st.session_state[MISSING_KEY]
+
+
+def reupload(store: ReviewStore, reviewer: Reviewer, info: SessionInfo) -> None:
     """After a restart, uploaded images are gone from the server: ask for the same files, matched by hash."""
+    missing = missing_images(store, reviewer, info)
+    if not missing:
+        return
     notice = st.empty()
-    wanted = {item.image_hash for item in missing}
+    wanted = {digest for _, digest, _ in missing}
     files = st.file_uploader("Re-upload the missing images", accept_multiple_files=True,
-                             key=f"review-reupload-{session_id}") or []
+                             key=f"review-reupload-{info.id}") or []
     unmatched = []
     for upload in files:
         data = upload.getvalue()
-        if content_hash(data) in wanted:
-            image_cache().put(content_hash(data), data)
+        digest = content_hash(data)
+        if digest in wanted:
+            upload_cache().put(reviewer.key, digest, data)
         else:
             unmatched.append(upload.name)
     if unmatched:
-        st.info("Not part of this session (different content): " + ", ".join(unmatched))
-    still = [item for item in missing if image_cache().get(item.image_hash) is None]
+        st.info("Not part of this session (different content): " + plain(", ".join(unmatched)))
+    still = [ref for ref in missing if upload_cache().get(reviewer.key, ref[1]) is None]
+    st.session_state[MISSING_KEY] = still
     if still:
-        notice.warning(f"{len(still)} image(s) of this session are no longer on the server (the app was restarted). "
-                       "Upload the same files again; they are matched by content, whatever their names: "
-                       + ", ".join(item.display_name for item in still), icon=":material/upload_file:")
+        names = ", ".join(name for _, _, name in still[:MAX_NAMES_LISTED])
+        more = f" and {len(still) - MAX_NAMES_LISTED} more" if len(still) > MAX_NAMES_LISTED else ""
+        notice.warning(f"{len(still)} image(s) of this session are no longer on the server (the app was restarted, "
+                       "or they were uploaded in another sign-in of the server). Upload the same files again; they "
+                       f"are matched by content, whatever their names: {plain(names)}{more}",
+                       icon=":material/upload_file:")
     else:
         notice.success("Every image of this session is back.", icon=":material/task_alt:")
 
@@ -317,46 +506,85 @@ def _note_key(session_id: int, position: int) -> str:
     return f"review-note-{session_id}-{position}"
 
 
+def _draft_key(session_id: int, position: int) -> str:
+    """A plain state key holding the typed note: kept even in a run that cannot draw the note box."""
+    return f"review-draft-{session_id}-{position}"
+
+
 def _label_key(session_id: int, position: int) -> str:
     return f"review-label-{session_id}-{position}"
 
 
-def _record(store: ReviewStore, session_id: int, position: int, verdict: str) -> None:
-    """Commit one verdict (with the note and, for disagree, the reviewer's label), then go to the next image."""
-    note = st.session_state.get(_note_key(session_id, position), "")
+def _keep_draft(session_id: int, position: int) -> None:
+    st.session_state[_draft_key(session_id, position)] = st.session_state.get(_note_key(session_id, position), "")
+
+
+def _record(store: ReviewStore, reviewer: Reviewer, item: ItemView, verdict: str, reading: str | None = None) -> None:
+    """Commit one verdict (with the note and, for disagree, the reviewer's label), then go to the next image.
+
+    The write carries the verdict version this tab showed: if another tab changed it since, nothing is
+    overwritten and both are shown. If the database fails, the typed note stays in this tab."""
+    session_id, position = item.session_id, item.position
+    _keep_draft(session_id, position)
+    note = st.session_state.get(_draft_key(session_id, position), "")
     label = st.session_state.get(_label_key(session_id, position)) if verdict == "disagree" else None
     try:
-        store.record_verdict(session_id, position, verdict, note=note, reviewer_label=label)
-    except ReviewError as error:
-        st.session_state[MESSAGE_KEY] = ("error", str(error))
+        if reading is not None:
+            store.record_reading(session_id, position, reading, note, expected_version=item.version, by=reviewer.key)
+        else:
+            store.record_verdict(session_id, position, verdict, note=note, reviewer_label=label,
+                                 expected_version=item.version, by=reviewer.key)
+    except StaleVerdictError as error:
+        st.session_state[MESSAGE_KEY] = ("stale", error)
         return
-    following = store.next_unreviewed(session_id)
+    except ReviewDatabaseError as error:
+        st.session_state[MESSAGE_KEY] = ("error", f"Your verdict was NOT saved. {plain(error)}. Your note is kept "
+                                                  "in this tab: record the verdict again when the database is back. "
+                                                  "Verdicts saved earlier are not affected.")
+        return
+    except ReviewError as error:
+        st.session_state[MESSAGE_KEY] = ("error", plain(error))
+        return
+    st.session_state.pop(_draft_key(session_id, position), None)
+    following = store.next_unreviewed(session_id, after=position)
     if following is not None:
-        st.session_state[POSITION_KEY] = following
+        _move(following)
 
 
 def _move(position: int) -> None:
     st.session_state[POSITION_KEY] = position
+    st.query_params["item"] = str(position + 1)
 
 
-def item_view(store: ReviewStore, info: SessionInfo, items: list[ItemView], classes: list[str] | None,
+def _verdict_styles() -> None:
+    """Agree and Disagree in distinct colours (Streamlit gives keyed elements the class st-key-<key>)."""
+    st.html("<style>" + "".join(
+        f".st-key-review-{verdict} button {{background-color: {colour}; border-color: {colour}; color: white;}}"
+        for verdict, colour in VERDICT_COLOURS.items()) + "</style>")
+
+
+def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, classes: list[str] | None,
               directory: str | None) -> None:
-    position = min(max(int(st.session_state.get(POSITION_KEY, 0)), 0), len(items) - 1)
-    item = items[position]
-    st.markdown(f"#### Image {position + 1} of {len(items)}: {item.display_name}")
+    position = min(max(int(st.session_state.get(POSITION_KEY, 0)), 0), info.n_items - 1)
+    item = store.item(info.id, position)
+    st.markdown(f"#### Image {position + 1} of {info.n_items}: {plain(item.display_name)}")
+    revealed = not info.blinded or item.verdict is not None
     left, middle, right = st.columns([4, 4, 3], gap="medium")
-    data = image_cache().get(item.image_hash)
+    data = image_bytes(reviewer, info, item)
     if data is None:
-        left.warning("This image is not on the server; re-upload it above.")
+        left.warning("This image is not on the server; re-upload it above. The verdict buttons wait for it.")
     else:
         try:
             pixels = display_pixels(data, item.display_name)
         except ImageReadError as error:
-            left.error(str(error))
+            left.error(plain(error))
         else:
             left.image(pixels, caption="Image", clamp=True, width="stretch")
-            if directory is None:
-                middle.info(f"Model {info.model_name} is no longer installed: no heatmap.")
+            if not revealed:
+                middle.info("Blinded reading: the model's reading and heatmap appear once you record yours.",
+                            icon=":material/visibility_off:")
+            elif directory is None:
+                middle.info(f"Model {plain(info.model_name)} is no longer installed: no heatmap.")
             else:
                 try:
                     cam = review_heatmap(item.image_hash, directory, pixels).astype(np.float32) / 255
@@ -364,55 +592,77 @@ def item_view(store: ReviewStore, info: SessionInfo, items: list[ItemView], clas
                                  caption="Grad-CAM: where the model looked for COVID-19", width="stretch")
                     unusual = predict(item.image_hash, directory, data, item.display_name).out_of_distribution
                 except CheckpointError as error:
-                    middle.error(f"The model could not be loaded: {error}")
+                    middle.error(f"The model could not be loaded: {plain(error)}")
                 else:
                     if unusual:
                         left.warning("The model finds this image unlike the ones it was trained on: its reading "
                                      "is not to be relied on.", icon=":material/block:")
     with right:
-        side = "at or above" if item.covid_probability >= item.operating_threshold else "below"
-        st.markdown(f"Model reading: **{item.predicted_label}**")
-        st.metric("COVID-19 probability", f"{item.covid_probability:.1%}",
-                  help=f"Calibrated; {side} the operating threshold {item.operating_threshold:.1%}")
+        if revealed:
+            side = "at or above" if item.covid_probability >= item.operating_threshold else "below"
+            st.markdown(f"Model reading: **{plain(item.predicted_label)}**")
+            st.metric("COVID-19 probability", f"{item.covid_probability:.1%}",
+                      help=f"Calibrated; {side} the operating threshold {item.operating_threshold:.1%}")
         if item.verdict is not None:
-            label = f" (your reading: {item.reviewer_label})" if item.verdict == "disagree" and item.reviewer_label \
-                else ""
-            st.success(f"Your verdict: **{VERDICT_TEXT[item.verdict]}**{label}. Click another to change it.",
+            label = f" (your reading: {plain(item.reviewer_label)})" if item.verdict == "disagree" and \
+                item.reviewer_label else ""
+            when = f" at {item.decided_at:%Y-%m-%d %H:%M} UTC" if item.decided_at else ""
+            st.success(f"Your verdict: **{VERDICT_TEXT[item.verdict]}**{label}{when}. Click another to change it.",
                        icon=":material/check_circle:")
-        verdict_controls(store, info.id, item, classes)
-    navigation(position, len(items), store.next_unreviewed(info.id))
+        verdict_controls(store, reviewer, item, classes, blinded=not revealed, image_missing=data is None)
+    navigation(position, info.n_items, store.next_unreviewed(info.id, after=position))
+    st.caption("Keys: " + " · ".join(f"{SHORTCUTS[k]} {text}" for k, text in (
+        ("agree", "agree"), ("disagree", "disagree"), ("unsure", "unsure"), ("non_diagnostic", "non-diagnostic"),
+        ("previous", "previous"), ("next", "next"))) + (" · 1-9 your reading" if not revealed else "")
+        + " (not while typing in the note).")
 
 
-def verdict_controls(store: ReviewStore, session_id: int, item: ItemView, classes: list[str] | None) -> None:
-    note_key, label_key = _note_key(session_id, item.position), _label_key(session_id, item.position)
+def verdict_controls(store: ReviewStore, reviewer: Reviewer, item: ItemView, classes: list[str] | None, *,
+                     blinded: bool, image_missing: bool) -> None:
+    session_id, position = item.session_id, item.position
+    note_key, label_key = _note_key(session_id, position), _label_key(session_id, position)
     if note_key not in st.session_state:
-        st.session_state[note_key] = item.note
-    others = [c for c in (classes or []) if c != item.predicted_label]
-    if label_key not in st.session_state:
-        st.session_state[label_key] = item.reviewer_label if item.verdict == "disagree" else \
-            (others[0] if len(others) == 1 else None)
+        st.session_state[note_key] = st.session_state.get(_draft_key(session_id, position), item.note)
     st.text_area("Note (optional, saved with your verdict)", key=note_key, height=80,
-                 placeholder="e.g. motion artefact, lines, prior film")
-    verdict_button(store, session_id, item.position, "agree", "primary", ":material/thumb_up:")
-    if others:
-        st.segmented_control("If you disagree, your reading", others, key=label_key,
-                             help="Used for the agreement statistics (Cohen's kappa); leave empty if unsure")
-    verdict_button(store, session_id, item.position, "disagree", "primary", ":material/thumb_down:")
-    verdict_button(store, session_id, item.position, "unsure", "secondary", ":material/help:")
+                 placeholder="e.g. motion artefact, lines, prior film", on_change=_keep_draft,
+                 args=(session_id, position))
+    _verdict_styles()
+    if blinded:
+        for index, label in enumerate(classes or []):
+            st.button(f"My reading: {label}", key=f"review-reading-{label}", width="stretch",
+                      type="primary", shortcut=str(index + 1) if index < 9 else None, disabled=image_missing,
+                      on_click=_record, args=(store, reviewer, item, "reading", label))
+    else:
+        verdict_button(store, reviewer, item, "agree", ":material/thumb_up:", image_missing)
+        others = [c for c in (classes or []) if c != item.predicted_label]
+        if label_key not in st.session_state:
+            st.session_state[label_key] = item.reviewer_label if item.verdict == "disagree" else \
+                (others[0] if len(others) == 1 else None)
+        if others:
+            st.segmented_control("If you disagree, your reading", others, key=label_key,
+                                 help="Used for the agreement statistics (Cohen's kappa); leave empty if unsure")
+        verdict_button(store, reviewer, item, "disagree", ":material/thumb_down:", image_missing)
+    verdict_button(store, reviewer, item, "unsure", ":material/help:", image_missing)
+    verdict_button(store, reviewer, item, "non_diagnostic", ":material/block:", image_missing,
+                   help="Not gradable, or not a chest image: left out of agreement and kappa")
 
 
-def verdict_button(store: ReviewStore, session_id: int, position: int, verdict: str, kind: str, icon: str) -> None:
-    """A full-width button: the reviewer works with a mouse or a touch screen, never the keyboard."""
-    st.button(VERDICT_TEXT[verdict], key=f"review-{verdict}", type=kind, icon=icon, width="stretch",
-              on_click=_record, args=(store, session_id, position, verdict))
+def verdict_button(store: ReviewStore, reviewer: Reviewer, item: ItemView, verdict: str, icon: str,
+                   image_missing: bool, help: str | None = None) -> None:  # noqa: A002 (Streamlit's name)
+    """A full-width button with its keyboard shortcut; disabled while the image is not on the server."""
+    st.button(VERDICT_TEXT[verdict], key=f"review-{verdict}", icon=icon, width="stretch", help=help,
+              type="primary" if verdict in VERDICT_COLOURS else "secondary", shortcut=SHORTCUTS[verdict],
+              disabled=image_missing, on_click=_record, args=(store, reviewer, item, verdict))
 
 
 def navigation(position: int, n_items: int, next_unreviewed: int | None) -> None:
     columns = st.columns(3)
     columns[0].button("Previous", key="review-previous", on_click=_move, args=(position - 1,),
-                      disabled=position == 0, width="stretch", icon=":material/arrow_back:")
+                      disabled=position == 0, width="stretch", icon=":material/arrow_back:",
+                      shortcut=SHORTCUTS["previous"])
     columns[1].button("Next", key="review-next", on_click=_move, args=(position + 1,),
-                      disabled=position >= n_items - 1, width="stretch", icon=":material/arrow_forward:")
+                      disabled=position >= n_items - 1, width="stretch", icon=":material/arrow_forward:",
+                      shortcut=SHORTCUTS["next"])
     columns[2].button("Next unreviewed", key="review-next-unreviewed", on_click=_move,
                       args=(next_unreviewed if next_unreviewed is not None else position,),
                       disabled=next_unreviewed is None or next_unreviewed == position, width="stretch",
@@ -421,90 +671,104 @@ def navigation(position: int, n_items: int, next_unreviewed: int | None) -> None
 
 def summary_view(store: ReviewStore, info: SessionInfo) -> None:
     summary = store.summary(info.id)
-    columns = st.columns(4)
+    columns = st.columns(5)
     columns[0].metric("Reviewed", f"{summary.n_reviewed} / {summary.n_items}")
     columns[1].metric("Agreement", "n/a" if summary.agreement_rate is None else f"{summary.agreement_rate:.1%}",
-                      help="agree / (agree + disagree); unsure verdicts are left out")
+                      help="agree / (agree + disagree); unsure and non-diagnostic verdicts are left out")
     columns[2].metric("Cohen's kappa", "n/a" if summary.kappa is None else f"{summary.kappa:.3f}",
                       help="Agreement between model and reviewer labels beyond chance, over the images with a "
                            "reviewer label")
     columns[3].metric("Unsure", summary.verdict_counts["unsure"])
+    columns[4].metric("Non-diagnostic", summary.verdict_counts["non_diagnostic"])
     if summary.kappa_explanation:
         st.caption(f"Kappa: {summary.kappa_explanation}.")
     if summary.n_labelled:
         st.plotly_chart(confusion_figure(summary.confusion, row_title="model", column_title="reviewer",
                                          title=f"Model against reviewer ({summary.n_labelled} labelled images)"),
                         key="review-confusion", width="content")
-    csv_text = store.export_csv(info.id)
-    st.download_button("Download the session as CSV", csv_text, file_name=f"review-session-{info.id}.csv",
-                       mime="text/csv", key="review-export", icon=":material/download:")
-    with st.expander("What the CSV holds"):
-        st.dataframe(pd.read_csv(io.StringIO(csv_text), keep_default_na=False), hide_index=True, width="stretch")
+    if st.session_state.get(CSV_KEY) != info.id:
+        st.button("Prepare the CSV export", key="review-prepare-csv", icon=":material/table:",
+                  on_click=st.session_state.__setitem__, args=(CSV_KEY, info.id))
+    else:
+        csv_text = store.export_csv(info.id)
+        st.download_button("Download the session as CSV", csv_text, file_name="review-session.csv",
+                           mime="text/csv", key="review-export", icon=":material/download:")
+        with st.expander("What the CSV holds"):
+            st.dataframe(pd.read_csv(io.StringIO(csv_text), keep_default_na=False), hide_index=True,
+                         width="stretch")
     completed = info.status == "completed"
     st.button("Reopen the session" if completed else "Mark the session completed", key="review-status",
               on_click=store.set_status, args=(info.id, "open" if completed else "completed"))
 
 
-def session_view(store: ReviewStore, session_id: int) -> None:
-    try:
-        info = store.session_info(session_id)
-    except ReviewError as error:
-        show_error(str(error))
-        _leave()
-        return
-    items = store.items(session_id)
-    st.session_state[REVIEWER_KEY] = info.reviewer
+def session_view(store: ReviewStore, reviewer: Reviewer, session_id: int) -> None:
+    info = store.session_info(session_id)
     header, leave = st.columns([4, 1], vertical_alignment="center")
-    header.markdown(f"**Session #{info.id}** · {info.reviewer} · model `{info.model_name}` · "
-                    f"{MODALITY_NAMES.get(info.modality, info.modality)} · {info.status}")
+    header.markdown(f"**{plain(info.reviewer)}** · model `{info.model_name.replace('`', '')}` · "
+                    f"{MODALITY_NAMES.get(info.modality, info.modality)} · started {info.created_at:%Y-%m-%d %H:%M}"
+                    f" UTC · {info.status}" + (" · blinded" if info.blinded else ""))
     leave.button("Leave session", key="review-leave", on_click=_leave, width="stretch", icon=":material/logout:")
     st.progress(info.n_reviewed / max(info.n_items, 1), text=f"{info.n_reviewed} of {info.n_items} reviewed")
     if info.n_reviewed == info.n_items:
-        st.success("Every image of this session has a verdict. See the summary tab; verdicts can still be changed.",
+        st.success("Every image of this session has a verdict. See the summary; verdicts can still be changed.",
                    icon=":material/task_alt:")
     cards = _cards(info.modality)
     directory, card = cards.get(info.model_name, (None, None))
-    missing = find_images(items, info.modality)
-    if missing:
-        reupload(info.id, missing)
-    review_tab, summary_tab = st.tabs(["Review", "Summary and export"])
-    with review_tab:
-        item_view(store, info, items, card.classes if card else None, directory)
-    with summary_tab:
+    reupload(store, reviewer, info)
+    view = st.segmented_control("View", ["Review", "Summary and export"], default="Review", key="review-view",
+                                label_visibility="collapsed")
+    if view == "Summary and export":
         summary_view(store, info)
+    else:
+        item_view(store, reviewer, info, card.classes if card else None, directory)
 
 
 def _show_message() -> None:
     message = st.session_state.pop(MESSAGE_KEY, None)
-    if message is not None:
-        kind, text = message
-        (show_error if kind == "error" else st.warning)(text)
+    if message is None:
+        return
+    kind, body = message
+    if kind == "stale":
+        current, attempted = body.current, body.attempted
+        st.warning("This verdict was changed in another tab or window, so yours was not saved over it (it is kept "
+                   "in the verdict history). Now saved: "
+                   f"**{VERDICT_TEXT[current.verdict or 'unsure']}**, note: {plain(current.note) or '(none)'}. "
+                   f"Yours: **{VERDICT_TEXT[attempted.verdict]}**, note: {plain(attempted.note) or '(none)'}. "
+                   "Record again to replace the saved one.", icon=":material/sync_problem:")
+    elif kind == "error":
+        show_error(body)
+    else:
+        st.warning(plain(body))
 
 
 def main() -> None:
     st.title("Review session")
     st.caption("Work through a batch of images, give your verdict on each model reading, and compare. Every "
-               "verdict is saved at once; the session can be resumed at any time.")
+               "verdict is saved at once; the session can be resumed at any time. Times are in UTC.")
     try:
         store = review_store()
     except ReviewDatabaseError as error:
-        show_error(f"The review database is unavailable: {error}")
+        show_error(f"The review database is unavailable: {plain(error)}")
         return
-    _from_url(store)
-    _show_message()
-    if SESSION_KEY in st.session_state:
-        session_view(store, int(st.session_state[SESSION_KEY]))
-        return
-    if REVIEWER_WIDGET not in st.session_state:  # widget state is dropped while a session is shown instead
-        st.session_state[REVIEWER_WIDGET] = st.session_state.get(REVIEWER_KEY, "")
-    reviewer = st.text_input("Your name", key=REVIEWER_WIDGET, max_chars=200,
-                             placeholder="as it should appear in the export").strip()
-    st.session_state[REVIEWER_KEY] = reviewer
-    if not reviewer:
-        st.info("Enter your name to start a session or resume one of yours.")
-        return
-    session_list(store, reviewer)
-    new_session_form(store, reviewer)
+    try:
+        reviewer = identity(store)
+        if reviewer is None:
+            return
+        who, out = st.columns([4, 1], vertical_alignment="center")
+        who.caption(f"Signed in as **{plain(reviewer.name)}**" + (" (administrator)" if reviewer.admin else ""))
+        if not _oidc_configured():
+            out.button("Sign out", key="review-sign-out", on_click=_sign_out, width="stretch")
+        if not _from_url(store, reviewer):
+            return
+        _show_message()
+        if SESSION_KEY in st.session_state:
+            session_view(store, reviewer, int(st.session_state[SESSION_KEY]))
+            return
+        session_list(store, reviewer)
+        new_session_form(store, reviewer)
+    except ReviewDatabaseError as error:
+        show_error(f"The review database is unavailable: {plain(error)}. Nothing saved is lost, and a note you "
+                   "typed stays in this tab until the database is back.")
 
 
 main()

@@ -12,7 +12,8 @@ import argparse
 import itertools
 import sys
 
-from covid_models.reviews import NewItem, ReviewStore, image_sha256
+from covid_models.io import content_hash
+from covid_models.reviews import NewItem, ReviewStore
 
 
 def main(argv: list[str]) -> None:
@@ -28,7 +29,7 @@ def main(argv: list[str]) -> None:
     with ReviewStore(args.url) as store:
         if args.new_session:
             items = [
-                NewItem(image_sha256(f"{args.new_session}/{i}".encode()), f"{i}.png", "covid", 0.75, 0.5)
+                NewItem(content_hash(f"{args.new_session}/{i}".encode()), f"{i}.png", "covid", 0.75, 0.5)
                 for i in range(args.items)
             ]
             session_id = store.start_session(args.new_session, "writer-model", "xray", items)

@@ -1,6 +1,7 @@
 """Review sessions through the page: verdicts land in the database, survive a restart, and export as stored."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -12,12 +13,13 @@ from streamlit.testing.v1 import AppTest
 
 from covid_models.data import held_out_images
 from covid_models.io import content_hash
-from covid_models.reviews import ReviewStore
+from covid_models.reviews import ReviewDatabaseError, ReviewStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 PAGE = "pages/review.py"
 REVIEWER = "Dr Ada Test"
+PASSPHRASE = "ada's test passphrase"
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +39,16 @@ def store(database: Path):
         yield opened
 
 
-def _page(folders, database: Path, monkeypatch, *, data: bool = True, session: int | None = None) -> AppTest:
+def _page(folders, database: Path, monkeypatch, *, data: bool = True, token: str | None = None,
+          item: int | None = None) -> AppTest:
     """A fresh page with empty Streamlit caches: what a browser sees after the server restarted."""
     weights, data_root = folders
     point_app_at(monkeypatch, database, data_root if data else None)
     at = page_test(PAGE, weights, monkeypatch)
-    if session is not None:
-        at.query_params["session"] = str(session)
+    if token is not None:
+        at.query_params["session"] = token
+    if item is not None:
+        at.query_params["item"] = str(item)
     return at
 
 
@@ -53,21 +58,33 @@ def _run(at: AppTest) -> AppTest:
     return at
 
 
-def _start_from_data(at: AppTest, n: int = 3, modality: str = "xray") -> int:
+def _sign_in(at: AppTest, name: str = REVIEWER, passphrase: str = PASSPHRASE) -> AppTest:
     _run(at)
-    at.text_input(key="review-reviewer").input(REVIEWER)
-    _run(at)
+    at.text_input(key="review-reviewer").input(name)
+    at.text_input(key="review-passphrase").input(passphrase)
+    at.button(key="review-sign-in").click()
+    return _run(at)
+
+
+def _start_from_data(at: AppTest, n: int = 3, modality: str = "xray", *, blinded: bool = False) -> int:
+    _sign_in(at)
     at.radio(key="review-modality").set_value(modality)
     at.radio(key="review-source").set_value("data")
     _run(at)
     at.number_input(key="review-n").set_value(n)
+    if blinded:
+        at.checkbox(key="review-blinded").check()
     at.button(key="review-start").click()
     _run(at)
     return int(at.session_state["review-session"])
 
 
+def _unescape(markdown: str) -> str:
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def _shown_position(at: AppTest) -> str:
-    return next(m.value for m in at.markdown if m.value.startswith("#### Image "))
+    return next(_unescape(m.value) for m in at.markdown if m.value.startswith("#### Image "))
 
 
 def _verdict(at: AppTest, verdict: str) -> AppTest:
@@ -86,10 +103,20 @@ def _test_split_names(data_root: Path, modality: str) -> set[str]:
     return {Path(p).name for p in held_out_images(data_root, modality)["image"]}
 
 
-def test_without_a_name_the_page_asks_for_one(folders, database, monkeypatch) -> None:
+def _summary(at: AppTest) -> AppTest:
+    at.segmented_control(key="review-view").set_value("Summary and export")
+    return _run(at)
+
+
+def _everything_shown(at: AppTest) -> str:
+    """Every text the page sent, for checking that nothing of a session leaked."""
+    return repr(at._tree)
+
+
+def test_without_signing_in_the_page_asks_for_name_and_passphrase(folders, database, monkeypatch) -> None:
     at = _run(_page(folders, database, monkeypatch))
-    assert any("Enter your name" in info.value for info in at.info)
-    assert not at.button
+    assert any("Sign in with your name and passphrase" in info.value for info in at.info)
+    assert [b.key for b in at.button] == ["review-sign-in"]
 
 
 def test_a_data_folder_session_stores_hashes_and_names_of_held_out_images(folders, database, store,
@@ -104,7 +131,7 @@ def test_a_data_folder_session_stores_hashes_and_names_of_held_out_images(folder
     info = store.session_info(session)
     assert (info.reviewer, info.model_name, info.modality) == (REVIEWER, "xray-fixture-a", "xray")
     assert _shown_position(at) == f"#### Image 1 of 3: {items[0].display_name}"
-    assert at.query_params["session"] == str(session)
+    assert at.query_params["session"] == store.session_info(session).token
 
 
 def test_the_same_seed_samples_the_same_images(folders, database, store, monkeypatch) -> None:
@@ -157,12 +184,10 @@ def test_after_an_app_restart_the_session_is_listed_and_resumes_at_the_first_unr
     _verdict(at, "agree")
     clear_streamlit_caches()
 
-    restarted = _run(_page(folders, database, monkeypatch))
-    restarted.text_input(key="review-reviewer").input(REVIEWER.upper())
-    _run(restarted)
+    restarted = _sign_in(_page(folders, database, monkeypatch), REVIEWER.upper())
     listed = restarted.dataframe[0].value
-    assert listed.loc[listed["session"] == session, "reviewed"].item() == "2 / 3"
-    restarted.selectbox(key="review-resume-choice").set_value(session)
+    assert listed["reviewed"].tolist() == ["2 / 3"]
+    restarted.selectbox(key="review-resume-choice").set_value(store.session_info(session).token)
     restarted.button(key="review-resume").click()
     _run(restarted)
     third = store.items(session)[2]
@@ -171,21 +196,24 @@ def test_after_an_app_restart_the_session_is_listed_and_resumes_at_the_first_unr
     assert not restarted.warning
 
 
-def test_a_page_reload_reopens_the_session_in_the_url(folders, database, store, monkeypatch) -> None:
+def test_a_page_reload_reopens_the_session_in_the_url_at_the_image_the_reader_was_on(
+        folders, database, store, monkeypatch) -> None:
     at = _page(folders, database, monkeypatch)
     session = _start_from_data(at, n=3)
     _verdict(at, "unsure")
-    reloaded = _run(_page(folders, database, monkeypatch, session=session))
+    at.button(key="review-next").click()
+    _run(at)
+    assert (at.query_params["session"], at.query_params["item"]) == (store.session_info(session).token, "3")
+    reloaded = _sign_in(_page(folders, database, monkeypatch, token=at.query_params["session"],
+                              item=int(at.query_params["item"])))
     assert reloaded.session_state["review-session"] == session
-    assert _shown_position(reloaded).startswith("#### Image 2 of 3")
+    assert _shown_position(reloaded).startswith("#### Image 3 of 3")
 
 
 def test_uploaded_images_are_asked_for_again_after_a_restart_and_matched_by_content(
         folders, database, store, monkeypatch) -> None:
     files = [(f"chest-{seed}.png", chest_like_png(80, seed=seed)) for seed in (11, 12, 13)]
-    at = _run(_page(folders, database, monkeypatch, data=False))
-    at.text_input(key="review-reviewer").input(REVIEWER)
-    _run(at)
+    at = _sign_in(_page(folders, database, monkeypatch, data=False))
     at.file_uploader(key="review-uploads").set_value([(name, data, "image/png") for name, data in files])
     _run(at)
     at.button(key="review-start").click()
@@ -194,22 +222,22 @@ def test_uploaded_images_are_asked_for_again_after_a_restart_and_matched_by_cont
     assert [item.display_name for item in store.items(session)] == [name for name, _ in files]
     clear_streamlit_caches()
 
-    restarted = _run(_page(folders, database, monkeypatch, data=False, session=session))
-    warning = next(w.value for w in restarted.warning if "no longer on the server" in w.value)
+    restarted = _sign_in(_page(folders, database, monkeypatch, data=False, token=store.session_info(session).token))
+    warning = _unescape(next(w.value for w in restarted.warning if "no longer on the server" in w.value))
     assert all(name in warning for name, _ in files)
+    assert at.button(key="review-agree").disabled is False
+    assert restarted.button(key="review-agree").disabled, "no verdict on an image that is not shown"
     renamed = ("scan-from-pacs.png", files[0][1])
     restarted.file_uploader(key=f"review-reupload-{session}").set_value([(*renamed, "image/png")])
     _run(restarted)
-    warning = next(w.value for w in restarted.warning if "no longer on the server" in w.value)
+    warning = _unescape(next(w.value for w in restarted.warning if "no longer on the server" in w.value))
     assert warning.startswith("2 image(s)")
-    assert files[0][0] not in warning.split(":", 1)[1]
+    assert files[0][0] not in warning.split("whatever their names:", 1)[1]
     assert restarted.image, "the re-uploaded first image is shown"
 
 
 def test_an_unreadable_upload_is_left_out_with_its_reason(folders, database, store, monkeypatch) -> None:
-    at = _run(_page(folders, database, monkeypatch, data=False))
-    at.text_input(key="review-reviewer").input(REVIEWER)
-    _run(at)
+    at = _sign_in(_page(folders, database, monkeypatch, data=False))
     at.file_uploader(key="review-uploads").set_value([("good.png", chest_like_png(80, seed=3), "image/png"),
                                                       ("notes.txt", b"just some text", "text/plain")])
     _run(at)
@@ -217,7 +245,7 @@ def test_an_unreadable_upload_is_left_out_with_its_reason(folders, database, sto
     _run(at)
     session = int(at.session_state["review-session"])
     assert [item.display_name for item in store.items(session)] == ["good.png"]
-    assert any("notes.txt" in w.value and "Left out" in w.value for w in at.warning)
+    assert any("notes.txt" in _unescape(w.value) and "Left out" in w.value for w in at.warning)
 
 
 def test_summary_shows_the_stores_numbers_and_the_csv_download_is_its_export(folders, database, store,
@@ -226,7 +254,7 @@ def test_summary_shows_the_stores_numbers_and_the_csv_download_is_its_export(fol
     original = MemoryMediaFileStorage.load_and_get_id
 
     def capture(self, path_or_data, mimetype, kind, filename=None):
-        if filename and filename.startswith("review-session-"):
+        if filename and filename.startswith("review-session"):
             downloads.append(path_or_data)
         return original(self, path_or_data, mimetype, kind, filename)
 
@@ -238,6 +266,10 @@ def test_summary_shows_the_stores_numbers_and_the_csv_download_is_its_export(fol
     _choose_other_label(at, session, items[1])
     _verdict(at, "disagree")
     _verdict(at, "unsure")
+    _summary(at)
+    assert not any(b.label == "Download the session as CSV" for b in at.get("download_button")), "on request only"
+    at.button(key="review-prepare-csv").click()
+    _run(at)
 
     summary = store.summary(session)
     shown = {m.label: m.value for m in at.metric}
@@ -260,6 +292,7 @@ def test_confusion_table_of_model_against_reviewer_is_drawn(folders, database, s
     _verdict(at, "agree")
     _choose_other_label(at, session, items[1])
     _verdict(at, "disagree")
+    _summary(at)
     import plotly.io
 
     figure = plotly.io.from_json(at.get("plotly_chart")[0].proto.spec)
@@ -286,4 +319,172 @@ def test_leaving_a_session_returns_to_the_session_list(folders, database, store,
     assert "review-session" not in at.session_state
     assert "session" not in at.query_params
     assert isinstance(at.dataframe[0].value, pd.DataFrame)
-    assert session in at.dataframe[0].value["session"].tolist()
+    assert at.selectbox(key="review-resume-choice").value == store.session_info(session).token
+
+
+# ---------------------------------------------------------------- access control
+
+
+def _upload_session(folders, database, monkeypatch, files) -> tuple[AppTest, int]:
+    at = _sign_in(_page(folders, database, monkeypatch, data=False))
+    at.file_uploader(key="review-uploads").set_value([(name, data, "image/png") for name, data in files])
+    _run(at)
+    at.button(key="review-start").click()
+    _run(at)
+    return at, int(at.session_state["review-session"])
+
+
+def test_another_reviewer_with_the_link_gets_a_not_yours_page_and_nothing_of_the_session(
+        folders, database, store, monkeypatch) -> None:
+    secret_name = "confidential-patient-scan.png"
+    at, session = _upload_session(folders, database, monkeypatch, [(secret_name, chest_like_png(80, seed=21))])
+    at.text_area(key=f"review-note-{session}-0").input("confidential note")
+    _verdict(at, "unsure")
+    token = store.session_info(session).token
+
+    visitor = _run(_page(folders, database, monkeypatch, data=False, token=token))
+    assert [b.key for b in visitor.button] == ["review-sign-in"], "a visitor with the link only gets the sign-in"
+    bob = _sign_in(visitor, "Dr Bob", "bob's own passphrase")
+    assert any("belongs to another reviewer" in e.value for e in bob.error)
+    shown = _everything_shown(bob)
+    for leaked in (secret_name, "confidential note", REVIEWER):
+        assert leaked not in shown
+    assert not bob.image and "review-agree" not in [b.key for b in bob.button]
+    assert store.item(session, 0).verdict == "unsure"
+    bob.button(key="review-not-yours-back").click()
+    _run(bob)
+    assert "session" not in bob.query_params and not bob.dataframe, "Bob has no sessions listed, Ada's neither"
+
+
+def test_an_admin_opens_any_session_but_is_never_served_another_reviewers_uploads(
+        folders, database, store, monkeypatch) -> None:
+    _, session = _upload_session(folders, database, monkeypatch, [("ada-upload.png", chest_like_png(80, seed=22))])
+    monkeypatch.setenv("COVID_REVIEW_ADMIN_TOKEN", "admin-token-for-tests")
+    admin = _run(_page(folders, database, monkeypatch, data=False, token=store.session_info(session).token))
+    admin.text_input(key="review-reviewer").input("Chief Radiologist")
+    admin.text_input(key="review-passphrase").input("chief's passphrase")
+    admin.text_input(key="review-admin-token").input("admin-token-for-tests")
+    admin.button(key="review-sign-in").click()
+    _run(admin)
+    assert admin.session_state["review-identity"].admin, [e.value for e in admin.error]
+    assert _shown_position(admin) == "#### Image 1 of 1: ada-upload.png"
+    assert not admin.image, "the upload lives in Ada's cache only"
+    assert admin.button(key="review-agree").disabled
+
+
+@pytest.mark.parametrize("link", ["99999999999999999999", "2147483648", "1", "A" * 32])
+def test_a_malformed_or_unknown_session_link_gets_a_clear_message(folders, database, monkeypatch, link) -> None:
+    at = _sign_in(_page(folders, database, monkeypatch, token=link))
+    assert any("link" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_a_wrong_passphrase_signs_nobody_in(folders, database, monkeypatch) -> None:
+    _sign_in(_page(folders, database, monkeypatch))
+    again = _sign_in(_page(folders, database, monkeypatch), REVIEWER, "not the passphrase")
+    assert any("wrong passphrase" in e.value for e in again.error)
+    assert "review-identity" not in again.session_state
+
+
+def test_user_text_is_shown_as_text_not_markdown(folders, database, monkeypatch) -> None:
+    hostile = "Dr ![x](http://127.0.0.1:9/track.png) [log in again](http://127.0.0.1:9/)"
+    at = _sign_in(_page(folders, database, monkeypatch), hostile, "a hostile passphrase")
+    markdown = [m.value for m in at.caption] + [m.value for m in at.markdown]
+    signed_in = next(value for value in markdown if value.startswith("Signed in as"))
+    assert "](" not in signed_in and "![" not in signed_in
+    assert _unescape(signed_in) == f"Signed in as **{hostile}**"
+
+
+# ---------------------------------------------------------------- two tabs, database faults, batch size
+
+
+def test_a_stale_second_tab_cannot_erase_a_verdict_and_its_note(folders, database, store, monkeypatch) -> None:
+    first = _page(folders, database, monkeypatch)
+    session = _start_from_data(first, n=2)
+    token = store.session_info(session).token
+    second = _sign_in(_page(folders, database, monkeypatch, token=token, item=1))  # both tabs on image 1
+    first_tab = _page(folders, database, monkeypatch, token=token, item=1)
+    first_tab = _sign_in(first_tab)
+
+    first_tab.text_area(key=f"review-note-{session}-0").input("effusion, see lateral")
+    _verdict(first_tab, "unsure")
+    _verdict(second, "agree")  # drawn before the first tab saved
+
+    stored = store.item(session, 0)
+    assert (stored.verdict, stored.note) == ("unsure", "effusion, see lateral")
+    warning = _unescape(next(w.value for w in second.warning if "changed in another tab" in w.value))
+    assert "Unsure" in warning and "effusion, see lateral" in warning and "Agree" in warning
+    assert [(e.verdict, e.saved) for e in store.history(session, 0)] == [("unsure", True), ("agree", False)]
+    _verdict(second, "agree")  # now it has seen the saved verdict, replacing it is a decision
+    assert store.item(session, 0).verdict == "agree"
+
+
+def test_a_database_fault_says_the_verdict_was_not_saved_and_keeps_the_note(folders, database, store,
+                                                                           monkeypatch) -> None:
+    at = _page(folders, database, monkeypatch)
+    session = _start_from_data(at, n=2)
+    note_key = f"review-note-{session}-0"
+    at.text_area(key=note_key).input("GGO both lower lobes")
+
+    def full(*_args, **_kwargs):
+        raise ReviewDatabaseError("the verdict was NOT saved: database or disk is full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ReviewStore, "record_verdict", full)
+        _verdict(at, "agree")
+    error = _unescape(next(e.value for e in at.error if "NOT saved" in e.value))
+    assert "database or disk is full" in error and "note is kept" in error
+    assert at.text_area(key=note_key).value == "GGO both lower lobes"
+    assert store.item(session, 0).verdict is None
+    _verdict(at, "agree")  # the database is back: the same note is saved
+    assert (store.item(session, 0).verdict, store.item(session, 0).note) == ("agree", "GGO both lower lobes")
+
+
+def test_a_review_database_that_cannot_be_created_gives_a_clear_message(folders, tmp_path, monkeypatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    at = _run(_page(folders, blocker / "missing" / "reviews.sqlite3", monkeypatch))
+    assert any("cannot create the folder of the review database" in _unescape(e.value) for e in at.error)
+
+
+def test_an_upload_batch_larger_than_the_reviewers_cache_is_refused(folders, database, store, monkeypatch) -> None:
+    at = _sign_in(_page(folders, database, monkeypatch, data=False))
+    big = b"\0" * (33 * 1024 * 1024)
+    at.file_uploader(key="review-uploads").set_value([("a.png", big, "image/png"), ("b.png", big, "image/png")])
+    _run(at)
+    at.button(key="review-start").click()
+    _run(at)
+    assert any("66 MB together" in e.value and "2 smaller sessions" in e.value for e in at.error)
+    assert store.sessions() == []
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_blinded_reading_hides_the_model_until_the_reader_records_a_label(folders, database, store,
+                                                                          monkeypatch) -> None:
+    at = _page(folders, database, monkeypatch)
+    session = _start_from_data(at, n=2, blinded=True)
+    assert not any(m.label == "COVID-19 probability" for m in at.metric)
+    assert not any("Model reading" in m.value for m in at.markdown)
+    assert len(at.image) == 1, "the image only, no heatmap"
+    at.button(key="review-reading-normal").click()
+    _run(at)
+    first = store.item(session, 0)
+    assert first.reviewer_label == "normal"
+    assert first.verdict == ("agree" if first.predicted_label == "normal" else "disagree")
+    at.button(key="review-previous").click()
+    _run(at)
+    assert any(m.label == "COVID-19 probability" for m in at.metric), "revealed once read"
+
+
+def test_verdict_buttons_carry_shortcuts_and_a_non_diagnostic_verdict(folders, database, store, monkeypatch) -> None:
+    at = _page(folders, database, monkeypatch)
+    session = _start_from_data(at, n=2)
+    shortcuts = {key: at.button(key=f"review-{key}").proto.shortcut for key in
+                 ("agree", "disagree", "unsure", "non_diagnostic", "previous", "next")}
+    assert shortcuts == {"agree": "a", "disagree": "d", "unsure": "u", "non_diagnostic": "n", "previous": "left",
+                         "next": "right"}
+    _verdict(at, "non_diagnostic")
+    assert store.item(session, 0).verdict == "non_diagnostic"
+    _summary(at)
+    assert {m.label: m.value for m in at.metric}["Non-diagnostic"] == "1"

@@ -203,6 +203,8 @@ def review_page(weights: Path, data: bytes, database: Path, monkeypatch: pytest.
     point_app_at(monkeypatch, database, None)
     at = page_test("pages/review.py", weights, monkeypatch).run()
     at.text_input(key="review-reviewer").input(REVIEWER)
+    at.text_input(key="review-passphrase").input("privacy test passphrase")
+    at.button(key="review-sign-in").click()
     at.run()
     at.radio(key="review-modality").set_value("ct")
     at.run()

@@ -1,24 +1,48 @@
 """The radiologist review store, on SQLite and on PostgreSQL (when TEST_POSTGRES_URL names a server)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import re
+import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import LargeBinary, create_engine, inspect, text
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
 from sqlalchemy.engine import make_url
 
+from covid_models.io import content_hash
 from covid_models.reviews import (
     CSV_COLUMNS,
     NewItem,
+    NotYoursError,
     ReviewDatabaseError,
+    Reviewer,
     ReviewError,
     ReviewStore,
+    StaleVerdictError,
     database_url,
-    image_sha256,
 )
 
 NO_POSTGRES = "no PostgreSQL server: set TEST_POSTGRES_URL (CI starts one)"
@@ -70,7 +94,7 @@ def store(open_store: Callable[[], ReviewStore]) -> ReviewStore:
 
 def make_item(index: int, label: str = "covid", probability: float = 0.9, name: str | None = None) -> NewItem:
     return NewItem(
-        image_hash=image_sha256(f"image bytes {index}".encode()),
+        image_hash=content_hash(f"image bytes {index}".encode()),
         display_name=name or f"scan_{index:03d}.png",
         predicted_label=label,
         covid_probability=probability,
@@ -123,13 +147,14 @@ def test_a_new_store_on_the_same_database_resumes_where_the_reviewer_stopped(
     open_store: Callable[[], ReviewStore],
 ) -> None:
     first = open_store()
-    session_id = first.start_session("Dr Lee", "model-a", "ct", [make_item(i) for i in range(4)])
+    lee = first.sign_in("Dr Lee", "correct horse battery")
+    session_id = first.start_session(lee, "model-a", "ct", [make_item(i) for i in range(4)])
     first.record_verdict(session_id, 0, "agree")
     first.record_verdict(session_id, 1, "unsure", note="motion artefact")
     first.close()
 
     restarted = open_store()
-    (info,) = restarted.sessions(reviewer="dr lee")
+    (info,) = restarted.sessions(restarted.sign_in("dr lee", "correct horse battery"))
     assert (info.id, info.n_items, info.n_reviewed) == (session_id, 4, 2)
     assert restarted.next_unreviewed(session_id) == 2
     assert [view.verdict for view in restarted.items(session_id)] == ["agree", "unsure", None, None]
@@ -140,15 +165,16 @@ def test_a_new_store_on_the_same_database_resumes_where_the_reviewer_stopped(
     assert restarted.next_unreviewed(session_id) is None
 
 
-def test_sessions_are_listed_per_reviewer_case_insensitively_most_recent_first(store: ReviewStore) -> None:
-    older = store.start_session("Dr Kim", "m", "ct", [make_item(0)])
-    other = store.start_session("Dr Diaz", "m", "ct", [make_item(1)])
-    newer = store.start_session("Dr Kim", "m", "ct", [make_item(2)])
+def test_sessions_are_listed_per_owner_most_recent_first(store: ReviewStore) -> None:
+    kim, diaz = store.sign_in("Dr Kim", "kim passphrase"), store.sign_in("Dr Diaz", "diaz passphrase")
+    older = store.start_session(kim, "m", "ct", [make_item(0)])
+    other = store.start_session(diaz, "m", "ct", [make_item(1)])
+    newer = store.start_session(kim, "m", "ct", [make_item(2)])
     store.record_verdict(older, 0, "agree")  # activity moves the older session to the top
 
-    assert [info.id for info in store.sessions(reviewer="DR KIM")] == [older, newer]
+    assert [info.id for info in store.sessions(store.sign_in("DR KIM", "kim passphrase"))] == [older, newer]
     assert {info.id for info in store.sessions()} == {older, other, newer}
-    assert store.sessions(reviewer="Dr Nobody") == []
+    assert store.sessions(store.sign_in("Dr Nobody", "nobody's passphrase")) == []
 
 
 def test_a_session_can_be_marked_completed_and_still_amended(store: ReviewStore) -> None:
@@ -176,6 +202,8 @@ def test_recording_an_item_again_replaces_its_verdict(store: ReviewStore, db_url
     assert second.decided_at is not None and first.decided_at is not None
     assert second.decided_at >= first.decided_at
     assert len(all_stored_values(db_url)["verdicts"]) == 1
+    assert [(e.verdict, e.note, e.version) for e in store.history(session_id, 0)] == [
+        ("disagree", "first look", 1), ("agree", "on second look, agree", 2)]
     assert store.session_info(session_id).n_reviewed == 1
 
 
@@ -224,7 +252,7 @@ def test_invalid_input_is_rejected_without_altering_saved_data(store: ReviewStor
 
 
 def test_a_session_with_one_bad_item_is_not_created_at_all(store: ReviewStore, db_url: str) -> None:
-    bad = NewItem(image_sha256(b"x"), "x.png", "covid", covid_probability=1.5, operating_threshold=0.5)
+    bad = NewItem(content_hash(b"x"), "x.png", "covid", covid_probability=1.5, operating_threshold=0.5)
 
     with pytest.raises(ReviewError, match="item 1: COVID probability must lie in \\[0, 1\\], got 1.5"):
         store.start_session("Dr Kim", "m", "ct", [make_item(0), bad])
@@ -256,13 +284,13 @@ def test_items_must_carry_a_sha256_and_sessions_at_least_one_item(store: ReviewS
 def test_no_pixels_directories_or_identifiers_are_stored(store: ReviewStore, db_url: str) -> None:
     pixels = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
     item = NewItem(
-        image_hash=image_sha256(pixels),
+        image_hash=content_hash(pixels),
         display_name="/data/patients/DOE^JOHN_MRN-889977/2020-03-01/chest.png",
         predicted_label="covid",
         covid_probability=0.8,
         operating_threshold=0.5,
     )
-    windows_item = NewItem(image_sha256(b"w"), r"C:\Users\radiology\DOE^JOHN\lateral.dcm", "covid", 0.7, 0.5)
+    windows_item = NewItem(content_hash(b"w"), r"C:\Users\radiology\DOE^JOHN\lateral.dcm", "covid", 0.7, 0.5)
     session_id = store.start_session("Dr Kim", "m", "xray", [item, windows_item])
     store.record_verdict(session_id, 0, "agree")
 
@@ -275,7 +303,7 @@ def test_no_pixels_directories_or_identifiers_are_stored(store: ReviewStore, db_
         }
     finally:
         engine.dispose()
-    assert set(columns) == {"review_sessions", "review_items", "verdicts"}
+    assert set(columns) == {"review_sessions", "review_items", "verdicts", "verdict_history", "reviewers"}
     assert set(columns["review_items"]) == {
         "id", "session_id", "position", "image_hash", "display_name", "predicted_label",
         "covid_probability", "operating_threshold",
@@ -284,7 +312,7 @@ def test_no_pixels_directories_or_identifiers_are_stored(store: ReviewStore, db_
     stored = repr(all_stored_values(db_url))
     for secret in ("DOE", "JOHN", "889977", "patients", "radiology", "2020-03-01", repr(pixels[8:40])[2:-1]):
         assert secret not in stored
-    assert image_sha256(pixels) in stored
+    assert content_hash(pixels) in stored
 
 
 # ---------------------------------------------------------------- export and summary
@@ -333,7 +361,7 @@ def test_summary_reports_agreement_kappa_and_confusion(store: ReviewStore) -> No
     assert summary.kappa == pytest.approx((observed - chance) / (1 - chance))  # 0.3478...
     assert summary.kappa_explanation is None
     assert (summary.n_items, summary.n_reviewed, summary.n_labelled) == (12, 11, 10)
-    assert summary.verdict_counts == {"agree": 7, "disagree": 3, "unsure": 1}
+    assert summary.verdict_counts == {"agree": 7, "disagree": 3, "unsure": 1, "non_diagnostic": 0}
     assert summary.agreement_rate == pytest.approx(0.7)
     assert summary.confusion.index.name == "model" and summary.confusion.columns.name == "reviewer"
     assert summary.confusion.to_dict(orient="index") == {
@@ -393,3 +421,238 @@ def test_an_unusable_database_url_gives_a_clear_error_without_the_password() -> 
 def test_an_sqlite_file_in_a_missing_folder_gives_a_clear_error(tmp_path) -> None:
     with pytest.raises(ReviewDatabaseError, match="cannot open review database"):
         ReviewStore(f"sqlite:///{tmp_path}/missing/folder/reviews.sqlite3")
+
+
+# ---------------------------------------------------------------- access control
+
+
+def test_a_session_opens_only_for_its_owner_or_an_admin(store: ReviewStore) -> None:
+    ada = store.sign_in("Dr Ada", "ada's long passphrase")
+    bob = store.sign_in("Dr Bob", "bob's long passphrase")
+    session_id = store.start_session(ada, "m", "xray", [make_item(0)])
+    token = store.session_info(session_id).token
+
+    assert store.open_session(token, ada).id == session_id
+    with pytest.raises(NotYoursError, match="belongs to another reviewer"):
+        store.open_session(token, bob)
+    assert store.open_session(token, Reviewer(key="oidc:chief@example.org", name="Chief", admin=True)).id == session_id
+    assert store.sessions(bob) == []
+    assert [info.id for info in store.sessions(ada)] == [session_id]
+
+
+def test_a_reviewer_name_is_protected_by_its_passphrase(store: ReviewStore, db_url: str) -> None:
+    with pytest.raises(ReviewError, match="at least 8 characters"):
+        store.sign_in("Dr Ada", "short")
+    ada = store.sign_in("Dr Ada", "ada's long passphrase")
+    with pytest.raises(ReviewError, match="wrong passphrase for 'dr ada'"):
+        store.sign_in("dr ada", "a guess at it")
+    assert store.sign_in("DR ADA", "ada's long passphrase") == ada
+    (stored,) = all_stored_values(db_url)["reviewers"]
+    assert "ada's long passphrase" not in repr(stored)
+    assert any(isinstance(value, str) and value.startswith("scrypt$") for value in stored)
+
+
+def test_session_links_are_unguessable_and_malformed_ones_never_reach_the_database(store: ReviewStore) -> None:
+    ada = store.sign_in("Dr Ada", "ada's long passphrase")
+    tokens = [store.session_info(store.start_session(ada, "m", "ct", [make_item(i)])).token for i in range(3)]
+    assert len(set(tokens)) == 3
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{32}", token) for token in tokens)
+    for bad in ("1", "2", "99999999999999999999", "2147483648", "-1", "' OR 1=1 --", "x" * 10_000, ""):
+        with pytest.raises(ReviewError, match="does not name a review session"):
+            store.open_session(bad, ada)
+    with pytest.raises(ReviewError, match="No review session has this link"):
+        store.open_session("A" * 32, ada)
+
+
+def _create_version_1_schema(url: str) -> None:
+    """The tables as the store made them before access control, versions and history, with one verdict."""
+    metadata = MetaData()
+    sessions = Table("review_sessions", metadata, Column("id", Integer, primary_key=True),
+                     Column("reviewer", String(200)), Column("model_name", String(255)), Column("modality", String(64)),
+                     Column("created_at", DateTime(timezone=True)), Column("updated_at", DateTime(timezone=True)),
+                     Column("status", String(16)))
+    items = Table("review_items", metadata, Column("id", Integer, primary_key=True),
+                  Column("session_id", ForeignKey("review_sessions.id", ondelete="CASCADE")),
+                  Column("position", Integer), Column("image_hash", String(64)), Column("display_name", String(255)),
+                  Column("predicted_label", String(64)), Column("covid_probability", Float),
+                  Column("operating_threshold", Float))
+    verdicts = Table("verdicts", metadata, Column("id", Integer, primary_key=True),
+                     Column("item_id", ForeignKey("review_items.id", ondelete="CASCADE"), unique=True),
+                     Column("verdict", String(16)), Column("reviewer_label", String(64), nullable=True),
+                     Column("note", Text), Column("decided_at", DateTime(timezone=True)),
+                     CheckConstraint("verdict IN ('agree', 'disagree', 'unsure')", name="ck_verdicts_verdict"))
+    engine = create_engine(database_url(url))
+    now = datetime.now(UTC).replace(tzinfo=None)
+    try:
+        with engine.begin() as connection:
+            metadata.create_all(connection)
+            session_id = connection.execute(sessions.insert().returning(sessions.c.id), [{
+                "reviewer": "Dr Old", "model_name": "m", "modality": "ct", "created_at": now, "updated_at": now,
+                "status": "open"}]).scalar_one()
+            item_ids = connection.execute(items.insert().returning(items.c.id, sort_by_parameter_order=True), [
+                {"session_id": session_id, "position": i, "image_hash": make_item(i).image_hash,
+                 "display_name": f"old_{i}.png", "predicted_label": "covid", "covid_probability": 0.8,
+                 "operating_threshold": 0.5} for i in range(2)]).scalars().all()
+            connection.execute(verdicts.insert(), [{"item_id": item_ids[0], "verdict": "unsure", "reviewer_label": None,
+                                                    "note": "kept across the upgrade", "decided_at": now}])
+    finally:
+        engine.dispose()
+
+
+def test_a_database_from_before_access_control_is_migrated_and_its_sessions_claimed_by_name(db_url: str) -> None:
+    _create_version_1_schema(db_url)
+    with ReviewStore(db_url) as store:
+        (info,) = store.sessions()
+        assert (info.reviewer, info.owner, info.n_items, info.n_reviewed) == ("Dr Old", None, 2, 1)
+        assert re.fullmatch(r"[A-Za-z0-9_-]{32}", info.token)
+        first = store.item(info.id, 0)
+        assert (first.verdict, first.note, first.version) == ("unsure", "kept across the upgrade", 1)
+        assert [e.note for e in store.history(info.id, 0)] == ["kept across the upgrade"]
+        store.record_verdict(info.id, 1, "non_diagnostic", expected_version=0)  # the widened CHECK
+
+        someone = store.sign_in("Dr Else", "another passphrase")
+        with pytest.raises(NotYoursError):
+            store.open_session(info.token, someone)
+        old = store.sign_in("dr old", "the old reviewer's passphrase")
+        assert store.open_session(info.token, old).owner == old.key
+    with ReviewStore(db_url) as reopened:  # a second start migrates nothing twice
+        assert reopened.item(info.id, 1).verdict == "non_diagnostic"
+
+
+# ---------------------------------------------------------------- concurrent tabs
+
+
+def test_a_stale_write_is_refused_and_kept_in_the_history(store: ReviewStore, db_url: str) -> None:
+    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(0)])
+    shown_in_both_tabs = store.item(session_id, 0).version
+    saved = store.record_verdict(session_id, 0, "unsure", note="small effusion?", expected_version=shown_in_both_tabs)
+    assert saved.version == 1
+
+    with pytest.raises(StaleVerdictError, match="changed in another tab") as refused:
+        store.record_verdict(session_id, 0, "agree", expected_version=shown_in_both_tabs)
+    assert (refused.value.current.verdict, refused.value.current.note) == ("unsure", "small effusion?")
+    assert refused.value.attempted.verdict == "agree"
+    stored = store.item(session_id, 0)
+    assert (stored.verdict, stored.note, stored.version) == ("unsure", "small effusion?", 1)
+    assert [(e.verdict, e.saved) for e in store.history(session_id, 0)] == [("unsure", True), ("agree", False)]
+
+    replaced = store.record_verdict(session_id, 0, "agree", expected_version=refused.value.current.version)
+    assert (replaced.verdict, replaced.version) == ("agree", 2)
+
+
+def test_non_diagnostic_verdicts_stay_out_of_kappa_and_blinded_readings_become_verdicts(store: ReviewStore) -> None:
+    labels = ["covid", "covid", "normal", "normal", "covid"]
+    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(i, label) for i, label in enumerate(labels)],
+                                     blinded=True)
+    assert store.session_info(session_id).blinded
+    assert store.record_reading(session_id, 0, "covid").verdict == "agree"
+    assert (store.record_reading(session_id, 1, "normal").verdict, store.item(session_id, 1).reviewer_label) == (
+        "disagree", "normal")
+    store.record_reading(session_id, 2, "normal")
+    store.record_reading(session_id, 3, "covid")
+    store.record_verdict(session_id, 4, "non_diagnostic", note="a photograph, not a film")
+
+    summary = store.summary(session_id)
+    assert summary.verdict_counts["non_diagnostic"] == 1
+    assert (summary.n_reviewed, summary.n_labelled) == (5, 4)
+    assert summary.kappa == pytest.approx(0.0)  # 2 of 4 agree, with chance agreement 1/2
+    with pytest.raises(ReviewError, match="'non_diagnostic' verdict carries no reviewer label"):
+        store.record_verdict(session_id, 4, "non_diagnostic", reviewer_label="covid")
+
+
+def test_resuming_looks_for_the_next_gap_after_the_current_image_first(store: ReviewStore) -> None:
+    session_id = store.start_session("Dr Kim", "m", "ct", [make_item(i) for i in range(5)])
+    for position in (0, 2, 3):
+        store.record_verdict(session_id, position, "agree")
+    assert store.next_unreviewed(session_id) == 1
+    assert store.next_unreviewed(session_id, after=2) == 4
+    store.record_verdict(session_id, 4, "agree")
+    assert store.next_unreviewed(session_id, after=4) == 1
+
+
+# ---------------------------------------------------------------- database faults
+
+
+def test_a_full_sqlite_database_refuses_the_verdict_clearly_and_keeps_the_saved_ones(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'full.sqlite3'}"
+    with ReviewStore(url) as store:
+        session_id = store.start_session("Dr Kim", "m", "ct", [make_item(i) for i in range(3)])
+        store.record_verdict(session_id, 0, "agree", note="saved before the disk filled")
+
+        @event.listens_for(store._engine, "connect")  # a page limit stands in for a full disk
+        def _full(dbapi_connection, _record) -> None:
+            pages = dbapi_connection.execute("PRAGMA page_count").fetchone()[0]
+            dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+        store._engine.dispose()
+        with pytest.raises(ReviewDatabaseError, match="the verdict was NOT saved: database or disk is full"):
+            store.record_verdict(session_id, 1, "unsure", note="x" * 4000)
+    with ReviewStore(url) as reopened:
+        assert [(i.verdict, i.note) for i in reopened.items(session_id)] == [
+            ("agree", "saved before the disk filled"), (None, ""), (None, "")]
+
+
+class _Relay:
+    """A TCP relay to the PostgreSQL server that can be cut, as if the server had stopped."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target, self.server = (host, port), socket.create_server(("127.0.0.1", 0))
+        self.port, self.open = self.server.getsockname()[1], []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread; the port then refuses
+        self.server.close()
+        for end in self.open:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+
+def test_a_stopped_postgresql_server_refuses_the_verdict_clearly(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the PostgreSQL case of the database-fault tests")
+    url = make_url(db_url)
+    relay = _Relay(url.host or "127.0.0.1", url.port or 5432)
+    with ReviewStore(url.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)) as store:
+        session_id = store.start_session("Dr Kim", "m", "ct", [make_item(0), make_item(1)])
+        store.record_verdict(session_id, 0, "agree", note="saved while the server ran")
+        relay.cut()
+        with pytest.raises(ReviewDatabaseError, match="the verdict was NOT saved: .*(refused|closed|terminat)"):
+            store.record_verdict(session_id, 1, "unsure", note="typed while the server was down")
+    with ReviewStore(db_url) as direct:
+        assert [(i.verdict, i.note) for i in direct.items(session_id)] == [
+            ("agree", "saved while the server ran"), (None, "")]
+
+
+def test_a_database_folder_that_cannot_be_created_gives_a_clear_message(monkeypatch, tmp_path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder should be")  # fails for root too, unlike a chmod
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("COVID_REVIEW_DB", str(blocker / "missing" / "reviews.sqlite3"))
+    with pytest.raises(ReviewDatabaseError, match="cannot create the folder of the review database .*COVID_REVIEW_DB"):
+        ReviewStore()

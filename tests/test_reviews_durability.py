@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from covid_models.reviews import NewItem, ReviewStore, image_sha256
+from covid_models.io import content_hash
+from covid_models.reviews import NewItem, ReviewStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("_review_writer.py")
@@ -62,7 +63,7 @@ def test_every_verdict_reported_committed_survives_the_writer_being_killed(tmp_p
     url = f"sqlite:///{path}"
     n_items = 12
     with ReviewStore(url) as store:
-        items = [NewItem(image_sha256(bytes([i])), f"{i}.png", "covid", 0.6, 0.5) for i in range(n_items)]
+        items = [NewItem(content_hash(bytes([i])), f"{i}.png", "covid", 0.6, 0.5) for i in range(n_items)]
         session_id = store.start_session("Dr Kim", "m", "xray", items)
 
     writer = start_writer(url, "--session", str(session_id), "--forever")
