@@ -22,13 +22,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from covid_models.explain import heatmap
-from covid_models.inference import Classifier
+from covid_models.inference import Classifier, discover_models
 from covid_models.lung_mask import LEFT, RIGHT, LungMask, segment_lungs, to_grid
 from covid_models.segmentation import Segmenter
 from covid_models.volumes import Volume, VolumeMetadata
@@ -267,3 +268,14 @@ def _infection(volume: Volume, lungs: LungMask, segmenter: Segmenter, with_lung:
 def slice_heatmap(classifier: Classifier, analysis_hu: np.ndarray, method: str = "gradcam") -> np.ndarray:
     """The classifier's CAM of one slice (HU at any size), through its card's HU window, in [0, 1] at that size."""
     return heatmap(classifier, classifier.card.preprocessing.window_hu(analysis_hu), method)
+
+
+def scan_models(weights_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """The CT classifiers and the CT infection segmenters found in `weights_dir`, by their cards (sorted by folder).
+
+    The first of each is the default; a new CT classifier dropped into the folder is picked up without code changes.
+    """
+    classifiers = [directory for directory, _ in discover_models(weights_dir, "classification", "ct")]
+    segmenters = [directory for directory, card in discover_models(weights_dir, "segmentation", "ct")
+                  if card.classes == ["infection"]]
+    return classifiers, segmenters

@@ -89,3 +89,51 @@ def test_burden_without_infection_is_zero(classifier, volume):
     assert empty.infection_ml == 0 and empty.severity_score == 0 and len(empty.zones) == 6
     assert math.isclose(sum(empty.lung_ml.values()), analysis.lungs.volume_ml())
     assert sum(z.lung_ml for z in empty.zones) == pytest.approx(analysis.lungs.volume_ml())
+
+
+def test_the_scan_report_carries_the_result_burden_and_key_slices(classifier, volume):
+    from covid_models.report import render_scan_html, render_scan_pdf
+    from covid_models.scan_views import MODEL_LIMITS, axial_picture, coronal_picture, scan_report_content
+
+    analysis = analyse_scan(volume, classifier, band_segmenter(64))
+    content = scan_report_content(analysis, "/exports/Doe^Janet/scan.zip")
+    assert [caption for caption, _ in content.key_slices] == [
+        f"Slice {analysis.key_slices['highest probability'] + 1}: highest probability",
+        f"Slice {analysis.key_slices['largest infection'] + 1}: largest infection"]
+    page = render_scan_html(content)
+    assert "Doe^Janet" not in page and "scan.zip" in page
+    assert "1 / 30" in page and MODEL_LIMITS in page and "Research use only" in page
+    assert render_scan_pdf(content).startswith(b"%PDF")
+    picture, plain = axial_picture(analysis, 22), axial_picture(analysis, 22, infection=False)
+    assert picture.shape == (64, 64, 3)
+    np.testing.assert_array_equal((picture != plain).any(axis=2), analysis.infection[22])  # the lesion, tinted
+    assert coronal_picture(analysis, 30).shape == (round(40 * 2.5 / 1.5), 64, 3)  # true proportions
+
+
+def test_analyze_scan_script_writes_the_result(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from app_fixtures import PROJECT_ROOT, write_segmenter
+    from test_app_scan import with_lung_window
+
+    weights = tmp_path / "weights"
+    with_lung_window(write_classifier(weights, "ct-fixture", "ct", CT_CLASSES, seed=3))
+    with_lung_window(write_segmenter(weights, "ct-infection-fixture", "ct", "infection", seed=5))
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for name, data in dicom_series(phantom()):
+        (folder / name).write_bytes(data)
+    out = tmp_path / "result.json"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}  # this checkout's library, whatever is installed
+    done = subprocess.run([sys.executable, "scripts/analyze_scan.py", str(folder), "--out", str(out), "--weights",
+                           str(weights), "--threads", "1"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["slices"] == 40 and result["slices_scored"] == 24 and result["classifier"] == "ct-fixture"
+    assert result["burden"]["model"] == "ct-infection-fixture" and "Research use only" in result["notice"]
+    bad = subprocess.run([sys.executable, "scripts/analyze_scan.py", str(tmp_path / "result.json"), "--weights",
+                          str(weights)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
