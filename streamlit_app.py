@@ -15,6 +15,7 @@ st.set_page_config(page_title="COVID-19 chest imaging screening", page_icon=":ma
 
 navigation = st.navigation([
     st.Page("pages/analyze.py", title="Analyze", icon=":material/radiology:", default=True),
+    st.Page("pages/scan.py", title="CT scan", icon=":material/view_in_ar:"),
     st.Page("pages/review.py", title="Review session", icon=":material/fact_check:"),
     st.Page("pages/performance.py", title="Model performance", icon=":material/monitoring:"),
     st.Page("pages/dataset.py", title="Dataset statistics", icon=":material/bar_chart:"),

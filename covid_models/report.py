@@ -182,3 +182,124 @@ def _notice(pdf, width: float) -> None:
     pdf.set_font("Helvetica", "B", 9.5)
     pdf.multi_cell(width, 5, _latin1(RESEARCH_USE_NOTICE), border=1, fill=True, padding=2,
                    new_x="LMARGIN", new_y="NEXT")
+
+
+# ------------------------------------------------------------------------------------------------ CT scans
+@dataclass(frozen=True)
+class ScanReportContent:
+    """What a scan report shows; built from one `ScanAnalysis` (see `scan_report_content`)."""
+
+    file_name: str
+    facts: list[tuple[str, str]]  # (field, value): model, rule, operating point, slices, lungs
+    result: str  # the scan-level sentence
+    burden_rows: list[tuple[str, ...]]  # header first
+    burden_note: str
+    key_slices: list[tuple[str, np.ndarray]]  # (caption, (H, W, 3) uint8 picture)
+    limits: str  # what the model cannot do
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def scan_result_sentence(probability: float | None, threshold: float, positive_class: str, top_k: int) -> str:
+    """The scan-level probability against the operating point, in words."""
+    if probability is None:
+        return "No slice with lung was found, so the scan was not scored."
+    positive = class_name(positive_class)
+    side = "at or above" if probability >= threshold else "below"
+    call = "flagged for review as suggestive of" if probability >= threshold else "not flagged for"
+    return (f"Scan-level {positive} probability {probability:.1%} (mean of the top {top_k} slices), {side} the "
+            f"slice operating point {threshold:.1%}: {call} {positive}.")
+
+
+def render_scan_html(content: ScanReportContent) -> str:
+    """A self-contained HTML page for a CT scan (key slices inlined as base64 PNG)."""
+    esc = html.escape
+
+    def img(array: np.ndarray, alt: str) -> str:
+        data = base64.b64encode(png_bytes(array)).decode("ascii")
+        return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}"><figcaption>{esc(alt)}' \
+               "</figcaption></figure>"
+
+    facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in
+                    [("File", bare_file_name(content.file_name)), *content.facts,
+                     ("Created", content.created.strftime("%Y-%m-%d %H:%M UTC") + f" (covid_models {__version__})")])
+    header, *rows = content.burden_rows or [()]
+    burden = "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    figures = "".join(img(picture, caption) for caption, picture in content.key_slices)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>CT scan report: {esc(bare_file_name(content.file_name))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; color: #1f2933; max-width: 60rem; margin: 2rem auto; }}
+.notice {{ border: 2px solid #b45309; background: #fffbeb; padding: .75rem 1rem; font-weight: 600; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }} th, td {{ text-align: left; padding: .25rem .75rem; }}
+th {{ color: #52606d; font-weight: 500; }} .images {{ display: flex; gap: 1rem; }}
+figure {{ margin: 0; flex: 1; }} img {{ width: 100%; }}
+</style></head><body>
+<h1>Chest CT scan screening report</h1>
+<p class="notice">{esc(RESEARCH_USE_NOTICE)}</p>
+<table>{facts}</table>
+<h2>Result</h2>
+<p><strong>{esc(content.result)}</strong></p>
+<h2>Infection burden</h2>
+<p>{esc(content.burden_note)}</p>
+<table>{burden}</table>
+<h2>Key slices</h2>
+<div class="images">{figures}</div>
+<p>{esc(content.limits)}</p>
+<p class="notice">{esc(RESEARCH_USE_NOTICE)}</p>
+</body></html>
+"""
+
+
+def render_scan_pdf(content: ScanReportContent) -> bytes:
+    """An A4 one-page PDF with the same content as the scan's HTML report."""
+    from fpdf import FPDF
+
+    pdf = FPDF(format="A4", unit="mm")
+    pdf.set_auto_page_break(False)
+    pdf.set_title(_latin1(f"CT scan report: {bare_file_name(content.file_name)}"))
+    pdf.set_creator(f"covid_models {__version__}")
+    pdf.add_page()
+    width = pdf.w - pdf.l_margin - pdf.r_margin
+    pdf.set_font("Helvetica", "B", 16)
+    pdf.cell(width, 9, "Chest CT scan screening report", new_x="LMARGIN", new_y="NEXT")
+    _notice(pdf, width)
+    pdf.ln(2)
+    facts = [("File", bare_file_name(content.file_name)), *content.facts,
+             ("Created", content.created.strftime("%Y-%m-%d %H:%M UTC") + f" (covid_models {__version__})")]
+    for key, value in facts:
+        pdf.set_font("Helvetica", "B", 8.5)
+        pdf.cell(42, 4.5, _latin1(key))
+        pdf.set_font("Helvetica", "", 8.5)
+        pdf.multi_cell(width - 42, 4.5, _latin1(value), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(1)
+    pdf.set_font("Helvetica", "B", 10)
+    pdf.multi_cell(width, 5, _latin1(content.result), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(1)
+    pdf.set_font("Helvetica", "I", 8)
+    pdf.multi_cell(width, 4, _latin1(content.burden_note), new_x="LMARGIN", new_y="NEXT")
+    if content.burden_rows:
+        columns = len(content.burden_rows[0])
+        for number, row in enumerate(content.burden_rows):
+            pdf.set_font("Helvetica", "B" if number == 0 else "", 8)
+            for cell in row:
+                pdf.cell(width / columns, 4.5, _latin1(str(cell)), border=1)
+            pdf.ln(4.5)
+    pdf.ln(2)
+    top = pdf.get_y()
+    count = max(1, len(content.key_slices))
+    side = (width - 6 * (count - 1)) / count
+    for index, (caption, picture_array) in enumerate(content.key_slices):
+        x = pdf.l_margin + index * (side + 6)
+        picture = Image.open(io.BytesIO(png_bytes(picture_array)))
+        height = min(side * picture.height / picture.width, pdf.h - top - 45)
+        pdf.image(picture, x=x, y=top, w=height * picture.width / picture.height, h=height)
+        pdf.set_xy(x, top + height + 1)
+        pdf.set_font("Helvetica", "I", 8)
+        pdf.multi_cell(side, 4, _latin1(caption))
+    pdf.set_y(pdf.h - 42)
+    pdf.set_font("Helvetica", "", 7.5)
+    pdf.multi_cell(width, 3.6, _latin1(content.limits), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_y(pdf.h - 24)
+    _notice(pdf, width)
+    return bytes(pdf.output())

@@ -1,0 +1,607 @@
+"""Reading CT volumes: DICOM series (folder, uploaded files, zip) and NIfTI, into one canonical `Volume`.
+
+A `Volume` holds HU as int16 in one known orientation, whatever the source:
+axis 0 = slices from head to feet, axis 1 = rows from anterior to posterior, axis 2 = columns from the
+patient's right to the patient's left (the usual axial display: anterior up, patient's left on the viewer's
+right), with its spacing in mm along each axis. That is the orientation the CT models expect.
+
+Every failure is a `VolumeReadError` (an `io.ImageReadError`) whose message says what is wrong and what to do.
+Limits are checked from headers before pixels are decoded, and archives are read one member at a time with
+declared and actual sizes checked while inflating, in memory (nothing is written to disk). The metadata keeps
+technical fields only: study and series UIDs are used to group slices while reading and then dropped.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import zipfile
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut
+
+from covid_models.io import ImageReadError
+
+CANONICAL_ORIENTATION = "slices head to feet, rows anterior to posterior, columns patient right to left"
+NIFTI_AXES = ("L", "P", "I")  # nibabel axis codes of (x, y, z) after reorientation; stored as (z, y, x)
+SUPPORTED_VOLUMES = "Upload a zip of a DICOM series, the DICOM files of one series, or a NIfTI (.nii, .nii.gz) volume."
+_SUMMARY_KEYWORDS = ("Modality", "Manufacturer", "ManufacturerModelName", "BodyPartExamined", "KVP",
+                     "ConvolutionKernel", "SliceThickness", "PatientPosition")
+_ORIENTATION_TOLERANCE = 1e-3
+_SPACING_TOLERANCE = 0.1  # relative: slice steps may differ by 10 % (rounding in positions) but not more
+_GAP_FACTOR = 1.5  # a step this many times the usual one means missing slices
+
+
+class VolumeReadError(ImageReadError):
+    """Raised for every upload that cannot become a CT volume; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class VolumeLimits:
+    """What one upload may cost, checked before decoding (declared sizes) and while reading (actual sizes)."""
+
+    max_slices: int = 1500
+    max_voxels: int = 200_000_000  # 400 MB as int16; a 512 x 512 series of 760 slices
+    max_files: int = 5000
+    max_file_bytes: int = 64 * 1024 * 1024
+    max_total_bytes: int = 2 * 1024**3  # inflated bytes of an archive or folder, all members together
+    min_slices: int = 3
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One series found in an upload, described without identifiers (its UIDs stay in the reader)."""
+
+    index: int
+    modality: str | None
+    slices: int
+    rows: int
+    columns: int
+    axial: bool
+
+    @property
+    def label(self) -> str:
+        plane = "axial" if self.axial else "not axial"
+        return f"Series {self.index + 1}: {self.modality or 'unknown modality'}, {self.slices} images of " \
+               f"{self.columns} x {self.rows}, {plane}"
+
+
+@dataclass(frozen=True)
+class VolumeMetadata:
+    """What was read and how, free of patient identifiers so that it can be stored and shown."""
+
+    source_format: str  # "dicom-series" or "nifti"
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]  # mm between slices, rows, columns
+    sorted_by: str  # how the slice order was found
+    series: tuple[SeriesInfo, ...] = ()  # every series of the upload (DICOM), the chosen one included
+    chosen_series: int | None = None
+    notes: tuple[str, ...] = ()
+    summary: dict[str, str] = field(default_factory=dict)  # technical header fields only
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """HU (int16, (slices, rows, columns)) in the canonical orientation, with its spacing and metadata."""
+
+    hu: np.ndarray
+    metadata: VolumeMetadata
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return self.metadata.spacing
+
+    @property
+    def voxel_ml(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+
+# ---------------------------------------------------------------------------------------------- public API
+Source = str | os.PathLike | bytes | Sequence[tuple[str, bytes]]
+
+
+def read_volume(source: Source, *, name: str | None = None, series: int | None = None,
+                limits: VolumeLimits = VolumeLimits()) -> Volume:
+    """A CT volume from a folder or file path, the bytes of one file (`name` for its extension), or uploaded files.
+
+    A folder or a zip is searched (nested folders too) for DICOM files; a `.nii`/`.nii.gz` (path, bytes, or the
+    only file of an upload or archive) is read as NIfTI. `series` picks one of the series listed in
+    `metadata.series` (by its index); by default the largest axial CT series is read.
+    """
+    try:
+        return _read_volume(source, name, series, limits)
+    except ImageReadError:
+        raise
+    except MemoryError as exc:
+        raise VolumeReadError("This volume is too large to read with the memory available. "
+                              "Export fewer slices or a downsampled volume.") from exc
+    except Exception as exc:  # any decoder or archive failure is a damaged upload for the user
+        raise VolumeReadError(f"This upload could not be read as a CT volume ({type(exc).__name__}). "
+                              "Export it again and re-upload. " + SUPPORTED_VOLUMES) from exc
+
+
+def read_label_volume(source: str | os.PathLike | bytes, *, limits: VolumeLimits = VolumeLimits()) -> np.ndarray:
+    """A NIfTI label map (e.g. a reference lung mask) as uint8 in the canonical orientation."""
+    data = Path(source).read_bytes() if isinstance(source, (str, os.PathLike)) else bytes(source)
+    array, _ = _nifti_canonical(data, limits)
+    return np.ascontiguousarray(np.rint(array).clip(0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------- members of an upload
+@dataclass(frozen=True)
+class _Member:
+    """One file of an upload, read on demand so that an archive or folder is never held inflated in memory."""
+
+    name: str
+    read: Callable[[], bytes]
+
+
+def _read_volume(source: Source, name: str | None, series: int | None, limits: VolumeLimits) -> Volume:
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            return _read_members(list(_folder_members(path, limits)), series, limits)
+        if not path.is_file():
+            raise VolumeReadError(f"'{path.name}' does not exist. Check the path.")
+        if path.stat().st_size > limits.max_total_bytes:
+            raise VolumeReadError("This file is larger than the upload limit. Export fewer slices.")
+        return _read_volume(path.read_bytes(), name or path.name, series, limits)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _read_volume([(name or "upload", bytes(source))], None, series, limits)
+    files = list(source)
+    if not files:
+        raise VolumeReadError("Nothing was uploaded. " + SUPPORTED_VOLUMES)
+    if len(files) > limits.max_files:
+        raise VolumeReadError(f"{len(files)} files were uploaded; at most {limits.max_files} can be read at once.")
+    if len(files) == 1:
+        file_name, data = files[0]
+        if not data:
+            raise VolumeReadError("This file is empty (0 bytes). It may not have finished uploading; try again.")
+        if data[:4] == b"PK\x03\x04" or data[:4] == b"PK\x05\x06":
+            return _read_members(list(_zip_members(data, limits)), series, limits)
+        if _is_nifti(data, file_name):
+            return _read_nifti(data, limits)
+    return _read_members([_Member(n, lambda d=d: d) for n, d in files], series, limits)
+
+
+def _folder_members(folder: Path, limits: VolumeLimits) -> Iterator[_Member]:
+    count = 0
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        count += 1
+        if count > limits.max_files:
+            raise VolumeReadError(f"This folder holds more than {limits.max_files} files. Point at one series.")
+        yield _Member(str(path.relative_to(folder)), lambda p=path: _read_file(p, limits))
+
+
+def _read_file(path: Path, limits: VolumeLimits) -> bytes:
+    if path.stat().st_size > limits.max_file_bytes:
+        raise VolumeReadError(f"'{path.name}' is larger than {limits.max_file_bytes // 2**20} MB, too large for "
+                              "one CT slice.")
+    return path.read_bytes()
+
+
+def _zip_members(data: bytes, limits: VolumeLimits) -> Iterator[_Member]:
+    """Members of a zip, checked before anything is inflated: encryption, paths, declared sizes and counts."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise VolumeReadError("This zip archive is damaged and cannot be opened. Create it again and re-upload.") \
+            from exc
+    files = [info for info in infos if not info.is_dir()]
+    if len(files) > limits.max_files:
+        raise VolumeReadError(f"This zip holds {len(files)} files; at most {limits.max_files} can be read.")
+    declared = 0
+    budget = _Budget(limits.max_total_bytes)
+    for info in files:
+        parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+        if info.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+            raise VolumeReadError(f"This zip contains a path that climbs out of the archive ('{parts[-1]}'): "
+                                  "it is unsafe and was not read. Create the zip from the series folder itself.")
+        if info.flag_bits & 0x1:
+            raise VolumeReadError("This zip is encrypted (password-protected). Upload an unencrypted zip.")
+        if info.file_size > limits.max_file_bytes:
+            raise VolumeReadError(f"This zip contains a file of {info.file_size / 2**20:.0f} MB, too large for "
+                                  "one CT slice or volume.")
+        declared += info.file_size
+    if declared > limits.max_total_bytes:
+        raise VolumeReadError(f"This zip inflates to {declared / 2**30:.1f} GB, more than the "
+                              f"{limits.max_total_bytes / 2**30:.0f} GB limit. Upload one series.")
+    for info in files:
+        name = info.filename
+        if name.startswith("__MACOSX/") or PurePosixPath(name).name.startswith("."):
+            continue
+        yield _Member(name, lambda i=info: _inflate(archive, i, budget, limits))
+
+
+@dataclass
+class _Budget:
+    """Bytes an archive may still inflate to (actual bytes, not the declared ones, which can lie)."""
+
+    left: int
+
+
+def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget, limits: VolumeLimits) -> bytes:
+    """One member, in chunks, stopping at its declared size or the budget, whichever is smaller."""
+    chunks, total = [], 0
+    cap = min(info.file_size, limits.max_file_bytes, budget.left)
+    try:
+        with archive.open(info) as stream:
+            while chunk := stream.read(1 << 20):
+                total += len(chunk)
+                if total > cap:
+                    raise VolumeReadError("This zip inflates to more than it declares or than the upload limit "
+                                          "allows (a 'zip bomb'); it was not read.")
+                chunks.append(chunk)
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError) as exc:
+        raise VolumeReadError("This zip archive is damaged (a member fails its checksum or cannot be "
+                              "decompressed). Create it again and re-upload.") from exc
+    budget.left -= total
+    return b"".join(chunks)
+
+
+# ---------------------------------------------------------------------------------------------- DICOM series
+@dataclass(frozen=True)
+class _Slice:
+    member: _Member
+    study: str
+    series: str
+    instance: str
+    modality: str | None
+    rows: int
+    columns: int
+    frames: int
+    orientation: np.ndarray | None  # (6,) row and column direction cosines
+    position: np.ndarray | None  # (3,)
+    pixel_spacing: tuple[float, float] | None
+    instance_number: int | None
+    between_slices: float | None  # SpacingBetweenSlices, else SliceThickness (fallback only)
+    summary: dict[str, str]
+
+
+def _floats(value: Any, count: int) -> np.ndarray | None:
+    try:
+        numbers = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return numbers if numbers.shape == (count,) and np.isfinite(numbers).all() else None
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value[0] if isinstance(value, (list, tuple, MultiValue)) else value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _looks_like_dicom(data: bytes, name: str) -> bool:
+    return data[128:132] == b"DICM" or Path(name).suffix.lower() in (".dcm", ".dicom", ".dic") or \
+        data[:2] in (b"\x02\x00", b"\x08\x00")
+
+
+def _header(member: _Member) -> _Slice | None:
+    """The geometry of one DICOM file, or None when the file is not DICOM (it is then ignored)."""
+    data = member.read()
+    if not data or not _looks_like_dicom(data, member.name):
+        return None
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - a file that is not DICOM is ignored, not fatal
+        return None
+    if ds.get("Rows") is None or ds.get("Columns") is None:
+        return None  # DICOMDIR, structured reports, presentation states: no image
+    spacing = _floats(ds.get("PixelSpacing") or [], 2)
+    between = _number(ds.get("SpacingBetweenSlices")) or _number(ds.get("SliceThickness"))
+    number = _number(ds.get("InstanceNumber"))
+    return _Slice(
+        member=member, study=str(ds.get("StudyInstanceUID", "")), series=str(ds.get("SeriesInstanceUID", "")),
+        instance=str(ds.get("SOPInstanceUID", "")) or member.name,
+        modality=str(ds.get("Modality", "")).strip().upper() or None, rows=int(ds.Rows), columns=int(ds.Columns),
+        frames=int(_number(ds.get("NumberOfFrames")) or 1), orientation=_floats(ds.get("ImageOrientationPatient")
+                                                                                 or [], 6),
+        position=_floats(ds.get("ImagePositionPatient") or [], 3),
+        pixel_spacing=None if spacing is None or (spacing <= 0).any() else (float(spacing[0]), float(spacing[1])),
+        instance_number=None if number is None else int(number), between_slices=between,
+        summary={kw: str(ds[kw].value)[:64] for kw in _SUMMARY_KEYWORDS if ds.get(kw) not in (None, "")},
+    )
+
+
+def _is_axial(orientation: np.ndarray | None) -> bool:
+    if orientation is None:
+        return True  # unknown: taken as axial, and said so in the notes
+    normal = np.cross(orientation[:3], orientation[3:])
+    return bool(abs(normal[2]) >= 0.9)
+
+
+def _read_members(members: list[_Member], series: int | None, limits: VolumeLimits) -> Volume:
+    if not members:
+        raise VolumeReadError("The upload contains no files. " + SUPPORTED_VOLUMES)
+    slices, ignored = [], 0
+    for member in members:
+        header = _header(member)
+        if header is None:
+            if _is_nifti_name(member.name) and len(members) - ignored == 1:
+                return _read_nifti(member.read(), limits)
+            ignored += 1
+        else:
+            slices.append(header)
+    if not slices:
+        niftis = [m for m in members if _is_nifti_name(m.name)]
+        if len(niftis) == 1:
+            return _read_nifti(niftis[0].read(), limits)
+        raise VolumeReadError("No DICOM image was found in the upload. " + SUPPORTED_VOLUMES)
+    groups: dict[tuple[str, str], dict[str, _Slice]] = defaultdict(dict)
+    for item in slices:
+        groups[(item.study, item.series)].setdefault(item.instance, item)  # a file given twice counts once
+    ordered = sorted(groups.values(), key=lambda g: _series_rank(list(g.values())), reverse=True)
+    infos = tuple(_series_info(index, list(group.values())) for index, group in enumerate(ordered))
+    if series is None:
+        chosen = 0
+    elif 0 <= series < len(ordered):
+        chosen = series
+    else:
+        raise VolumeReadError(f"There is no series {series + 1}; this upload holds {len(ordered)}.")
+    notes = []
+    if ignored:
+        notes.append(f"{ignored} file(s) that are not DICOM images were ignored")
+    if len(ordered) > 1:
+        notes.append(f"{len(ordered)} series found; {infos[chosen].label} read")
+    return _read_series(list(ordered[chosen].values()), infos, chosen, notes, limits)
+
+
+def _series_rank(group: list[_Slice]) -> tuple[bool, int]:
+    first = group[0]
+    return first.modality == "CT" and _is_axial(first.orientation), len(group)
+
+
+def _series_info(index: int, group: list[_Slice]) -> SeriesInfo:
+    first = group[0]
+    return SeriesInfo(index=index, modality=first.modality, slices=len(group), rows=first.rows,
+                      columns=first.columns, axial=_is_axial(first.orientation))
+
+
+def _read_series(group: list[_Slice], infos: tuple[SeriesInfo, ...], chosen: int, notes: list[str],
+                 limits: VolumeLimits) -> Volume:
+    first = group[0]
+    if first.modality != "CT":
+        raise VolumeReadError(f"This series is {first.modality or 'of unknown modality'}, not CT: only chest CT "
+                              "volumes can be analysed here." + _others(infos, chosen))
+    if any(item.frames > 1 for item in group):
+        raise VolumeReadError("This series is stored as multi-frame (enhanced) DICOM, which is not supported. "
+                              "Export it as one file per slice.")
+    if len(group) < limits.min_slices:
+        raise VolumeReadError(f"This series has {len(group)} image(s); a CT volume needs at least "
+                              f"{limits.min_slices} slices. For a single slice, use the Analyze page.")
+    if len(group) > limits.max_slices:
+        raise VolumeReadError(f"This series has {len(group)} slices; at most {limits.max_slices} can be analysed. "
+                              "Export a thicker reconstruction.")
+    if len({(item.rows, item.columns) for item in group}) > 1:
+        raise VolumeReadError("The images of this series have different sizes (mixed sizes), so they do not form "
+                              "one volume. Export the series again.")
+    if len(group) * first.rows * first.columns > limits.max_voxels:
+        raise VolumeReadError(f"This series has {len(group) * first.rows * first.columns / 1e6:.0f} million voxels; "
+                              f"the limit is {limits.max_voxels / 1e6:.0f} million. Export a thicker reconstruction.")
+    spacings = {item.pixel_spacing for item in group}
+    if None in spacings:
+        raise VolumeReadError("Some images of this series give no pixel spacing, so volumes cannot be measured.")
+    row_spacing, column_spacing = first.pixel_spacing
+    if any(abs(s[0] - row_spacing) > 1e-3 * row_spacing or abs(s[1] - column_spacing) > 1e-3 * column_spacing
+           for s in spacings):
+        raise VolumeReadError("The images of this series have different pixel spacings (inconsistent spacing), so "
+                              "they do not form one volume. Export the series again.")
+    ordered, step, sorted_by, flips = _slice_order(group, notes, infos, chosen)
+    hu = np.empty((len(ordered), first.rows, first.columns), dtype=np.int16)
+    summary = dict(first.summary)
+    for index, item in enumerate(ordered):
+        hu[index] = _decode_hu(item, summary)
+    if flips[0]:
+        hu = hu[:, ::-1, :]
+    if flips[1]:
+        hu = hu[:, :, ::-1]
+    metadata = VolumeMetadata(
+        source_format="dicom-series", shape=tuple(hu.shape), spacing=(step, row_spacing, column_spacing),
+        sorted_by=sorted_by, series=infos, chosen_series=chosen, notes=tuple(notes), summary=summary)
+    return Volume(hu=np.ascontiguousarray(hu), metadata=metadata)
+
+
+def _others(infos: tuple[SeriesInfo, ...], chosen: int) -> str:
+    others = [info.label for info in infos if info.index != chosen]
+    return (" Other series in this upload: " + "; ".join(others) + ".") if others else ""
+
+
+def _slice_order(group: list[_Slice], notes: list[str], infos: tuple[SeriesInfo, ...], chosen: int
+                 ) -> tuple[list[_Slice], float, str, tuple[bool, bool]]:
+    """Slices from head to feet, the distance between them, how that was found, and in-plane flips (rows, cols)."""
+    geometry = all(item.orientation is not None and item.position is not None for item in group)
+    if geometry:
+        orientation = group[0].orientation
+        if any(np.abs(item.orientation - orientation).max() > _ORIENTATION_TOLERANCE for item in group):
+            raise VolumeReadError("The images of this series are not all oriented the same way (inconsistent "
+                                  "orientation), so they do not form one volume. Export the series again.")
+        normal = np.cross(orientation[:3], orientation[3:])
+        if abs(normal[2]) < 0.9:
+            raise VolumeReadError("This series is not axial (it is a sagittal, coronal or oblique reconstruction); "
+                                  "the lung analysis needs axial slices." + _others(infos, chosen))
+        # patient +z is the head (DICOM LPS): sort by height, highest first
+        heights = np.asarray([item.position @ normal for item in group]) * np.sign(normal[2])
+        order = np.argsort(-heights, kind="stable")
+        steps = -np.diff(heights[order])
+        ordered = [group[i] for i in order]
+        sorted_by = "ImagePositionPatient along the slice normal"
+        if abs(normal[2]) < 0.999:
+            notes.append(f"gantry tilt or oblique slices ({np.degrees(np.arccos(abs(normal[2]))):.1f} degrees) "
+                         "ignored")
+        flips = (bool(orientation[4] < 0), bool(orientation[0] < 0))
+    else:
+        numbers = [item.instance_number for item in group]
+        if None in numbers:
+            raise VolumeReadError("The slices of this series carry neither their position (ImagePositionPatient) "
+                                  "nor an InstanceNumber, so their order is unknown. Export the series again.")
+        ordered = sorted(group, key=lambda item: item.instance_number)
+        sorted_numbers = np.asarray([item.instance_number for item in ordered])
+        if len(set(numbers)) < len(numbers):
+            raise VolumeReadError("Two slices of this series have the same InstanceNumber and no position, so their "
+                                  "order is unknown. Export the series again.")
+        spacing = group[0].between_slices
+        if spacing is None or spacing <= 0:
+            raise VolumeReadError("The slices of this series give no position and no slice spacing, so the volume "
+                                  "cannot be measured. Export the series again.")
+        steps = np.diff(sorted_numbers).astype(np.float64) * spacing
+        sorted_by = "InstanceNumber (no slice positions in the files; head-to-feet order assumed)"
+        notes.append("no ImagePositionPatient: slices sorted by InstanceNumber, spacing from the header")
+        flips = (False, False)
+    if (steps < 0.01).any():
+        raise VolumeReadError("Two slices of this series lie at the same position (a duplicate or a second "
+                              "acquisition mixed in). Export one acquisition of the series.")
+    step = float(np.median(steps))
+    gaps = steps > _GAP_FACTOR * step
+    if gaps.any():
+        missing = int(np.round(steps[gaps] / step).sum() - gaps.sum())
+        raise VolumeReadError(f"This series has gaps: about {missing} slice(s) are missing between the "
+                              f"{len(group)} present (the usual step is {step:.2f} mm). Upload the complete series.")
+    if np.abs(steps - step).max() > _SPACING_TOLERANCE * step:
+        raise VolumeReadError(f"The distance between slices of this series varies ({steps.min():.2f} to "
+                              f"{steps.max():.2f} mm: inconsistent spacing), so it is not one regular volume.")
+    return ordered, step, sorted_by, flips
+
+
+def _decode_hu(item: _Slice, summary: dict[str, str]) -> np.ndarray:
+    """One slice's HU as int16 (rounded; clipped to int16), decoded through pydicom's plugins."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(item.member.read()), force=True)
+        if not hasattr(ds.file_meta, "TransferSyntaxUID"):
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        syntax = ds.file_meta.TransferSyntaxUID
+        summary.setdefault("TransferSyntax", syntax.name)
+        raw = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; all mean "cannot decode"
+        raise VolumeReadError(f"A slice of this series ('{Path(item.member.name).name}') could not be decoded: "
+                              "its pixel data is damaged or uses an encoding the installed decoders do not handle. "
+                              "Export the series again as uncompressed DICOM.") from exc
+    if raw.ndim != 2:
+        raise VolumeReadError("This series holds colour images, not CT slices.")
+    if ds.get("ModalityLUTSequence"):
+        values = apply_modality_lut(raw, ds)
+    else:
+        slope = _number(ds.get("RescaleSlope"))
+        intercept = _number(ds.get("RescaleIntercept")) or 0.0
+        slope = 1.0 if slope in (None, 0.0) else slope
+        if slope == 1.0 and float(intercept).is_integer():
+            values = raw.astype(np.int32) + int(intercept)
+        else:
+            values = raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return np.clip(np.rint(values) if values.dtype.kind == "f" else values, -32768, 32767).astype(np.int16)
+
+
+# ----------------------------------------------------------------------------------------------------- NIfTI
+def _is_nifti_name(name: str) -> bool:
+    return name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _is_nifti(data: bytes, name: str) -> bool:
+    if data[:2] == b"\x1f\x8b":
+        return True
+    if len(data) >= 348 and (int.from_bytes(data[:4], "little") in (348, 540) or
+                             int.from_bytes(data[:4], "big") in (348, 540)):
+        return True
+    return _is_nifti_name(name)
+
+
+def _nifti_bytes(data: bytes, limits: VolumeLimits) -> bytes:
+    """The uncompressed NIfTI file; a gzip is inflated in chunks and stopped at the voxel limit."""
+    if data[:2] != b"\x1f\x8b":
+        return data
+    cap = limits.max_voxels * 8 + 64 * 1024  # the largest voxel type, plus header and extensions
+    chunks, total = [], 0
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            while chunk := stream.read(1 << 22):
+                total += len(chunk)
+                if total > cap:
+                    raise VolumeReadError("This compressed volume inflates beyond the size limit; it was not read.")
+                chunks.append(chunk)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise VolumeReadError("This .nii.gz file is damaged or cut short (its compression is broken). "
+                              "Export it again.") from exc
+    return b"".join(chunks)
+
+
+def _nifti_image(data: bytes, limits: VolumeLimits):
+    import nibabel as nib
+
+    raw = _nifti_bytes(data, limits)
+    for klass in (nib.Nifti1Image, nib.Nifti2Image):
+        try:
+            header = klass.header_class.from_fileobj(io.BytesIO(raw), check=False)
+        except Exception:  # noqa: BLE001, S112 - try the other NIfTI version
+            continue
+        shape = tuple(int(v) for v in header.get_data_shape())
+        break
+    else:
+        raise VolumeReadError("This file is not a readable NIfTI volume (damaged header). " + SUPPORTED_VOLUMES)
+    spatial = shape[:3]
+    if len(shape) < 3 or any(v < 1 for v in shape) or any(v != 1 for v in shape[3:]):
+        raise VolumeReadError(f"This NIfTI image has shape {shape}; a single 3-D CT volume is needed.")
+    if int(np.prod(spatial)) > limits.max_voxels:
+        raise VolumeReadError(f"This NIfTI volume has {np.prod(spatial) / 1e6:.0f} million voxels; the limit is "
+                              f"{limits.max_voxels / 1e6:.0f} million.")
+    try:
+        image = klass.from_bytes(raw)
+    except Exception as exc:
+        raise VolumeReadError("This NIfTI file is damaged or cut short. Export it again.") from exc
+    return image
+
+
+def _nifti_canonical(data: bytes, limits: VolumeLimits) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Unscaled voxels reoriented to the canonical (head-to-feet, anterior-to-posterior, right-to-left) order."""
+    import nibabel as nib
+
+    image = _nifti_image(data, limits)
+    if len(image.shape) > 3:
+        image = image.slicer[..., 0] if len(image.shape) == 4 else nib.funcs.squeeze_image(image)
+    current = nib.orientations.io_orientation(image.affine)
+    target = nib.orientations.axcodes2ornt(NIFTI_AXES)
+    image = image.as_reoriented(nib.orientations.ornt_transform(current, target))
+    zooms = tuple(float(v) for v in image.header.get_zooms()[:3])
+    if not all(np.isfinite(zooms)) or min(zooms) <= 0:
+        raise VolumeReadError("This NIfTI volume gives no valid voxel size, so it cannot be measured.")
+    array = np.asanyarray(image.dataobj.get_unscaled() if hasattr(image.dataobj, "get_unscaled") else image.dataobj)
+    slope = getattr(image.dataobj, "slope", 1.0)
+    inter = getattr(image.dataobj, "inter", 0.0)
+    if (slope, inter) != (1.0, 0.0) and np.isfinite([slope, inter]).all():
+        array = array.astype(np.float32) * np.float32(slope) + np.float32(inter)
+    return np.transpose(array, (2, 1, 0)), (zooms[2], zooms[1], zooms[0])
+
+
+def _read_nifti(data: bytes, limits: VolumeLimits) -> Volume:
+    array, spacing = _nifti_canonical(data, limits)
+    if array.shape[0] < limits.min_slices:
+        raise VolumeReadError(f"This NIfTI volume has {array.shape[0]} slice(s); a CT volume needs at least "
+                              f"{limits.min_slices}.")
+    if array.dtype.kind not in "iuf":
+        raise VolumeReadError("This NIfTI volume does not hold grey values (it is colour or complex).")
+    hu = np.empty(array.shape, dtype=np.int16)
+    low, high = np.inf, -np.inf
+    for start in range(0, array.shape[0], 32):  # slabs: never a float64 copy of the whole volume
+        slab = np.nan_to_num(np.asarray(array[start:start + 32], dtype=np.float32))
+        hu[start:start + 32] = np.clip(np.rint(slab), -32768, 32767)
+        low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+    if low > -500 or high < -200:
+        raise VolumeReadError(f"This NIfTI volume does not look like a CT in Hounsfield units (values {low:g} to "
+                              f"{high:g}; air is about -1000 HU). It may be a mask, an MRI or a rescaled image.")
+    metadata = VolumeMetadata(source_format="nifti", shape=tuple(hu.shape), spacing=spacing,
+                              sorted_by="NIfTI affine (reoriented to the canonical axes)",
+                              notes=("read as NIfTI: no modality tag; taken as CT because its values span air",),
+                              summary={"Modality": "CT (assumed)"})
+    return Volume(hu=hu, metadata=metadata)
+

@@ -1,0 +1,225 @@
+"""CT scan: upload a whole series (zip, DICOM files) or a NIfTI volume and see a scan-level result and the burden.
+
+The analysis (`covid_models.scan_analysis.analyse_scan`) runs once per upload content, series and models, with a
+progress bar, and is kept in this browser session (the last `KEPT_SCANS` scans, about 70 MB each for a 255-slice
+512 x 512 scan: masks and display HU on a 256 x 256 grid). Moving the slice or row slider, changing the window
+preset or the overlays only re-draws pictures from it; the heatmap of the current slice is computed on request.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from covid_models import RESEARCH_USE_NOTICE
+from covid_models.checkpoint import CheckpointError
+from covid_models.explain import METHOD_LABELS
+from covid_models.io import content_hash
+from covid_models.report import class_name, render_scan_html, render_scan_pdf, scan_result_sentence
+from covid_models.scan_analysis import BURDEN_LABEL, ScanAnalysis, analyse_scan, slice_heatmap
+from covid_models.scan_views import (
+    DISPLAY_WINDOWS,
+    MODEL_LIMITS,
+    axial_picture,
+    burden_rows,
+    coronal_picture,
+    probability_figure,
+    scan_facts,
+    scan_report_content,
+)
+from covid_models.volumes import SUPPORTED_VOLUMES, VolumeReadError, read_volume
+from pages.shared import (
+    LruCache,
+    enter_through_app,
+    load_classifier,
+    load_segmenter,
+    model_cards,
+    model_lock,
+    show_error,
+)
+
+enter_through_app()
+
+KEPT_SCANS = 2
+NO_SEGMENTER = ""
+HEATMAP_METHOD = "gradcam"
+
+
+def session_scans() -> LruCache:
+    """This session's analysed scans, the least recently used dropped beyond KEPT_SCANS."""
+    if "scan-cache" not in st.session_state:
+        st.session_state["scan-cache"] = LruCache(KEPT_SCANS, size=lambda _value: 1)
+    return st.session_state["scan-cache"]
+
+
+def upload_digest(uploaded: list) -> str:
+    """One hash for the upload's content: the sorted hashes of its files (names and order do not matter).
+
+    Each file is hashed once per upload (by its file id), not on every rerun.
+    """
+    hashes: dict[str, str] = st.session_state.setdefault("scan-file-hashes", {})
+    for file in uploaded:
+        if file.file_id not in hashes:
+            hashes[file.file_id] = content_hash(file.getvalue())
+    return hashlib.sha256("".join(sorted(hashes[file.file_id] for file in uploaded)).encode()).hexdigest()
+
+
+def model_choice() -> tuple[str | None, str | None]:
+    with st.sidebar:
+        st.subheader("Scan settings")
+        classifiers = dict(model_cards(task="classification", modality="ct"))
+        if not classifiers:
+            st.caption("No CT classifier is installed.")
+            return None, None
+        classifier = st.selectbox("CT model", list(classifiers), format_func=lambda d: classifiers[d].name,
+                                  key="scan-model")
+        segmenters = {d: c for d, c in model_cards(task="segmentation", modality="ct") if c.classes == ["infection"]}
+        options = [*segmenters, NO_SEGMENTER]
+        segmenter = st.selectbox("Infection model", options, key="scan-segmenter",
+                                 format_func=lambda d: segmenters[d].name if d else "None (no burden)")
+    return classifier, segmenter or None
+
+
+def analyse(files: list[tuple[str, bytes]], digest: str, series: int | None, classifier_dir: str,
+            segmenter_dir: str | None) -> ScanAnalysis:
+    """The upload read and analysed with a progress bar, or this session's earlier result for the same input."""
+    key = (digest, series, classifier_dir, segmenter_dir)
+    cached = session_scans().get(key)
+    if cached is not None:
+        return cached
+    bar = st.progress(0.0, text="Reading the series...")
+    volume = read_volume(files, series=series)
+    classifier = load_classifier(classifier_dir)
+    segmenter = load_segmenter(segmenter_dir) if segmenter_dir else None
+    locks = sorted({classifier_dir, *([segmenter_dir] if segmenter_dir else [])})
+    for directory in locks:
+        model_lock(directory).acquire()
+    try:
+        analysis = analyse_scan(volume, classifier, segmenter,
+                                progress=lambda fraction, what: bar.progress(min(1.0, fraction), text=f"{what}..."))
+    finally:
+        for directory in reversed(locks):
+            model_lock(directory).release()
+    del volume  # the analysis keeps what the page shows, on its display grid
+    bar.empty()
+    session_scans().put(key, analysis)
+    return analysis
+
+
+def result_block(analysis: ScanAnalysis) -> None:
+    positive = class_name(analysis.positive_class)
+    left, right = st.columns([2, 3])
+    with left:
+        if analysis.scan_probability is None:
+            st.warning("No lung was found in this scan, so it was not scored.", icon=":material/block:")
+        else:
+            st.metric(f"Scan-level {positive} probability", f"{analysis.scan_probability:.1%}")
+            if analysis.positive:
+                st.markdown(":orange-badge[:material/flag: At or above the operating point]")
+            else:
+                st.markdown(":blue-badge[Below the operating point]")
+        st.caption(scan_result_sentence(analysis.scan_probability, analysis.threshold, analysis.positive_class,
+                                        analysis.top_k))
+        if analysis.out_of_distribution_share >= 0.5:
+            st.warning(f"{analysis.out_of_distribution_share:.0%} of the scored slices do not look like the slices "
+                       "the model was trained on: do not interpret this probability.", icon=":material/block:")
+    with right:
+        st.dataframe(pd.DataFrame(scan_facts(analysis), columns=["", "Value"]), hide_index=True, width="stretch")
+    st.caption(MODEL_LIMITS)
+
+
+def viewer(analysis: ScanAnalysis, classifier_dir: str) -> int:
+    """Slice scrubber with overlays, window presets, the probability curve and a coronal view; returns the slice."""
+    slices = len(analysis.slice_probabilities)
+    default = analysis.key_slices.get("highest probability", slices // 2)
+    controls = st.columns([3, 2, 3])
+    index = controls[0].slider("Slice (head to feet)", 1, slices, default + 1, key="scan-slice") - 1
+    window_name = controls[1].radio("Window (display only)", list(DISPLAY_WINDOWS), horizontal=True,
+                                    format_func=str.capitalize, key="scan-window")
+    with controls[2]:
+        show_lungs = st.toggle("Lung mask", value=True, key="scan-lungs")
+        show_infection = st.toggle("Infection", value=analysis.infection is not None, key="scan-infection",
+                                   disabled=analysis.infection is None)
+        show_heatmap = st.toggle(f"Heatmap of this slice ({METHOD_LABELS[HEATMAP_METHOD]})", value=False,
+                                 key="scan-heatmap")
+    window = DISPLAY_WINDOWS[window_name]
+    heat = None
+    if show_heatmap:
+        with model_lock(classifier_dir):
+            heat = slice_heatmap(load_classifier(classifier_dir), analysis.display_hu[index], HEATMAP_METHOD)
+    axial, coronal = st.columns(2)
+    probability = analysis.slice_probabilities[index]
+    caption = f"Axial slice {index + 1} of {slices}: " + \
+        ("not scored (too little lung)" if probability != probability else f"probability {probability:.1%}")
+    axial.image(axial_picture(analysis, index, window, lungs=show_lungs, infection=show_infection, heatmap=heat),
+                caption=caption, width="stretch")
+    rows = analysis.display_hu.shape[1]
+    with coronal:
+        row = st.slider("Coronal plane (anterior to posterior)", 1, rows, rows // 2, key="scan-row") - 1
+        st.image(coronal_picture(analysis, row, window, lungs=show_lungs, infection=show_infection, current=index),
+                 caption="Coronal view (head up); the yellow line is the axial slice", width="stretch")
+    st.plotly_chart(probability_figure(analysis, index), width="stretch", key="scan-curve")
+    return index
+
+
+def burden_block(analysis: ScanAnalysis) -> None:
+    st.subheader("Infection burden")
+    if analysis.burden is None:
+        st.caption("No infection model was chosen, so no burden was computed.")
+        return
+    st.caption(BURDEN_LABEL + " Zones are thirds of each lung's height; 0-5 per zone by percent involved "
+               "(0 none, 1 under 5 %, 2 5-25 %, 3 25-50 %, 4 50-75 %, 5 over 75 %).")
+    header, *rows = burden_rows(analysis)
+    st.dataframe(pd.DataFrame(rows, columns=header), hide_index=True, width="stretch")
+
+
+def report_block(analysis: ScanAnalysis, name: str) -> None:
+    content = scan_report_content(analysis, name)
+    left, right = st.columns(2)
+    left.download_button("Download the report (HTML)", render_scan_html(content), file_name="ct-scan-report.html",
+                         mime="text/html", icon=":material/download:", key="scan-report-html")
+    right.download_button("Download the report (PDF)", render_scan_pdf(content), file_name="ct-scan-report.pdf",
+                          mime="application/pdf", icon=":material/download:", key="scan-report-pdf")
+
+
+# -------------------------------------------------------------------------------------------------- page
+st.title("Analyze a CT scan")
+st.warning(RESEARCH_USE_NOTICE, icon=":material/health_and_safety:")
+classifier_dir, segmenter_dir = model_choice()
+uploaded = st.file_uploader(
+    "A chest CT scan: a zip of the series, the DICOM files of one series (select them all), or a NIfTI volume",
+    accept_multiple_files=True, key="scan-uploads",
+    help="Nested folders in a zip are fine. Several series: the largest axial CT is read and the others listed.")
+if not uploaded:
+    st.info(SUPPORTED_VOLUMES, icon=":material/upload:")
+    st.stop()
+if classifier_dir is None:
+    st.warning("No CT classifier is installed, so scans cannot be analysed.")
+    st.stop()
+files = [(file.name, file.getvalue()) for file in uploaded]
+name = files[0][0] if len(files) == 1 else f"{len(files)} files"
+digest = upload_digest(uploaded)
+known = st.session_state.get("scan-series-labels", {}).get(digest, [])
+series_index = None
+if len(known) > 1:  # drawn before the analysis, so that a series that cannot be read can be changed back
+    series_index = st.selectbox("Series", [None, *range(len(known))], key=f"scan-series-{digest[:16]}",
+                                format_func=lambda i: "Largest axial CT (default)" if i is None else known[i])
+try:
+    result = analyse(files, digest, series_index, classifier_dir, segmenter_dir)
+except VolumeReadError as error:
+    show_error(str(error))
+    st.stop()
+except CheckpointError as error:
+    show_error(f"The model could not be loaded: {error}")
+    st.stop()
+labels = [info.label for info in result.metadata.series]
+st.session_state["scan-series-labels"] = {digest: labels}
+if len(labels) > 1 and not known:
+    st.rerun()  # shows the series selector; the analysis is kept
+if result.metadata.notes:
+    st.caption("Reading notes: " + "; ".join(result.metadata.notes))
+result_block(result)
+viewer(result, classifier_dir)
+burden_block(result)
+report_block(result, name)
