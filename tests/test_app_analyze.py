@@ -295,3 +295,28 @@ def test_a_ct_image_gets_the_infection_mask(weights, monkeypatch):
     assert set(shown_probabilities(at)) == {"covid", "non_covid"}
     assert any(c.startswith("Infection mask") for image in at.image for c in image.captions)
     assert any("of the heatmap lies inside the infection mask" in c.value for c in at.caption)
+
+
+def shown_files(at) -> list[str]:
+    """The file names the page shows analyses of (one subheader each)."""
+    return [s.value for s in at.main.get("subheader")]
+
+
+@pytest.mark.slow
+def test_a_large_batch_is_paged_and_a_slider_recomputes_nothing(weights, monkeypatch):
+    """Beyond one page of images, the page shows them a page at a time; every page analysed stays cached."""
+    at = page_test(PAGE, weights, monkeypatch, timeout=600).run()
+    page_size = 24  # BATCH_PAGE of the page
+    upload(at, *[(f"chest-{index:02d}.png", chest_like_png(size=64, seed=100 + index))
+                 for index in range(page_size + 2)])
+    assert not at.exception
+    assert any(f"{page_size + 2} images" in i.value and f"{page_size} at a time" in i.value for i in at.info)
+    assert shown_files(at) == [f"chest-{index:02d}.png" for index in range(page_size)]
+    at.selectbox(key="batch-page").set_value(page_size).run()
+    assert shown_files(at) == ["chest-24.png", "chest-25.png"]
+    calls = counting(monkeypatch, *MODEL_CALLS)
+    at.slider(key="opacity").set_value(0.9).run()
+    at.selectbox(key="batch-page").set_value(0).run()
+    at.toggle(key="show-masks").set_value(False).run()
+    assert not at.exception and len(shown_files(at)) == page_size
+    assert calls == []
