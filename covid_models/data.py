@@ -242,10 +242,15 @@ def check_no_leakage(frame: pd.DataFrame, linked_ids: Sequence[tuple[str, str]] 
         raise LeakageError("data leakage between splits: " + "; ".join(problems))
 
 
+def has_official_split(frame: pd.DataFrame) -> bool:
+    """Whether a manifest assigns every image to a split itself (else a seeded patient-level split is made)."""
+    return "split" in frame.columns and not frame["split"].isna().any()
+
+
 def ensure_split(frame: pd.DataFrame, seed: int = 0, data_root: Path | None = None) -> pd.DataFrame:
     """Keep an official `split` column when present, else make a patient-level one; always check leakage."""
     links = near_duplicate_pairs(data_root)
-    if "split" not in frame.columns or frame["split"].isna().any():
+    if not has_official_split(frame):
         frame = patient_split(frame, seed=seed, linked_ids=links)
     check_no_leakage(frame)
     return frame

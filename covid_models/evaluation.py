@@ -11,10 +11,14 @@ from covid_models.inference import Classifier
 from covid_models.metrics import binary_report, confusion_matrix
 
 
-def predict_frame(classifier: Classifier, frame: pd.DataFrame, batch_size: int = 32, progress: bool = True
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated probabilities (N, C) and feature vectors (N, D) for every image of `frame`."""
-    from covid_models.io import read_image
+def predict_frame(classifier: Classifier, frame: pd.DataFrame, batch_size: int = 32, progress: bool = True,
+                  skipped: list[tuple[int, str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities (N, C) and feature vectors (N, D) for every image of `frame`.
+
+    An unreadable file raises ImageReadError naming it; when a `skipped` list is given, it is recorded there
+    instead, as (row position, reason), and left out of the result (so N is the number of readable images).
+    """
+    from covid_models.io import ImageReadError, read_image
 
     paths = frame["image"].tolist()
     batches = range(0, len(paths), batch_size)
@@ -23,10 +27,20 @@ def predict_frame(classifier: Classifier, frame: pd.DataFrame, batch_size: int =
         batches = tqdm(batches, desc="predicting", unit="batch")
     probabilities, features = [], []
     for start in batches:
-        inputs = torch.stack([classifier.to_input(read_image(p)) for p in paths[start:start + batch_size]])
-        probs, feats = classifier.forward(inputs)
-        probabilities.append(probs.numpy())
-        features.append(feats.numpy())
+        inputs = []
+        for position, path in enumerate(paths[start:start + batch_size], start):
+            try:
+                inputs.append(classifier.to_input(read_image(path)))
+            except ImageReadError as error:
+                if skipped is None:
+                    raise ImageReadError(f"{path}: {error}") from error
+                skipped.append((position, str(error)))
+        if inputs:
+            probs, feats = classifier.forward(torch.stack(inputs))
+            probabilities.append(probs.numpy())
+            features.append(feats.numpy())
+    if not probabilities:
+        return np.zeros((0, len(classifier.card.classes)), np.float32), np.zeros((0, 0), np.float32)
     return np.concatenate(probabilities), np.concatenate(features)
 
 

@@ -164,10 +164,12 @@ def class_activation_map(classifier: Classifier, inputs: torch.Tensor, method: s
 
 
 def heatmap(classifier: Classifier, image: Scan | np.ndarray, method: str = "gradcam",
-            target_class: str | None = None, progress: Progress | None = None) -> np.ndarray:
-    """CAM for `target_class` (default: the positive class) as float32 (H, W) in [0, 1] at the image's size.
+            target_class: str | None = None, progress: Progress | None = None,
+            size: tuple[int, int] | None = None) -> np.ndarray:
+    """CAM for `target_class` (default: the positive class) as float32 (H, W) in [0, 1] at the image's size
+    (or at `size`, e.g. the display size, so that no full-size map of a large image is ever made).
 
-    The map is rectified, resized bilinearly to the image and scaled to [0, 1]; an all-zero map stays zero.
+    The map is rectified, resized bilinearly and scaled to [0, 1]; an all-zero map stays zero.
     """
     if method not in METHODS:
         raise ExplainError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
@@ -178,7 +180,7 @@ def heatmap(classifier: Classifier, image: Scan | np.ndarray, method: str = "gra
     pixels = classifier.card.preprocessing.model_pixels(image)
     inputs = classifier.to_input(pixels)[None]
     cam = class_activation_map(classifier, inputs, method, classes.index(target_class), progress).float()
-    resized = F.interpolate(cam.clamp(min=0)[None, None], size=pixels.shape, mode="bilinear",
+    resized = F.interpolate(cam.clamp(min=0)[None, None], size=tuple(size or pixels.shape), mode="bilinear",
                             align_corners=False)[0, 0]
     low, high = float(resized.min()), float(resized.max())
     return ((resized - low) / (high - low) if high > low else torch.zeros_like(resized)).numpy().astype(np.float32)

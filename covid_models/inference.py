@@ -139,7 +139,10 @@ class Ensemble:
         return "ensemble(" + ", ".join(m.name for m in self.members) + ")"
 
     def predict(self, image: Scan | np.ndarray) -> Prediction:
-        predictions = [member.predict(image) for member in self.members]
+        return self.combine([member.predict(image) for member in self.members])
+
+    def combine(self, predictions: Sequence[Prediction]) -> Prediction:
+        """The ensemble's prediction from its members' predictions of one image, in member order."""
         first = self.members[0].card
         mean = np.mean([[p.probabilities[c] for c in first.classes] for p in predictions], axis=0)
         threshold = float(np.mean([m.card.threshold for m in self.members]))

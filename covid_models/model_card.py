@@ -5,6 +5,13 @@ from typing import TYPE_CHECKING, Any
 
 from covid_models import RESEARCH_USE_NOTICE
 
+MODALITY_NAMES = {"xray": "X-ray", "ct": "CT"}  # the modalities a model card may name, as people write them
+
+
+def modality_name(modality: str) -> str:
+    """"ct" -> "CT", "xray" -> "X-ray" (an unknown name is returned as it is)."""
+    return MODALITY_NAMES.get(modality, modality)
+
 if TYPE_CHECKING:
     from covid_models.checkpoint import ModelCard
 

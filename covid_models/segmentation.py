@@ -163,18 +163,19 @@ class Segmenter:
         return self.card.extra.get("postprocess")
 
     @torch.inference_mode()
-    def probability(self, image: Scan | np.ndarray) -> np.ndarray:
-        """Per-pixel probability of the target, (H, W) float32 at the image's own size."""
+    def probability(self, image: Scan | np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Per-pixel probability of the target, float32 at the image's own size (H, W) or at `size`."""
         pixels = np.asarray(self.card.preprocessing.model_pixels(image), dtype=np.float32)
         inputs = self.card.preprocessing(pixels)[None]
         parameter = next(self.model.parameters())
         logits = self.model(inputs.to(parameter.device, parameter.dtype)).float()
-        logits = F.interpolate(logits, size=pixels.shape, mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits, size=tuple(size or pixels.shape), mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)[0, 0].cpu().numpy()
 
-    def mask(self, image: Scan | np.ndarray) -> np.ndarray:
-        """Boolean (H, W) mask: probability at or above the card's threshold, post-processed as the card says."""
-        return self.mask_from_probability(self.probability(image))
+    def mask(self, image: Scan | np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Boolean mask at the image's size (or `size`): probability at or above the card's threshold,
+        post-processed as the card says."""
+        return self.mask_from_probability(self.probability(image, size))
 
     def mask_from_probability(self, probability: np.ndarray) -> np.ndarray:
         mask = probability >= self.threshold

@@ -1,17 +1,17 @@
 """Analyze: upload chest images and see calibrated probabilities, a heatmap, masks and a downloadable report.
 
-Every expensive step is cached by the image's content hash together with what changes its result
-(window, model directories, CAM method, segmentation model), so moving a slider or toggling a mask
-reruns the script without recomputing or even decoding anything. Results are cached at display size and
-the caches are bounded (2 decoded full-size scans; 64 images and 64 heatmaps as uint8 and 128 masks as packed
-bits at no more than 768 px, plus 16 MB of slow-method heatmaps: about 100 MB when full), so a long-running
-server does not grow without limit.
+The page lays out `covid_models.analysis.analyse`, the one analysis every page, script and test runs; its
+result is cached by the image's content hash with what changes it (model directories, CAM method,
+segmentation models), so moving a slider, toggling a mask or changing the display window reruns the script
+without recomputing or decoding anything. The window is a display setting only: models get their card's
+canonical input. Caches are bounded (2 decoded full-size scans, 128 MB of display-size analyses, 64 windowed
+display images as uint8), and batches beyond BATCH_PAGE images are paged, so a long-running server does not
+grow without limit and a page never holds more than its caches keep.
 Models are used under their lock (pages.shared.model_lock) because a CAM hook on a shared network must not
 see another session's forward pass.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +20,12 @@ import pandas as pd
 import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE
+from covid_models.analysis import Analysis, analyse
 from covid_models.checkpoint import CheckpointError, ModelCard
-from covid_models.data import DataError, LeakageError, default_data_dir, ensure_split, load_dataset
-from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS, Progress, heatmap
-from covid_models.inference import Ensemble, Prediction
+from covid_models.data import DataError, LeakageError, default_data_dir, held_out_images
+from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS
+from covid_models.formatting import percent
+from covid_models.inference import Prediction
 from covid_models.io import (
     WINDOW_PRESETS,
     ImageReadError,
@@ -34,6 +36,7 @@ from covid_models.io import (
     read_image,
     rewindow,
 )
+from covid_models.model_card import MODALITY_NAMES, modality_name
 from covid_models.overlays import (
     DISPLAY_SIDE,
     INFECTION_COLOR,
@@ -52,7 +55,7 @@ from covid_models.report import (
     render_pdf,
     result_sentence,
 )
-from covid_models.segmentation import cam_mass_inside
+from covid_models.segmentation import Segmenter
 from pages.shared import (
     LruCache,
     data_dir,
@@ -66,16 +69,15 @@ from pages.shared import (
 
 enter_through_app()
 
-MODALITY_NAMES = {"xray": "X-ray", "ct": "CT"}
 ENSEMBLE = "ensemble"
-LOW_LUNG_SHARE = 0.5
 EXAMPLES_PER_CLASS = 2
 FILE_WINDOW = "file"
 CUSTOM_WINDOW = "custom"
 MASK_COLORS = {"lungs": LUNG_COLOR, "infection": INFECTION_COLOR}
 MASK_CAPTIONS = {"lungs": "Lung mask", "infection": "Infection mask (ground glass and consolidation)"}
 OUTLINE_COLOR = (255, 255, 255)  # a mask outline on the heatmap: white reads on every colour of the jet map
-SLOW_HEATMAP_BYTES = 16 * 1024 * 1024  # Score-CAM and Ablation-CAM maps kept (uint8 at display size: about 28)
+BATCH_PAGE = 24  # images analysed and shown at once; more are paged
+ANALYSIS_CACHE_BYTES = 128 * 1024 * 1024  # at least 48 analyses of the largest display size (2.4 MB each)
 
 
 @dataclass(frozen=True)
@@ -113,101 +115,63 @@ def scan_facts(digest: str, _data: bytes, name: str) -> tuple[ScanMetadata, bool
     return scan.metadata, scan.modality_values is not None
 
 
-class Pixels:
-    """The image under a window, decoded only when a cached result is missing, and then once per rerun."""
-
-    def __init__(self, upload: Upload, window: tuple[float, float] | None):
-        self.upload, self.window = upload, window
-
-    @functools.cached_property
-    def full(self) -> np.ndarray:
-        scan = read_scan(self.upload.digest, self.upload.data, self.upload.name)
-        return scan.pixels if self.window is None else rewindow(scan, *self.window)
-
-
 @st.cache_data(max_entries=64, show_spinner=False)
-def display_image(digest: str, window: tuple[float, float] | None, _pixels: Pixels) -> np.ndarray:
-    """The image at display size as uint8 (a quarter of float32 in the cache)."""
-    full = _pixels.full
-    return np.round(for_display(full, display_size(full.shape)) * 255).astype(np.uint8)
-
-
-@st.cache_data(max_entries=512, show_spinner=False)
-def classify(digest: str, window: tuple[float, float] | None, model_dirs: tuple[str, ...], _pixels: Pixels
-             ) -> Prediction:
-    """The calibrated prediction of one model, or of the ensemble of several."""
-    members = [load_classifier(directory) for directory in model_dirs]
-    with _locks(model_dirs):
-        return members[0].predict(_pixels.full) if len(members) == 1 else Ensemble(members).predict(_pixels.full)
-
-
-def compute_heatmap(model_dirs: tuple[str, ...], method: str, pixels: np.ndarray,
-                    progress: Progress | None = None) -> np.ndarray:
-    """CAM for the positive class at display size as uint8 (a quarter of float32 in a cache); for an
-    ensemble, the mean of its members' maps. `progress` hears the fraction done (slow methods only)."""
-    maps = []
-    for number, directory in enumerate(model_dirs):
-        classifier = load_classifier(directory)
-        member_progress = None if progress is None else \
-            (lambda done, n=number: progress((n + done) / len(model_dirs)))
-        with model_lock(directory):
-            maps.append(heatmap(classifier, pixels, method, progress=member_progress))
-    mean = for_display(np.mean(maps, axis=0).astype(np.float32), display_size(pixels.shape))
-    low, high = float(mean.min()), float(mean.max())
-    scaled = (mean - low) / (high - low) if high > low else np.zeros_like(mean)
-    return np.round(scaled * 255).astype(np.uint8)
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def explain(digest: str, window: tuple[float, float] | None, model_dirs: tuple[str, ...], method: str,
-            _pixels: Pixels) -> np.ndarray:
-    """The heatmap of a fast method, cached."""
-    return compute_heatmap(model_dirs, method, _pixels.full)
+def windowed_image(digest: str, window: tuple[float, float], _upload: Upload) -> np.ndarray:
+    """The image under a display window, at display size as uint8: drawn only, never given to a model."""
+    scan = read_scan(digest, _upload.data, _upload.name)
+    pixels = rewindow(scan, *window)
+    return np.round(for_display(pixels, display_size(pixels.shape)) * 255).astype(np.uint8)
 
 
 @st.cache_resource(show_spinner=False)
-def slow_heatmaps() -> LruCache:
-    """Heatmaps of the slow methods: computed outside Streamlit's caches so that they can show progress."""
-    return LruCache(SLOW_HEATMAP_BYTES, size=lambda array: array.nbytes)
+def analyses() -> LruCache:
+    """Analyses of the server's sessions by (content hash, models, method), bounded in bytes.
+
+    Outside Streamlit's result caches so that a slow heatmap can show its progress (an element updated inside
+    a cached function cannot be replayed); an `Analysis` is immutable, so sharing it is safe.
+    """
+    return LruCache(ANALYSIS_CACHE_BYTES, size=lambda analysis: analysis.nbytes)
 
 
-@st.cache_data(max_entries=128, show_spinner=False)
-def segment(digest: str, window: tuple[float, float] | None, segmenter_dir: str, _pixels: Pixels
-            ) -> tuple[np.ndarray, tuple[int, int]]:
-    """A mask at display size, packed eight pixels to a byte for the cache, with its shape (see `unpacked`)."""
-    segmenter = load_segmenter(segmenter_dir)
-    with model_lock(segmenter_dir):
-        mask = segmenter.mask(_pixels.full)
-    mask = for_display(np.asarray(mask, dtype=bool), display_size(_pixels.full.shape))
-    return np.packbits(mask), mask.shape
+def analysis_for(upload: Upload, model_dirs: tuple[str, ...], method: str, modality: str) -> Analysis:
+    """The cached analysis of an upload, computed (with a spinner, or a progress bar for slow methods) if missing.
 
-
-def unpacked(packed: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
-
-
-class _locks:
-    """Hold the locks of several models (in a fixed order, so two sessions cannot deadlock)."""
-
-    def __init__(self, directories: tuple[str, ...]):
-        self.locks = [model_lock(d) for d in sorted(set(directories))]
-
-    def __enter__(self) -> None:
-        for lock in self.locks:
-            lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        for lock in reversed(self.locks):
-            lock.release()
+    Raises CheckpointError when a classifier cannot be loaded; a segmentation model that cannot be loaded is
+    reported and left out.
+    """
+    segmenters: dict[str, Segmenter] = {}
+    for directory, card in model_cards(task="segmentation", modality=modality):
+        try:
+            segmenters[directory] = load_segmenter(directory)
+        except CheckpointError as error:
+            show_error(f"The segmentation model {card.name} could not be loaded: {error}")
+    key = (upload.digest, model_dirs, method, tuple(segmenters))
+    found = analyses().get(key)
+    if found is not None:
+        return found
+    classifiers = {directory: load_classifier(directory) for directory in model_dirs}
+    directories = {id(model): directory for directory, model in (*classifiers.items(), *segmenters.items())}
+    scan = read_scan(upload.digest, upload.data, upload.name)
+    hold = lambda model: model_lock(directories[id(model)])  # noqa: E731  (one lock per shared network)
+    if method in SLOW_METHODS:
+        label = f"Computing {METHOD_LABELS[method]}: one forward pass per feature channel, this takes a while"
+        bar = st.empty()
+        try:
+            found = analyse(scan, list(classifiers.values()), list(segmenters.values()), method=method, hold=hold,
+                            progress=lambda done: bar.progress(done, text=f"{label} ({done:.0%})"))
+        finally:
+            bar.empty()
+    else:
+        with st.spinner(f"Analysing with {METHOD_LABELS[method]}..."):
+            found = analyse(scan, list(classifiers.values()), list(segmenters.values()), method=method, hold=hold)
+    analyses().put(key, found)
+    return found
 
 
 @st.cache_data(show_spinner=False)
-def example_rows(root: str, modality: str, per_class: int) -> list[tuple[str, str]]:
-    """(label, image path) of a few test-split images per class: the official split, else a seeded patient one."""
-    frame = load_dataset(root, modality)
-    if "split" not in frame.columns or frame["split"].isna().any():
-        frame = ensure_split(frame, seed=0, data_root=Path(root))
-    test = frame[frame["split"] == "test"].sort_values("image")
+def example_images(root: str, modality: str, per_class: int) -> list[tuple[str, str]]:
+    """(label, image path) of a few held-out images per class (see `data.held_out_images`)."""
+    test = held_out_images(Path(root), modality)
     picks = [group.sample(min(per_class, len(group)), random_state=0) for _, group in test.groupby("label")]
     return [(row.label, row.image) for row in pd.concat(picks).itertuples()] if picks else []
 
@@ -252,19 +216,6 @@ def settings_sidebar() -> Settings:
         show_masks = st.toggle("Show segmentation masks", value=True, key="show-masks")
         outline = st.toggle("Outline the mask on the heatmap", value=True, key="outline")
     return Settings(default_modality, models, method, opacity, show_masks, outline)
-
-
-def operating_point_text(model_dirs: tuple[str, ...], prediction: Prediction) -> str:
-    """Which operating point the threshold is and how it was chosen, from the card."""
-    if len(model_dirs) > 1:
-        return (f"threshold {prediction.threshold:.1%}: the mean of the members' operating points, a convenience "
-                "that was not validated for the ensemble")
-    card = load_classifier(model_dirs[0]).card
-    name = card.default_operating_point
-    if name is None:
-        return f"threshold {prediction.threshold:.1%} (the card defines no operating point; 0.5 by default)"
-    rule = card.operating_points[name].get("rule", "rule not recorded")
-    return f"'{name}', threshold {prediction.threshold:.1%}, chosen by: {rule}"
 
 
 def window_choice(upload: Upload, metadata: ScanMetadata, windowable: bool) -> tuple[float, float] | None:
@@ -317,10 +268,12 @@ def probability_table(prediction: Prediction) -> None:
                      "Calibrated probability", format="percent", min_value=0.0, max_value=1.0)})
 
 
-def result_block(prediction: Prediction, modality: str, model_dirs: tuple[str, ...]) -> None:
+def result_block(analysis: Analysis) -> None:
+    prediction = analysis.prediction
+    for signal in analysis.signals:
+        if signal.level == "error":
+            st.error(signal.text, icon=":material/block:")
     if prediction.out_of_distribution:
-        st.error(f"This does not look like a chest {MODALITY_NAMES[modality]} the model was trained on; "
-                 "the prediction is held back.", icon=":material/block:")
         with st.expander("Probabilities (held back: not to be interpreted)"):
             probability_table(prediction)
         return
@@ -328,34 +281,29 @@ def result_block(prediction: Prediction, modality: str, model_dirs: tuple[str, .
     with left:
         if prediction.positive_probability is not None:
             st.metric(f"{class_name(prediction.positive_class)} probability (calibrated)",
-                      f"{prediction.positive_probability:.1%}")
+                      percent(prediction.positive_probability))
             if prediction.positive:
                 st.markdown(":orange-badge[:material/flag: At or above the operating point]")
             else:
                 st.markdown(":blue-badge[Below the operating point]")
         st.caption(result_sentence(prediction))
-        st.caption("Operating point: " + operating_point_text(model_dirs, prediction))
+        st.caption("Operating point: " + analysis.operating_point)
     with right:
         probability_table(prediction)
 
 
-def trust_signal(share: float, target: str) -> None:
-    """How much of the heatmap lies inside the mask: a COVID-19 heatmap outside the lungs reads no disease."""
-    if np.isnan(share):
-        st.caption("The heatmap is empty, so its share inside the mask is undefined.")
-        return
-    if target != "lungs":
-        st.caption(f"{share:.0%} of the heatmap lies inside the {target} mask.")
-        return
-    text = f"{share:.0%} of the heatmap lies inside the lungs."
-    if share < LOW_LUNG_SHARE:
-        st.warning(text + " The model looked mostly outside the lungs (labels, borders, devices): treat this "
-                   "prediction with suspicion.", icon=":material/visibility_off:")
-    else:
-        st.success(text, icon=":material/visibility:")
+def trust_signals(analysis: Analysis) -> None:
+    """Where the heatmap lies and what is missing (the held-back error is shown with the result)."""
+    for signal in analysis.signals:
+        if signal.level == "warning":
+            st.warning(signal.text, icon=":material/visibility_off:")
+        elif signal.level == "success":
+            st.success(signal.text, icon=":material/visibility:")
+        elif signal.level == "note":
+            st.caption(signal.text)
 
 
-def analyse(upload: Upload, settings: Settings) -> dict:
+def show_upload(upload: Upload, settings: Settings) -> dict:
     """Show one image's analysis; returns its row of the batch summary."""
     st.subheader(bare_file_name(upload.name), divider="gray")
     row = {"File": bare_file_name(upload.name), "Modality": None, "Model": None, "COVID-19 probability": None}
@@ -370,28 +318,30 @@ def analyse(upload: Upload, settings: Settings) -> dict:
         else "from the dataset" if upload.modality else "as chosen in the settings"
     if dicom and metadata.modality is None and metadata.dicom_modality:
         origin += f" (the file's Modality tag '{metadata.dicom_modality}' is not a chest X-ray or CT)"
-    st.caption(f"{MODALITY_NAMES[modality]} {origin}; {metadata.width} x {metadata.height} pixels, "
+    st.caption(f"{modality_name(modality)} {origin}; {metadata.width} x {metadata.height} pixels, "
                f"{metadata.source_format.upper()}."
                + (f" Reference label in the dataset: **{upload.reference_label}**." if upload.reference_label else ""))
     if dicom:
         dicom_header(upload, metadata)
     window = window_choice(upload, metadata, windowable)
-    pixels = Pixels(upload, window)
-    shown = display_image(upload.digest, window, pixels).astype(np.float32) / 255
+    row["Modality"] = modality_name(modality)
     model_dirs = settings.models.get(modality)
     if not model_dirs:
-        st.warning(f"No {MODALITY_NAMES[modality]} classifier is installed, so this image cannot be analysed.")
-        st.image(shown, width=DISPLAY_SIDE // 2, clamp=True)
-        return row | {"Modality": MODALITY_NAMES[modality], "Result": "not analysed: no model"}
+        st.warning(f"No {modality_name(modality)} classifier is installed, so this image cannot be analysed.")
+        scan = read_scan(upload.digest, upload.data, upload.name)
+        st.image(for_display(scan.pixels, display_size(scan.pixels.shape)), width=DISPLAY_SIDE // 2, clamp=True)
+        return row | {"Result": "not analysed: no model"}
     try:
-        prediction = classify(upload.digest, window, model_dirs, pixels)
-        cam = heatmap_for(upload, window, model_dirs, settings.method, pixels).astype(np.float32) / 255
+        analysis = analysis_for(upload, model_dirs, settings.method, modality)
     except CheckpointError as error:
         show_error(f"The model could not be loaded: {error}")
-        return row | {"Modality": MODALITY_NAMES[modality], "Result": "not analysed: the model could not be loaded"}
-    result_block(prediction, modality, model_dirs)
-    masks = masks_for(upload, window, pixels, modality)
-    overlay = heatmap_overlay(shown, cam, settings.opacity)
+        return row | {"Result": "not analysed: the model could not be loaded"}
+    prediction = analysis.prediction
+    result_block(analysis)
+    # The window changes only what is drawn: the analysis (models' input: the card's canonical one) stays as it is.
+    shown = analysis.grey if window is None else windowed_image(upload.digest, window, upload).astype(np.float32) / 255
+    masks = analysis.masks
+    overlay = heatmap_overlay(shown, analysis.heat, settings.opacity)
     if masks and settings.outline_on_heatmap:
         overlay = mask_overlay(overlay, next(iter(masks.values())), color=OUTLINE_COLOR, alpha=0.0)
     columns = st.columns(3 if masks and settings.show_masks else 2)
@@ -405,65 +355,21 @@ def analyse(upload: Upload, settings: Settings) -> dict:
         target, mask = next(iter(masks.items()))
         columns[2].image(mask_overlay(shown, mask, color=MASK_COLORS.get(target, LUNG_COLOR)),
                          caption=MASK_CAPTIONS.get(target, f"{target.capitalize()} mask"), width="stretch")
-    if not masks:
-        target = "lung" if modality == "xray" else "infection"
-        st.caption(f"No {target} segmentation model for {MODALITY_NAMES[modality]} is installed, so no mask and no "
-                   "share of the heatmap inside it can be shown.")
-    shares = {target: cam_mass_inside(cam, mask) for target, mask in masks.items()}
-    for target, share in shares.items():
-        trust_signal(share, target)
-    lung_share = shares.get("lungs")
-    lung_share = None if lung_share is None or np.isnan(lung_share) else lung_share
-    downloads(upload, modality, prediction, model_dirs, settings, shown, overlay, lung_share)
+    trust_signals(analysis)
+    downloads(upload, analysis, settings, shown, overlay)
     st.caption(":material/health_and_safety: Research use only: not for diagnosis. Review by a radiologist.")
-    return row | {"Modality": MODALITY_NAMES[modality], "Model": prediction.model,
-            "COVID-19 probability": None if prediction.out_of_distribution else prediction.positive_probability,
-            "Result": "held back (out of distribution)" if prediction.out_of_distribution
-            else "at or above the operating point" if prediction.positive else "below the operating point"}
+    return row | {"Model": prediction.model,
+                  "COVID-19 probability": None if prediction.out_of_distribution else prediction.positive_probability,
+                  "Result": "held back (out of distribution)" if prediction.out_of_distribution
+                  else "at or above the operating point" if prediction.positive else "below the operating point"}
 
 
-def heatmap_for(upload: Upload, window: tuple[float, float] | None, model_dirs: tuple[str, ...], method: str,
-                pixels: Pixels) -> np.ndarray:
-    """The heatmap (uint8), cached; a slow method shows a progress bar while it is computed."""
-    if method not in SLOW_METHODS:
-        with st.spinner(f"Computing {METHOD_LABELS[method]}..."):
-            return explain(upload.digest, window, model_dirs, method, pixels)
-    key = (upload.digest, window, model_dirs, method)
-    cam = slow_heatmaps().get(key)
-    if cam is None:
-        label = f"Computing {METHOD_LABELS[method]}: one forward pass per feature channel, this takes a while"
-        bar = st.empty()
-        try:
-            cam = compute_heatmap(model_dirs, method, pixels.full,
-                                  lambda done: bar.progress(done, text=f"{label} ({done:.0%})"))
-        finally:
-            bar.empty()
-        slow_heatmaps().put(key, cam)
-    return cam
-
-
-def masks_for(upload: Upload, window: tuple[float, float] | None, pixels: Pixels, modality: str
-              ) -> dict[str, np.ndarray]:
-    """target -> display-size mask from each segmentation model of the modality (none when none is installed)."""
-    masks: dict[str, np.ndarray] = {}
-    for directory, card in model_cards(task="segmentation", modality=modality):
-        try:
-            mask = unpacked(*segment(upload.digest, window, directory, pixels))
-        except CheckpointError as error:
-            show_error(f"The segmentation model {card.name} could not be loaded: {error}")
-            continue
-        masks.setdefault(card.classes[0], mask)  # the card's only class is its target
-    return masks
-
-
-def downloads(upload: Upload, modality: str, prediction: Prediction, model_dirs: tuple[str, ...], settings: Settings,
-              shown: np.ndarray, overlay: np.ndarray, lung_share: float | None) -> None:
+def downloads(upload: Upload, analysis: Analysis, settings: Settings, shown: np.ndarray, overlay: np.ndarray) -> None:
     """Annotated PNG and the report; built only when clicked (the callables run on download)."""
     stem = Path(bare_file_name(upload.name)).stem
-    content = ReportContent(file_name=upload.name, modality=modality, prediction=prediction,
-                            operating_point=operating_point_text(model_dirs, prediction),
-                            explanation=METHOD_LABELS[settings.method], image=shown, overlay=overlay,
-                            lung_share=lung_share)
+    content = ReportContent(file_name=upload.name, modality=analysis.modality, prediction=analysis.prediction,
+                            operating_point=analysis.operating_point, explanation=METHOD_LABELS[settings.method],
+                            image=shown, overlay=overlay, lung_share=analysis.lung_share)
     key = f"{upload.digest[:16]}-{settings.method}"
     first, second, third = st.columns(3)
     first.download_button("Annotated image (PNG)", lambda: png_bytes(overlay), file_name=f"{stem}-heatmap.png",
@@ -492,9 +398,9 @@ def examples_section(default_modality: str) -> None:
             return
         curated = [m for m in MODALITY_NAMES if (root / m / "manifest.csv").is_file()]
         for modality in curated or [default_modality]:
-            name = MODALITY_NAMES[modality]
+            name = modality_name(modality)
             try:
-                rows = example_rows(str(root), modality, EXAMPLES_PER_CLASS)
+                rows = example_images(str(root), modality, EXAMPLES_PER_CLASS)
             except (DataError, LeakageError, OSError) as error:
                 st.caption(f"No {name} examples: {error}")
                 continue
@@ -535,6 +441,21 @@ def uploads() -> list[Upload]:
     return items + list(st.session_state.get("examples", []))
 
 
+def batch_page(items: list[Upload]) -> list[Upload]:
+    """The images shown now: all of them up to BATCH_PAGE, else the page of them the user picks.
+
+    The analyses cache holds more than a page, so moving a slider or a toggle never recomputes a shown image.
+    """
+    if len(items) <= BATCH_PAGE:
+        return items
+    starts = list(range(0, len(items), BATCH_PAGE))
+    label = {start: f"Images {start + 1}-{min(start + BATCH_PAGE, len(items))}" for start in starts}
+    st.info(f"{len(items)} images: they are analysed and shown {BATCH_PAGE} at a time, so that the page stays "
+            "responsive. Choose which ones below.", icon=":material/view_carousel:")
+    start = st.selectbox("Images shown", starts, format_func=label.get, key="batch-page")
+    return items[start:start + BATCH_PAGE]
+
+
 # -------------------------------------------------------------------------------------------------- page
 st.title("Analyze chest images")
 st.warning(RESEARCH_USE_NOTICE, icon=":material/health_and_safety:")
@@ -548,9 +469,10 @@ if not items:
     st.info("Upload one or more images to analyse them.", icon=":material/upload:")
     st.stop()
 summary_slot = st.container()
-rows = [analyse(item, settings) for item in items]
-if len(items) > 1:
+shown_items = batch_page(items)
+rows = [show_upload(item, settings) for item in shown_items]
+if len(shown_items) > 1:
     with summary_slot:
-        st.markdown(f"**{len(items)} images**; details of each below.")
+        st.markdown(f"**{len(shown_items)} images**; details of each below.")
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
             "COVID-19 probability": st.column_config.NumberColumn(format="percent")})

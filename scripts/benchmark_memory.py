@@ -4,10 +4,10 @@
     python scripts/benchmark_memory.py --n 200 --weights weights --data ../shared/data
 
 One analysis is what the Analyze page computes for one upload, in one process: the file's bytes read by
-`covid_models.io.read_image`, `Classifier.predict`, a CAM heatmap (`covid_models.explain.heatmap`, forward
-and backward hooks on the shared network), the masks of every segmentation model of the same modality in
-the weights folder (none while none is installed), the heatmap and mask overlays and the share of the
-heatmap inside the mask. Streamlit's result caches are left out on purpose: they hold results by design
+`covid_models.io.read_image`, then `covid_models.analysis.analyse` (the page's own call: prediction, a CAM
+heatmap with forward and backward hooks on the shared network, the masks of every segmentation model of the
+same modality in the weights folder, the share of the heatmap inside them, all at display size), then the
+heatmap and mask overlays the page draws. Streamlit's result caches are left out on purpose: they hold results by design
 (bounded by `max_entries`), whereas this measures what a computation leaves behind once its result is dropped.
 
 Per model: RSS after a warm-up (first-call allocations, thread pools, allocator arenas), RSS after N more
@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from covid_models.analysis import analyse
 from covid_models.data import DataError, default_data_dir, held_out_images
-from covid_models.explain import heatmap
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import read_image
-from covid_models.overlays import INFECTION_COLOR, LUNG_COLOR, display_size, for_display, heatmap_overlay, mask_overlay
-from covid_models.segmentation import Segmenter, cam_mass_inside
+from covid_models.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, mask_overlay
+from covid_models.segmentation import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -66,21 +66,16 @@ class MemoryRun:
         return self.rss_end_mb - self.rss_warm_mb
 
 
-def analyse(classifier: Classifier, segmenters: list[Segmenter], name: str, data: bytes,
-            method: str = "gradcam") -> float | None:
-    """One upload through the Analyze page's computations; returns the COVID-19 probability."""
-    scan = read_image(data, name=name)
-    pixels = scan.pixels
-    prediction = classifier.predict(pixels)
-    cam = for_display(heatmap(classifier, pixels, method), display_size(pixels.shape))
-    shown = for_display(pixels, cam.shape)
-    overlay = heatmap_overlay(shown, cam, OPACITY)
-    for segmenter in segmenters:
-        mask = for_display(np.asarray(segmenter.mask(pixels), dtype=bool), cam.shape)
+def analyse_upload(classifier: Classifier, segmenters: list[Segmenter], name: str, data: bytes,
+                   method: str = "gradcam") -> float | None:
+    """One upload as the Analyze page computes it (`covid_models.analysis.analyse`, then the overlays it draws);
+    returns the COVID-19 probability."""
+    result = analyse(read_image(data, name=name), [classifier], segmenters, method=method)
+    overlay = heatmap_overlay(result.grey, result.heat, OPACITY)
+    for target, mask in result.masks.items():
         overlay = mask_overlay(overlay, mask, color=(255, 255, 255), alpha=0.0)
-        mask_overlay(shown, mask, color=MASK_COLORS.get(segmenter.target, LUNG_COLOR))
-        cam_mass_inside(cam, mask)
-    return prediction.positive_probability
+        mask_overlay(result.grey, mask, color=MASK_COLORS.get(target, LUNG_COLOR))
+    return result.prediction.positive_probability
 
 
 def generated_images(count: int) -> list[tuple[str, bytes]]:
@@ -105,12 +100,12 @@ def measure(classifier: Classifier, segmenters: list[Segmenter], images: list[tu
             warmup: int, method: str, trim: bool) -> MemoryRun:
     """Warm up, then N analyses cycling through `images`; RSS along the way, hooks left at the end."""
     for index in range(warmup):
-        analyse(classifier, segmenters, *images[index % len(images)], method=method)
+        analyse_upload(classifier, segmenters, *images[index % len(images)], method=method)
     peak = rss_mb(trim=False)
     samples = [(0, rss_mb(trim))]
     started = time.perf_counter()
     for index in range(n):
-        analyse(classifier, segmenters, *images[(warmup + index) % len(images)], method=method)
+        analyse_upload(classifier, segmenters, *images[(warmup + index) % len(images)], method=method)
         if index % 10 == 9 or index == n - 1:
             peak = max(peak, rss_mb(trim=False))
             samples.append((index + 1, rss_mb(trim)))

@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "same modality, if any); the share of the Grad-CAM heatmap inside the lungs is reported")
     parser.add_argument("--no-cam-check", action="store_true", help="skip the heatmap-inside-lungs check")
     parser.add_argument("--cam-limit", type=int, default=200, help="images per class for the heatmap check")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="leave out files that cannot be read (each named, and counted in the report) instead of "
+                             "stopping at the first one")
     return parser.parse_args(argv)
 
 
@@ -55,12 +58,23 @@ def main(argv: list[str] | None = None) -> int:
         if frame.empty:
             raise DataError(f"no images with labels {card.classes} in the {args.split} split of {args.data}")
         print(f"evaluating {card.name} on {len(frame)} images ({args.split})")
-        probabilities, _ = predict_frame(classifier, frame, args.batch_size)
+        skipped: list[tuple[int, str]] | None = [] if args.skip_unreadable else None
+        probabilities, _ = predict_frame(classifier, frame, args.batch_size, skipped=skipped)
+        if skipped:
+            for position, reason in skipped:
+                print(f"skipped unreadable {frame['image'].iloc[position]}: {reason}", file=sys.stderr)
+            frame = frame.drop(index=frame.index[[position for position, _ in skipped]]).reset_index(drop=True)
+            print(f"{len(skipped)} unreadable file(s) skipped; evaluating the {len(frame)} others")
+        if frame.empty:
+            raise DataError("no readable image to evaluate")
     except (CheckpointError, DataError, LeakageError, ImageReadError) as error:
         print(f"error: {error}", file=sys.stderr)
+        if isinstance(error, ImageReadError):
+            print("(--skip-unreadable leaves such files out and counts them)", file=sys.stderr)
         return 2
     report = classification_report(frame, probabilities, card.classes, card.positive_class, card.threshold)
     report["model"], report["data"], report["split"] = card.name, str(args.data), args.split
+    report["unreadable_skipped"] = len(skipped or [])
     report["command"] = "python scripts/evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv)
     segmenter = args.lung_segmenter or shipped_lung_segmenter(card.modality)
     if segmenter is not None and not args.no_cam_check:
@@ -84,19 +98,23 @@ def shipped_lung_segmenter(modality: str) -> Path | None:
 
 
 def cam_inside_lungs(classifier: Classifier, segmenter_dir: Path, frame, limit: int) -> dict[str, dict[str, float]]:
-    """Mean share of the heatmap mass inside the predicted lung mask, per true class (the shortcut check)."""
+    """Mean share of the heatmap mass inside the predicted lung mask, per true class (the shortcut check),
+    from the Analyze page's own analysis (`covid_models.analysis.analyse`); unreadable files are left out."""
     from tqdm import tqdm
 
-    from covid_models.explain import heatmap
+    from covid_models.analysis import analyse
     from covid_models.io import read_image
-    from covid_models.segmentation import Segmenter, cam_mass_inside
+    from covid_models.segmentation import Segmenter
 
     segmenter = Segmenter.load(segmenter_dir)
     sample = frame.groupby("label", group_keys=False).head(limit)
     shares: dict[str, list[float]] = {}
     for path, label in tqdm(list(zip(sample["image"], sample["label"], strict=True)), desc="heatmaps", unit="img"):
-        scan = read_image(path)
-        shares.setdefault(label, []).append(cam_mass_inside(heatmap(classifier, scan), segmenter.mask(scan)))
+        try:
+            scan = read_image(path)
+        except ImageReadError:
+            continue
+        shares.setdefault(label, []).append(analyse(scan, [classifier], [segmenter]).shares["lungs"])
     return {label: {"mean": float(np.nanmean(v)), "n": len(v)} for label, v in shares.items()}
 
 

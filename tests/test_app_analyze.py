@@ -10,7 +10,7 @@ from pydicom.data import get_testdata_file
 
 from covid_models import RESEARCH_USE_NOTICE
 from covid_models.inference import Classifier, Ensemble
-from covid_models.io import WINDOW_PRESETS, read_dicom_identifiers, read_image, rewindow
+from covid_models.io import read_dicom_identifiers, read_image
 
 PAGE = "pages/analyze.py"
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
@@ -109,9 +109,7 @@ def test_moving_the_opacity_slider_changes_the_view_without_recomputing(weights,
     at = page_test(PAGE, weights, monkeypatch).run()
     upload(at, ("chest.png", chest_like_png(seed=4)))
     before = shown_probabilities(at)
-    calls = []
-    monkeypatch.setattr("covid_models.inference.Classifier.predict", lambda *a, **k: calls.append(a))
-    monkeypatch.setattr("covid_models.explain.heatmap", lambda *a, **k: calls.append(a))
+    calls = counting(monkeypatch, *MODEL_CALLS)
     at.slider(key="opacity").set_value(0.8).run()
     assert not at.exception
     assert calls == []  # served from the cache
@@ -140,15 +138,62 @@ def test_a_dicom_ct_gets_its_modality_from_the_header_and_window_presets(weights
     assert at.radio(key="modality").value == "xray"  # the user's default does not override the DICOM tag
     upload(at, ("CT_small.dcm", data))
     assert not at.exception
-    scan = read_image(data)
     ct = Classifier.load(weights / "ct-fixture")
-    assert shown_probabilities(at) == pytest.approx(ct.predict(scan).probabilities, abs=1e-6)
+    assert shown_probabilities(at) == pytest.approx(ct.predict(read_image(data)).probabilities, abs=1e-6)
     window = next(r for r in at.radio if r.label.startswith("Window"))
     assert window.options[1:] == ["Lung (-600 / 1500)", "Mediastinum (40 / 400)", "Bone (400 / 1800)", "Custom"]
-    window.set_value("mediastinum").run()
+
+
+def counting(monkeypatch, *targets: str) -> list[str]:
+    """Wrap each dotted `target` so that its calls are recorded (and still made); returns the record."""
+    import importlib
+
+    calls: list[str] = []
+    for target in targets:
+        module_name, _, attribute = target.rpartition(".")
+        try:
+            owner = importlib.import_module(module_name)
+        except ModuleNotFoundError:  # a method: module.Class.method
+            module_name, _, class_name = module_name.rpartition(".")
+            owner = getattr(importlib.import_module(module_name), class_name)
+        original = getattr(owner, attribute)
+
+        def wrapper(*args, _original=original, _target=target, **kwargs):
+            calls.append(_target)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, attribute, wrapper)
+    return calls
+
+
+MODEL_CALLS = ("covid_models.analysis.analyse", "covid_models.inference.Classifier.predict",
+               "covid_models.segmentation.Segmenter.probability", "covid_models.explain.class_activation_map")
+
+
+def test_a_window_change_redraws_the_image_only_leaving_the_probability_byte_identical(weights, monkeypatch):
+    """The window presets are display settings: the models keep their card's canonical input (issue 11, bug 3)."""
+    at = page_test(PAGE, weights, monkeypatch).run()
+    upload(at, ("CT_small.dcm", CT_SMALL.read_bytes()))
+    before, metric = shown_probabilities(at), at.metric[0].value
+    calls = counting(monkeypatch, *MODEL_CALLS)
+    window = next(r for r in at.radio if r.label.startswith("Window"))
+    for preset in ("lung", "mediastinum", "bone", "custom", "file"):
+        window.set_value(preset).run()
+        assert not at.exception
+        assert shown_probabilities(at) == before and at.metric[0].value == metric, preset  # exactly equal
+        window = next(r for r in at.radio if r.label.startswith("Window"))
+    captions = [c for image in at.image for c in image.captions]
+    assert "Image" in captions  # back to the file's own window
+    assert calls == []  # no model ran again
+
+
+def test_the_window_counter_sees_a_model_that_runs(weights, monkeypatch):
+    """The check above can fail: a new image, analysed, is counted."""
+    at = page_test(PAGE, weights, monkeypatch).run()
+    calls = counting(monkeypatch, *MODEL_CALLS)
+    upload(at, ("CT_small.dcm", CT_SMALL.read_bytes()))
     assert not at.exception
-    windowed = ct.predict(rewindow(scan, *WINDOW_PRESETS["mediastinum"]))
-    assert shown_probabilities(at) == pytest.approx(windowed.probabilities, abs=1e-6)
+    assert set(calls) == set(MODEL_CALLS)
 
 
 def test_dicom_identifiers_are_shown_only_on_request_inside_their_expander(weights, monkeypatch):
@@ -250,3 +295,28 @@ def test_a_ct_image_gets_the_infection_mask(weights, monkeypatch):
     assert set(shown_probabilities(at)) == {"covid", "non_covid"}
     assert any(c.startswith("Infection mask") for image in at.image for c in image.captions)
     assert any("of the heatmap lies inside the infection mask" in c.value for c in at.caption)
+
+
+def shown_files(at) -> list[str]:
+    """The file names the page shows analyses of (one subheader each)."""
+    return [s.value for s in at.main.get("subheader")]
+
+
+@pytest.mark.slow
+def test_a_large_batch_is_paged_and_a_slider_recomputes_nothing(weights, monkeypatch):
+    """Beyond one page of images, the page shows them a page at a time; every page analysed stays cached."""
+    at = page_test(PAGE, weights, monkeypatch, timeout=600).run()
+    page_size = 24  # BATCH_PAGE of the page
+    upload(at, *[(f"chest-{index:02d}.png", chest_like_png(size=64, seed=100 + index))
+                 for index in range(page_size + 2)])
+    assert not at.exception
+    assert any(f"{page_size + 2} images" in i.value and f"{page_size} at a time" in i.value for i in at.info)
+    assert shown_files(at) == [f"chest-{index:02d}.png" for index in range(page_size)]
+    at.selectbox(key="batch-page").set_value(page_size).run()
+    assert shown_files(at) == ["chest-24.png", "chest-25.png"]
+    calls = counting(monkeypatch, *MODEL_CALLS)
+    at.slider(key="opacity").set_value(0.9).run()
+    at.selectbox(key="batch-page").set_value(0).run()
+    at.toggle(key="show-masks").set_value(False).run()
+    assert not at.exception and len(shown_files(at)) == page_size
+    assert calls == []

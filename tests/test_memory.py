@@ -1,11 +1,12 @@
 """A long session does not accumulate: every CAM call releases its hooks, and repeated analyses keep no objects.
 
-The Analyze page runs every upload through one shared network per model (read, predict, heatmap, masks,
-overlays). A heatmap registers a forward hook on that network; a hook left behind would keep capturing
-every later forward pass's activations, so memory would grow with each image. These tests run the page's
-computations 40 times on small untrained models and check the mechanism (no hook left on any module, no
-tensor more after 40 analyses than after the warm-up, no gradient stored on the shared weights) and, as a
-backstop, resident memory. scripts/benchmark_memory.py measures the same at full size with the shipped models.
+The Analyze page runs every upload through one shared network per model (`covid_models.analysis.analyse`:
+predict, heatmap, masks, share inside, at display size; then the overlays). A heatmap registers a forward
+hook on that network; a hook left behind would keep capturing every later forward pass's activations, so
+memory would grow with each image. These tests run that same analysis 40 times on small untrained models and
+check the mechanism (no hook left on any module, no tensor more after 40 analyses than after the warm-up, no
+gradient stored on the shared weights) and, as a backstop, resident memory. scripts/benchmark_memory.py
+measures the same analysis with the shipped models.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from app_fixtures import chest_like_png
 from measure import hooks_left, rss_mb
 from model_fixtures import write_tiny_classifier
 
+from covid_models.analysis import Analysis, analyse
 from covid_models.checkpoint import ModelCard
 from covid_models.explain import heatmap
 from covid_models.inference import Classifier
@@ -28,7 +30,6 @@ from covid_models.segmentation import (
     POSTPROCESS_LUNGS,
     Segmenter,
     build_segmentation_model,
-    cam_mass_inside,
     segmentation_preprocessing,
 )
 
@@ -67,17 +68,14 @@ def models(tmp_path_factory) -> tuple[Classifier, Segmenter]:
     return classifier, Segmenter(build_segmentation_model("unet", pretrained=False), card)
 
 
-def analyse(classifier: Classifier, segmenter: Segmenter, data: bytes) -> tuple:
-    """One upload as the Analyze page computes it: read, predict, heatmap, mask, overlays, share inside."""
-    pixels = read_image(data, name="chest.png").pixels
-    classifier.predict(pixels)
-    cam = heatmap(classifier, pixels, "gradcam")
-    mask = segmenter.mask(pixels)
-    overlay = mask_overlay(heatmap_overlay(pixels, cam, 0.45), mask, color=(255, 255, 255), alpha=0.0)
-    shown = mask_overlay(pixels, mask)
-    cam_mass_inside(cam, mask)
-    assert overlay.shape == shown.shape == (*pixels.shape, 3)
-    return pixels, cam, mask, overlay, shown
+def analyse_upload(classifier: Classifier, segmenter: Segmenter, data: bytes) -> Analysis:
+    """One upload as the Analyze page computes it: read, the analysis seam, and the overlays the page draws."""
+    result = analyse(read_image(data, name="chest.png"), [classifier], [segmenter])
+    mask = result.masks["lungs"]
+    overlay = mask_overlay(heatmap_overlay(result.grey, result.heat, 0.45), mask, color=(255, 255, 255), alpha=0.0)
+    shown = mask_overlay(result.grey, mask)
+    assert overlay.shape == shown.shape == (*result.image.shape, 3)
+    return result
 
 
 def test_every_heatmap_method_releases_its_hooks_and_stores_no_gradient(models):
@@ -103,10 +101,10 @@ def test_the_hook_count_sees_a_hook_that_is_not_released(models):
 def test_forty_analyses_leave_no_hook_no_extra_object_and_no_memory_growth(models):
     classifier, segmenter = models
     for index in range(WARMUP):
-        analyse(classifier, segmenter, IMAGES[index % len(IMAGES)])
+        analyse_upload(classifier, segmenter, IMAGES[index % len(IMAGES)])
     objects, rss = live_objects(), rss_mb()
     for index in range(WARMUP, ANALYSES):
-        analyse(classifier, segmenter, IMAGES[index % len(IMAGES)])
+        analyse_upload(classifier, segmenter, IMAGES[index % len(IMAGES)])
         assert hooks_left(classifier.model) == (0, 0)
         assert hooks_left(segmenter.model) == (0, 0)
     assert live_objects() == objects
@@ -119,7 +117,7 @@ def test_the_dashboards_library_modules_load_no_heavy_optional_package():
     code = ("import sys\n"
             "import covid_models.explain, covid_models.figures, covid_models.inference, covid_models.io\n"
             "import covid_models.data, covid_models.overlays, covid_models.report, covid_models.reviews\n"
-            "import covid_models.segmentation, covid_models.checkpoint, covid_models.metrics\n"
+            "import covid_models.segmentation, covid_models.checkpoint, covid_models.metrics, covid_models.analysis\n"
             "heavy = {'sklearn', 'matplotlib', 'cv2', 'pytorch_grad_cam'}\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)

@@ -99,6 +99,32 @@ def test_evaluate_on_unreadable_model_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr
 
 
+def _labelled_folder(root: Path) -> Path:
+    """covid/ and normal/ folders of small greyscale PNGs, one of them a broken file named broken.png."""
+    rng = np.random.default_rng(1)
+    for label in ("covid", "normal"):
+        (root / label).mkdir(parents=True)
+        for index in range(3):
+            Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(root / label / f"{label}-{index}.png")
+    (root / "covid" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    return root
+
+
+def test_evaluate_names_an_unreadable_file_and_skips_it_on_request(tmp_path):
+    model = write_tiny_classifier(tmp_path / "model")
+    data = _labelled_folder(tmp_path / "data")
+    stopped = _script("evaluate.py", str(model), str(data), "--split", "all", "--no-cam-check")
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
+    assert "broken.png" in stopped.stderr and "--skip-unreadable" in stopped.stderr
+    out = tmp_path / "m.json"
+    skipped = _script("evaluate.py", str(model), str(data), "--split", "all", "--no-cam-check", "--skip-unreadable",
+                      "--out", str(out))
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert "broken.png" in skipped.stderr and "1 unreadable file(s) skipped" in skipped.stdout
+    report = json.loads(out.read_text())
+    assert report["unreadable_skipped"] == 1 and report["n"] == 6
+
+
 def _shipped(modality: str) -> Path:
     found = discover_models(WEIGHTS_DIR, task="classification", modality=modality)
     if not found:
