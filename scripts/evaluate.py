@@ -5,8 +5,15 @@
 
 DATA is the curated root (with ct/ and xray/), a manifest.csv or a class-per-folder tree. By default the
 `test` split is evaluated: the manifest's own split column, or the same seeded patient split the
-model was trained with. `--split all` evaluates every image (an external dataset the model never saw).
-Metrics use the model's calibration and default operating point from its card.
+model was trained with (with the manifests its card says were added, split the same way). `--split all`
+evaluates every image (an external dataset the model never saw). Metrics use the model's calibration and
+default operating point from its card.
+
+Besides the metrics: the source probe (can a linear classifier tell the image's source from the network's
+features?), the share of the heatmap inside the lungs per class, and for CT models, with `--volumes`, the
+distribution of slice probabilities on real DICOM scans (`ct-volumes/`). `--write-card` stores these, and
+the test probabilities (for exact figures at any threshold), in the model's card; it refuses unless the
+evaluated table is the model's own (same manifest fingerprint).
 """
 from __future__ import annotations
 
@@ -17,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from covid_models.checkpoint import CheckpointError
-from covid_models.data import DataError, LeakageError, ensure_split, load_dataset, manifest_hash
+from covid_models.checkpoint import CheckpointError, save_card
+from covid_models.data import DataError, LeakageError, load_dataset, manifest_hash, training_table
 from covid_models.evaluation import classification_report, format_report, predict_frame
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import ImageReadError
+from covid_models.trust import source_probes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "same modality, if any); the share of the Grad-CAM heatmap inside the lungs is reported")
     parser.add_argument("--no-cam-check", action="store_true", help="skip the heatmap-inside-lungs check")
     parser.add_argument("--cam-limit", type=int, default=200, help="images per class for the heatmap check")
+    parser.add_argument("--volumes", type=Path,
+                        help="CT models: a ct-volumes folder (manifest.csv of DICOM series) for the robustness table")
+    parser.add_argument("--write-card", action="store_true",
+                        help="store the source probe, heatmap shares, volume table and test scores in the card")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="leave out files that cannot be read (each named, and counted in the report) instead of "
                              "stopping at the first one")
@@ -47,19 +59,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         classifier = Classifier.load(args.checkpoint)
         card = classifier.card
-        frame = load_dataset(args.data, card.modality)
-        frame = frame[frame["label"].isin(card.classes)].reset_index(drop=True)
-        if args.split != "all":
-            seed = int(card.training.get("seed", 0))
-            frame = ensure_split(frame, seed=seed, data_root=args.data if args.data.is_dir() else None)
-            if manifest_hash(frame) == card.data.get("manifest_sha256"):
+        own_data = False
+        if args.split == "all":
+            frame = load_dataset(args.data, card.modality)
+            frame = frame[frame["label"].isin(card.classes)].reset_index(drop=True)
+        else:
+            frame = training_table(args.data, card.modality, card.classes, seed=int(card.training.get("seed", 0)),
+                                   add_manifests=card.training.get("add_manifests", ()),
+                                   extra_train=card.training.get("extra_train", ()))
+            own_data = manifest_hash(frame) == card.data.get("manifest_sha256")
+            if own_data:
                 print(f"data and split identical to the model's training data (manifest {manifest_hash(frame)})")
             frame = frame[frame["split"] == args.split].reset_index(drop=True)
+        if args.write_card and not (own_data and args.split == "test"):
+            raise DataError("--write-card needs the model's own test split (same data and manifest fingerprint)")
         if frame.empty:
             raise DataError(f"no images with labels {card.classes} in the {args.split} split of {args.data}")
         print(f"evaluating {card.name} on {len(frame)} images ({args.split})")
         skipped: list[tuple[int, str]] | None = [] if args.skip_unreadable else None
-        probabilities, _ = predict_frame(classifier, frame, args.batch_size, skipped=skipped)
+        probabilities, features = predict_frame(classifier, frame, args.batch_size, skipped=skipped)
         if skipped:
             for position, reason in skipped:
                 print(f"skipped unreadable {frame['image'].iloc[position]}: {reason}", file=sys.stderr)
@@ -73,21 +91,82 @@ def main(argv: list[str] | None = None) -> int:
             print("(--skip-unreadable leaves such files out and counts them)", file=sys.stderr)
         return 2
     report = classification_report(frame, probabilities, card.classes, card.positive_class, card.threshold)
+    report["source_probe"] = source_probes(features, frame, seed=int(card.training.get("seed", 0)))
+    positive = card.classes.index(card.positive_class)
+    report["scores"] = {"probability": [round(float(p), 5) for p in probabilities[:, positive]],
+                        "positive": [int(label == card.positive_class) for label in frame["label"]],
+                        "source": frame["source"].astype(str).tolist()}
     report["model"], report["data"], report["split"] = card.name, str(args.data), args.split
     report["unreadable_skipped"] = len(skipped or [])
     report["command"] = "python scripts/evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv)
     segmenter = args.lung_segmenter or shipped_lung_segmenter(card.modality)
     if segmenter is not None and not args.no_cam_check:
         report["cam_inside_lungs"] = cam_inside_lungs(classifier, segmenter, frame, args.cam_limit)
+    if args.volumes is not None:
+        report["volumes"] = volume_table(classifier, args.volumes)
     print(format_report(report))
-    if "cam_inside_lungs" in report:
-        print("share of the Grad-CAM heatmap inside the lungs (mean per class):")
-        for label, value in report["cam_inside_lungs"].items():
-            print(f"  {label:<10} {value['mean']:.3f} (n={value['n']})")
+    print_trust(report)
+    if args.write_card:
+        card.metrics["test"].update({k: report[k] for k in ("source_probe", "scores")})
+        for key in ("cam_inside_lungs", "volumes"):
+            if key in report:
+                card.metrics[key] = {**report[key], "command": report["command"]}
+        save_card(args.checkpoint, card)
+        print(f"wrote the trust measures and test scores into {args.checkpoint}/card.json")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2, default=float))
         print(f"wrote {args.out}")
     return 0
+
+
+def print_trust(report: dict) -> None:
+    """The source probe, the heatmap shares and the volume table, for people."""
+    def probe_line(probe: dict | None) -> str:
+        return "n/a" if probe is None else f"AUC {probe['auc']:.3f} on {probe['n']} images ({probe['by_source']})"
+
+    probes = report["source_probe"]
+    print(f"source probe (linear, patient-grouped CV on the features; 0.5 = no source information): "
+          f"{probe_line(probes['all'])}")
+    for label, probe in probes["within_class"].items():
+        print(f"  within {label}: {probe_line(probe)}")
+    if "cam_inside_lungs" in report:
+        print("share of the Grad-CAM heatmap inside the lungs (mean per class):")
+        for label, value in report["cam_inside_lungs"].items():
+            if isinstance(value, dict):
+                print(f"  {label:<10} {value['mean']:.3f} (n={value['n']})")
+    for volume in report.get("volumes", {}).get("scans", []):
+        print(f"scan {volume['volume']} ({volume['label']}): scan-level {volume['scan_probability']}, "
+              f"slice probabilities median {volume['slice_median']} / p90 {volume['slice_p90']} / max "
+              f"{volume['slice_max']} over {volume['slices_scored']} lung slices, {volume['flagged_share']:.0%} "
+              f"at or above the operating point")
+
+
+def volume_table(classifier: Classifier, folder: Path) -> dict:
+    """Per-scan distribution of slice probabilities on real DICOM CT series (HU through the card's window).
+
+    Slices of a COVID scan are not labelled one by one, so this is a robustness table, not a slice AUC.
+    """
+    import pandas as pd
+
+    from covid_models.scan_analysis import analyse_scan
+    from covid_models.volumes import read_volume
+
+    manifest = pd.read_csv(folder / "manifest.csv")
+    scans = []
+    for row in manifest[manifest["format"] == "dicom-series"].itertuples():
+        result = analyse_scan(read_volume(folder / row.path), classifier)
+        scored = result.slice_probabilities[np.isfinite(result.slice_probabilities)]
+        scans.append({
+            "volume": row.volume, "label": row.label, "source": row.source, "slices_scored": int(scored.size),
+            "scan_probability": None if result.scan_probability is None else round(result.scan_probability, 4),
+            "slice_median": round(float(np.median(scored)), 4), "slice_p90": round(float(np.quantile(scored, 0.9)), 4),
+            "slice_max": round(float(scored.max()), 4),
+            "flagged_share": float((scored >= classifier.card.threshold).mean()),
+            "out_of_distribution_share": float(result.slice_out_of_distribution[
+                np.isfinite(result.slice_probabilities)].mean()),
+        })
+    return {"scans": scans, "rule": result.rule if scans else None,
+            "note": "one COVID and two non-COVID scans: a smoke test of real HU input, not an evaluation"}
 
 
 def shipped_lung_segmenter(modality: str) -> Path | None:
