@@ -6,7 +6,7 @@ RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test install benchmark lint clean
+.PHONY: run test install benchmark benchmark-threads benchmark-dataset lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,8 @@ $(DEV): $(RUNTIME) requirements-dev.txt
 
 install: $(RUNTIME)
 
+# The CPU policy (OpenMP passive waiting, glibc malloc thresholds) is applied by streamlit_app.py itself through
+# covid_models.runtime, so that Streamlit Community Cloud, which starts the process, gets it too.
 run: $(RUNTIME)
 	$(BIN)/streamlit run streamlit_app.py
 
@@ -30,6 +32,12 @@ test: $(DEV)
 
 benchmark: $(RUNTIME)
 	$(BIN)/python scripts/benchmark.py
+
+benchmark-threads: $(RUNTIME)
+	$(BIN)/python scripts/benchmark_threads.py
+
+benchmark-dataset: $(DEV)
+	$(BIN)/python scripts/benchmark_dataset.py
 
 lint: $(DEV)
 	$(BIN)/ruff check covid_models scripts pages tests streamlit_app.py

@@ -1,14 +1,19 @@
 """Entry point of the dashboard: `streamlit run streamlit_app.py`.
 
-Sets the page configuration, shows the research-use notice on every page and hands over to the page
-the user picked; each page is a script under pages/ that reads state and calls the library.
+Applies the server's CPU policy (covid_models.runtime), sets the page configuration, shows the research-use
+notice on every page and hands over to the page the user picked; each page is a script under pages/ that reads
+state and calls the library.
 """
 from __future__ import annotations
 
-import streamlit as st
+from covid_models import runtime
 
-from covid_models import RESEARCH_USE_NOTICE
-from pages.shared import app_navigation
+runtime.configure()  # before the pages import torch: OpenMP reads its wait policy when torch loads it
+
+import streamlit as st  # noqa: E402
+
+from covid_models import RESEARCH_USE_NOTICE  # noqa: E402
+from pages.shared import app_navigation  # noqa: E402
 
 st.set_page_config(page_title="COVID-19 chest imaging screening", page_icon=":material/radiology:",
                    layout="wide", initial_sidebar_state="expanded")

@@ -4,6 +4,10 @@ Research use only: not a medical device, not for diagnosis.
 """
 from __future__ import annotations
 
+from covid_models.runtime import set_wait_policy
+
+set_wait_policy()  # before any submodule imports torch: see covid_models.runtime
+
 __version__ = "0.1.0"
 
 RESEARCH_USE_NOTICE = (

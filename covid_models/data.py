@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,10 @@ from covid_models.io import IMAGE_SUFFIXES
 from covid_models.preprocessing import Augmentation, Preprocessing
 
 DATA_DIR_ENV = "COVID_DATA_DIR"
+DATA_ROOTS_ENV = "COVID_DATA_ROOTS"  # folders (os.pathsep-separated) inside which visitors may type a data folder
+WALK_MAX_ENTRIES = 200_000  # a folder import looks at no more entries than this...
+WALK_MAX_SECONDS = 10.0  # ...and stops after this long
+MAX_TYPED_LENGTH = 1024
 SPLITS = ("train", "val", "test")
 
 # Folder names of the public datasets -> our labels (matched case-insensitively, "-", "_" and spaces ignored).
@@ -50,6 +55,47 @@ def default_data_dir() -> Path | None:
     """$COVID_DATA_DIR when set and present."""
     value = os.environ.get(DATA_DIR_ENV)
     return Path(value) if value and Path(value).is_dir() else None
+
+
+def typed_folders_allowed() -> bool:
+    """Whether visitors may type a data folder at all: only when $COVID_DATA_ROOTS names the folders they may use
+    (on a shared deployment, leave it unset: the configured $COVID_DATA_DIR is then the only data folder)."""
+    return bool(os.environ.get(DATA_ROOTS_ENV, "").strip())
+
+
+def allowed_data_roots() -> list[Path]:
+    """The folders a typed data folder must lie in: $COVID_DATA_ROOTS, else $COVID_DATA_DIR alone (resolved)."""
+    value = os.environ.get(DATA_ROOTS_ENV, "").strip()
+    entries = value.split(os.pathsep) if value else [os.environ.get(DATA_DIR_ENV, "")]
+    return [Path(entry).resolve() for entry in entries if entry.strip() and Path(entry).is_dir()]
+
+
+def confined_folder(text: str, roots: Sequence[Path]) -> Path:
+    """The folder a visitor typed, resolved, when it lies inside one of `roots` and is a folder.
+
+    A relative path is taken inside the first root. DataError otherwise, with a message that names no server path
+    and gives no OS error, and that is the same whether an outside path exists or not: the page must not tell a
+    visitor which paths exist on the server.
+    """
+    text = text.strip()
+    if not text:
+        raise DataError("Type the path of a data folder.")
+    if not roots:
+        raise DataError("This server does not let visitors choose a data folder; its administrator sets it "
+                        f"(${DATA_DIR_ENV}, or ${DATA_ROOTS_ENV} to allow typing one).")
+    outside = DataError(f"That folder is not one this server allows. Type a folder inside the data folders it "
+                        f"offers (${DATA_ROOTS_ENV}).")
+    if len(text) > MAX_TYPED_LENGTH or "\0" in text or text.startswith("~"):
+        raise outside
+    try:
+        candidate = (Path(text) if os.path.isabs(text) else roots[0] / text).resolve()
+    except (OSError, RuntimeError, ValueError) as error:  # a link loop, an unreadable component
+        raise outside from error
+    if not any(candidate == root or candidate.is_relative_to(root) for root in roots):
+        raise outside
+    if not candidate.is_dir():
+        raise DataError("There is no folder at that path inside the allowed data folders. Check the spelling.")
+    return candidate
 
 
 def read_manifest_csv(path: str | Path, required: set[str], what: str = "manifest") -> tuple[Path, pd.DataFrame]:
@@ -130,9 +176,7 @@ def import_folder(root: str | Path) -> pd.DataFrame:
     """
     root = Path(root)
     rows = []
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
+    for path in _image_files(root):
         folders = reversed(path.relative_to(root).parts[:-1])
         label = next((FOLDER_LABELS[_normalise_folder_name(part)] for part in folders
                       if _normalise_folder_name(part) in FOLDER_LABELS), None)
@@ -149,6 +193,20 @@ def import_folder(root: str | Path) -> pd.DataFrame:
     if frame["split"].isna().any():
         frame = frame.drop(columns="split")
     return frame
+
+
+def _image_files(root: Path) -> list[Path]:
+    """Files with an image suffix under `root`, sorted; DataError beyond WALK_MAX_ENTRIES entries or WALK_MAX_SECONDS
+    (a mistyped folder such as '/' must not walk the whole filesystem). Links to folders are not followed."""
+    found, seen, start = [], 0, time.monotonic()
+    for folder, folders, files in os.walk(root):
+        seen += len(folders) + len(files)
+        if seen > WALK_MAX_ENTRIES or time.monotonic() - start > WALK_MAX_SECONDS:
+            raise DataError(f"This folder holds too many files to import as a data folder (more than "
+                            f"{WALK_MAX_ENTRIES:,} entries, or over {WALK_MAX_SECONDS:g} s to list). Choose the "
+                            "folder that holds the class folders (COVID/, non-COVID/, ...) or a manifest.csv.")
+        found.extend(Path(folder) / name for name in files if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in found if p.is_file())
 
 
 def near_duplicate_pairs(data_root: Path | None) -> list[tuple[str, str]]:

@@ -32,14 +32,29 @@ TRIM_THRESHOLD = 512 * 1024 * 1024
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters of glibc's malloc.h
 
 
+def _enabled() -> bool:
+    return os.environ.get(SWITCH_ENV, "").strip().lower() != "default"
+
+
+def set_wait_policy() -> str | None:
+    """`OMP_WAIT_POLICY` (unless already set) while torch is not loaded yet; the policy in force, if known.
+
+    Called by `import covid_models` itself, so that it holds even where a page or a script imports the library
+    before its entry point calls `configure` (the first request of a fresh Streamlit server can run a page alone).
+    """
+    if _enabled() and "torch" not in sys.modules:  # once OpenMP is loaded it no longer reads the variable
+        os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+    return os.environ.get("OMP_WAIT_POLICY")
+
+
 def configure() -> dict[str, str]:
     """Apply the policy to this process (idempotent); returns what was set, for logs and benchmarks."""
-    if os.environ.get(SWITCH_ENV, "").strip().lower() == "default":
+    if not _enabled():
         return {}
     applied: dict[str, str] = {}
-    if "torch" not in sys.modules:  # once torch (and with it OpenMP) is loaded, the variable is no longer read
-        os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
-        applied["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
+    policy = set_wait_policy()
+    if policy:
+        applied["OMP_WAIT_POLICY"] = policy
     if tune_malloc():
         applied["malloc"] = f"mmap_threshold={MMAP_THRESHOLD} trim_threshold={TRIM_THRESHOLD}"
     threads = os.environ.get(THREADS_ENV, "").strip()

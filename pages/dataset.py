@@ -16,9 +16,15 @@ import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
 from covid_models.checkpoint import ModelCard
-from covid_models.data import DataError, classification_statistics, file_fingerprint, read_manifest_csv
+from covid_models.data import (
+    DataError,
+    classification_statistics,
+    file_fingerprint,
+    read_manifest_csv,
+    typed_folders_allowed,
+)
 from covid_models.figures import class_balance_figure, count_table, image_size_figure, mask_fraction_figure
-from pages.shared import data_dir, enter_through_app, model_cards, show_error
+from pages.shared import data_dir, enter_through_app, model_cards, show_error, typed_folder
 
 enter_through_app()
 
@@ -129,29 +135,33 @@ def models_section() -> None:
 # ------------------------------------------------------------------ the live data folder
 
 
-def _folder_error(path: Path) -> str | None:
-    """Why `path` cannot be used as a data folder, or None when it can."""
-    if not path.exists():
-        return f"There is no folder at {path}. Type the path of the data folder, the one holding xray/ and ct/."
-    if not path.is_dir():
-        return f"{path} is a file, not a folder. Type the path of the folder that holds xray/ and ct/."
-    if not manifests(path):
-        return (f"{path} holds none of the manifests this page reads (xray/manifest.csv, ct/manifest.csv, "
+NO_MANIFESTS = ("That folder holds none of the manifests this page reads (xray/manifest.csv, ct/manifest.csv, "
                 "segmentation/<set>/manifest.csv). Is it the curated data folder?")
-    return None
 
 
 def chosen_folder() -> Path | None:
-    """The folder typed on this page (kept in st.session_state['data_dir'] for every page), else the default."""
+    """The configured data folder or, where $COVID_DATA_ROOTS allows typing one, the folder typed on this page
+    (kept in st.session_state['data_dir'] for every page). Typed folders outside the roots are refused without
+    saying whether they exist."""
+    if not typed_folders_allowed():
+        folder = data_dir()
+        if folder is None:
+            st.info("No data folder is configured on this server (COVID_DATA_DIR), so there are no live statistics.")
+        elif not manifests(folder):
+            show_error(NO_MANIFESTS)
+            return None
+        return folder
     if FOLDER_KEY not in st.session_state:
         st.session_state[FOLDER_KEY] = str(st.session_state.get("data_dir") or data_dir() or "")
     typed = st.text_input("Data folder", key=FOLDER_KEY, placeholder="/path/to/data (holding xray/ and ct/)",
-                          help="The curated data root. COVID_DATA_DIR sets the default for every page.").strip()
+                          help="The curated data root, inside the folders this server allows (COVID_DATA_ROOTS). "
+                               "COVID_DATA_DIR sets the default for every page.").strip()
     if not typed:
         st.info("Type the path of a data folder to see its live statistics.")
         return None
-    path = Path(typed).expanduser()
-    problem = _folder_error(path)
+    path, problem = typed_folder(typed)
+    if path is not None and not manifests(path):
+        problem = NO_MANIFESTS
     if problem is not None:
         st.session_state.pop("data_dir", None)
         show_error(problem)
@@ -234,14 +244,17 @@ def folder_section() -> None:
               for name in found}
     for tab, (name, manifest) in zip(st.tabs(list(titles.values())), found.items(), strict=True):
         with tab:
-            st.caption(f"From {manifest}")
+            st.caption(f"From {manifest.relative_to(root).as_posix()}")
             try:
                 if name in CLASSIFICATION_SETS:
                     classification_tab(name, manifest, root, seed)
                 else:
                     segmentation_tab(name, manifest, seed)
-            except (DataError, ValueError, KeyError, OSError) as error:
-                show_error(f"{manifest} could not be read: {error}")
+            except (DataError, ValueError, KeyError) as error:
+                show_error(f"{manifest.relative_to(root).as_posix()} could not be read: {error}")
+            except OSError:  # its message would name server paths
+                show_error(f"{manifest.relative_to(root).as_posix()} could not be read (a file of it is missing "
+                           "or unreadable).")
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from covid_models.checkpoint import ModelCard
-from covid_models.data import default_data_dir
+from covid_models.data import DataError, allowed_data_roots, confined_folder, default_data_dir
 from covid_models.inference import Classifier, discover_models
 from covid_models.reviews import ReviewStore
 from covid_models.segmentation import Segmenter
@@ -106,12 +106,34 @@ def review_store() -> ReviewStore:
 
 
 def data_dir() -> Path | None:
-    """The curated data folder: $COVID_DATA_DIR, else a folder the user typed (st.session_state["data_dir"])."""
+    """The curated data folder: $COVID_DATA_DIR, else a folder the user typed (st.session_state["data_dir"]) when it
+    lies inside the allowed roots ($COVID_DATA_ROOTS; see `typed_folder`)."""
     found = default_data_dir()
     if found is not None:
         return found
-    typed = str(st.session_state.get("data_dir") or "").strip()
-    return Path(typed).expanduser() if typed and Path(typed).expanduser().is_dir() else None
+    folder, _ = typed_folder(str(st.session_state.get("data_dir") or ""))
+    return folder
+
+
+def typed_folder(text: str) -> tuple[Path | None, str | None]:
+    """(folder, None) for a typed folder inside the allowed roots, else (None, a message fit for the page).
+
+    The verdict is cached per text and roots for the whole server, refusals included, so a rerun or another visitor
+    typing the same path costs nothing; the message never names a server path nor an OS error.
+    """
+    roots = tuple(str(root) for root in allowed_data_roots())
+    path, message = _typed_folder(text.strip(), roots)
+    return (Path(path) if path else None), message
+
+
+@st.cache_data(show_spinner=False, ttl=300, max_entries=256)
+def _typed_folder(text: str, roots: tuple[str, ...]) -> tuple[str | None, str | None]:
+    if not text:
+        return None, None
+    try:
+        return str(confined_folder(text, [Path(root) for root in roots])), None
+    except DataError as error:
+        return None, str(error)
 
 
 def show_error(message: str) -> None:

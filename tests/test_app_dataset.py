@@ -1,6 +1,8 @@
 """The dataset page shows the manifests' own counts, the leakage check's verdict, and says what is wrong with a path."""
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -21,10 +23,15 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_weights_dir(root), make_data_dir(root)
 
 
-def _page(folders: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, data: bool = True
-          ) -> AppTest:
+def _page(folders: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, data: bool = True,
+          roots: list[Path] | None = None) -> AppTest:
+    """The page with the fixture data folder configured (`data`) and/or typing allowed inside `roots`."""
     weights, data_root = folders
     point_app_at(monkeypatch, tmp_path / "reviews.sqlite3", data_root if data else None)
+    if roots is None:
+        monkeypatch.delenv("COVID_DATA_ROOTS", raising=False)
+    else:
+        monkeypatch.setenv("COVID_DATA_ROOTS", os.pathsep.join(map(str, roots)))
     return page_test(PAGE, weights, monkeypatch)
 
 
@@ -73,7 +80,7 @@ def test_a_patient_in_two_splits_is_reported_as_leakage(folders, tmp_path, monke
     manifest["image"] = [str(folders[1] / "ct" / p) for p in manifest["image"]]
     manifest.loc[manifest["split"] == "test", "patient_id"] = manifest.loc[0, "patient_id"]  # a train patient
     manifest.to_csv(leaky / "ct" / "manifest.csv", index=False)
-    at = _run(_page(folders, tmp_path, monkeypatch, data=False))
+    at = _run(_page(folders, tmp_path, monkeypatch, data=False, roots=[tmp_path]))
     at.text_input(key="dataset-folder").input(str(leaky))
     _run(at)
     assert any("Patient-leakage check failed" in e.value and "1 patient(s) in more than one split" in e.value
@@ -81,18 +88,53 @@ def test_a_patient_in_two_splits_is_reported_as_leakage(folders, tmp_path, monke
 
 
 def test_a_typed_path_that_does_not_exist_gets_a_clear_message(folders, tmp_path, monkeypatch) -> None:
-    at = _run(_page(folders, tmp_path, monkeypatch, data=False))
+    at = _run(_page(folders, tmp_path, monkeypatch, data=False, roots=[tmp_path]))
     assert any("Type the path of a data folder" in i.value for i in at.info)
     at.text_input(key="dataset-folder").input(str(tmp_path / "nowhere"))
     _run(at)
-    nowhere = tmp_path / "nowhere"
-    assert [e.value for e in at.error] == [f"Could not complete this step. There is no folder at {nowhere}. "
-                                           "Type the path of the data folder, the one holding xray/ and ct/."]
+    assert [e.value for e in at.error] == ["Could not complete this step. There is no folder at that path inside the "
+                                           "allowed data folders. Check the spelling."]
     assert "data_dir" not in at.session_state
 
 
-def test_a_folder_without_manifests_is_named_as_such(folders, tmp_path, monkeypatch) -> None:
+def test_typed_folders_outside_the_roots_are_refused_alike_cached_and_never_walked(folders, tmp_path,
+                                                                                  monkeypatch) -> None:
+    """'/' walked the whole filesystem (6.7 s), on every rerun, and the error named server paths and process ids;
+    now it is refused at once, with the same words as a path that does not exist, and the verdict is cached."""
+    import pages.shared
+
+    calls = []
+    real = pages.shared.confined_folder
+    monkeypatch.setattr(pages.shared, "confined_folder", lambda *a: calls.append(a) or real(*a))
+    pages.shared._typed_folder.clear()
+    at = _run(_page(folders, tmp_path, monkeypatch, data=False, roots=[tmp_path]))
+    messages = []
+    for typed in ("/", "/proc", "/no/such/folder", str(tmp_path / ".." / ".."), "~"):
+        start = time.perf_counter()
+        at.text_input(key="dataset-folder").input(typed)
+        _run(at)
+        assert time.perf_counter() - start < 30  # not a benchmark: '/' once took minutes cold
+        messages.append([e.value for e in at.error])
+    assert all(m == messages[0] for m in messages) and len(messages[0]) == 1
+    assert "not one this server allows" in messages[0][0] and "/proc" not in messages[0][0]
+    assert str(tmp_path) not in messages[0][0] and "Errno" not in messages[0][0]
+    assert not at.metric and "data_dir" not in at.session_state
+    before = len(calls)
+    _run(at)  # a rerun with "~" still typed
+    assert len(calls) == before
+
+
+def test_without_configured_roots_there_is_no_text_box_and_the_configured_folder_is_used(folders, tmp_path,
+                                                                                         monkeypatch) -> None:
+    at = _run(_page(folders, tmp_path, monkeypatch))
+    assert not [t for t in at.text_input if t.key == "dataset-folder"]
+    assert _metrics(at, "Images")[0] == str(len(load_manifest(folders[1] / "xray" / "manifest.csv")))
     at = _run(_page(folders, tmp_path, monkeypatch, data=False))
+    assert not at.text_input and any("No data folder is configured" in i.value for i in at.info)
+
+
+def test_a_folder_without_manifests_is_named_as_such(folders, tmp_path, monkeypatch) -> None:
+    at = _run(_page(folders, tmp_path, monkeypatch, data=False, roots=[tmp_path]))
     at.text_input(key="dataset-folder").input(str(tmp_path))
     _run(at)
     assert any("holds none of the manifests" in e.value for e in at.error)
@@ -100,7 +142,7 @@ def test_a_folder_without_manifests_is_named_as_such(folders, tmp_path, monkeypa
 
 
 def test_a_valid_typed_folder_is_kept_for_the_other_pages(folders, tmp_path, monkeypatch) -> None:
-    at = _run(_page(folders, tmp_path, monkeypatch, data=False))
+    at = _run(_page(folders, tmp_path, monkeypatch, data=False, roots=[folders[1].parent]))
     at.text_input(key="dataset-folder").input(str(folders[1]))
     _run(at)
     assert at.session_state["data_dir"] == str(folders[1])

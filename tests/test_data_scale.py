@@ -96,3 +96,41 @@ def test_manifest_paths_resolve_each_folder_once_and_match_a_resolve_per_row(tmp
         tmp_path / "manifest.csv", index=False)
     assert load_manifest(tmp_path)["image"].tolist() == [os.fspath((tmp_path / p).resolve()) for p in paths]
     assert Path(load_manifest(tmp_path)["image"][1]).parent == tmp_path / "real" / "a"
+
+
+# ------------------------------------------------------------------------------------ typed data folders
+def test_a_typed_folder_must_resolve_inside_a_root(tmp_path):
+    from covid_models.data import DataError, confined_folder
+
+    root = tmp_path / "data"
+    (root / "xray").mkdir(parents=True)
+    (root / "escape").symlink_to(tmp_path)
+    assert confined_folder(str(root / "xray"), [root]) == root / "xray"
+    assert confined_folder("xray", [root]) == root / "xray"  # relative: inside the first root
+    for outside in ("/", str(tmp_path), "../", str(root / "escape"), str(root / "xray" / ".." / ".."), "~root",
+                    "/no/such/folder", "x" * 5000):
+        with pytest.raises(DataError, match="not one this server allows") as caught:
+            confined_folder(outside, [root])
+        assert str(tmp_path) not in str(caught.value)
+    with pytest.raises(DataError, match="does not let visitors choose"):
+        confined_folder(str(root), [])
+
+
+def test_allowed_roots_default_to_the_configured_data_folder(tmp_path, monkeypatch):
+    from covid_models.data import allowed_data_roots, typed_folders_allowed
+
+    monkeypatch.delenv("COVID_DATA_ROOTS", raising=False)
+    monkeypatch.setenv("COVID_DATA_DIR", str(tmp_path))
+    assert allowed_data_roots() == [tmp_path.resolve()] and not typed_folders_allowed()
+    monkeypatch.setenv("COVID_DATA_ROOTS", os.pathsep.join([str(tmp_path / "a"), str(tmp_path)]))
+    assert allowed_data_roots() == [tmp_path.resolve()] and typed_folders_allowed()  # missing folders dropped
+
+
+def test_a_folder_import_stops_at_its_bounds_instead_of_walking_on(tmp_path, monkeypatch):
+    import covid_models.data as data
+
+    for index in range(30):
+        (tmp_path / "covid" / f"d{index}").mkdir(parents=True)
+    monkeypatch.setattr(data, "WALK_MAX_ENTRIES", 20)
+    with pytest.raises(data.DataError, match="too many files"):
+        data.import_folder(tmp_path)
