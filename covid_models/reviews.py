@@ -265,11 +265,9 @@ def _database_errors(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _
 
 
 def _reason(exc: OperationalError | InterfaceError) -> str:
-    """The first line of the driver's message (no SQL, no parameters)."""
+    """The first line of the driver's message (no SQL, no parameters, no password)."""
     origin = str(exc.orig).strip() if exc.orig is not None else ""
-    lines = [line.strip() for line in origin.splitlines() if line.strip()]
-    return lines[-1] if lines and "connection" in origin.lower() and "refused" in lines[-1].lower() else (
-        lines[0] if lines else type(exc).__name__)
+    return origin.splitlines()[0].strip() if origin else type(exc).__name__
 
 
 # ---------------------------------------------------------------- database URL
@@ -874,19 +872,26 @@ class ReviewStore:
 
     @_database_errors("the export could not be read")
     def export_csv(self, session_id: int) -> str:
-        """The session as CSV, one row per item (verdict columns empty while unreviewed)."""
-        info = self.session_info(session_id)
+        """The session as CSV, one row per item (verdict columns empty while unreviewed); one column query."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
-        for item in self.items(session_id):
-            writer.writerow([
-                info.id, _csv_cell(info.reviewer), _csv_cell(info.model_name), item.position,
-                _csv_cell(item.display_name), item.image_hash, _csv_cell(item.predicted_label),
-                repr(item.covid_probability), repr(item.operating_threshold), item.verdict or "",
-                _csv_cell(item.reviewer_label or ""), _csv_cell(item.note),
-                item.decided_at.isoformat() if item.decided_at else "",
-            ])
+        with self._transaction() as session:
+            info = _session_info(self._session_row(session, session_id))
+            rows = session.execute(
+                select(_ItemRow.position, _ItemRow.display_name, _ItemRow.image_hash, _ItemRow.predicted_label,
+                       _ItemRow.covid_probability, _ItemRow.operating_threshold, _VerdictRow.verdict,
+                       _VerdictRow.reviewer_label, _VerdictRow.note, _VerdictRow.decided_at)
+                .outerjoin(_VerdictRow, _VerdictRow.item_id == _ItemRow.id)
+                .where(_ItemRow.session_id == session_id)
+                .order_by(_ItemRow.position)
+            )
+            for position, name, digest, predicted, probability, threshold, verdict, label, note, decided in rows:
+                writer.writerow([
+                    info.id, _csv_cell(info.reviewer), _csv_cell(info.model_name), position, _csv_cell(name), digest,
+                    _csv_cell(predicted), repr(probability), repr(threshold), verdict or "",
+                    _csv_cell(label or ""), _csv_cell(note or ""), decided.isoformat() if decided else "",
+                ])
         return buffer.getvalue()
 
     @_database_errors("the summary could not be read")

@@ -1,12 +1,13 @@
 """What one rerun of the Review page costs in the review store, at 10,000 and 100,000 images (SQLite).
 
-The page reads, per rerun, the session's header and counts (`session_info`, SQL aggregates over that session
-only), the item on screen (`item`) and where "Next unreviewed" leads (`next_unreviewed`); opening a session
-once per tab adds `open_session` and `image_refs`; a click adds `record_verdict`; the summary (SQL counts)
-and the CSV are read only when asked for. Each database holds two sessions of N images, half of them
-reviewed, so that a query that counts more than its own session shows. Prints a table; asserts nothing.
+The page reads, per rerun, the session's header and counts (`session_info`: counts kept on the session row),
+the item on screen (`item`) and where "Next unreviewed" leads (`next_unreviewed`). Opening a session once per
+tab adds `open_session`, and `image_refs` only while images are missing from the server; a click adds
+`record_verdict`; the summary (SQL counts) and the CSV are read only when asked for. Each database holds two
+sessions of N images, half of them reviewed, so that a query counting more than its own session shows.
+Prints a table; asserts nothing.
 
-    python scripts/benchmark_reviews.py [--sizes 10000 100000] [--repeats 15]
+    PYTHONPATH=. python scripts/benchmark_reviews.py [--sizes 10000 100000] [--repeats 15]
 """
 from __future__ import annotations
 
@@ -72,8 +73,8 @@ def measure(n: int, repeats: int) -> None:
 
             rows = [
                 ("page rerun (header, current item, next)", rerun, repeats),
-                ("opening the session (once per tab)",
-                 lambda: (store.open_session(token, reviewer), store.image_refs(session_id)), repeats),
+                ("opening the session (once per tab)", lambda: store.open_session(token, reviewer), repeats),
+                ("image list (only while images are missing)", lambda: store.image_refs(session_id), repeats),
                 ("recording a verdict (+ next unreviewed)", record, repeats),
                 ("summary view (SQL counts, kappa)", lambda: store.summary(session_id), repeats),
                 ("CSV export (on request)", lambda: store.export_csv(session_id), 3),
