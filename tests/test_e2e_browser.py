@@ -88,7 +88,7 @@ def review_and_reload(page, name: str, data: bytes) -> None:
     page.get_by_text(name).first.wait_for()
     page.get_by_role("button", name=re.compile("Start session")).click()
     page.get_by_text(f"Image 1 of 1: {name}").wait_for()
-    page.get_by_role("button", name=re.compile(r"\bAgree$")).click()
+    page.get_by_role("button", name=re.compile(r"^Agree\b")).click()
     page.get_by_text("Your verdict:").wait_for()
     page.get_by_text("1 of 1 reviewed").wait_for()
     page.screenshot(path=str(ARTIFACTS / "e2e-2-review.png"), full_page=True)
