@@ -47,7 +47,6 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
-    Select,
     String,
     Text,
     TypeDecorator,
@@ -266,11 +265,9 @@ def _database_errors(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _
 
 
 def _reason(exc: OperationalError | InterfaceError) -> str:
-    """The first line of the driver's message (no SQL, no parameters)."""
+    """The first line of the driver's message (no SQL, no parameters, no password)."""
     origin = str(exc.orig).strip() if exc.orig is not None else ""
-    lines = [line.strip() for line in origin.splitlines() if line.strip()]
-    return lines[-1] if lines and "connection" in origin.lower() and "refused" in lines[-1].lower() else (
-        lines[0] if lines else type(exc).__name__)
+    return origin.splitlines()[0].strip() if origin else type(exc).__name__
 
 
 # ---------------------------------------------------------------- database URL
@@ -360,6 +357,9 @@ class _SessionRow(_Base):
     model_name: Mapped[str] = mapped_column(String(MAX_NAME_CHARS))
     modality: Mapped[str] = mapped_column(String(MAX_LABEL_CHARS))
     blinded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Kept in step by start_session and record_verdict, so that a page rerun never counts 100,000 rows.
+    n_items: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    n_reviewed: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(_UTCDateTime(), default=_now)
     updated_at: Mapped[datetime] = mapped_column(_UTCDateTime(), default=_now)
     status: Mapped[str] = mapped_column(String(16), default="open")
@@ -427,15 +427,24 @@ def _migrate(connection: Connection) -> None:
     existing = set(inspect(connection).get_table_names())
     if "review_sessions" in existing:
         columns = {c["name"] for c in inspect(connection).get_columns("review_sessions")}
+        added = {
+            "token": "VARCHAR(64)", "owner": f"VARCHAR({MAX_OWNER_CHARS})", "blinded": "BOOLEAN NOT NULL DEFAULT false",
+            "n_items": "INTEGER NOT NULL DEFAULT 0", "n_reviewed": "INTEGER NOT NULL DEFAULT 0",
+        }
+        for column, kind in added.items():
+            if column not in columns:
+                connection.execute(text(f"ALTER TABLE review_sessions ADD COLUMN {column} {kind}"))
         if "token" not in columns:
-            connection.execute(text("ALTER TABLE review_sessions ADD COLUMN token VARCHAR(64)"))
-            connection.execute(text(f"ALTER TABLE review_sessions ADD COLUMN owner VARCHAR({MAX_OWNER_CHARS})"))
-            connection.execute(text("ALTER TABLE review_sessions ADD COLUMN blinded BOOLEAN NOT NULL DEFAULT false"))
             for (row_id,) in connection.execute(text("SELECT id FROM review_sessions")).all():
                 connection.execute(text("UPDATE review_sessions SET token = :t WHERE id = :i"),
                                    {"t": _new_token(), "i": row_id})
             connection.execute(text("CREATE UNIQUE INDEX ix_review_sessions_token ON review_sessions (token)"))
             connection.execute(text("CREATE INDEX ix_review_sessions_owner ON review_sessions (owner)"))
+        if "n_items" not in columns:
+            connection.execute(text(
+                "UPDATE review_sessions SET n_items = (SELECT count(*) FROM review_items i "
+                "WHERE i.session_id = review_sessions.id), n_reviewed = (SELECT count(*) FROM review_items i "
+                "JOIN verdicts v ON v.item_id = i.id WHERE i.session_id = review_sessions.id)"))
     old_verdicts = "verdicts" in existing and "version" not in {
         c["name"] for c in inspect(connection).get_columns("verdicts")}
     if old_verdicts and connection.dialect.name == "sqlite":  # SQLite cannot alter a CHECK: rebuild the table
@@ -671,7 +680,7 @@ class ReviewStore:
         rows = [_checked_item(item, position) for position, item in enumerate(items)]
         with self._transaction() as session:
             row = _SessionRow(token=_new_token(), owner=owner, reviewer=name, model_name=model_name,
-                              modality=modality, blinded=bool(blinded), items=rows)
+                              modality=modality, blinded=bool(blinded), items=rows, n_items=len(rows), n_reviewed=0)
             session.add(row)
             session.flush()
             return row.id
@@ -720,6 +729,8 @@ class ReviewStore:
                                         note=note, decided_at=now, by=by, saved=False))
             else:
                 stale = None
+                if item.verdict is None:  # an atomic increment: concurrent writers never lose a count
+                    parent.n_reviewed = _SessionRow.n_reviewed + 1
                 self._write_verdict(session, item, verdict, label, note, now, current, by)
                 parent.updated_at = now
                 session.flush()
@@ -767,11 +778,11 @@ class ReviewStore:
     def sessions(self, reviewer: Reviewer | None = None) -> list[SessionInfo]:
         """Sessions, most recently active first: only those `reviewer` owns (every one for an admin or for
         None, which only scripts pass)."""
-        query = _session_info_query()
+        query = select(_SessionRow).order_by(_SessionRow.updated_at.desc(), _SessionRow.id.desc())
         if reviewer is not None and not reviewer.admin:
             query = query.where(_SessionRow.owner == reviewer.key)
         with self._transaction() as session:
-            return [_session_info(*row) for row in session.execute(query)]
+            return [_session_info(row) for row in session.scalars(query)]
 
     @_database_errors("the session could not be read")
     def open_session(self, token: str, reviewer: Reviewer) -> SessionInfo:
@@ -779,10 +790,10 @@ class ReviewStore:
         (or nobody yet) and `reviewer` is no admin; ReviewError for a malformed or unknown token."""
         token = session_token(token)
         with self._transaction() as session:
-            row = session.execute(_session_info_query(token=token)).one_or_none()
-        if row is None:
-            raise ReviewError("No review session has this link: it may have been deleted, or the link is wrong.")
-        info = _session_info(*row)
+            row = session.scalars(select(_SessionRow).where(_SessionRow.token == token)).one_or_none()
+            if row is None:
+                raise ReviewError("No review session has this link: it may have been deleted, or the link is wrong.")
+            info = _session_info(row)
         if not reviewer.admin and info.owner != reviewer.key:
             raise NotYoursError("This review session belongs to another reviewer. Sign in as its reviewer to open "
                                 "it, or ask an administrator for an export.")
@@ -792,9 +803,7 @@ class ReviewStore:
     def session_info(self, session_id: int) -> SessionInfo:
         """One session's header and progress (counting that session's items only)."""
         with self._transaction() as session:
-            self._session_row(session, session_id)
-            row = session.execute(_session_info_query(session_id=session_id)).one()
-            return _session_info(*row)
+            return _session_info(self._session_row(session, session_id))
 
     @_database_errors("the image could not be read")
     def item(self, session_id: int, position: int) -> ItemView:
@@ -848,11 +857,12 @@ class ReviewStore:
     def next_unreviewed(self, session_id: int, after: int = -1) -> int | None:
         """The first position after `after` without a verdict (where to resume), else the first one anywhere;
         None when all are reviewed."""
-        def first(session: Session, start: int) -> int | None:
+        def first(session: Session, start: int) -> int | None:  # walks the (session, position) index, stops early
             return session.scalar(
-                select(func.min(_ItemRow.position))
+                select(_ItemRow.position)
                 .outerjoin(_VerdictRow, _VerdictRow.item_id == _ItemRow.id)
                 .where(_ItemRow.session_id == session_id, _VerdictRow.id.is_(None), _ItemRow.position > start)
+                .order_by(_ItemRow.position).limit(1)
             )
 
         with self._transaction() as session:
@@ -862,19 +872,26 @@ class ReviewStore:
 
     @_database_errors("the export could not be read")
     def export_csv(self, session_id: int) -> str:
-        """The session as CSV, one row per item (verdict columns empty while unreviewed)."""
-        info = self.session_info(session_id)
+        """The session as CSV, one row per item (verdict columns empty while unreviewed); one column query."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
-        for item in self.items(session_id):
-            writer.writerow([
-                info.id, _csv_cell(info.reviewer), _csv_cell(info.model_name), item.position,
-                _csv_cell(item.display_name), item.image_hash, _csv_cell(item.predicted_label),
-                repr(item.covid_probability), repr(item.operating_threshold), item.verdict or "",
-                _csv_cell(item.reviewer_label or ""), _csv_cell(item.note),
-                item.decided_at.isoformat() if item.decided_at else "",
-            ])
+        with self._transaction() as session:
+            info = _session_info(self._session_row(session, session_id))
+            rows = session.execute(
+                select(_ItemRow.position, _ItemRow.display_name, _ItemRow.image_hash, _ItemRow.predicted_label,
+                       _ItemRow.covid_probability, _ItemRow.operating_threshold, _VerdictRow.verdict,
+                       _VerdictRow.reviewer_label, _VerdictRow.note, _VerdictRow.decided_at)
+                .outerjoin(_VerdictRow, _VerdictRow.item_id == _ItemRow.id)
+                .where(_ItemRow.session_id == session_id)
+                .order_by(_ItemRow.position)
+            )
+            for position, name, digest, predicted, probability, threshold, verdict, label, note, decided in rows:
+                writer.writerow([
+                    info.id, _csv_cell(info.reviewer), _csv_cell(info.model_name), position, _csv_cell(name), digest,
+                    _csv_cell(predicted), repr(probability), repr(threshold), verdict or "",
+                    _csv_cell(label or ""), _csv_cell(note or ""), decided.isoformat() if decided else "",
+                ])
         return buffer.getvalue()
 
     @_database_errors("the summary could not be read")
@@ -946,36 +963,11 @@ class ReviewStore:
         return row
 
 
-def _session_info_query(*, session_id: int | None = None, token: str | None = None,
-                        ) -> Select[tuple[_SessionRow, int | None, int | None]]:
-    """Sessions with their item and verdict counts (one verdict row at most per item); counting only the
-    session asked for when one is."""
-    counts = (
-        select(_ItemRow.session_id, func.count().label("n_items"), func.count(_VerdictRow.id).label("n_reviewed"))
-        .outerjoin(_VerdictRow, _VerdictRow.item_id == _ItemRow.id)
-        .group_by(_ItemRow.session_id)
-    )
-    query = select(_SessionRow)
-    if session_id is not None:
-        query = query.where(_SessionRow.id == session_id)
-        counts = counts.where(_ItemRow.session_id == session_id)
-    if token is not None:
-        query = query.where(_SessionRow.token == token)
-        counts = counts.where(_ItemRow.session_id == select(_SessionRow.id).where(
-            _SessionRow.token == token).scalar_subquery())
-    subquery = counts.subquery()
-    return (
-        query.add_columns(subquery.c.n_items, subquery.c.n_reviewed)
-        .outerjoin(subquery, subquery.c.session_id == _SessionRow.id)
-        .order_by(_SessionRow.updated_at.desc(), _SessionRow.id.desc())
-    )
-
-
-def _session_info(row: _SessionRow, n_items: int | None, n_reviewed: int | None) -> SessionInfo:
+def _session_info(row: _SessionRow) -> SessionInfo:
     return SessionInfo(
         id=row.id, token=row.token, reviewer=row.reviewer, owner=row.owner, model_name=row.model_name,
         modality=row.modality, status=row.status, blinded=bool(row.blinded), created_at=row.created_at,
-        updated_at=row.updated_at, n_items=n_items or 0, n_reviewed=n_reviewed or 0,
+        updated_at=row.updated_at, n_items=row.n_items, n_reviewed=row.n_reviewed,
     )
 
 

@@ -62,7 +62,7 @@ MODALITY_NAMES = {"xray": "Chest X-ray", "ct": "Chest CT"}
 SOURCE_UPLOAD, SOURCE_DATA = "upload", "data"
 DISPLAY_SIDE = 640  # images are shown and explained at this size at most
 REVIEWER_CACHE_BYTES = 64 * 1024 * 1024  # uploads kept per reviewer; a batch larger than this is refused
-SERVER_CACHE_BYTES = 256 * 1024 * 1024  # all reviewers together; the least recently active reviewer's go first
+SERVER_CACHE_BYTES = 128 * 1024 * 1024  # all reviewers together (the app's budget); least recently active go first
 HEATMAP_METHOD = "gradcam"
 HEATMAP_ALPHA = 0.4
 MAX_BATCH = 200
@@ -559,18 +559,17 @@ def _move(position: int) -> None:
 def _verdict_styles() -> None:
     """Agree and Disagree in distinct colours (Streamlit gives keyed elements the class st-key-<key>)."""
     st.html("<style>" + "".join(
-        f".st-key-review-{verdict} button {{background-color: {colour}; border-color: {colour}; color: white;}}"
+        f".st-key-review-{verdict} button {{background-color: {colour} !important; border-color: {colour} "
+        "!important; color: white !important;}"
         for verdict, colour in VERDICT_COLOURS.items()) + "</style>")
 
 
-def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, classes: list[str] | None,
-              directory: str | None) -> None:
-    position = min(max(int(st.session_state.get(POSITION_KEY, 0)), 0), info.n_items - 1)
-    item = store.item(info.id, position)
+def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, item: ItemView, data: bytes | None,
+              classes: list[str] | None, directory: str | None) -> None:
+    position = item.position
     st.markdown(f"#### Image {position + 1} of {info.n_items}: {plain(item.display_name)}")
     revealed = not info.blinded or item.verdict is not None
     left, middle, right = st.columns([4, 4, 3], gap="medium")
-    data = image_bytes(reviewer, info, item)
     if data is None:
         left.warning("This image is not on the server; re-upload it above. The verdict buttons wait for it.")
     else:
@@ -714,13 +713,17 @@ def session_view(store: ReviewStore, reviewer: Reviewer, session_id: int) -> Non
                    icon=":material/task_alt:")
     cards = _cards(info.modality)
     directory, card = cards.get(info.model_name, (None, None))
-    reupload(store, reviewer, info)
+    item = store.item(info.id, min(max(int(st.session_state.get(POSITION_KEY, 0)), 0), info.n_items - 1))
+    data = image_bytes(reviewer, info, item)
+    if data is None or st.session_state.get(MISSING_KEY):  # the whole list is read only when images are missing
+        reupload(store, reviewer, info)
+        data = data or image_bytes(reviewer, info, item)
     view = st.segmented_control("View", ["Review", "Summary and export"], default="Review", key="review-view",
                                 label_visibility="collapsed")
     if view == "Summary and export":
         summary_view(store, info)
     else:
-        item_view(store, reviewer, info, card.classes if card else None, directory)
+        item_view(store, reviewer, info, item, data, card.classes if card else None, directory)
 
 
 def _show_message() -> None:

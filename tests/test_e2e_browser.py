@@ -80,20 +80,24 @@ def review_and_reload(page, name: str, data: bytes) -> None:
     """Review page: a one-image session, an 'Agree' verdict, and the verdict still there after a reload."""
     page.get_by_role("link", name="Review session").click()
     page.get_by_label("Your name").fill("Dr E2E")
-    page.get_by_label("Your name").press("Enter")
+    page.get_by_role("textbox", name="Passphrase", exact=True).fill("e2e passphrase")
+    page.get_by_role("button", name=re.compile("Sign in")).click()
     page.get_by_role("button", name=re.compile("Start session")).wait_for()
     assert page.get_by_test_id("stSidebar").get_by_text(RESEARCH_USE_NOTICE).is_visible()
     upload(page, name, data)
     page.get_by_text(name).first.wait_for()
     page.get_by_role("button", name=re.compile("Start session")).click()
     page.get_by_text(f"Image 1 of 1: {name}").wait_for()
-    page.get_by_role("button", name=re.compile(r"\bAgree$")).click()
+    page.get_by_role("button", name=re.compile(r"^Agree\b")).click()
     page.get_by_text("Your verdict:").wait_for()
     page.get_by_text("1 of 1 reviewed").wait_for()
     page.screenshot(path=str(ARTIFACTS / "e2e-2-review.png"), full_page=True)
 
-    page.reload()  # a new browser session: only the URL and the database remember the review
+    page.reload()  # a new browser session: the URL and the database remember the review, the reviewer signs in
     assert "session=" in page.url
+    page.get_by_label("Your name").fill("Dr E2E")
+    page.get_by_role("textbox", name="Passphrase", exact=True).fill("e2e passphrase")
+    page.get_by_role("button", name=re.compile("Sign in")).click()
     page.get_by_text(f"Image 1 of 1: {name}").wait_for()
     page.get_by_text("Your verdict:").wait_for()  # raises when the verdict is not shown
     page.get_by_text("1 of 1 reviewed").wait_for()
