@@ -2,9 +2,9 @@
 page of `streamlit run`, ends in a scan-level result under the research-use notice. Screenshot in test-artifacts/."""
 from __future__ import annotations
 
-import io
 import re
 import zipfile
+from pathlib import Path
 
 import pytest
 from app_fixtures import PROJECT_ROOT, running_app
@@ -16,18 +16,18 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.real_data]
 SCAN_TIMEOUT_MS = 900_000  # 255 slices on a shared 2-core CI machine
 
 
-def ricord_zip(real_data) -> bytes:
+def ricord_zip(real_data, target: Path) -> Path:
+    """The RICORD series zipped in a folder of the test (Playwright takes files over 50 MB by path only)."""
     folder = real_data / "ct-volumes" / "ricord-1a-000082" / "dicom"
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
         for path in sorted(folder.rglob("*.dcm")):
             archive.write(path, f"ricord/{path.relative_to(folder)}")
-    return buffer.getvalue()
+    return target
 
 
 def test_the_ricord_zip_gives_a_scan_result(browser, real_data, tmp_path):  # noqa: F811
     ARTIFACTS.mkdir(exist_ok=True)
-    data = ricord_zip(real_data)
+    archive = ricord_zip(real_data, tmp_path / "ricord.zip")
     env = {"COVID_WEIGHTS_DIR": str(PROJECT_ROOT / "weights"), "COVID_REVIEW_DB": str(tmp_path / "r.sqlite3")}
     with running_app(env) as (url, _process):
         page = browser.new_page(viewport={"width": 1400, "height": 2000})
@@ -35,8 +35,7 @@ def test_the_ricord_zip_gives_a_scan_result(browser, real_data, tmp_path):  # no
         try:
             page.goto(f"{url}/scan")
             page.wait_for_selector(UPLOAD_INPUT, state="attached")
-            page.set_input_files(UPLOAD_INPUT, files=[{"name": "ricord.zip", "mimeType": "application/zip",
-                                                       "buffer": data}])
+            page.set_input_files(UPLOAD_INPUT, files=[str(archive)])
             metric = page.get_by_test_id("stMetric").filter(has_text="Scan-level COVID-19 probability")
             metric.wait_for(timeout=SCAN_TIMEOUT_MS)
             value = metric.get_by_test_id("stMetricValue").inner_text().strip()
