@@ -1,9 +1,9 @@
 """A classical 3-D lung mask on HU: threshold, remove what is not lung, split left from right, fill.
 
-No network: air-filled regions inside the body are found by a threshold (-320 HU), air reached from the
-image border (outside air, the scan-field padding of -3024 / -2048 HU, the table's air pockets that open to the
-border) is removed slice by slice, the trachea and main bronchi (small, dark, central regions above the lungs'
-hilum) are removed, and of the remaining 3-D regions only those reaching the upper half of the largest region are
+No network: air-filled regions inside the body are found by a threshold (-320 HU); air reached from the image
+border (outside air, the scan-field padding of -3024 / -2048 HU) is removed slice by slice; the trachea and main
+bronchi (small, dark, central regions above the lungs' hilum) are removed; of the remaining 3-D regions only those
+at least 2 cm wide and deep (not the table's flat air channels) and reaching the upper half of the largest one are
 kept (the lungs; bowel and stomach gas lie below). Each slice's lung regions are assigned to the left or the right
 lung by the body's midline, and holes (vessels, airways, dense lesions surrounded by lung) are filled.
 
@@ -23,6 +23,7 @@ AIRWAY_HU = -900  # the lumen of the trachea and main bronchi is nearly pure air
 AIRWAY_MAX_MM2 = 600.0  # a trachea or main bronchus cross-section is well under 6 cm2
 AIRWAY_CENTRAL = 0.12  # ... and its centre lies within this share of the body's width from the midline
 LUNG_LOW_SHARE = 0.05  # a second region smaller than this share of the largest is not a lung
+LUNG_MIN_EXTENT_MM = 20.0  # a lung is at least this wide and deep (a table's air channel is a few mm deep)
 FILL_MM = 3.0  # closing radius: vessels and fissures at the lung border are lung
 GRID_MM = 1.4  # in-plane pixel size of the mask grid, about (never finer than the scan)
 RIGHT, LEFT = 1, 2  # label values: the patient's right lung and left lung
@@ -108,7 +109,7 @@ def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], progress:
     _remove_airways(candidates, labels, grid, pixel_mm2, midline, width)
     del labels
     report(0.5)
-    lungs = _lung_regions(candidates)
+    lungs = _lung_regions(candidates, grid_spacing)
     del candidates
     report(0.7)
     result = _split_and_fill(lungs, midline, grid_spacing)
@@ -142,19 +143,25 @@ def _remove_airways(candidates: np.ndarray, labels: np.ndarray, grid: np.ndarray
         candidates &= ~drop[labels]
 
 
-def _lung_regions(candidates: np.ndarray) -> np.ndarray:
-    """The 3-D regions that are lungs: large, and reaching the upper half of the largest one."""
+def _lung_regions(candidates: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """The 3-D regions that are lungs: large, at least LUNG_MIN_EXTENT_MM across in both in-plane directions (the
+    table's air channels are long and wide but flat), and reaching the upper half of the largest such region."""
     labels, count = ndimage.label(candidates)
     if count == 0:
         return candidates
     sizes = np.bincount(labels.ravel())[1:]
+    boxes = ndimage.find_objects(labels)
+    extent = np.asarray([[(box[1].stop - box[1].start) * spacing[1], (box[2].stop - box[2].start) * spacing[2]]
+                         for box in boxes])
+    sizes[extent.min(axis=1) < LUNG_MIN_EXTENT_MM] = 0
     largest = int(np.argmax(sizes))
-    slices = ndimage.find_objects(labels)
-    top, bottom = slices[largest][0].start, slices[largest][0].stop
+    if sizes[largest] == 0:
+        return np.zeros_like(candidates)
+    top, bottom = boxes[largest][0].start, boxes[largest][0].stop
     middle = (top + bottom) / 2
     keep = np.zeros(count + 1, dtype=bool)
     for order in np.argsort(sizes)[::-1][:2]:
-        if sizes[order] >= LUNG_LOW_SHARE * sizes[largest] and slices[order][0].start < middle:
+        if sizes[order] >= LUNG_LOW_SHARE * sizes[largest] and boxes[order][0].start < middle:
             keep[order + 1] = True
     return keep[labels]
 

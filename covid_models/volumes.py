@@ -330,8 +330,6 @@ def _read_members(members: list[_Member], series: int | None, limits: VolumeLimi
     for member in members:
         header = _header(member)
         if header is None:
-            if _is_nifti_name(member.name) and len(members) - ignored == 1:
-                return _read_nifti(member.read(), limits)
             ignored += 1
         else:
             slices.append(header)

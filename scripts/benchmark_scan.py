@@ -1,6 +1,6 @@
 """Time and memory of one CT scan's analysis (read + lung mask + per-slice classification + infection): a table.
 
-    python scripts/benchmark_scan.py [PATH] [--weights weights] [--threads N]
+    python scripts/benchmark_scan.py [PATH] [--weights weights] [--threads N] [--device cpu|cuda] [--out r.json]
 
 PATH defaults to the RICORD scan of the shared data (../shared/data/ct-volumes/ricord-1a-000082/dicom). Resident
 memory growth is the process's RSS after minus before (psutil), sampled every 50 ms for the peak; models are loaded
@@ -9,6 +9,7 @@ before the baseline, as the app holds them already. One run: the scan is too lar
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import threading
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", type=Path, nargs="?", default=DEFAULT_SCAN)
     parser.add_argument("--weights", type=Path, default=PROJECT_ROOT / "weights")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--out", type=Path, help="also write the analysis record (as analyze_scan.py --out) here")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: the infection segmenter's device (the "
                         "classifier's batch prediction stays on the CPU)")
     args = parser.parse_args(argv)
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(HU volume {volume.hu.nbytes / 2**20:.0f} MB int16)")
     print(f"scan-level probability {analysis.scan_probability:.3f} (top-{analysis.top_k} of {analysis.scored.sum()} "
           f"slices); infection {analysis.burden.infection_ml:.1f} ml, severity {analysis.burden.severity_score}/30")
+    if args.out:
+        args.out.write_text(json.dumps(analysis.summary(), indent=2))
     return 0
 
 

@@ -1,10 +1,10 @@
 """Synthetic chest CT phantoms with known geometry, written as DICOM series, zips and NIfTI files.
 
 The phantom (canonical orientation: slices head to feet, rows anterior to posterior, columns patient right to left)
-has a body of soft tissue in air, scan-field padding (-3024 HU) in the corners, two box-shaped lungs of -850 HU, a
-trachea that joins the right lung from above, bowel gas below the lungs, a vessel inside the left lung and a
-ground-glass "lesion" of -100 HU inside the right lung. Boxes make every volume exact: a lung mask that is right
-voxel for voxel has exactly the boxes' volume.
+has a body of soft tissue in air on a table with a flat air channel, scan-field padding (-3024 HU) in the corners,
+two box-shaped lungs of -850 HU, a trachea that joins the right lung from above, bowel gas below the lungs, a vessel
+inside the left lung and a ground-glass "lesion" of -100 HU inside the right lung. Boxes make every volume exact:
+a lung mask that is right voxel for voxel has exactly the boxes' volume.
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ VESSEL = (slice(15, 30), slice(30, 33), slice(44, 47))  # inside the left lung
 TRACHEA = (slice(2, 9), slice(20, 24), slice(30, 34))
 BRONCHUS = (slice(9, 10), slice(20, 24), slice(26, 34))  # joins the trachea to the right lung's top
 BOWEL_GAS = (slice(36, 40), slice(30, 36), slice(20, 30))
+TABLE = (slice(0, 40), slice(57, 62), slice(8, 56))  # the scanner table under the body, with a flat air channel
+TABLE_CHANNEL = (slice(0, 40), slice(58, 60), slice(10, 54))
 LUNG_HU, LESION_HU, BODY_HU = -850, -100, 40
 
 
@@ -50,6 +52,8 @@ def phantom(shape: tuple[int, int, int] = SHAPE, scale: int = 1) -> np.ndarray:
     yy, xx = np.mgrid[0:rows, 0:columns]
     hu[:, (yy - rows / 2) ** 2 + (xx - columns / 2) ** 2 > (0.7 * rows) ** 2] = -3024  # outside the scan field
     hu[up((slice(0, slices), slice(8, 56), slice(4, 60)))] = BODY_HU
+    hu[up(TABLE)] = 100
+    hu[up(TABLE_CHANNEL)] = -1000
     for box in (RIGHT_LUNG, LEFT_LUNG):
         hu[up(box)] = LUNG_HU
     hu[up(LESION)] = LESION_HU

@@ -261,3 +261,12 @@ def test_the_compressed_ricord_series_reads(real_data):
     assert volume.spacing == pytest.approx((1.25, 0.703125, 0.703125))
     assert volume.hu.min() == -3024  # the scan-field padding, kept as HU
     assert "JPEG Lossless" in volume.metadata.summary["TransferSyntax"]
+
+
+def test_a_zip_holding_one_nifti_reads_it():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("export/ct.nii.gz", nifti_ras(HU))
+    volume = read_volume(buffer.getvalue(), name="x.zip")
+    assert volume.metadata.source_format == "nifti"
+    assert_phantom(volume)

@@ -1,0 +1,50 @@
+"""End to end in Chromium: the RICORD COVID-19 scan zipped by the test from the shared folder, uploaded to the CT scan
+page of `streamlit run`, ends in a scan-level result under the research-use notice. Screenshot in test-artifacts/."""
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+from app_fixtures import PROJECT_ROOT, running_app
+from test_e2e_browser import ARTIFACTS, UPLOAD_INPUT, browser  # noqa: F401 - the module's Chromium fixture
+
+from covid_models import RESEARCH_USE_NOTICE
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.real_data]
+SCAN_TIMEOUT_MS = 900_000  # 255 slices on a shared 2-core CI machine
+
+
+def ricord_zip(real_data, target: Path) -> Path:
+    """The RICORD series zipped in a folder of the test (Playwright takes files over 50 MB by path only)."""
+    folder = real_data / "ct-volumes" / "ricord-1a-000082" / "dicom"
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
+        for path in sorted(folder.rglob("*.dcm")):
+            archive.write(path, f"ricord/{path.relative_to(folder)}")
+    return target
+
+
+def test_the_ricord_zip_gives_a_scan_result(browser, real_data, tmp_path):  # noqa: F811
+    ARTIFACTS.mkdir(exist_ok=True)
+    archive = ricord_zip(real_data, tmp_path / "ricord.zip")
+    env = {"COVID_WEIGHTS_DIR": str(PROJECT_ROOT / "weights"), "COVID_REVIEW_DB": str(tmp_path / "r.sqlite3")}
+    with running_app(env) as (url, _process):
+        page = browser.new_page(viewport={"width": 1400, "height": 2000})
+        page.set_default_timeout(120_000)
+        try:
+            page.goto(f"{url}/scan")
+            page.wait_for_selector(UPLOAD_INPUT, state="attached")
+            page.set_input_files(UPLOAD_INPUT, files=[str(archive)])
+            metric = page.get_by_test_id("stMetric").filter(has_text="Scan-level COVID-19 probability")
+            metric.wait_for(timeout=SCAN_TIMEOUT_MS)
+            value = metric.get_by_test_id("stMetricValue").inner_text().strip()
+            assert re.fullmatch(r"\d{1,3}\.\d%", value)
+            page.get_by_text("Infection burden").first.wait_for()
+            assert page.get_by_test_id("stMain").get_by_text(RESEARCH_USE_NOTICE).is_visible()
+            page.screenshot(path=str(ARTIFACTS / "e2e-scan-ricord.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "e2e-scan-failure.png"), full_page=True)
+            raise
+        finally:
+            page.close()
