@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE
-from pages.shared import app_navigation
+from pages.shared import app_navigation, skipped_models_note
 
 st.set_page_config(page_title="COVID-19 chest imaging screening", page_icon=":material/radiology:",
                    layout="wide", initial_sidebar_state="expanded")
@@ -23,6 +23,7 @@ navigation = st.navigation([
 
 with st.sidebar:
     st.warning(RESEARCH_USE_NOTICE, icon=":material/health_and_safety:")
+skipped_models_note()
 
 with app_navigation():
     navigation.run()
