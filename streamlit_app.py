@@ -13,7 +13,7 @@ runtime.configure()  # before the pages import torch: OpenMP reads its wait poli
 import streamlit as st  # noqa: E402
 
 from covid_models import RESEARCH_USE_NOTICE  # noqa: E402
-from pages.shared import app_navigation  # noqa: E402
+from pages.shared import app_navigation, skipped_models_note  # noqa: E402
 
 st.set_page_config(page_title="COVID-19 chest imaging screening", page_icon=":material/radiology:",
                    layout="wide", initial_sidebar_state="expanded")
@@ -29,6 +29,7 @@ navigation = st.navigation([
 
 with st.sidebar:
     st.warning(RESEARCH_USE_NOTICE, icon=":material/health_and_safety:")
+skipped_models_note()
 
 with app_navigation():
     navigation.run()

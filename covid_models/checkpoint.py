@@ -5,98 +5,27 @@ sha256 recorded in the card is checked before a byte of it is parsed.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from covid_models.preprocessing import Preprocessing
+from covid_models.card_markdown import render_model_card
+from covid_models.model_card import FORMAT_VERSION, CardError, ModelCard
 
-FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 MODEL_CARD_FILE = "MODEL_CARD.md"
-TASKS = ("classification", "segmentation")
-MODALITIES = ("ct", "xray")
+MAX_CARD_BYTES = 1024 * 1024  # real cards hold a few tens of kB
 
 
 class CheckpointError(RuntimeError):
     """A model directory that is missing, tampered with, or does not fit its card."""
-
-
-@dataclass
-class ModelCard:
-    """Everything needed to use and judge a model; serialised as card.json."""
-
-    name: str
-    task: str
-    modality: str
-    architecture: str
-    classes: list[str]
-    preprocessing: Preprocessing
-    positive_class: str | None = None
-    temperature: float = 1.0
-    operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)
-    default_operating_point: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    sha256: str = ""
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def threshold(self) -> float:
-        """Probability of the positive class at or above which a case is called positive."""
-        if self.default_operating_point is None:
-            return 0.5
-        return float(self.operating_points[self.default_operating_point]["threshold"])
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["preprocessing"] = self.preprocessing.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise CheckpointError(
-                f"card format version {version!r} is not supported (this version of the tool reads {FORMAT_VERSION})"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        missing = {"name", "task", "modality", "architecture", "classes", "preprocessing"} - data.keys()
-        if missing:
-            raise CheckpointError(f"card.json lacks the fields: {', '.join(sorted(missing))}")
-        try:
-            card = cls(**{k: v for k, v in data.items() if k in known and k != "preprocessing"},
-                       preprocessing=Preprocessing.from_dict(data["preprocessing"]))
-        except (TypeError, KeyError, ValueError) as error:
-            raise CheckpointError(f"card.json is malformed: {error}") from error
-        card.validate()
-        return card
-
-    def validate(self) -> None:
-        if self.task not in TASKS:
-            raise CheckpointError(f"card task {self.task!r} is not one of {TASKS}")
-        if self.modality not in MODALITIES:
-            raise CheckpointError(f"card modality {self.modality!r} is not one of {MODALITIES}")
-        if not self.classes or len(set(self.classes)) != len(self.classes):
-            raise CheckpointError("card classes must be a non-empty list of distinct names")
-        if self.positive_class is not None and self.positive_class not in self.classes:
-            raise CheckpointError(f"positive class {self.positive_class!r} is not among {self.classes}")
-        if self.default_operating_point is not None and self.default_operating_point not in self.operating_points:
-            raise CheckpointError(f"default operating point {self.default_operating_point!r} is not defined")
-        if not self.temperature > 0:
-            raise CheckpointError("calibration temperature must be positive")
 
 
 def sha256_file(path: Path) -> str:
@@ -121,8 +50,6 @@ def save_model_dir(
     `extra_tensors` (e.g. the out-of-distribution statistics, keys prefixed "ood.") are stored beside
     the network's in the same safetensors file, in fp32.
     """
-    from covid_models.model_card import render_model_card
-
     card.validate()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -144,16 +71,28 @@ def save_model_dir(
 
 
 def read_card(directory: str | Path) -> ModelCard:
+    """The card of a model directory, checked against the schema (`model_card.check_card`).
+
+    CheckpointError names the file; its cause, a CardError, says what is wrong without the path.
+    """
     path = Path(directory) / CARD_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} not found: a model directory holds {WEIGHTS_FILE} and {CARD_FILE}")
     try:
-        data = json.loads(path.read_text())
+        return ModelCard.from_dict(_parse_card(path))
+    except CardError as error:
+        raise CheckpointError(f"{path}: {error}") from error
+
+
+def _parse_card(path: Path) -> object:
+    if path.stat().st_size > MAX_CARD_BYTES:
+        raise CardError(f"larger than {MAX_CARD_BYTES // 1024} kB; a card holds a few kB of facts")
+    try:
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return ModelCard.from_dict(data)
+        raise CardError(f"not valid JSON: {error}") from error
+    except RecursionError:
+        raise CardError("objects and lists nested too deeply to be a model card") from None
 
 
 def load_state(directory: str | Path, card: ModelCard) -> dict[str, torch.Tensor]:
@@ -210,8 +149,6 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], *, sourc
 def save_card(directory: str | Path, card: ModelCard) -> None:
     """Rewrite a model directory's card.json and MODEL_CARD.md (e.g. after an evaluation adds figures); the
     weights and their sha256 are untouched."""
-    from covid_models.model_card import render_model_card
-
     card.validate()
     directory = Path(directory)
     for name, text in ((CARD_FILE, json.dumps(card.to_dict(), indent=2) + "\n"),

@@ -5,11 +5,14 @@ compared with: that package imports matplotlib, OpenCV, scikit-learn and ttach (
 dashboard's 1 GB memory budget), and back-propagates through the whole network. Here the target layer's
 output is cut from the graph and made a leaf, so gradients run through the head only, and the hook is
 removed before a call returns, so a long session of heatmaps leaves neither hooks nor graphs behind.
+Each method is one small class overriding one hook of `BaseCAM`, as in pytorch-grad-cam; `CAMS` lists them.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -19,13 +22,6 @@ from torch import nn
 from covid_models.inference import Classifier
 from covid_models.io import Scan
 
-METHODS = ("gradcam", "gradcam++", "eigencam", "hirescam", "scorecam", "xgradcam", "layercam", "ablationcam")
-METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM", "hirescam": "HiResCAM",
-                 "scorecam": "Score-CAM (slow)", "xgradcam": "XGrad-CAM", "layercam": "LayerCAM",
-                 "ablationcam": "Ablation-CAM (slow)"}
-# Slow methods run one forward pass per channel of the target layer; they report progress.
-SLOW_METHODS = frozenset({"scorecam", "ablationcam"})
-GRADIENT_METHODS = frozenset({"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"})
 # Score-CAM: masked images per forward pass of the whole network. Larger batches were no faster here, and 16
 # images of 224 pixels held 300 MB more at the peak (the dashboard has 1 GB in all).
 SCORE_BATCH = 4
@@ -71,96 +67,165 @@ def _target_output(layer: nn.Module, *, leaf: bool = False,
         handle.remove()
 
 
-def _gradient_cam(method: str, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    """(h, w) map from the target layer's activations and the target score's gradients, both (C, h, w)."""
-    spatial = (1, 2)
-    if method == "hirescam":
-        return (gradients * activations).sum(0)
-    if method == "layercam":
-        return (gradients.clamp(min=0) * activations).sum(0)
-    if method == "gradcam":
-        weights = gradients.mean(spatial)
-    elif method == "gradcam++":
+@dataclass(frozen=True)
+class LayerPass:
+    """What a forward pass gave at the target layer, for one image and one class: all a method needs."""
+
+    model: nn.Module
+    layer: nn.Module
+    inputs: torch.Tensor  # (1, C, S, S), preprocessed
+    index: int  # the class
+    activations: torch.Tensor  # (C, h, w): the target layer's output
+    gradients: torch.Tensor | None  # (C, h, w): the class score's gradient there (gradient methods only)
+    score: float  # the class score (logit) of the unchanged image
+    progress: Progress | None
+
+
+class BaseCAM:
+    """A CAM method, as in pytorch-grad-cam: one subclass per method, overriding one hook.
+
+    Most methods weigh the target layer's channels (`weights`); the others build the map another way
+    (`cam_image`). `gradients` says whether the pass must back-propagate the class score to the layer.
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    gradients: ClassVar[bool] = True
+    slow: ClassVar[bool] = False  # one forward pass per channel: reports progress
+
+    def weights(self, layer_pass: LayerPass) -> torch.Tensor:
+        """(C,) weight of each channel of the target layer."""
+        raise NotImplementedError
+
+    def cam_image(self, layer_pass: LayerPass) -> torch.Tensor:
+        """The raw (h, w) map, before ReLU: the weighted sum of the channels by default."""
+        return (self.weights(layer_pass)[:, None, None] * layer_pass.activations).sum(0)
+
+
+class GradCAM(BaseCAM):
+    name, label = "gradcam", "Grad-CAM"
+
+    def weights(self, layer_pass: LayerPass) -> torch.Tensor:
+        return layer_pass.gradients.mean((1, 2))
+
+
+class GradCAMPlusPlus(BaseCAM):
+    name, label = "gradcam++", "Grad-CAM++"
+
+    def weights(self, layer_pass: LayerPass) -> torch.Tensor:
+        gradients, activations = layer_pass.gradients, layer_pass.activations
         squared = gradients ** 2
-        alpha = squared / (2 * squared + activations.sum(spatial, keepdim=True) * squared * gradients + 1e-6)
+        alpha = squared / (2 * squared + activations.sum((1, 2), keepdim=True) * squared * gradients + 1e-6)
         alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
-        weights = (gradients.clamp(min=0) * alpha).sum(spatial)
-    else:  # xgradcam
-        weights = (gradients * activations / (activations.sum(spatial, keepdim=True) + 1e-7)).sum(spatial)
-    return (weights[:, None, None] * activations).sum(0)
+        return (gradients.clamp(min=0) * alpha).sum((1, 2))
 
 
-def _eigen_cam(activations: torch.Tensor) -> torch.Tensor:
-    """Projection of each position's activation vector on the first principal component (EigenCAM)."""
-    channels = activations.shape[0]
-    positions = np.nan_to_num(activations.reshape(channels, -1).T.numpy())
-    centred = positions - positions.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return torch.from_numpy((centred @ vt[0]).reshape(activations.shape[1:]).astype(np.float32))
+class XGradCAM(BaseCAM):
+    name, label = "xgradcam", "XGrad-CAM"
+
+    def weights(self, layer_pass: LayerPass) -> torch.Tensor:
+        activations = layer_pass.activations
+        return (layer_pass.gradients * activations / (activations.sum((1, 2), keepdim=True) + 1e-7)).sum((1, 2))
 
 
-def _score_weights(model: nn.Module, inputs: torch.Tensor, activations: torch.Tensor, index: int,
-                   progress: Progress | None) -> torch.Tensor:
-    """Score-CAM: softmax over channels of the class score of the image masked by each upsampled channel.
+class HiResCAM(BaseCAM):
+    name, label = "hirescam", "HiResCAM"
 
-    Channels are upsampled a batch at a time: all 1280 of them at 224 pixels would hold 250 MB at once.
-    """
-    channels = activations.shape[0]
-    scores = []
-    for start in range(0, channels, SCORE_BATCH):
-        upsampled = F.interpolate(activations[None, start:start + SCORE_BATCH], size=inputs.shape[-2:],
-                                  mode="bilinear", align_corners=True)[0]
-        flat = upsampled.flatten(1)
-        low, high = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
-        masks = (upsampled - low) / (high - low + 1e-8)
-        scores.append(model(inputs * masks[:, None])[:, index])
-        if progress is not None:
-            progress(min(1.0, (start + SCORE_BATCH) / channels))
-    return torch.softmax(torch.cat(scores).float(), dim=0)
+    def cam_image(self, layer_pass: LayerPass) -> torch.Tensor:
+        """Gradient times activation at each position, summed over channels (no spatial averaging)."""
+        return (layer_pass.gradients * layer_pass.activations).sum(0)
 
 
-def _ablation_weights(model: nn.Module, layer: nn.Module, inputs: torch.Tensor, activations: torch.Tensor,
-                      original: float, index: int, progress: Progress | None) -> torch.Tensor:
-    """Ablation-CAM: relative drop of the class score when one channel of the target layer is set to zero.
+class LayerCAM(BaseCAM):
+    name, label = "layercam", "LayerCAM"
 
-    Each pass runs the layers before the target on the one image and the layers after it on a batch of
-    ablated copies of its output (the target layers of the registry end the feature extractor, so what
-    follows treats each copy on its own).
-    """
-    channels = activations.shape[0]
-    scores = []
-    for start in range(0, channels, ABLATION_BATCH):
-        ablated_channels = torch.arange(start, min(start + ABLATION_BATCH, channels))
-        ablated = activations[None].repeat(len(ablated_channels), 1, 1, 1)
-        ablated[torch.arange(len(ablated_channels)), ablated_channels] = 0
-        with _target_output(layer, replace=ablated):
-            scores.append(model(inputs)[:, index])
-        if progress is not None:
-            progress(min(1.0, (start + ABLATION_BATCH) / channels))
-    return (original - torch.cat(scores).float()) / original
+    def cam_image(self, layer_pass: LayerPass) -> torch.Tensor:
+        """Positive gradient times activation at each position, summed over channels."""
+        return (layer_pass.gradients.clamp(min=0) * layer_pass.activations).sum(0)
+
+
+class EigenCAM(BaseCAM):
+    name, label, gradients = "eigencam", "EigenCAM", False
+
+    def cam_image(self, layer_pass: LayerPass) -> torch.Tensor:
+        """Projection of each position's activation vector on the first principal component."""
+        activations = layer_pass.activations
+        channels = activations.shape[0]
+        positions = np.nan_to_num(activations.reshape(channels, -1).T.numpy())
+        centred = positions - positions.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        return torch.from_numpy((centred @ vt[0]).reshape(activations.shape[1:]).astype(np.float32))
+
+
+class ScoreCAM(BaseCAM):
+    name, label, gradients, slow = "scorecam", "Score-CAM (slow)", False, True
+
+    def weights(self, layer_pass: LayerPass) -> torch.Tensor:
+        """Softmax over channels of the class score of the image masked by each upsampled channel.
+
+        Channels are upsampled a batch at a time: all 1280 of them at 224 pixels would hold 250 MB at once.
+        """
+        inputs, activations = layer_pass.inputs, layer_pass.activations
+        channels = activations.shape[0]
+        scores = []
+        for start in range(0, channels, SCORE_BATCH):
+            upsampled = F.interpolate(activations[None, start:start + SCORE_BATCH], size=inputs.shape[-2:],
+                                      mode="bilinear", align_corners=True)[0]
+            flat = upsampled.flatten(1)
+            low, high = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+            masks = (upsampled - low) / (high - low + 1e-8)
+            scores.append(layer_pass.model(inputs * masks[:, None])[:, layer_pass.index])
+            if layer_pass.progress is not None:
+                layer_pass.progress(min(1.0, (start + SCORE_BATCH) / channels))
+        return torch.softmax(torch.cat(scores).float(), dim=0)
+
+
+class AblationCAM(BaseCAM):
+    name, label, gradients, slow = "ablationcam", "Ablation-CAM (slow)", False, True
+
+    def weights(self, layer_pass: LayerPass) -> torch.Tensor:
+        """Relative drop of the class score when one channel of the target layer is set to zero.
+
+        Each pass runs the layers before the target on the one image and the layers after it on a batch of
+        ablated copies of its output (the target layers of the registry end the feature extractor, so what
+        follows treats each copy on its own).
+        """
+        activations = layer_pass.activations
+        channels = activations.shape[0]
+        scores = []
+        for start in range(0, channels, ABLATION_BATCH):
+            ablated_channels = torch.arange(start, min(start + ABLATION_BATCH, channels))
+            ablated = activations[None].repeat(len(ablated_channels), 1, 1, 1)
+            ablated[torch.arange(len(ablated_channels)), ablated_channels] = 0
+            with _target_output(layer_pass.layer, replace=ablated):
+                scores.append(layer_pass.model(layer_pass.inputs)[:, layer_pass.index])
+            if layer_pass.progress is not None:
+                layer_pass.progress(min(1.0, (start + ABLATION_BATCH) / channels))
+        return (layer_pass.score - torch.cat(scores).float()) / layer_pass.score
+
+
+CAMS: dict[str, BaseCAM] = {cam.name: cam() for cam in (GradCAM, GradCAMPlusPlus, EigenCAM, HiResCAM, ScoreCAM,
+                                                          XGradCAM, LayerCAM, AblationCAM)}
+METHODS = tuple(CAMS)
+METHOD_LABELS = {name: cam.label for name, cam in CAMS.items()}
+SLOW_METHODS = frozenset(name for name, cam in CAMS.items() if cam.slow)
 
 
 def class_activation_map(classifier: Classifier, inputs: torch.Tensor, method: str, index: int,
                          progress: Progress | None = None) -> torch.Tensor:
     """The raw map (h, w) of `method` for class `index` on one preprocessed input (1, C, S, S), before ReLU."""
-    model, layer = classifier.model.eval(), classifier.cam_layer
-    if method in GRADIENT_METHODS:
+    model, layer, cam = classifier.model.eval(), classifier.cam_layer, CAMS[method]
+    if cam.gradients:
         with torch.enable_grad(), _target_output(layer, leaf=True) as captured:
             score = model(inputs)[0, index]
             activations, leaf = captured
             (gradients,) = torch.autograd.grad(score, leaf)
-        return _gradient_cam(method, activations.detach()[0], gradients[0])
+        return cam.cam_image(LayerPass(model, layer, inputs, index, activations.detach()[0], gradients[0],
+                                       float(score), progress))
     with torch.no_grad():
         with _target_output(layer) as captured:
-            original = float(model(inputs)[0, index])
-        activations = captured[0][0]
-        if method == "eigencam":
-            return _eigen_cam(activations)
-        if method == "scorecam":
-            weights = _score_weights(model, inputs, activations, index, progress)
-        else:
-            weights = _ablation_weights(model, layer, inputs, activations, original, index, progress)
-    return (weights[:, None, None] * activations).sum(0)
+            score = float(model(inputs)[0, index])
+        return cam.cam_image(LayerPass(model, layer, inputs, index, captured[0][0], None, score, progress))
 
 
 def heatmap(classifier: Classifier, image: Scan | np.ndarray, method: str = "gradcam",

@@ -1,6 +1,7 @@
 """Classifiers loaded from model directories: calibrated predictions, ensembles, batch prediction."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +11,12 @@ import torch
 from torch import nn
 
 from covid_models.architectures import build_model, cam_target_layer
-from covid_models.checkpoint import CheckpointError, ModelCard, load_model_dir, load_weights_into, read_card
+from covid_models.checkpoint import CheckpointError, load_model_dir, load_weights_into, read_card
 from covid_models.io import Scan
+from covid_models.model_card import CardError, ModelCard
 from covid_models.ood import OOD_PREFIX, OodGuard
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -161,15 +165,29 @@ class Ensemble:
         )
 
 
-def discover_models(weights_dir: str | Path, task: str | None = None, modality: str | None = None
-                    ) -> list[tuple[Path, ModelCard]]:
-    """Model directories under `weights_dir` whose cards match; unreadable cards are skipped."""
-    found = []
+@dataclass(frozen=True)
+class ModelFolders:
+    """The model folders of a weights directory: the usable ones with their cards, the others with why not."""
+
+    found: tuple[tuple[Path, ModelCard], ...]
+    skipped: tuple[tuple[str, str], ...]  # (folder name, reason): shown to users, so no server path
+
+
+def find_models(weights_dir: str | Path) -> ModelFolders:
+    """Every folder of `weights_dir` holding a card.json; a card that fails the schema is skipped and logged."""
+    found, skipped = [], []
     for card_path in sorted(Path(weights_dir).glob("*/card.json")):
         try:
-            card = read_card(card_path.parent)
-        except CheckpointError:
-            continue
-        if (task is None or card.task == task) and (modality is None or card.modality == modality):
-            found.append((card_path.parent, card))
-    return found
+            found.append((card_path.parent, read_card(card_path.parent)))
+        except CheckpointError as error:
+            reason = str(error.__cause__) if isinstance(error.__cause__, CardError) else str(error)
+            logger.warning("model folder %s skipped: %s", card_path.parent.name, reason)
+            skipped.append((card_path.parent.name, reason))
+    return ModelFolders(tuple(found), tuple(skipped))
+
+
+def discover_models(weights_dir: str | Path, task: str | None = None, modality: str | None = None
+                    ) -> list[tuple[Path, ModelCard]]:
+    """Model directories under `weights_dir` whose cards are valid and match task and modality."""
+    return [(directory, card) for directory, card in find_models(weights_dir).found
+            if (task is None or card.task == task) and (modality is None or card.modality == modality)]

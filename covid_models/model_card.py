@@ -1,136 +1,210 @@
-"""MODEL_CARD.md: the card.json facts written for people (intended use, data, metrics, limits)."""
+"""The model card (card.json): every fact about a model, and the schema a card must satisfy to be used.
+
+A model folder may come from anywhere (a colleague's training run, a download), and every page and script
+reads its card, so a card is checked against a schema with types and bounds before it is used: a string
+temperature, a null data block, a threshold "high" or an input size that would need tens of GB are refused
+here, with the field and the reason, instead of failing later on a page. Reading and writing the files is
+`checkpoint.py`'s job; the Markdown version for people is `card_markdown.py`'s.
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import dataclasses
+import math
+import numbers
+import re
+from dataclasses import dataclass, field
+from typing import Any
 
-from covid_models import RESEARCH_USE_NOTICE
+from covid_models.preprocessing import Preprocessing
 
-MODALITY_NAMES = {"xray": "X-ray", "ct": "CT"}  # the modalities a model card may name, as people write them
+FORMAT_VERSION = 1
+TASKS = ("classification", "segmentation")
+MODALITY_NAMES = {"xray": "X-ray", "ct": "CT"}  # the modalities a card may name, as people write them
+MODALITIES = tuple(MODALITY_NAMES)
+REQUIRED = ("name", "task", "modality", "architecture", "classes", "preprocessing")
+IMAGE_SIZE_RANGE = (16, 1024)  # network input side in pixels: 1024 already needs about 1 GB per CAM
+CHANNELS = (1, 3)
+MAX_TEMPERATURE = 100.0
+MAX_CLASSES = 64
+MAX_TEXT = 500  # characters of a name, an architecture, a class
+MAX_DEPTH = 32  # nesting of JSON objects and lists in a card (real cards use 5)
+
+
+class CardError(ValueError):
+    """A card that does not satisfy the schema; the message names the field and what is wrong."""
 
 
 def modality_name(modality: str) -> str:
     """"ct" -> "CT", "xray" -> "X-ray" (an unknown name is returned as it is)."""
     return MODALITY_NAMES.get(modality, modality)
 
-if TYPE_CHECKING:
-    from covid_models.checkpoint import ModelCard
+
+@dataclass
+class ModelCard:
+    """Everything needed to use and judge a model; serialised as card.json."""
+
+    name: str
+    task: str
+    modality: str
+    architecture: str
+    classes: list[str]
+    preprocessing: Preprocessing
+    positive_class: str | None = None
+    temperature: float = 1.0
+    operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)
+    default_operating_point: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def threshold(self) -> float:
+        """Probability of the positive class at or above which a case is called positive."""
+        if self.default_operating_point is None:
+            return 0.5
+        return float(self.operating_points[self.default_operating_point]["threshold"])
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["preprocessing"] = self.preprocessing.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelCard:
+        """A card from parsed card.json, checked against the schema first (CardError names what is wrong)."""
+        check_card(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and k != "preprocessing"},
+                   preprocessing=Preprocessing.from_dict(data["preprocessing"]))
+
+    def validate(self) -> None:
+        """Check a card built in code (by training) against the same schema as one read from a file."""
+        check_card(self.to_dict())
 
 
-def _num(value: Any) -> str:
-    return "n/a" if value is None or value != value else f"{value:.3f}"
+# ------------------------------------------------------------------------------------------------ schema
+def _describe(value: Any) -> str:
+    kind = {bool: "a boolean", str: "a string", int: "an integer", float: "a number", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    shown = repr(value) if isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 40 else ""
+    return f"{kind} {shown}".strip()
 
 
-def _metrics_section(test: dict[str, Any]) -> list[str]:
-    if "auc" in test:
-        ci = test.get("auc_ci95") or [None, None]
-        lines = [
-            f"Test split, {test.get('positive_class')}-vs-rest, {test['n']} images ({test['n_positive']} positive):",
-            "",
-            "| metric | value |", "| --- | --- |",
-            f"| AUC (95% CI, patient bootstrap) | {_num(test['auc'])} ({_num(ci[0])}-{_num(ci[1])}) |",
-        ]
-        for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "ece", "multiclass_accuracy"):
-            if key in test:
-                lines.append(f"| {key} | {_num(test[key])} |")
-        lines += ["", f"Confusion matrix (rows true {test.get('classes')}, columns predicted): "
-                  f"`{test.get('confusion_matrix')}`", "", "Per source (read these before trusting the totals):", "",
-                  "| source | images | labels | AUC | sensitivity | specificity |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        for source, sub in test.get("per_source", {}).items():
-            lines.append(f"| {source} | {sub['n']} | {sub.get('by_label')} | {_num(sub['auc'])} | "
-                         f"{_num(sub['sensitivity'])} | {_num(sub['specificity'])} |")
-        return lines
-    return ["| metric | value |", "| --- | --- |"] + [
-        f"| {key} | {value if not isinstance(value, float) else _num(value)} |" for key, value in test.items()
-        if not isinstance(value, (dict, list))]
+def _number(value: Any, where: str, low: float, high: float, *, low_open: bool = False) -> float:
+    """A JSON number (not a boolean, not a string) within [low, high] ((low, high] when `low_open`)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise CardError(f"{where} must be a number, not {_describe(value)}")
+    if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise CardError(f"{where} must lie in {bounds}, not {value!r}")
+    return float(value)
 
 
-def _data_section(data: dict[str, Any]) -> list[str]:
-    """Counts per split, source and label as a table; anything else as compact JSON."""
-    counts = data.get("counts")
-    if not counts:
-        return [f"```\n{_compact(data)}\n```"]
-    keys = [k for k in counts[0] if k != "n"]
-    lines = [f"{data.get('n_images')} images of {data.get('n_patients')} patients; manifest fingerprint "
-             f"`{data.get('manifest_sha256', 'n/a')}`.", "",
-             "| " + " | ".join(keys) + " | images |", "| " + " --- |" * (len(keys) + 1)]
-    lines += ["| " + " | ".join(str(row[k]) for k in keys) + f" | {row['n']} |" for row in counts]
-    return lines
+def _integer(value: Any, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise CardError(f"{where} must be an integer, not {_describe(value)}")
+    if not low <= value <= high:
+        raise CardError(f"{where} must lie in [{low}, {high}], not {value}")
+    return value
 
 
-def _segmentation_section(metrics: dict[str, Any]) -> list[str]:
-    """Dice/IoU per image (mean, SD, bootstrap CI) on the test split, or pooled over cross-validation folds."""
-    cv = metrics.get("cross_validation")
-    block = metrics.get("test") or (cv or {}).get("pooled")
-    if not block:
-        return ["No held-out metrics recorded."]
-    where = (f"{cv['k']}-fold cross-validation ({cv['grouped_by']}); every image scored once by a model that did "
-             "not see it" if cv else "Test split (patient-level)")
-    lines = [f"{where}: {block['n']} images, scored at their own resolution, threshold "
-             f"{block.get('threshold', (cv or {}).get('threshold'))}.", "",
-             "| metric (per image) | mean | SD | 95% CI (bootstrap) |", "| --- | --- | --- | --- |"]
-    for key in ("dice", "iou", "dice_postprocessed", "iou_postprocessed", "postprocessing_dice_change"):
-        if key in block:
-            s = block[key]
-            lines.append(f"| {key} | {_num(s['mean'])} | {_num(s['std'])} | {_num(s['ci95_low'])}-"
-                         f"{_num(s['ci95_high'])} |")
-    lines.append(f"| pooled Dice (all pixels) | {_num(block.get('pooled_dice'))} | | |")
-    if cv:
-        lines += ["", "| fold | images | mean Dice | mean IoU |", "| --- | --- | --- | --- |"]
-        lines += [f"| {f['fold']} | {f['n']} | {_num(f['dice_mean'])} | {_num(f['iou_mean'])} |" for f in cv["folds"]]
-        lines += ["", "The shipped model was then trained on all images: it has no held-out score of its own."]
-    return lines
+def _text(value: Any, where: str, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT:
+        raise CardError(f"{where} must be a non-empty text of at most {MAX_TEXT} characters, not {_describe(value)}")
+    if choices is not None and value not in choices:
+        raise CardError(f"{where} {value!r} is not one of {', '.join(choices)}")
+    return value
 
 
-def render_model_card(card: ModelCard) -> str:
-    training = card.training
-    lines = [
-        f"# {card.name}", "",
-        f"> {RESEARCH_USE_NOTICE}", "",
-        "## Model", "",
-        f"- Task: {card.task}; modality: {card.modality}; architecture: `{card.architecture}`",
-        f"- Classes: {', '.join(card.classes)}" + (f"; positive class: {card.positive_class}" if card.positive_class
-                                                    else ""),
-        f"- Input: greyscale resized to {card.preprocessing.image_size}x{card.preprocessing.image_size}, "
-        f"replicated to {card.preprocessing.channels} channels, mean {card.preprocessing.mean}, "
-        f"std {card.preprocessing.std}",
-    ]
-    if card.task == "classification":
-        lines.append(f"- Calibration: temperature {card.temperature:.3f} (fitted on validation)")
-        for name, point in card.operating_points.items():
-            marker = " (default)" if name == card.default_operating_point else ""
-            lines.append(f"- Operating point `{name}`{marker}: threshold {point['threshold']:.3f} — {point['rule']} "
-                         f"(val sensitivity {_num(point.get('sensitivity'))}, specificity "
-                         f"{_num(point.get('specificity'))})")
-    lines += ["", "## Intended use", "",
-              "Research and education: exploring how CNNs behave on public COVID-19 chest imaging data, and "
-              "a starting point for retraining on a hospital's own, properly curated data. Not for diagnosis.", "",
-              "## Data", ""] + _data_section(card.data)
-    lines += ["", "## Metrics" if card.task == "segmentation" else "## Test metrics", ""]
-    if card.task == "segmentation":
-        lines += _segmentation_section(card.metrics)
-    else:
-        lines += _metrics_section(card.metrics.get("test", {}))
-    if card.extra:
-        lines += ["", "## Other facts", "", f"```\n{_compact(card.extra)}\n```"]
-    lines += ["", "## Training", "",
-              f"- Device: {training.get('device')}; duration: {training.get('duration_s')} s; "
-              f"git commit: {training.get('git_commit')}",
-              f"- Command: `{training.get('command', 'n/a')}`"]
-    if training.get("note"):
-        lines.append(f"- Note: {training['note']}")
-    lines += ["",
-              "## Limitations", "",
-              "- Public COVID-19 datasets confound source and label: images of one class often come from one "
-              "hospital or from paper figures. Check the per-source rows above; a high overall AUC can come from "
-              "recognising the source, not the disease.",
-              "- Small test sets: the confidence intervals are wide.",
-              "- Validate on your own hospital's images (`scripts/evaluate.py`) before any use.", ""]
-    return "\n".join(lines)
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CardError(f"{where} must be an object, not {_describe(value)}")
+    return value
 
 
-def _compact(value: Any, limit: int = 1500) -> str:
-    import json
+def _depth(value: Any) -> int:
+    """Nesting depth of JSON objects and lists, without recursion (a hostile card may nest thousands deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            deepest = max(deepest, depth)
+            if deepest > MAX_DEPTH:
+                return deepest
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
-    text = json.dumps(value, indent=1, default=str)
-    return text if len(text) <= limit else text[:limit] + "\n..."
+
+def _check_preprocessing(value: Any) -> None:
+    block = _object(value, "preprocessing")
+    for key in ("image_size", "channels", "mean", "std"):
+        if key not in block:
+            raise CardError(f"preprocessing lacks {key}")
+    _integer(block["image_size"], "preprocessing.image_size", *IMAGE_SIZE_RANGE)
+    channels = block["channels"]
+    if isinstance(channels, bool) or channels not in CHANNELS:
+        raise CardError(f"preprocessing.channels must be one of {CHANNELS}, not {_describe(channels)}")
+    for key, low in (("mean", -10.0), ("std", 0.0)):
+        values = block[key]
+        if not isinstance(values, (list, tuple)) or len(values) != channels:
+            raise CardError(f"preprocessing.{key} must be a list of {channels} numbers, not {_describe(values)}")
+        for index, item in enumerate(values):
+            _number(item, f"preprocessing.{key}[{index}]", low, 10.0, low_open=key == "std")
+    window = block.get("hu_window")
+    if window is not None:
+        if not isinstance(window, (list, tuple)) or len(window) != 2:
+            raise CardError(f"preprocessing.hu_window must be null or [centre, width], not {_describe(window)}")
+        _number(window[0], "preprocessing.hu_window centre", -2000.0, 4000.0)
+        _number(window[1], "preprocessing.hu_window width", 0.0, 6000.0, low_open=True)
+
+
+def check_card(data: Any) -> None:
+    """Raise CardError unless `data` (parsed card.json) satisfies the schema: types, bounds, cross-references."""
+    card = _object(data, "card.json")
+    if _depth(card) > MAX_DEPTH:
+        raise CardError(f"card.json nests objects and lists more than {MAX_DEPTH} levels deep")
+    version = card.get("format_version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise CardError(f"card format version {version!r} is not supported (this version of the tool reads "
+                        f"{FORMAT_VERSION})")
+    missing = [key for key in REQUIRED if key not in card]
+    if missing:
+        raise CardError(f"card.json lacks the fields: {', '.join(missing)}")
+    _text(card["name"], "name")
+    _text(card["task"], "task", TASKS)
+    _text(card["modality"], "modality", MODALITIES)
+    _text(card["architecture"], "architecture")
+    classes = card["classes"]
+    if not isinstance(classes, (list, tuple)) or not 1 <= len(classes) <= MAX_CLASSES:
+        raise CardError(f"classes must be a list of 1 to {MAX_CLASSES} names, not {_describe(classes)}")
+    for index, name in enumerate(classes):
+        _text(name, f"classes[{index}]")
+    if len(set(classes)) != len(classes):
+        raise CardError("classes must be distinct")
+    _check_preprocessing(card["preprocessing"])
+    positive = card.get("positive_class")
+    if positive is not None and positive not in classes:
+        raise CardError(f"the positive class {positive!r} is not among the classes {classes}")
+    _number(card.get("temperature", 1.0), "temperature", 0.0, MAX_TEMPERATURE, low_open=True)
+    points = _object(card.get("operating_points", {}), "operating_points")
+    for name, point in points.items():
+        _object(point, f"operating_points.{name}")
+        if "threshold" not in point:
+            raise CardError(f"operating_points.{name} lacks its threshold")
+        _number(point["threshold"], f"operating_points.{name}.threshold", 0.0, 1.0)
+        if "rule" in point and not isinstance(point["rule"], str):
+            raise CardError(f"operating_points.{name}.rule must be a text, not {_describe(point['rule'])}")
+    default = card.get("default_operating_point")
+    if default is not None and (not isinstance(default, str) or default not in points):
+        raise CardError(f"default_operating_point {default!r} is not one of the operating points")
+    for key in ("metrics", "data", "training", "extra"):
+        _object(card.get(key, {}), key)
+    ood = card.get("extra", {}).get("ood")
+    if ood is not None:
+        _number(_object(ood, "extra.ood").get("threshold"), "extra.ood.threshold", -math.inf, math.inf)
+    sha = card.get("sha256", "")
+    if not isinstance(sha, str) or (sha and not re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise CardError(f"sha256 must be 64 hexadecimal digits, not {_describe(sha)}")

@@ -17,8 +17,9 @@ from scipy import ndimage
 from torch import nn
 
 from covid_models.architectures import efficientnet_lite_imagenet_state_dict, get_architecture
-from covid_models.checkpoint import CheckpointError, ModelCard, load_model_dir, load_weights_into
+from covid_models.checkpoint import CheckpointError, load_model_dir, load_weights_into
 from covid_models.io import Scan
+from covid_models.model_card import ModelCard
 from covid_models.preprocessing import Preprocessing
 
 ARCHITECTURES = ("unet", "fpn", "pspnet", "linknet")

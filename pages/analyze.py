@@ -21,7 +21,7 @@ import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE
 from covid_models.analysis import Analysis, analyse
-from covid_models.checkpoint import CheckpointError, ModelCard
+from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, default_data_dir, held_out_images
 from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS
 from covid_models.formatting import percent
@@ -36,7 +36,7 @@ from covid_models.io import (
     read_image,
     rewindow,
 )
-from covid_models.model_card import MODALITY_NAMES, modality_name
+from covid_models.model_card import MODALITY_NAMES, ModelCard, modality_name
 from covid_models.overlays import (
     DISPLAY_SIDE,
     INFECTION_COLOR,
@@ -185,7 +185,8 @@ def model_caption(model_dirs: tuple[str, ...], cards: dict[str, ModelCard]) -> s
     """The chosen model's test AUC from its card (the sidebar is too narrow to put it in the option)."""
     if len(model_dirs) > 1:
         return "Mean of the members' calibrated probabilities."
-    test = cards[model_dirs[0]].metrics.get("test") or {}
+    test = cards[model_dirs[0]].metrics.get("test")
+    test = test if isinstance(test, dict) else {}  # the schema bounds the card's fields, not every metric inside
     auc = test.get("auc")
     return f"Test AUC {auc:.3f} on {test.get('n', '?')} held-out images." if isinstance(auc, float) and auc == auc \
         else "No test AUC recorded in its card."

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from covid_models.checkpoint import MODEL_CARD_FILE, ModelCard
+from covid_models.checkpoint import MODEL_CARD_FILE
 from covid_models.figures import (
     calibration_figure,
     card_test_report,
@@ -20,6 +20,7 @@ from covid_models.figures import (
     threshold_table,
     training_curves_figure,
 )
+from covid_models.model_card import ModelCard
 from pages.shared import enter_through_app, model_cards, weights_dir
 
 enter_through_app()

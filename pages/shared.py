@@ -17,9 +17,9 @@ from typing import Any
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from covid_models.checkpoint import ModelCard
 from covid_models.data import DataError, allowed_data_roots, confined_folder, default_data_dir
-from covid_models.inference import Classifier, discover_models
+from covid_models.inference import Classifier, ModelFolders, find_models
+from covid_models.model_card import ModelCard
 from covid_models.reviews import ReviewStore
 from covid_models.segmentation import Segmenter
 
@@ -86,8 +86,8 @@ def model_lock(directory: str) -> threading.Lock:
 
 
 @st.cache_data(show_spinner=False, ttl=60)
-def _model_cards(weights: str, task: str | None, modality: str | None) -> list[tuple[str, ModelCard]]:
-    return [(str(directory), card) for directory, card in discover_models(weights, task, modality)]
+def _model_folders(weights: str) -> ModelFolders:
+    return find_models(weights)
 
 
 def model_cards(task: str | None = None, modality: str | None = None) -> list[tuple[str, ModelCard]]:
@@ -95,8 +95,22 @@ def model_cards(task: str | None = None, modality: str | None = None) -> list[tu
 
     Cached per weights folder as well, so that pointing the app at another folder takes effect at once,
     and for a minute only, so that a model directory written while the app runs appears without a restart.
+    Folders whose card fails the schema are left out (see `skipped_models_note`).
     """
-    return _model_cards(str(weights_dir()), task, modality)
+    return [(str(directory), card) for directory, card in _model_folders(str(weights_dir())).found
+            if (task is None or card.task == task) and (modality is None or card.modality == modality)]
+
+
+def skipped_models_note() -> None:
+    """A note in the sidebar naming each model folder left out and why (its card fails the schema)."""
+    skipped = _model_folders(str(weights_dir())).skipped
+    if not skipped:
+        return
+    with st.sidebar:
+        st.warning(f"{len(skipped)} model folder(s) skipped: their card.json does not satisfy the schema, so they "
+                   "are not offered.", icon=":material/rule:")
+        for name, reason in skipped:
+            st.text(f"{name}: {reason}")  # as text: a folder name is not Markdown
 
 
 @st.cache_resource(show_spinner=False)

@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from covid_models.benchmarking import CHROMIUM, CHROMIUM_ARGS, make_weights_dir, running_app, server_rss_mb
 from covid_models.data import DATA_DIR_ENV, load_dataset
 from covid_models.explain import heatmap
 from covid_models.inference import Classifier, discover_models
@@ -36,9 +36,6 @@ from covid_models.io import read_image
 from covid_models.segmentation import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from app_fixtures import CHROMIUM, CHROMIUM_ARGS, make_weights_dir, running_app  # noqa: E402  (test helpers)
-from measure import server_rss_mb  # noqa: E402
 
 UPLOAD_INPUT = '[data-testid="stFileUploaderDropzoneInput"]'
 TOUR = ("review", "performance", "dataset", "about")

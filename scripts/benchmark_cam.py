@@ -16,22 +16,19 @@ import functools
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from covid_models.benchmarking import chest_like_png, reference_cam
 from covid_models.data import DataError, default_data_dir, held_out_images
 from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS, heatmap
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from app_fixtures import chest_like_png  # noqa: E402  (test helpers shared with the benchmarks)
-from reference_cam import reference_cam  # noqa: E402
 
 
 def images(data: Path | None, modality: str, count: int) -> tuple[list[np.ndarray], str]:

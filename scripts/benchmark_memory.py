@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from covid_models.analysis import analyse
+from covid_models.benchmarking import chest_like_png, hooks_left, rss_mb
 from covid_models.data import DataError, default_data_dir, held_out_images
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import read_image
@@ -40,9 +41,6 @@ from covid_models.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, 
 from covid_models.segmentation import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from app_fixtures import chest_like_png  # noqa: E402  (test helpers shared with the benchmarks)
-from measure import hooks_left, rss_mb  # noqa: E402
 
 OPACITY = 0.45  # the page's default heatmap opacity
 MASK_COLORS = {"lungs": LUNG_COLOR, "infection": INFECTION_COLOR}

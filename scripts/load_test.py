@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,11 +32,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from covid_models.benchmarking import CHROMIUM, CHROMIUM_ARGS, chest_like_png, running_app, wait_healthy
 from covid_models.data import DataError, default_data_dir, held_out_images
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from app_fixtures import CHROMIUM, CHROMIUM_ARGS, chest_like_png, running_app, wait_healthy  # noqa: E402  (test helpers)
 
 MAX_SESSIONS = 16
 MAX_UPLOADS = 20

@@ -1,137 +1,27 @@
-"""Small untrained model directories for the app tests: real cards and real files, random weights.
+"""AppTest helpers for the page tests.
 
-The app reads every fact about a model from its card, so the fixture writes complete cards (operating
-point with its rule, test metrics computed by the library on random scores) beside untrained networks;
-the pages cannot tell them from shipped weights, only their numbers are meaningless.
+The small model folders, generated images and the running app that the tests share with the benchmarks
+live in `covid_models.benchmarking`; they are imported here too, so that a page test needs one import line.
 """
 from __future__ import annotations
 
-import io
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from covid_models.architectures import build_model
-from covid_models.checkpoint import ModelCard, save_model_dir
-from covid_models.evaluation import classification_report
-from covid_models.ood import OodGuard
-from covid_models.preprocessing import Preprocessing
-
-XRAY_CLASSES = ["covid", "normal", "pneumonia"]
-CT_CLASSES = ["covid", "non_covid"]
-FIXTURE_RULE = "test fixture: threshold maximising Youden's J on random validation scores"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browser here
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-FEATURES = 1280  # efficientnet_lite0's penultimate width
-
-
-def _fake_report(classes: list[str], seed: int) -> dict:
-    """A genuine classification report of the library, computed on random scores for 40 fake images."""
-    rng = np.random.default_rng(seed)
-    n = 40
-    frame = pd.DataFrame({
-        "label": [classes[i % len(classes)] for i in range(n)],
-        "patient_id": [f"p{i // 2}" for i in range(n)],
-        "source": ["fixture-a" if i % 3 else "fixture-b" for i in range(n)],
-    })
-    scores = rng.dirichlet(np.ones(len(classes)), size=n)
-    return classification_report(frame, scores, classes, "covid", 0.5, n_resamples=20)
-
-
-def _ood_guard(classes: int, threshold: float) -> OodGuard:
-    """A guard whose score is the squared norm of the normalised features (always 1); threshold -1 flags every image."""
-    return OodGuard(class_means=torch.zeros(classes, FEATURES, dtype=torch.float64),
-                    precision=torch.eye(FEATURES, dtype=torch.float64), threshold=threshold)
-
-
-def write_classifier(directory: Path, name: str, modality: str, classes: list[str], seed: int = 0,
-                     ood_threshold: float | None = None) -> Path:
-    """One untrained efficientnet_lite0 classifier directory at 64 px."""
-    torch.manual_seed(seed)
-    model = build_model("efficientnet_lite0", len(classes))
-    card = ModelCard(
-        name=name, task="classification", modality=modality, architecture="efficientnet_lite0",
-        classes=list(classes), positive_class="covid",
-        preprocessing=Preprocessing(image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3), temperature=1.0,
-        operating_points={"youden": {"threshold": 0.5, "rule": FIXTURE_RULE, "sensitivity": 0.9,
-                                     "specificity": 0.8}},
-        default_operating_point="youden",
-        metrics={"test": _fake_report(classes, seed)},
-        data={"n_images": 40, "n_patients": 20, "by_split": {"train": 30, "val": 5, "test": 5},
-              "by_label": {c: 40 // len(classes) for c in classes}},
-        training={"history": [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 1.1 / (e + 1),
-                               "val_auc": 0.5 + 0.1 * e} for e in range(3)]},
-    )
-    extra_tensors = None
-    if ood_threshold is not None:
-        guard = _ood_guard(len(classes), ood_threshold)
-        card.extra["ood"] = guard.card_entry()
-        extra_tensors = guard.state()
-    return save_model_dir(directory / name, model, card, extra_tensors=extra_tensors)
-
-
-def write_segmenter(directory: Path, name: str, modality: str, target: str, seed: int = 0) -> Path:
-    """One untrained U-Net segmentation directory at 64 px (lungs get the lung post-processing)."""
-    from covid_models.segmentation import (
-        DEFAULT_ENCODER,
-        POSTPROCESS_LUNGS,
-        build_segmentation_model,
-        segmentation_preprocessing,
-    )
-
-    torch.manual_seed(seed)
-    model = build_segmentation_model("unet", pretrained=False)
-    card = ModelCard(
-        name=name, task="segmentation", modality=modality, architecture="unet", classes=[target],
-        preprocessing=segmentation_preprocessing(64),
-        operating_points={"default": {"threshold": 0.5, "rule": "test fixture"}}, default_operating_point="default",
-        metrics={"test": {"n": 10, "threshold": 0.5, "pooled_dice": 0.5,
-                          "dice": {"mean": 0.5, "std": 0.1, "ci95_low": 0.4, "ci95_high": 0.6, "n": 10}}},
-        extra={"encoder": DEFAULT_ENCODER, "target": target,
-               "postprocess": POSTPROCESS_LUNGS if target == "lungs" else None},
-    )
-    return save_model_dir(directory / name, model, card)
-
-
-def make_weights_dir(tmp_path: Path, *, ood_threshold: float | None = None, segmentation: bool = True) -> Path:
-    """weights/ with two X-ray classifiers (so an ensemble exists), one CT classifier and, unless
-    `segmentation` is False, an X-ray lung and a CT infection segmenter."""
-    weights = Path(tmp_path) / "weights"
-    write_classifier(weights, "xray-fixture-a", "xray", XRAY_CLASSES, seed=1, ood_threshold=ood_threshold)
-    write_classifier(weights, "xray-fixture-b", "xray", XRAY_CLASSES, seed=2, ood_threshold=ood_threshold)
-    write_classifier(weights, "ct-fixture", "ct", CT_CLASSES, seed=3, ood_threshold=ood_threshold)
-    if segmentation:
-        write_segmenter(weights, "xray-lungs-fixture", "xray", "lungs", seed=4)
-        write_segmenter(weights, "ct-infection-fixture", "ct", "infection", seed=5)
-    return weights
-
-
-def chest_like_png(size: int = 96, seed: int = 0) -> bytes:
-    """A greyscale PNG with two dark lung fields in a bright body, so it looks like a radiograph."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    body = 0.75 - 0.25 * ((x - 0.5) ** 2 + (y - 0.5) ** 2)
-    lungs = np.exp(-(((x - 0.3) / 0.13) ** 2 + ((y - 0.5) / 0.28) ** 2)) + \
-        np.exp(-(((x - 0.7) / 0.13) ** 2 + ((y - 0.5) / 0.28) ** 2))
-    pixels = np.clip(body - 0.5 * lungs + rng.normal(0, 0.03, (size, size)), 0, 1)
-    buffer = io.BytesIO()
-    Image.fromarray((pixels * 255).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
+from covid_models.benchmarking import (  # noqa: F401  (shared with the benchmarks; tests import them from here)
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    CT_CLASSES,
+    PROJECT_ROOT,
+    XRAY_CLASSES,
+    chest_like_png,
+    make_weights_dir,
+    running_app,
+    wait_healthy,
+    write_classifier,
+    write_segmenter,
+)
 
 
 def page_test(page: str, weights: Path, monkeypatch, *, timeout: float = 120) -> AppTest:
@@ -148,56 +38,3 @@ def page_test(page: str, weights: Path, monkeypatch, *, timeout: float = 120) ->
     st.cache_data.clear()
     st.cache_resource.clear()
     return AppTest.from_file(str(PROJECT_ROOT / page), default_timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_healthy(url: str, deadline: float, process: subprocess.Popen | None = None) -> None:
-    """Until Streamlit's health endpoint at `url` answers; RuntimeError when the process ends or time runs out."""
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if (process is not None and process.poll() is not None) or time.monotonic() > deadline:
-            raise RuntimeError(f"the app at {url} did not answer its health check")
-        time.sleep(0.3)
-
-
-@contextmanager
-def running_app(env: dict[str, str], *, timeout: float = 90.0) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`streamlit run streamlit_app.py` on a free local port with `env` added; yields (url, process).
-
-    A DATABASE_URL of the caller's environment is not passed on (only one given in `env`), so the app never
-    writes to a real review database by accident. The server's output goes to a temporary log that is shown
-    in the error when it does not come up.
-    """
-    port = free_port()
-    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below, after the server stops)
-    command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-               "--server.address", "127.0.0.1", "--server.headless", "true",
-               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    inherited = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**inherited, "HF_HUB_OFFLINE": "1", **env},
-                               stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_healthy(url, time.monotonic() + timeout, process)
-        except RuntimeError as error:
-            log.seek(0)
-            raise RuntimeError(f"{error}:\n{log.read().decode(errors='replace')[-4000:]}") from None
-        yield url, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 
 from covid_models.architectures import build_model, get_architecture
-from covid_models.checkpoint import ModelCard, save_model_dir
+from covid_models.checkpoint import save_model_dir
 from covid_models.evaluation import classification_report
+from covid_models.model_card import ModelCard
 
 
 def tiny_card(name: str = "tiny", modality: str = "xray", classes: tuple[str, ...] = ("covid", "normal"),

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_fixtures import chest_like_png, make_weights_dir
 from pydicom.data import get_testdata_file
 
 from covid_models.analysis import LOW_LUNG_SHARE, Signal, analyse, trust_signals
+from covid_models.benchmarking import chest_like_png, make_weights_dir
 from covid_models.explain import heatmap
 from covid_models.inference import Classifier, Ensemble, Prediction
 from covid_models.io import read_image

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from app_fixtures import chest_like_png
 from model_fixtures import tiny_card
-from reference_cam import reference_cam
 
 from covid_models.architectures import build_model, get_architecture
+from covid_models.benchmarking import chest_like_png, reference_cam
 from covid_models.explain import METHODS, SLOW_METHODS, ExplainError, heatmap
 from covid_models.inference import Classifier
 from covid_models.io import read_image

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covid_models.checkpoint import ModelCard
 from covid_models.figures import (
     calibration_figure,
     class_balance_figure,
@@ -20,6 +19,7 @@ from covid_models.figures import (
     training_curves_figure,
 )
 from covid_models.metrics import binary_report, roc_points, threshold_metrics
+from covid_models.model_card import ModelCard
 from covid_models.preprocessing import Preprocessing
 
 # Two positives, two negatives; thresholds decrease along the curve as sklearn stores them.

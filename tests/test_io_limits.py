@@ -39,7 +39,7 @@ def deflated_dicom(side: int) -> bytes:
 MEASURE = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, "tests")
-    from measure import peak_rss_mb, reset_peak_rss, rss_mb
+    from covid_models.benchmarking import peak_rss_mb, reset_peak_rss, rss_mb
     from covid_models.io import read_image
     data = open(sys.argv[1], "rb").read()
     before = rss_mb()

@@ -16,15 +16,14 @@ import sys
 
 import pytest
 import torch
-from app_fixtures import chest_like_png
-from measure import hooks_left, rss_mb
 from model_fixtures import write_tiny_classifier
 
 from covid_models.analysis import Analysis, analyse
-from covid_models.checkpoint import ModelCard
+from covid_models.benchmarking import chest_like_png, hooks_left, rss_mb
 from covid_models.explain import heatmap
 from covid_models.inference import Classifier
 from covid_models.io import read_image
+from covid_models.model_card import ModelCard
 from covid_models.overlays import heatmap_overlay, mask_overlay
 from covid_models.segmentation import (
     POSTPROCESS_LUNGS,

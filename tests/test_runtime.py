@@ -16,11 +16,10 @@ from conftest import PROJECT_ROOT
 
 PROBE = """
 import json, os, sys
-import covid_models  # first, as an entry point does: measure imports torch
+import covid_models  # first, as an entry point does: benchmarking imports torch
 from covid_models import runtime
 applied = runtime.configure()
-sys.path.insert(0, "tests")
-from measure import rss_mb
+from covid_models.benchmarking import rss_mb
 import numpy as np
 import torch
 base = rss_mb(trim=False)

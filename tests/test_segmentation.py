@@ -12,10 +12,11 @@ import torch
 from conftest import WEIGHTS_DIR
 from PIL import Image
 
-from covid_models.checkpoint import CheckpointError, ModelCard, save_model_dir
+from covid_models.checkpoint import CheckpointError, save_model_dir
 from covid_models.data import DataError
 from covid_models.inference import discover_models
 from covid_models.metrics import dice, iou
+from covid_models.model_card import ModelCard
 from covid_models.overlays import (
     INFECTION_COLOR,
     LUNG_COLOR,

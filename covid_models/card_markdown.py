@@ -1,0 +1,130 @@
+"""MODEL_CARD.md: the card.json facts written for people (intended use, data, metrics, limits).
+
+Apart from `model_card.py` (the card's schema and validation) because rendering is a separate concern: the
+schema is read by every page and script, the Markdown only when a model directory is written.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from covid_models import RESEARCH_USE_NOTICE
+from covid_models.model_card import ModelCard
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
+def _metrics_section(test: dict[str, Any]) -> list[str]:
+    if "auc" in test:
+        ci = test.get("auc_ci95") or [None, None]
+        lines = [
+            f"Test split, {test.get('positive_class')}-vs-rest, {test['n']} images ({test['n_positive']} positive):",
+            "",
+            "| metric | value |", "| --- | --- |",
+            f"| AUC (95% CI, patient bootstrap) | {_num(test['auc'])} ({_num(ci[0])}-{_num(ci[1])}) |",
+        ]
+        for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "ece", "multiclass_accuracy"):
+            if key in test:
+                lines.append(f"| {key} | {_num(test[key])} |")
+        lines += ["", f"Confusion matrix (rows true {test.get('classes')}, columns predicted): "
+                  f"`{test.get('confusion_matrix')}`", "", "Per source (read these before trusting the totals):", "",
+                  "| source | images | labels | AUC | sensitivity | specificity |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for source, sub in test.get("per_source", {}).items():
+            lines.append(f"| {source} | {sub['n']} | {sub.get('by_label')} | {_num(sub['auc'])} | "
+                         f"{_num(sub['sensitivity'])} | {_num(sub['specificity'])} |")
+        return lines
+    return ["| metric | value |", "| --- | --- |"] + [
+        f"| {key} | {value if not isinstance(value, float) else _num(value)} |" for key, value in test.items()
+        if not isinstance(value, (dict, list))]
+
+
+def _data_section(data: dict[str, Any]) -> list[str]:
+    """Counts per split, source and label as a table; anything else as compact JSON."""
+    counts = data.get("counts")
+    if not counts:
+        return [f"```\n{_compact(data)}\n```"]
+    keys = [k for k in counts[0] if k != "n"]
+    lines = [f"{data.get('n_images')} images of {data.get('n_patients')} patients; manifest fingerprint "
+             f"`{data.get('manifest_sha256', 'n/a')}`.", "",
+             "| " + " | ".join(keys) + " | images |", "| " + " --- |" * (len(keys) + 1)]
+    lines += ["| " + " | ".join(str(row[k]) for k in keys) + f" | {row['n']} |" for row in counts]
+    return lines
+
+
+def _segmentation_section(metrics: dict[str, Any]) -> list[str]:
+    """Dice/IoU per image (mean, SD, bootstrap CI) on the test split, or pooled over cross-validation folds."""
+    cv = metrics.get("cross_validation")
+    block = metrics.get("test") or (cv or {}).get("pooled")
+    if not block:
+        return ["No held-out metrics recorded."]
+    where = (f"{cv['k']}-fold cross-validation ({cv['grouped_by']}); every image scored once by a model that did "
+             "not see it" if cv else "Test split (patient-level)")
+    lines = [f"{where}: {block['n']} images, scored at their own resolution, threshold "
+             f"{block.get('threshold', (cv or {}).get('threshold'))}.", "",
+             "| metric (per image) | mean | SD | 95% CI (bootstrap) |", "| --- | --- | --- | --- |"]
+    for key in ("dice", "iou", "dice_postprocessed", "iou_postprocessed", "postprocessing_dice_change"):
+        if key in block:
+            s = block[key]
+            lines.append(f"| {key} | {_num(s['mean'])} | {_num(s['std'])} | {_num(s['ci95_low'])}-"
+                         f"{_num(s['ci95_high'])} |")
+    lines.append(f"| pooled Dice (all pixels) | {_num(block.get('pooled_dice'))} | | |")
+    if cv:
+        lines += ["", "| fold | images | mean Dice | mean IoU |", "| --- | --- | --- | --- |"]
+        lines += [f"| {f['fold']} | {f['n']} | {_num(f['dice_mean'])} | {_num(f['iou_mean'])} |" for f in cv["folds"]]
+        lines += ["", "The shipped model was then trained on all images: it has no held-out score of its own."]
+    return lines
+
+
+def render_model_card(card: ModelCard) -> str:
+    training = card.training
+    lines = [
+        f"# {card.name}", "",
+        f"> {RESEARCH_USE_NOTICE}", "",
+        "## Model", "",
+        f"- Task: {card.task}; modality: {card.modality}; architecture: `{card.architecture}`",
+        f"- Classes: {', '.join(card.classes)}" + (f"; positive class: {card.positive_class}" if card.positive_class
+                                                    else ""),
+        f"- Input: greyscale resized to {card.preprocessing.image_size}x{card.preprocessing.image_size}, "
+        f"replicated to {card.preprocessing.channels} channels, mean {card.preprocessing.mean}, "
+        f"std {card.preprocessing.std}",
+    ]
+    if card.task == "classification":
+        lines.append(f"- Calibration: temperature {card.temperature:.3f} (fitted on validation)")
+        for name, point in card.operating_points.items():
+            marker = " (default)" if name == card.default_operating_point else ""
+            lines.append(f"- Operating point `{name}`{marker}: threshold {point['threshold']:.3f} — {point['rule']} "
+                         f"(val sensitivity {_num(point.get('sensitivity'))}, specificity "
+                         f"{_num(point.get('specificity'))})")
+    lines += ["", "## Intended use", "",
+              "Research and education: exploring how CNNs behave on public COVID-19 chest imaging data, and "
+              "a starting point for retraining on a hospital's own, properly curated data. Not for diagnosis.", "",
+              "## Data", ""] + _data_section(card.data)
+    lines += ["", "## Metrics" if card.task == "segmentation" else "## Test metrics", ""]
+    if card.task == "segmentation":
+        lines += _segmentation_section(card.metrics)
+    else:
+        lines += _metrics_section(card.metrics.get("test", {}))
+    if card.extra:
+        lines += ["", "## Other facts", "", f"```\n{_compact(card.extra)}\n```"]
+    lines += ["", "## Training", "",
+              f"- Device: {training.get('device')}; duration: {training.get('duration_s')} s; "
+              f"git commit: {training.get('git_commit')}",
+              f"- Command: `{training.get('command', 'n/a')}`"]
+    if training.get("note"):
+        lines.append(f"- Note: {training['note']}")
+    lines += ["",
+              "## Limitations", "",
+              "- Public COVID-19 datasets confound source and label: images of one class often come from one "
+              "hospital or from paper figures. Check the per-source rows above; a high overall AUC can come from "
+              "recognising the source, not the disease.",
+              "- Small test sets: the confidence intervals are wide.",
+              "- Validate on your own hospital's images (`scripts/evaluate.py`) before any use.", ""]
+    return "\n".join(lines)
+
+
+def _compact(value: Any, limit: int = 1500) -> str:
+    text = json.dumps(value, indent=1, default=str)
+    return text if len(text) <= limit else text[:limit] + "\n..."
