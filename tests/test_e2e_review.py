@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from app_fixtures import PROJECT_ROOT, chest_like_png, make_weights_dir, running_app
 from playwright.sync_api import expect
-from test_e2e_browser import TIMEOUT_MS, UPLOAD_INPUT, browser, upload  # noqa: F401 (browser is a fixture)
+from test_e2e_browser import TIMEOUT_MS, UPLOAD_INPUT, browser  # noqa: F401 (browser is a fixture)
 
 from covid_models.reviews import ReviewStore
 
