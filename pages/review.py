@@ -536,6 +536,9 @@ def _record(store: ReviewStore, reviewer: Reviewer, item: ItemView, verdict: str
                                  expected_version=item.version, by=reviewer.key)
     except StaleVerdictError as error:
         st.session_state[MESSAGE_KEY] = ("stale", error)
+        if note in ("", item.note):  # this tab typed nothing new: show the saved note, so re-saving keeps it
+            st.session_state[_note_key(session_id, position)] = error.current.note
+            st.session_state[_draft_key(session_id, position)] = error.current.note
         return
     except ReviewDatabaseError as error:
         st.session_state[MESSAGE_KEY] = ("error", f"Your verdict was NOT saved. {plain(error)}. Your note is kept "

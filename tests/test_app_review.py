@@ -414,8 +414,9 @@ def test_a_stale_second_tab_cannot_erase_a_verdict_and_its_note(folders, databas
     warning = _unescape(next(w.value for w in second.warning if "changed in another tab" in w.value))
     assert "Unsure" in warning and "effusion, see lateral" in warning and "Agree" in warning
     assert [(e.verdict, e.saved) for e in store.history(session, 0)] == [("unsure", True), ("agree", False)]
+    assert second.text_area(key=f"review-note-{session}-0").value == "effusion, see lateral", "the saved note shown"
     _verdict(second, "agree")  # now it has seen the saved verdict, replacing it is a decision
-    assert store.item(session, 0).verdict == "agree"
+    assert (store.item(session, 0).verdict, store.item(session, 0).note) == ("agree", "effusion, see lateral")
 
 
 def test_a_database_fault_says_the_verdict_was_not_saved_and_keeps_the_note(folders, database, store,

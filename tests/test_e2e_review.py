@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from app_fixtures import PROJECT_ROOT, chest_like_png, make_weights_dir, running_app
 from playwright.sync_api import expect
-from test_e2e_browser import TIMEOUT_MS, UPLOAD_INPUT, browser, upload  # noqa: F401 (browser is a fixture)
+from test_e2e_browser import TIMEOUT_MS, UPLOAD_INPUT, browser  # noqa: F401 (browser is a fixture)
 
 from covid_models.reviews import ReviewStore
 
@@ -131,9 +131,16 @@ def test_a_stale_tab_is_refused_and_the_keyboard_records_verdicts(browser, app):
         second.keyboard.press("a")  # it has now seen the saved verdict: the key press replaces it
         wait_for_verdict(database, token, 0, "agree")
         second.get_by_text("Image 2 of 2").wait_for()
+        note = second.get_by_label("Note (optional, saved with your verdict)")
+        expect(note).to_have_count(1, timeout=TIMEOUT_MS)  # the previous image's box is gone once the run ends
+        note.click()
+        second.keyboard.type("a nodule, and")  # keys typed into the note are text, not shortcuts
+        second.wait_for_timeout(1500)
+        assert stored(database, token, 1).verdict is None
         second.get_by_role("heading", name=re.compile("Image 2 of 2")).click()
         second.keyboard.press("n")
         wait_for_verdict(database, token, 1, "non_diagnostic")
+        assert stored(database, token, 1).note == "a nodule, and"
         second.screenshot(path=str(ARTIFACTS / "review-keyboard.png"), full_page=True)
     finally:
         context.close()
