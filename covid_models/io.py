@@ -206,16 +206,8 @@ def content_hash(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------------- input and sniffing
-def check_file(path: str | os.PathLike) -> int:
-    """Size in bytes of `path` when it can be read as an image file; else ImageReadError saying why.
-
-    Only `stat` is called: a named pipe or a device (/dev/zero) would block or never end if read, and a file larger
-    than `MAX_FILE_BYTES` would be held whole in memory, so both are refused before any byte is read.
-    """
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        raise ImageReadError(f"The file could not be opened ({exc.strerror or exc}). Check that it exists.") from exc
+def _check_stat(info: os.stat_result) -> None:
+    """Refuse what is not a regular file (a pipe or a device would block or never end) or is over MAX_FILE_BYTES."""
     if stat.S_ISDIR(info.st_mode):
         raise ImageReadError("This is a folder, not an image file.")
     if not stat.S_ISREG(info.st_mode):
@@ -223,7 +215,6 @@ def check_file(path: str | os.PathLike) -> int:
                 or stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "a special file")
         raise ImageReadError(f"This is {kind}, not a regular file, so it was not read. {SUPPORTED}")
     _check_file_size(info.st_size)
-    return info.st_size
 
 
 def _check_file_size(size: int) -> None:
@@ -240,9 +231,11 @@ def _read_source(source: Any, name: str | None) -> tuple[bytes, str | None]:
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
         elif isinstance(source, (str, os.PathLike)):
-            check_file(source)
-            with open(source, "rb") as handle:
-                data = handle.read(MAX_FILE_BYTES + 1)  # a file that grew since stat is still bounded
+            # Opened without blocking (a pipe would wait for a writer) and checked on the open file itself, so that
+            # nothing swapped in after a check is read; a file that grows meanwhile is still read only so far.
+            with os.fdopen(os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+                _check_stat(os.fstat(handle.fileno()))
+                data = handle.read(MAX_FILE_BYTES + 1)
             name = name or Path(source).name
         elif hasattr(source, "read"):
             if getattr(source, "seekable", lambda: False)():

@@ -4,9 +4,9 @@
 
 Every path given, and every image file or special file (pipe, device, broken or looping link) inside a folder,
 gets a row: status "ok" with the prediction, or status "error" with the reason. Nothing is read before its type
-and size are checked (covid_models.io.check_file), and each row is written as soon as it is made, so a run
-stopped half-way keeps the rows it made. Probabilities are calibrated; `positive` applies the model's default
-operating point. Other regular files inside folders (a manifest, notes) are counted, not classified.
+and size are checked on the opened file (covid_models.io.read_image), and each row is written as soon as it is
+made, so a run stopped half-way keeps the rows it made. Probabilities are calibrated; `positive` applies the
+model's default operating point. Other regular files inside folders (a manifest, notes) are counted, not classified.
 """
 from __future__ import annotations
 
