@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from covid_models import runtime
 from covid_models.architectures import REGISTRY
 from covid_models.checkpoint import read_card, save_card
 from covid_models.data import DataError, LeakageError, default_data_dir, ensure_split, load_dataset, load_manifest
@@ -58,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    runtime.configure()  # passive OpenMP waiting and the allocator thresholds (covid_models.runtime)
     args = parse_args(argv)
     classes = DEFAULT_CLASSES[args.modality].split(",")
     try:

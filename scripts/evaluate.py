@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covid_models import runtime
 from covid_models.checkpoint import CheckpointError, save_card
 from covid_models.data import DataError, LeakageError, load_dataset, manifest_hash, training_table
 from covid_models.evaluation import classification_report, format_report, predict_frame
@@ -55,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    runtime.configure()  # passive OpenMP waiting and the allocator thresholds (covid_models.runtime)
     args = parse_args(argv)
     try:
         classifier = Classifier.load(args.checkpoint)

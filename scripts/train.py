@@ -15,6 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from covid_models import runtime
 from covid_models.architectures import REGISTRY, PretrainedWeightsUnavailable
 from covid_models.data import DataError, LeakageError, default_data_dir, training_table
 from covid_models.evaluation import format_report
@@ -59,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    runtime.configure()  # passive OpenMP waiting and the allocator thresholds (covid_models.runtime)
     args = parse_args(argv)
     if args.data is None:
         print("error: give --data or set COVID_DATA_DIR", file=sys.stderr)
