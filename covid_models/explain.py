@@ -221,7 +221,7 @@ def class_activation_map(classifier: Classifier, inputs: torch.Tensor, method: s
             activations, leaf = captured
             (gradients,) = torch.autograd.grad(score, leaf)
         return cam.cam_image(LayerPass(model, layer, inputs, index, activations.detach()[0], gradients[0],
-                                       float(score), progress))
+                                       float(score.detach()), progress))
     with torch.no_grad():
         with _target_output(layer) as captured:
             score = float(model(inputs)[0, index])

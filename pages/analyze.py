@@ -158,7 +158,7 @@ def analysis_for(upload: Upload, model_dirs: tuple[str, ...], method: str, modal
         bar = st.empty()
         try:
             found = analyse(scan, list(classifiers.values()), list(segmenters.values()), method=method, hold=hold,
-                            progress=lambda done: bar.progress(done, text=f"{label} ({done:.0%})"))
+                            progress=lambda done: bar.progress(done, text=f"{label} ({percent(done, 0)})"))
         finally:
             bar.empty()
     else:
