@@ -89,20 +89,22 @@ def analyse(files: list[tuple[str, bytes]], digest: str, series: int | None, cla
     if cached is not None:
         return cached
     bar = st.progress(0.0, text="Reading the series...")
-    volume = read_volume(files, series=series)
-    classifier = load_classifier(classifier_dir)
-    segmenter = load_segmenter(segmenter_dir) if segmenter_dir else None
-    locks = sorted({classifier_dir, *([segmenter_dir] if segmenter_dir else [])})
-    for directory in locks:
-        model_lock(directory).acquire()
     try:
-        analysis = analyse_scan(volume, classifier, segmenter,
-                                progress=lambda fraction, what: bar.progress(min(1.0, fraction), text=f"{what}..."))
+        volume = read_volume(files, series=series)
+        classifier = load_classifier(classifier_dir)
+        segmenter = load_segmenter(segmenter_dir) if segmenter_dir else None
+        locks = sorted({classifier_dir, *([segmenter_dir] if segmenter_dir else [])})
+        for directory in locks:
+            model_lock(directory).acquire()
+        try:
+            analysis = analyse_scan(volume, classifier, segmenter, progress=lambda fraction, what: bar.progress(
+                min(1.0, fraction), text=f"{what}..."))
+        finally:
+            for directory in reversed(locks):
+                model_lock(directory).release()
+        del volume  # the analysis keeps what the page shows, on its display grid
     finally:
-        for directory in reversed(locks):
-            model_lock(directory).release()
-    del volume  # the analysis keeps what the page shows, on its display grid
-    bar.empty()
+        bar.empty()
     session_scans().put(key, analysis)
     return analysis
 

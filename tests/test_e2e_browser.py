@@ -121,7 +121,7 @@ def test_upload_analyse_review_and_find_the_verdict_after_a_reload(browser, weig
             page.close()
 
 
-APP_PAGES = ["Analyze", "Review session", "Model performance", "Dataset statistics", "About"]
+APP_PAGES = ["Analyze", "CT scan", "Review session", "Model performance", "Dataset statistics", "About"]
 
 
 @pytest.mark.parametrize("path", ["about", "dataset"])

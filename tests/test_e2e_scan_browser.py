@@ -13,7 +13,7 @@ from test_e2e_browser import ARTIFACTS, UPLOAD_INPUT, browser  # noqa: F401 - th
 from covid_models import RESEARCH_USE_NOTICE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.real_data]
-SCAN_TIMEOUT_MS = 900_000  # 255 slices on a shared 2-core CI machine
+SCAN_TIMEOUT_MS = 1_800_000  # 255 slices; about 40 s idle, but 15 min reached 72 % here at load average 20 on 2 cores
 
 
 def ricord_zip(real_data, target: Path) -> Path:
@@ -31,7 +31,7 @@ def test_the_ricord_zip_gives_a_scan_result(browser, real_data, tmp_path):  # no
     env = {"COVID_WEIGHTS_DIR": str(PROJECT_ROOT / "weights"), "COVID_REVIEW_DB": str(tmp_path / "r.sqlite3")}
     with running_app(env) as (url, _process):
         page = browser.new_page(viewport={"width": 1400, "height": 2000})
-        page.set_default_timeout(120_000)
+        page.set_default_timeout(300_000)  # a shared CI machine under load can take minutes to start the page
         try:
             page.goto(f"{url}/scan")
             page.wait_for_selector(UPLOAD_INPUT, state="attached")
