@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from covid_models.checkpoint import ModelCard
+from covid_models.model_card import ModelCard
 
 CHANCE_COLOUR = "#9e9e9e"
 _MARKER_SYMBOLS = ("diamond", "square", "triangle-up", "star", "cross", "x")

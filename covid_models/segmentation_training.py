@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from covid_models import __version__
-from covid_models.checkpoint import ModelCard, save_model_dir
+from covid_models.checkpoint import save_model_dir
 from covid_models.data import (
     DataError,
     check_no_leakage,
@@ -35,6 +35,7 @@ from covid_models.data import (
 )
 from covid_models.io import read_image
 from covid_models.metrics import dice, iou, summary_with_ci
+from covid_models.model_card import ModelCard
 from covid_models.preprocessing import Augmentation, Preprocessing
 from covid_models.segmentation import (
     ARCHITECTURES,

@@ -25,11 +25,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from covid_models import __version__
 from covid_models.architectures import build_model, get_architecture
-from covid_models.checkpoint import ModelCard, save_model_dir
+from covid_models.checkpoint import save_model_dir
 from covid_models.data import BalancedSampler, ImageDataset, balanced_weights, data_summary, manifest_hash
 from covid_models.evaluation import classification_report
 from covid_models.inference import penultimate_layer
 from covid_models.metrics import auc, sensitivity_threshold, threshold_metrics, youden_threshold
+from covid_models.model_card import ModelCard
 from covid_models.ood import OodGuard
 from covid_models.preprocessing import LUNG_WINDOW, Augmentation
 from covid_models.trust import source_probes

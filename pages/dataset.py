@@ -15,7 +15,6 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
-from covid_models.checkpoint import ModelCard
 from covid_models.data import (
     DataError,
     classification_statistics,
@@ -24,6 +23,7 @@ from covid_models.data import (
     typed_folders_allowed,
 )
 from covid_models.figures import class_balance_figure, count_table, image_size_figure, mask_fraction_figure
+from covid_models.model_card import ModelCard
 from pages.shared import data_dir, enter_through_app, model_cards, show_error, typed_folder
 
 enter_through_app()

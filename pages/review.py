@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from covid_models.checkpoint import CheckpointError, ModelCard
+from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, held_out_images, load_dataset
 from covid_models.explain import heatmap
 from covid_models.figures import confusion_figure
 from covid_models.inference import Prediction
 from covid_models.io import ImageReadError, content_hash, read_image
+from covid_models.model_card import ModelCard
 from covid_models.overlays import display_size, for_display, heatmap_overlay
 from covid_models.reviews import (
     VERDICT_TEXT,

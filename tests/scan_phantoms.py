@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from torch import nn
 
-from covid_models.checkpoint import ModelCard
+from covid_models.model_card import ModelCard
 from covid_models.preprocessing import LUNG_WINDOW, Preprocessing
 from covid_models.segmentation import Segmenter
 
