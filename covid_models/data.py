@@ -329,7 +329,7 @@ def classification_statistics(manifest: str | Path, data_root: Path | None, seed
     message, or None), `near_duplicates` (listed pairs that straddle two splits, as text).
     """
     frame = load_manifest(manifest)
-    official = "split" in frame.columns and not frame["split"].isna().any()
+    official = has_official_split(frame)
     links = near_duplicate_pairs(data_root)
     stats: dict = {"official_split": official, "leakage": None}
     if not official:
