@@ -60,7 +60,7 @@ def source_probe(features: np.ndarray, sources: Sequence[str], groups: Sequence[
         auc = roc_auc_score(target, probability[:, 1])
     else:
         auc = roc_auc_score(target, probability, multi_class="ovr", average="macro", labels=list(range(len(names))))
-    counts = {s: int((sources == s).sum()) for s in names}
+    counts = {str(s): int((sources == s).sum()) for s in names}
     return {"auc": float(auc), "n": int(len(target)), "folds": int(folds), "by_source": counts}
 
 
