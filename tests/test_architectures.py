@@ -57,7 +57,7 @@ def _imagenet_top5(model, image_name: str) -> list[str]:
     return [info.index_to_description(i) for i in top]
 
 
-@pytest.mark.parametrize("variant", [0, 1, 2])
+@pytest.mark.parametrize("variant", [0, 1])
 def test_efficientnet_lite_loads_real_imagenet_weights_offline(variant):
     """A real ImageNet model recognises scikit-learn's bundled photos; a random init does not."""
     model = build_model(f"efficientnet_lite{variant}", num_classes=1000, pretrained="imagenet").eval()
