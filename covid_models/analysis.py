@@ -247,7 +247,8 @@ def report_content(analysis: Analysis, file_name: str, explanation: str) -> repo
         file_name=file_name, modality=analysis.modality, prediction=analysis.prediction,
         operating_point=analysis.operating_point, explanation=explanation, image=analysis.grey, overlay=overlay,
         lung_share=None if analysis.held_back else analysis.lung_share,
-        warnings=tuple(s.text for s in analysis.signals if s.level in ("warning", "note")),
+        warnings=() if analysis.held_back else tuple(s.text for s in analysis.signals
+                                                     if s.level in ("warning", "note")),
         rendering=REPORT_RENDERING if overlay is not None else "", colour_scale=colour_scale(256, 12))
 
 
