@@ -4,9 +4,10 @@ The out-of-distribution guard of one classifier flags only part of the photograp
 "COVID-19 82.9 %"), so several checks that a chest image passes and a photograph does not are combined:
 - colour: radiographs and CT slices are grey; a photograph's pixels are saturated. A file with many saturated
   pixels is refused whatever else holds (a coloured arrow or label on a film covers far less);
-- the guards of both modalities' classifiers: a chest X-ray or CT lies near the training features of at least one;
-- the X-ray lung segmenter: a frontal film has two lung fields of plausible size, one on each side.
-An image is refused when it is colourful, or when neither guard accepts it and no plausible pair of lungs is found.
+- the X-ray lung segmenter: a frontal film has two lung fields of plausible size, one on each side (the X-ray
+  guard alone accepts many grey photographs, so it stands in only where no lung segmenter is installed);
+- the CT classifier's guard: a CT slice lies near its training features.
+An image is refused when it is colourful, or when it shows no evidence of either modality.
 The same guards say which modality the image looks like (`ImageCheck.modality`), for a PNG or JPEG whose file does
 not say. `scripts/evaluate_image_checks.py` measures the false refusals on held-out chest images and the
 refusals of photographs (README).
@@ -24,7 +25,6 @@ from scipy import ndimage
 from covid_models.analysis import Hold, free
 from covid_models.inference import Classifier
 from covid_models.io import Scan
-from covid_models.model_card import modality_name
 from covid_models.segmentation import Segmenter
 
 SATURATED = 0.25  # HSV saturation above which a pixel is coloured ...
@@ -103,9 +103,9 @@ def check_image(scan: Scan, data: bytes, guards: Mapping[str, Classifier], lungs
     """Run the checks on one read image (`data`: its file, for the colour check).
 
     `guards`: one classifier per modality (its OOD guard is used); `lungs`: the X-ray lung segmenter, if any;
-    `hold(model)` is entered while a model runs (see `analysis.analyse`). The guards refuse an image only when
-    there are two of them (one per modality) and both reject it. A DICOM file's modality tag is not consulted
-    here: `choose_modality` trusts the tag over the guards.
+    `hold(model)` is entered while a model runs (see `analysis.analyse`). A modality is ruled out only by a check
+    that is installed, so one guard alone refuses nothing. A DICOM file's modality tag is not consulted here:
+    `choose_modality` trusts the tag over the guards.
     """
     share = coloured_share(data, scan.metadata.photometric)
     ratios = {modality: ratio for modality, classifier in guards.items()
@@ -114,16 +114,22 @@ def check_image(scan: Scan, data: bytes, guards: Mapping[str, Classifier], lungs
     if lungs is not None:
         with hold(lungs):
             area, plausible = lung_fields(lungs.mask(scan))
+    # Evidence of each modality: lung fields for an X-ray (the X-ray guard where no segmenter is installed: it
+    # accepts many grey photographs), the guard for a CT; None where no check is installed (nothing ruled out).
+    xray = plausible if plausible is not None else None if "xray" not in ratios else ratios["xray"] <= 1
+    ct = None if "ct" not in ratios else ratios["ct"] <= 1
     reasons = []
     if share > MAX_COLOURED_SHARE:
         reasons.append(f"{share:.0%} of its pixels are coloured; chest X-rays and CT slices are greyscale")
-    if len(ratios) >= 2 and all(ratio > 1 for ratio in ratios.values()) and not plausible:
-        names = " nor ".join(f"a chest {modality_name(m)}" for m in ratios)
-        found = "" if area is None else (" and no pair of lung fields was found in it" if area < LUNG_AREA[0]
-                                         else " and what the lung segmenter found does not look like two lungs")
-        reasons.append(f"it looks neither like {names} the models were trained on{found}")
+    if xray is False and ct is False:
+        lungs_found = "" if area is None else (" (no pair of lung fields was found in it)" if area < LUNG_AREA[0]
+                                               else " (what the lung segmenter found does not look like two lungs)")
+        reasons.append(f"it looks neither like a chest X-ray{lungs_found} nor like a chest CT the models were "
+                       "trained on")
+    modality = ("xray" if xray and ct is False else "ct" if ct and xray is False
+                else detected_modality(ratios) if xray and ct else None)
     return ImageCheck(coloured_share=share, guard_ratios=ratios, lung_area=area, lungs_plausible=plausible,
-                      modality=detected_modality(ratios), reasons=tuple(reasons))
+                      modality=modality, reasons=tuple(reasons))
 
 
 @dataclass(frozen=True)

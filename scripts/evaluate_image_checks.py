@@ -1,11 +1,13 @@
 """How often the chest-image check (covid_models.image_checks) refuses real chest images, and photographs.
 
-    python scripts/evaluate_image_checks.py weights ../shared/data [--features out.csv]
+    python scripts/evaluate_image_checks.py weights ../shared/data [--per-group N] [--features out.csv]
 
 False refusals: share of held-out chest images refused (the X-ray and CT test splits, and every Hannover film,
 which no model was trained on). Refusals of non-chest images: scikit-learn's sample photographs (whole and in
 8 crops each, in colour and in grey) and generated colour pictures (gradients, blocks, noise). Also prints how
 often the detected modality is the right one on the chest images (unknown counts as not right).
+`--per-group N` checks a seeded random sample of N images of each chest group (all non-chest images are checked);
+`--features` gets one row per image as it is checked, so an interrupted run keeps what it measured.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from covid_models.data import held_out_images
 from covid_models.image_checks import check_image
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import read_image
+from covid_models.runtime import configure
 from covid_models.segmentation import Segmenter
 
 CROPS = ((0, 0), (0, 1 / 3), (1 / 3, 0), (1 / 3, 1 / 3), (0, 1 / 2), (1 / 2, 0), (1 / 4, 1 / 4), (1 / 2, 1 / 2))
@@ -69,16 +72,19 @@ def generated(count: int = 12, seed: int = 0) -> list[tuple[str, bytes]]:
     return found
 
 
-def chest_images(root: Path) -> list[tuple[str, str, bytes]]:
-    """(group, name, bytes) of the held-out chest images: X-ray and CT test splits, all Hannover films."""
-    found = []
-    for modality in ("xray", "ct"):
-        for path in held_out_images(root, modality)["image"]:
-            found.append((f"{modality} test", Path(path).name, Path(path).read_bytes()))
+def chest_images(root: Path, per_group: int | None = None, seed: int = 0) -> list[tuple[str, str, bytes]]:
+    """(group, name, bytes) of the held-out chest images: X-ray and CT test splits, all Hannover films
+    (or a seeded sample of `per_group` of each)."""
+    groups = {f"{modality} test": list(held_out_images(root, modality)["image"]) for modality in ("xray", "ct")}
     hannover = root / "xray-hannover"
     if (hannover / "manifest.csv").is_file():
-        for image in pd.read_csv(hannover / "manifest.csv")["image"]:
-            found.append(("xray hannover", Path(image).name, (hannover / image).read_bytes()))
+        groups["xray hannover"] = [str(hannover / image) for image in pd.read_csv(hannover / "manifest.csv")["image"]]
+    rng = np.random.default_rng(seed)
+    found = []
+    for group, paths in groups.items():
+        if per_group is not None and per_group < len(paths):
+            paths = [paths[i] for i in sorted(rng.choice(len(paths), per_group, replace=False))]
+        found.extend((group, Path(path).name, Path(path).read_bytes()) for path in paths)
     return found
 
 
@@ -87,24 +93,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("weights", type=Path, help="folder of model directories")
     parser.add_argument("data", type=Path, help="the curated data folder (xray/, ct/, xray-hannover/)")
     parser.add_argument("--features", type=Path, help="write every image's check to this CSV")
+    parser.add_argument("--per-group", type=int, help="check a seeded sample of this many images per chest group")
     args = parser.parse_args(argv)
+    configure()  # before torch computes: passive OpenMP waiting on a shared machine
     guards = {m: Classifier.load(d) for m in ("xray", "ct")
               for d, _ in discover_models(args.weights, "classification", m)[:1]}
     lungs = next((Segmenter.load(d) for d, c in discover_models(args.weights, "segmentation", "xray")
                   if c.classes == ["lungs"]), None)
-    items = [(group, name, data) for group, name, data in chest_images(args.data)]
-    items += [("photograph", name, data) for name, data in photographs()]
+    items = [("photograph", name, data) for name, data in photographs()]
     items += [("generated colour", name, data) for name, data in generated()]
+    items += chest_images(args.data, args.per_group)
     rows = []
-    for group, name, data in items:
+    for number, (group, name, data) in enumerate(items):
         check = check_image(read_image(data, name=name), data, guards, lungs)
         rows.append({"group": group, "image": name, "refused": check.refused, "modality": check.modality,
                      "coloured_share": check.coloured_share, "lung_area": check.lung_area,
                      "lungs_plausible": check.lungs_plausible,
                      **{f"guard_{m}": r for m, r in check.guard_ratios.items()}, "reasons": "; ".join(check.reasons)})
+        if args.features:
+            pd.DataFrame(rows[-1:]).to_csv(args.features, mode="a" if number else "w", header=not number, index=False)
     frame = pd.DataFrame(rows)
-    if args.features:
-        frame.to_csv(args.features, index=False)
     truth = {"xray test": "xray", "xray hannover": "xray", "ct test": "ct"}
     print("| images | n | refused | modality detected right |")
     print("| --- | ---: | ---: | ---: |")

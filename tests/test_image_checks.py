@@ -73,7 +73,7 @@ def test_an_image_both_guards_reject_without_lung_fields_is_refused_with_the_rea
     scan = read_image(chest_like_png())
     check = check_image(scan, b"", {"xray": "xray", "ct": "ct"})  # the stub guard_ratio takes the modality
     assert check.refused and check.modality is None
-    assert check.reasons == ("it looks neither like a chest X-ray nor a chest CT the models were trained on",)
+    assert check.reasons == ("it looks neither like a chest X-ray nor like a chest CT the models were trained on",)
     ratios["ct"] = 0.5
     assert not check_image(scan, b"", {"xray": "xray", "ct": "ct"}).refused
     ratios["ct"] = 6.0
