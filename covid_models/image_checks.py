@@ -107,7 +107,8 @@ def check_image(scan: Scan, data: bytes, guards: Mapping[str, Classifier], lungs
     that is installed, so one guard alone refuses nothing. A DICOM file's modality tag is not consulted here:
     `choose_modality` trusts the tag over the guards.
     """
-    share = coloured_share(data, scan.metadata.photometric)
+    # Pillow reads the file again for its colours; a DICOM's colour is gone from the Scan (the guards still apply)
+    share = 0.0 if scan.metadata.source_format == "dicom" else coloured_share(data, scan.metadata.photometric)
     ratios = {modality: ratio for modality, classifier in guards.items()
               if (ratio := guard_ratio(classifier, scan, hold)) is not None}
     area, plausible = None, None

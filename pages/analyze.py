@@ -247,9 +247,9 @@ def slow_analysis(upload: Upload, classifiers: dict[str, Classifier], segmenters
                 icon=":material/cancel:")
         st.button("Compute the heatmap", key=f"restart-{hash(key)}", on_click=st.session_state.pop, args=(flag, None))
         return None
-    status = st.empty()
-    st.button("Cancel the heatmap", key=f"cancel-{hash(key)}", icon=":material/cancel:",
-              on_click=st.session_state.__setitem__, args=(flag, True))
+    status, cancel = st.empty(), st.empty()
+    cancel.button("Cancel the heatmap", key=f"cancel-{hash(key)}", icon=":material/cancel:",
+                  on_click=st.session_state.__setitem__, args=(flag, True))
     slots = slow_slots()
     while not slots.acquire(timeout=0.5):
         status.info("Waiting for another analysis: another user's slow heatmap is being computed; this one starts "
@@ -264,6 +264,7 @@ def slow_analysis(upload: Upload, classifiers: dict[str, Classifier], segmenters
     finally:
         slots.release()
     status.empty()
+    cancel.empty()
     return found
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +79,11 @@ def test_an_image_both_guards_reject_without_lung_fields_is_refused_with_the_rea
     assert not check_image(scan, b"", {"xray": "xray", "ct": "ct"}).refused
     ratios["ct"] = 6.0
     assert not check_image(scan, b"", {"xray": "xray"}).refused  # one guard alone refuses nothing
+
+
+def test_a_dicom_is_never_reopened_by_pillow_for_its_colours():
+    from pydicom.data import get_testdata_file
+
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    check = check_image(read_image(data), data, {})
+    assert check.coloured_share == 0.0 and not check.refused and check.modality is None
