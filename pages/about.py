@@ -75,8 +75,8 @@ def _models_table() -> pd.DataFrame:
             else SEGMENTATION_OUTPUTS.get(card.classes[0], f"{card.classes[0]} masks")
         rows.append({"Model": card.name, "Task": card.task, "Modality": "CT" if card.modality == "ct" else "X-ray",
                      "Architecture": card.architecture, "Output": what, "Test result": _test_score(card),
-                     "Within source": ("; ".join(within_source(card)) or "none recorded") if card.task == "classification"
-                     else "n/a"})
+                     "Within source": "n/a" if card.task != "classification"
+                     else "; ".join(within_source(card)) or "none recorded"})
     return pd.DataFrame(rows)
 
 
