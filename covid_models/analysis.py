@@ -8,24 +8,35 @@ canonical input of their card (`Preprocessing.model_pixels` on the `Scan`): a di
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from covid_models import report as reports
 from covid_models.explain import Progress, heatmap
 from covid_models.formatting import percent
 from covid_models.inference import Classifier, Ensemble, Prediction
-from covid_models.io import Scan
+from covid_models.io import Scan, ScanMetadata
 from covid_models.model_card import modality_name
-from covid_models.overlays import display_size, for_display
+from covid_models.overlays import colour_scale, display_size, for_display, heatmap_overlay, mask_overlay
 from covid_models.segmentation import Segmenter, cam_mass_inside
 
+if TYPE_CHECKING:
+    from covid_models.model_card import ModelCard
+
 LOW_LUNG_SHARE = 0.5  # below this share of the heatmap inside the lungs, the model looked elsewhere
+INFECTION_FOUND = 0.01  # an infection mask over at least this share of the slice outlines lesions
 MASK_KINDS = {"xray": "lung", "ct": "infection"}  # the segmentation each modality's page expects
+REPORT_OPACITY = 0.45  # reports draw the heatmap at this fixed opacity, whatever the screen's slider says
+OUTLINE_COLOR = (255, 255, 255)  # a mask outline on the heatmap: white reads on every colour of the jet map
+REPORT_RENDERING = (f"heatmap at a fixed {REPORT_OPACITY:.0%} opacity in the jet colour scale (blue: low, red: high "
+                    "contribution), mask outlined in white, over the image in the file's own window; the page's "
+                    "display settings do not change reports")
 
 Level = Literal["error", "warning", "success", "note"]
 Hold = Callable[[Classifier | Segmenter], AbstractContextManager]  # held while a model runs (a lock, or nothing)
@@ -54,6 +65,11 @@ class Analysis:
     signals: tuple[Signal, ...]
 
     @property
+    def held_back(self) -> bool:
+        """Out of distribution: no probability, heatmap, mask or share of it may be shown anywhere."""
+        return self.prediction.out_of_distribution
+
+    @property
     def grey(self) -> np.ndarray:
         """The image as float32 in [0, 1], as the overlay functions take it."""
         return self.image.astype(np.float32) / 255
@@ -75,7 +91,8 @@ class Analysis:
         return self.image.nbytes + self.heatmap.nbytes + sum(mask.nbytes for mask in self.masks.values())
 
 
-def _free(_model: Classifier | Segmenter) -> AbstractContextManager:
+def free(_model: Classifier | Segmenter) -> AbstractContextManager:
+    """A `Hold` that holds nothing (a model used by one thread only)."""
     return nullcontext()
 
 
@@ -97,12 +114,43 @@ def operating_point_text(classifiers: Sequence[Classifier], prediction: Predicti
     return f"'{name}', threshold {percent(prediction.threshold)}, chosen by: {rule}"
 
 
-def trust_signals(modality: str, prediction: Prediction, shares: Mapping[str, float]) -> tuple[Signal, ...]:
-    """What the reader must know before reading the result: held back, where the heatmap lies, what is missing."""
-    signals = []
+def multiclass_note(card: ModelCard) -> str | None:
+    """For more than two classes: the reading among the other classes is not what the model is validated for."""
+    if len(card.classes) <= 2:
+        return None
+    others = [reports.class_name(c) for c in card.classes if c != card.positive_class]
+    accuracy = (card.metrics.get("test") or {}).get("multiclass_accuracy")
+    measured = f" (its {len(card.classes)}-class accuracy on the test split is {accuracy:.3f})" \
+        if isinstance(accuracy, float) else ""
+    return (f"The {' vs '.join(others)} reading is unreliable{measured}: only the "
+            f"{reports.class_name(card.positive_class or card.classes[0])} probability against the operating point "
+            "is validated.")
+
+
+def trust_signals(modality: str, prediction: Prediction, shares: Mapping[str, float],
+                  areas: Mapping[str, float] | None = None, multiclass: str | None = None) -> tuple[Signal, ...]:
+    """What the reader must know before reading the result: held back, where the heatmap lies, what is missing.
+
+    `areas`: target -> share of the image its mask covers (the infection finding); `multiclass`: the note on a
+    reading among more than two classes. A held-back result gets its error only: nothing about it is to be read.
+    """
     if prediction.out_of_distribution:
-        signals.append(Signal("error", f"This does not look like a chest {modality_name(modality)} the model was "
-                                       "trained on; the prediction is held back."))
+        return (Signal("error", f"This does not look like a chest {modality_name(modality)} the model was trained "
+                                "on; the prediction is held back: no probability, heatmap or mask is shown."),)
+    signals = [Signal("note", multiclass)] if multiclass else []
+    infection = (areas or {}).get("infection")
+    if infection is not None:
+        signals.append(Signal("note", f"Infection finding: the infection mask covers {percent(infection)} of the "
+                                      "slice."))
+        if prediction.positive is False and infection >= INFECTION_FOUND:
+            signals.append(Signal("warning", "The classifier and the infection segmenter disagree: the COVID-19 "
+                                             "probability is below the operating point, yet the segmenter outlines "
+                                             f"{percent(infection)} of the slice as ground glass or consolidation. "
+                                             "Read the image yourself."))
+        elif prediction.positive and infection < INFECTION_FOUND:
+            signals.append(Signal("warning", "The classifier and the infection segmenter disagree: the COVID-19 "
+                                             "probability is at or above the operating point, yet the segmenter "
+                                             "outlines no infection. Read the image yourself."))
     if not shares:
         signals.append(Signal("note", f"No {MASK_KINDS[modality]} segmentation model for {modality_name(modality)} is "
                                       "installed, so no mask and no share of the heatmap inside it can be shown."))
@@ -124,23 +172,42 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+def predict(scan: Scan, classifiers: Sequence[Classifier], hold: Hold = free) -> Prediction:
+    """The prediction alone (one fast forward pass per classifier), to show before any heatmap."""
+    if not classifiers:
+        raise ValueError("an analysis needs at least one classifier")
+    predictions = []
+    for classifier in classifiers:
+        with hold(classifier):
+            predictions.append(classifier.predict(scan))
+    return predictions[0] if len(classifiers) == 1 else Ensemble(classifiers).combine(predictions)
+
+
+def private_copy(classifier: Classifier, hold: Hold = free) -> Classifier:
+    """A copy of the network for one slow heatmap, so that no lock on the shared one is held for minutes.
+
+    Copied under `hold`: a CAM hook another session has on the shared network must not be copied with it.
+    """
+    with hold(classifier):
+        model = copy.deepcopy(classifier.model)
+    return Classifier(model, classifier.card, classifier.ood)
+
+
 def analyse(scan: Scan, classifiers: Sequence[Classifier], segmenters: Sequence[Segmenter] = (), *,
-            method: str = "gradcam", progress: Progress | None = None, hold: Hold = _free) -> Analysis:
+            method: str = "gradcam", progress: Progress | None = None, hold: Hold = free,
+            prediction: Prediction | None = None) -> Analysis:
     """One image through one classifier (or the ensemble of several of one modality) and the segmenters.
 
     `progress` hears the heatmap's fraction done (slow methods only); `hold(model)` is entered while that model
     runs (a lock on a network shared between sessions, whose CAM hooks must not see another's forward pass).
-    The first segmenter of each target gives that target's mask.
+    The first segmenter of each target gives that target's mask. `prediction`: already computed by `predict`
+    (shown first while a slow heatmap runs, perhaps on `private_copy`s of the classifiers).
     """
     if not classifiers:
         raise ValueError("an analysis needs at least one classifier")
     modality = classifiers[0].card.modality
     shape = display_size(scan.pixels.shape)
-    predictions = []
-    for classifier in classifiers:
-        with hold(classifier):
-            predictions.append(classifier.predict(scan))
-    prediction = predictions[0] if len(classifiers) == 1 else Ensemble(classifiers).combine(predictions)
+    prediction = prediction or predict(scan, classifiers, hold)
     maps = []
     for number, classifier in enumerate(classifiers):
         member_progress = None if progress is None else \
@@ -157,9 +224,40 @@ def analyse(scan: Scan, classifiers: Sequence[Classifier], segmenters: Sequence[
             with hold(segmenter):
                 masks[segmenter.target] = _read_only(np.asarray(segmenter.mask(scan, size=shape), dtype=bool))
     shares = {target: cam_mass_inside(cam, mask) for target, mask in masks.items()}
+    areas = {target: float(mask.mean()) for target, mask in masks.items()}
     return Analysis(
         modality=modality, prediction=prediction, method=method,
         operating_point=operating_point_text(classifiers, prediction),
         image=_read_only(_to_uint8(for_display(scan.pixels, shape))), heatmap=_read_only(_to_uint8(cam)),
         masks=MappingProxyType(masks), shares=MappingProxyType(shares),
-        signals=trust_signals(modality, prediction, shares))
+        signals=trust_signals(modality, prediction, shares, areas, multiclass_note(classifiers[0].card)))
+
+
+def report_content(analysis: Analysis, file_name: str, explanation: str) -> reports.ReportContent:
+    """What a report of the analysis holds, drawn with fixed settings (`REPORT_RENDERING`), never the screen's.
+
+    It carries every signal the page shows but the reassuring ones; a held-back analysis gets no heatmap.
+    """
+    overlay = None
+    if not analysis.held_back:
+        overlay = heatmap_overlay(analysis.grey, analysis.heat, REPORT_OPACITY)
+        if analysis.masks:
+            overlay = mask_overlay(overlay, next(iter(analysis.masks.values())), color=OUTLINE_COLOR, alpha=0.0)
+    return reports.ReportContent(
+        file_name=file_name, modality=analysis.modality, prediction=analysis.prediction,
+        operating_point=analysis.operating_point, explanation=explanation, image=analysis.grey, overlay=overlay,
+        lung_share=None if analysis.held_back else analysis.lung_share,
+        warnings=() if analysis.held_back else tuple(s.text for s in analysis.signals
+                                                     if s.level in ("warning", "note")),
+        rendering=REPORT_RENDERING if overlay is not None else "", colour_scale=colour_scale(256, 12))
+
+
+def window_label(metadata: ScanMetadata) -> str:
+    """How the file's own rendering is named: its window only when the file has one (not a default put in)."""
+    window = metadata.window
+    if window is None:
+        return "As read"
+    default = next((note for note in metadata.notes if note.startswith("no window in the file")), None)
+    if default is not None:
+        return f"As read ({default.replace('no window in the file: ', 'the file has no window; ')})"
+    return f"As in the file ({window[0]:g} / {window[1]:g})"

@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from covid_models.metrics import threshold_metrics
 from covid_models.model_card import ModelCard
 
 CHANCE_COLOUR = "#9e9e9e"
@@ -87,6 +88,22 @@ def threshold_table(roc: Mapping[str, Sequence[float]], threshold: float, n_pos:
         "npv": ratio(tn, tn + fn),
         "accuracy": ratio(tp + tn, n_pos + n_neg),
     }
+
+
+def confusion_at(test: Mapping[str, Any], threshold: float) -> dict[str, Any]:
+    """Confusion counts and rates of a card's test report at `threshold`, exact when the report stores its scores.
+
+    `test["scores"]` ({"probability": [...], "positive": [...]}, one entry per test image) gives the exact
+    confusion (`metrics.threshold_metrics`, `roc_threshold` None); without it the counts are read from the
+    nearest stored ROC point (`threshold_table`), which is approximate. `exact` says which.
+    """
+    scores = test.get("scores") or {}
+    probability, positive = scores.get("probability"), scores.get("positive")
+    if probability is not None and positive is not None and len(probability) == len(positive) > 0:
+        return {**threshold_metrics(np.asarray(positive, dtype=bool), np.asarray(probability, dtype=float),
+                                    threshold), "roc_threshold": None, "exact": True}
+    n_pos = int(test["n_positive"])
+    return {**threshold_table(test["roc"], threshold, n_pos, int(test["n"]) - n_pos), "exact": False}
 
 
 # ------------------------------------------------------------------ model performance

@@ -95,3 +95,9 @@ def heatmap_overlay(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4,
     heat = np.clip(np.nan_to_num(resize_map(heatmap, picture.shape[:2])), 0.0, 1.0)
     colours = colormap_lut(colormap)[np.round(heat * 255).astype(np.intp)].astype(np.float32)
     return np.round((1 - alpha) * picture.astype(np.float32) + alpha * colours).astype(np.uint8)
+
+
+def colour_scale(width: int = 256, height: int = 12, colormap: str = "jet") -> np.ndarray:
+    """A horizontal bar of the heatmap's colours, low (left) to high (right), as (height, width, 3) uint8."""
+    lut = colormap_lut(colormap)
+    return np.repeat(lut[np.round(np.linspace(0, 255, width)).astype(np.intp)][None], height, axis=0)

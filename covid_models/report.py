@@ -19,8 +19,8 @@ from covid_models import RESEARCH_USE_NOTICE, __version__
 from covid_models.filenames import bare_file_name
 from covid_models.inference import Prediction
 
-HELD_BACK = ("This image does not look like the chest images the model was trained on; "
-             "the prediction is held back and the probabilities below must not be interpreted.")
+HELD_BACK = ("This image does not look like the chest images the model was trained on; the prediction is held "
+             "back: no probability, heatmap or mask is given for it.")
 
 
 CLASS_NAMES = {"covid": "COVID-19", "non_covid": "non-COVID"}
@@ -45,8 +45,11 @@ class ReportContent:
     operating_point: str  # the rule by which the threshold was chosen, as the card states it
     explanation: str  # the CAM method's label
     image: np.ndarray  # (H, W) grey in [0, 1] or (H, W, 3) uint8
-    overlay: np.ndarray  # (H, W, 3) uint8: the heatmap (and masks) over the image
+    overlay: np.ndarray | None  # (H, W, 3) uint8: the heatmap (and masks) over the image; None when held back
     lung_share: float | None = None  # share of the heatmap inside the lung mask, when one was computed
+    warnings: tuple[str, ...] = ()  # every warning the page shows with the result, in its words
+    rendering: str = ""  # how the pictures were drawn (fixed for reports, whatever the screen shows)
+    colour_scale: np.ndarray | None = None  # (h, w, 3) uint8 bar of the heatmap's colours, low to high
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -77,8 +80,10 @@ def _rows(content: ReportContent) -> list[tuple[str, str]]:
     rows = [("File", bare_file_name(content.file_name)), ("Modality", modality_name(content.modality)),
             ("Model", content.prediction.model), ("Operating point", content.operating_point),
             ("Explanation", content.explanation)]
-    if content.lung_share is not None:
+    if content.lung_share is not None and not content.prediction.out_of_distribution:
         rows.append(("Heatmap inside the lungs", f"{content.lung_share:.0%}"))
+    if content.rendering:
+        rows.append(("Rendering", content.rendering))
     rows.append(("Created", content.created.strftime("%Y-%m-%d %H:%M UTC") + f" (covid_models {__version__})"))
     return rows
 
@@ -92,10 +97,17 @@ def render_html(content: ReportContent) -> str:
     esc = html.escape
     prediction = content.prediction
     facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in _rows(content))
-    probabilities = "".join(
+    held_back = prediction.out_of_distribution
+    probabilities = "" if held_back else "<table><tr><th>Class</th><th>Calibrated probability</th></tr>" + "".join(
         f"<tr><td>{esc(class_name(c))}</td><td>{p:.1%}</td></tr>"
-        for c, p in sorted(prediction.probabilities.items(), key=lambda item: -item[1]))
-    held = f'<p class="warn">{esc(HELD_BACK)}</p>' if prediction.out_of_distribution else ""
+        for c, p in sorted(prediction.probabilities.items(), key=lambda item: -item[1])) + "</table>"
+    warnings = "".join(f'<p class="warn">{esc(text)}</p>' for text in
+                       ((HELD_BACK,) if held_back else ()) + content.warnings)
+    pictures = img(content.image, "Image")
+    if content.overlay is not None and not held_back:
+        pictures += img(content.overlay, content.explanation + " heatmap")
+        if content.colour_scale is not None:
+            pictures += img(content.colour_scale, "Colour scale: low (left) to high (right) contribution")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Screening report: {esc(bare_file_name(content.file_name))}</title>
 <style>
@@ -110,9 +122,9 @@ figure {{ margin: 0; flex: 1; }} img {{ width: 100%; image-rendering: auto; }}
 <p class="notice">{esc(RESEARCH_USE_NOTICE)}</p>
 <table>{facts}</table>
 <h2>Result</h2>
-{held}<p><strong>{esc(result_sentence(prediction))}</strong></p>
-<table><tr><th>Class</th><th>Calibrated probability</th></tr>{probabilities}</table>
-<div class="images">{img(content.image, "Image")}{img(content.overlay, content.explanation + " heatmap")}</div>
+{warnings}<p><strong>{esc(result_sentence(prediction))}</strong></p>
+{probabilities}
+<div class="images">{pictures}</div>
 <p class="notice">{esc(RESEARCH_USE_NOTICE)}</p>
 </body></html>
 """
@@ -148,22 +160,25 @@ def render_pdf(content: ReportContent) -> bytes:
     pdf.set_font("Helvetica", "B", 12)
     pdf.cell(width, 7, "Result", new_x="LMARGIN", new_y="NEXT")
     prediction = content.prediction
-    if prediction.out_of_distribution:
-        pdf.set_text_color(185, 28, 28)
-        pdf.set_font("Helvetica", "B", 9.5)
-        pdf.multi_cell(width, 5, _latin1(HELD_BACK), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_text_color(0, 0, 0)
+    held_back = prediction.out_of_distribution
+    pdf.set_text_color(185, 28, 28)
+    pdf.set_font("Helvetica", "B", 9.5)
+    for warning in ((HELD_BACK,) if held_back else ()) + content.warnings:
+        pdf.multi_cell(width, 5, _latin1(warning), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0, 0, 0)
     pdf.set_font("Helvetica", "B", 10)
     pdf.multi_cell(width, 5.5, _latin1(result_sentence(prediction)), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", "", 9.5)
-    for name, probability in sorted(prediction.probabilities.items(), key=lambda item: -item[1]):
+    for name, probability in () if held_back else sorted(prediction.probabilities.items(), key=lambda item: -item[1]):
         pdf.cell(45, 5.5, _latin1(class_name(name)))
         pdf.cell(30, 5.5, f"{probability:.1%}", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(3)
     top = pdf.get_y()
     side = (width - 6) / 2
-    for index, (array, caption) in enumerate(((content.image, "Image"),
-                                              (content.overlay, f"{content.explanation} heatmap"))):
+    panels = [(content.image, "Image")]
+    if content.overlay is not None and not held_back:
+        panels.append((content.overlay, f"{content.explanation} heatmap"))
+    for index, (array, caption) in enumerate(panels):
         x = pdf.l_margin + index * (side + 6)
         picture = Image.open(io.BytesIO(png_bytes(array)))
         height = min(side * picture.height / picture.width, pdf.h - top - 45)
@@ -171,6 +186,11 @@ def render_pdf(content: ReportContent) -> bytes:
         pdf.set_xy(x, top + height + 1)
         pdf.set_font("Helvetica", "I", 8.5)
         pdf.cell(side, 4, _latin1(caption))
+        if index == 1 and content.colour_scale is not None:
+            pdf.image(Image.open(io.BytesIO(png_bytes(content.colour_scale))), x=x, y=top + height + 6, w=side / 2,
+                      h=3)
+            pdf.set_xy(x + side / 2 + 2, top + height + 5.5)
+            pdf.cell(side / 2, 4, "colour scale: low to high")
     pdf.set_y(pdf.h - 30)
     _notice(pdf, width)
     return bytes(pdf.output())

@@ -73,3 +73,51 @@ def source_probes(features: np.ndarray, frame: pd.DataFrame, k: int = 5, seed: i
         if probe is not None:
             result["within_class"][str(label)] = probe
     return result
+
+
+# ------------------------------------------------------------------------------ what qualifies a headline AUC
+def _auc_text(block: dict[str, Any]) -> str:
+    ci = block.get("auc_ci95") or []
+    interval = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if len(ci) == 2 and None not in ci else ""
+    return f"AUC {block['auc']:.3f}{interval}"
+
+
+def _has_auc(block: Any) -> bool:
+    return isinstance(block, dict) and isinstance(block.get("auc"), (int, float)) and block["auc"] == block["auc"]
+
+
+def headline_auc(card: Any) -> str:
+    """The card's pooled test AUC in words ("Test AUC 0.948 (95% CI ...) on 184 held-out images, all sources")."""
+    test = card.metrics.get("test") or {}
+    if not _has_auc(test):
+        return "No test AUC recorded in its card."
+    return f"Test {_auc_text(test)} on {test.get('n', '?')} held-out images, all sources pooled."
+
+
+def within_source(card: Any) -> list[str]:
+    """The within-source figures of a card: its cross-validated within-source AUC, else the per-source test AUCs
+    of the sources that hold both classes. Empty when the card has neither."""
+    cv = card.metrics.get("within_source_cv")
+    if _has_auc(cv):
+        return [f"within {cv.get('source', 'one source')} ({cv.get('n', '?')} images, patient-grouped "
+                f"cross-validation): {_auc_text(cv)}"]
+    per_source = (card.metrics.get("test") or {}).get("per_source") or {}
+    return [f"within {source} ({block.get('n', '?')} test images): {_auc_text(block)}"
+            for source, block in per_source.items() if _has_auc(block)]
+
+
+def auc_qualifiers(card: Any) -> list[str]:
+    """What must be read beside the headline AUC: the within-source figures, the sources without one, the probe."""
+    lines = [f"Within-source AUC, {text}." for text in within_source(card)]
+    if not lines:
+        lines.append("No within-source AUC is recorded in this card: the headline may measure where images come "
+                     "from, not the disease.")
+    per_source = (card.metrics.get("test") or {}).get("per_source") or {}
+    single = [source for source, block in per_source.items() if not _has_auc(block)]
+    if single:
+        lines.append(f"No AUC (n/a) within {', '.join(single)}: all of its test images carry one label.")
+    probe = ((card.metrics.get("test") or {}).get("source_probe") or {}).get("all")
+    if _has_auc(probe):
+        lines.append(f"A linear probe tells the image's source from the network's features with AUC {probe['auc']:.3f} "
+                     "(0.5: no source information).")
+    return lines

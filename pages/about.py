@@ -8,6 +8,7 @@ import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE, __version__
 from covid_models.model_card import ModelCard
+from covid_models.trust import within_source
 from pages.shared import enter_through_app, model_cards, weights_dir
 
 enter_through_app()
@@ -73,7 +74,9 @@ def _models_table() -> pd.DataFrame:
         what = f"{card.positive_class} vs rest ({', '.join(card.classes)})" if card.task == "classification" \
             else SEGMENTATION_OUTPUTS.get(card.classes[0], f"{card.classes[0]} masks")
         rows.append({"Model": card.name, "Task": card.task, "Modality": "CT" if card.modality == "ct" else "X-ray",
-                     "Architecture": card.architecture, "Output": what, "Test result": _test_score(card)})
+                     "Architecture": card.architecture, "Output": what, "Test result": _test_score(card),
+                     "Within source": "n/a" if card.task != "classification"
+                     else "; ".join(within_source(card)) or "none recorded"})
     return pd.DataFrame(rows)
 
 
@@ -112,7 +115,8 @@ if models.empty:
 else:
     st.table(models.set_index("Model"))
     st.caption("Results come from each model's card: the held-out test split, or cross-validation where a set was "
-               "too small to hold images out; 95% intervals by bootstrap. Each model directory also holds a "
-               "MODEL_CARD.md with its data, metrics and limits.")
+               "too small to hold images out; 95% intervals by bootstrap. The pooled test AUC mixes sources that can "
+               "be told apart by their look; the within-source AUC is the one to read (per-source table on Model "
+               "performance). Each model directory also holds a MODEL_CARD.md with its data, metrics and limits.")
 
 st.caption(f"covid_models {__version__}")

@@ -12,6 +12,9 @@ see another session's forward pass.
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +23,26 @@ import pandas as pd
 import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE
-from covid_models.analysis import Analysis, analyse
+from covid_models.analysis import (
+    OUTLINE_COLOR,
+    REPORT_RENDERING,
+    Analysis,
+    Hold,
+    analyse,
+    multiclass_note,
+    operating_point_text,
+    predict,
+    private_copy,
+    report_content,
+    trust_signals,
+    window_label,
+)
 from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, default_data_dir, held_out_images
 from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS
 from covid_models.formatting import percent
-from covid_models.inference import Prediction
+from covid_models.image_checks import ImageCheck, check_image, choose_modality
+from covid_models.inference import Classifier, Prediction
 from covid_models.io import (
     WINDOW_PRESETS,
     ImageReadError,
@@ -41,13 +58,13 @@ from covid_models.overlays import (
     DISPLAY_SIDE,
     INFECTION_COLOR,
     LUNG_COLOR,
+    colour_scale,
     display_size,
     for_display,
     heatmap_overlay,
     mask_overlay,
 )
 from covid_models.report import (
-    ReportContent,
     bare_file_name,
     class_name,
     png_bytes,
@@ -56,6 +73,7 @@ from covid_models.report import (
     result_sentence,
 )
 from covid_models.segmentation import Segmenter
+from covid_models.trust import headline_auc, within_source
 from pages.shared import (
     LruCache,
     data_dir,
@@ -75,7 +93,8 @@ FILE_WINDOW = "file"
 CUSTOM_WINDOW = "custom"
 MASK_COLORS = {"lungs": LUNG_COLOR, "infection": INFECTION_COLOR}
 MASK_CAPTIONS = {"lungs": "Lung mask", "infection": "Infection mask (ground glass and consolidation)"}
-OUTLINE_COLOR = (255, 255, 255)  # a mask outline on the heatmap: white reads on every colour of the jet map
+SMALL_RESULTS = 4096  # predictions and image checks kept (a few hundred bytes each)
+SLOW_SLOTS = 1  # slow heatmaps computed at once: on a shared server's few cores, more would only slow each other
 BATCH_PAGE = 24  # images analysed and shown at once; more are paged
 ANALYSIS_CACHE_BYTES = 128 * 1024 * 1024  # at least 48 analyses of the largest display size (2.4 MB each)
 
@@ -133,37 +152,144 @@ def analyses() -> LruCache:
     return LruCache(ANALYSIS_CACHE_BYTES, size=lambda analysis: analysis.nbytes)
 
 
-def analysis_for(upload: Upload, model_dirs: tuple[str, ...], method: str, modality: str) -> Analysis:
-    """The cached analysis of an upload, computed (with a spinner, or a progress bar for slow methods) if missing.
+@st.cache_resource(show_spinner=False)
+def small_results() -> LruCache:
+    """Predictions and image checks of the server's sessions by key: small, so counted by number."""
+    return LruCache(SMALL_RESULTS, size=lambda _value: 1)
 
-    Raises CheckpointError when a classifier cannot be loaded; a segmentation model that cannot be loaded is
-    reported and left out.
-    """
+
+@st.cache_resource(show_spinner=False)
+def slow_slots() -> threading.BoundedSemaphore:
+    """Slow heatmaps computed at once on the server (each on its own copy of the network); the rest wait in line."""
+    return threading.BoundedSemaphore(SLOW_SLOTS)
+
+
+@contextmanager
+def held(directory: str) -> Iterator[None]:
+    """A shared network's lock, held for one fast step; says so when another analysis is using the network."""
+    lock = model_lock(directory)
+    if not lock.acquire(blocking=False):
+        notice = st.empty()
+        notice.caption(":material/hourglass_top: Waiting for another analysis to finish with this model...")
+        lock.acquire()
+        notice.empty()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def hold_for(models: dict[str, Classifier | Segmenter]) -> Hold:
+    """`hold(model)` for the analysis: the lock of a shared network, nothing for a private copy."""
+    directories = {id(model): directory for directory, model in models.items()}
+    return lambda model: held(directories[id(model)]) if id(model) in directories else nullcontext()
+
+
+def segmenters_for(modality: str) -> dict[str, Segmenter]:
+    """The installed segmentation models of a modality; one that cannot be loaded is reported and left out."""
     segmenters: dict[str, Segmenter] = {}
     for directory, card in model_cards(task="segmentation", modality=modality):
         try:
             segmenters[directory] = load_segmenter(directory)
         except CheckpointError as error:
             show_error(f"The segmentation model {card.name} could not be loaded: {error}")
-    key = (upload.digest, model_dirs, method, tuple(segmenters))
+    return segmenters
+
+
+def image_check_for(upload: Upload, settings: Settings) -> ImageCheck:
+    """Whether the upload is a chest image and which modality it looks like (cached by content and models)."""
+    guard_dirs = tuple((modality, dirs[0]) for modality, dirs in sorted(settings.models.items()))
+    lung_dir = next((d for d, card in model_cards("segmentation", "xray") if card.classes == ["lungs"]), None)
+    key = ("check", upload.digest, guard_dirs, lung_dir)
+    found = small_results().get(key)
+    if found is None:
+        models: dict[str, Classifier | Segmenter] = {}
+        for _modality, directory in guard_dirs:
+            try:
+                models[directory] = load_classifier(directory)
+            except CheckpointError:
+                continue  # reported where the model is used
+        if lung_dir is not None:
+            try:
+                models[lung_dir] = load_segmenter(lung_dir)
+            except CheckpointError:
+                lung_dir = None
+        guards = {modality: models[d] for modality, d in guard_dirs if d in models}
+        scan = read_scan(upload.digest, upload.data, upload.name)
+        with st.spinner("Checking that this is a chest image..."):
+            found = check_image(scan, upload.data, guards, models.get(lung_dir) if lung_dir else None,
+                                hold=hold_for(models))
+        small_results().put(key, found)
+    return found
+
+
+def prediction_for(upload: Upload, classifiers: dict[str, Classifier]) -> Prediction:
+    """The prediction alone, cached: shown before a slow heatmap, and again if that heatmap is cancelled."""
+    key = ("prediction", upload.digest, tuple(classifiers))
+    found = small_results().get(key)
+    if found is None:
+        found = predict(read_scan(upload.digest, upload.data, upload.name), list(classifiers.values()),
+                        hold_for(dict(classifiers)))
+        small_results().put(key, found)
+    return found
+
+
+def slow_analysis(upload: Upload, classifiers: dict[str, Classifier], segmenters: dict[str, Segmenter],
+                  method: str, prediction: Prediction, key: tuple) -> Analysis | None:
+    """A slow heatmap on private copies of the networks, one at a time on the server, with a status and a cancel.
+
+    No shared lock is held while it runs, so other sessions' analyses go on. Returns None once cancelled (the
+    Cancel button reruns the script, which stops this run at its next progress update).
+    """
+    flag = f"cancelled-{hash(key)}"
+    if st.session_state.get(flag):
+        st.info(f"{METHOD_LABELS[method]} was cancelled: the probability above stands without a heatmap.",
+                icon=":material/cancel:")
+        st.button("Compute the heatmap", key=f"restart-{hash(key)}", on_click=st.session_state.pop, args=(flag, None))
+        return None
+    status, cancel = st.empty(), st.empty()
+    cancel.button("Cancel the heatmap", key=f"cancel-{hash(key)}", icon=":material/cancel:",
+                  on_click=st.session_state.__setitem__, args=(flag, True))
+    slots = slow_slots()
+    while not slots.acquire(timeout=0.5):
+        status.info("Waiting for another analysis: another user's slow heatmap is being computed; this one starts "
+                    "when it ends (the probability above is final).", icon=":material/hourglass_top:")
+    label = f"Computing {METHOD_LABELS[method]}: one forward pass per feature channel, this takes a while"
+    try:
+        shared = hold_for({**classifiers, **segmenters})
+        copies = [private_copy(classifier, shared) for classifier in classifiers.values()]
+        found = analyse(read_scan(upload.digest, upload.data, upload.name), copies, list(segmenters.values()),
+                        method=method, hold=shared, prediction=prediction,
+                        progress=lambda done: status.progress(done, text=f"{label} ({done:.0%})"))
+    finally:
+        slots.release()
+    status.empty()
+    cancel.empty()
+    return found
+
+
+def analysis_for(upload: Upload, classifiers: dict[str, Classifier], method: str, modality: str,
+                 prediction: Prediction) -> Analysis | None:
+    """The cached analysis of an upload (its `prediction` already shown), computed if missing.
+
+    A held-back image is analysed with the fast Grad-CAM whatever the method: none of its heatmap is ever shown.
+    None when a slow heatmap was cancelled. A segmentation model that cannot be loaded is reported and left out.
+    """
+    segmenters = segmenters_for(modality)
+    method = "gradcam" if prediction.out_of_distribution else method
+    key = (upload.digest, tuple(classifiers), method, tuple(segmenters))
     found = analyses().get(key)
     if found is not None:
         return found
-    classifiers = {directory: load_classifier(directory) for directory in model_dirs}
-    directories = {id(model): directory for directory, model in (*classifiers.items(), *segmenters.items())}
-    scan = read_scan(upload.digest, upload.data, upload.name)
-    hold = lambda model: model_lock(directories[id(model)])  # noqa: E731  (one lock per shared network)
     if method in SLOW_METHODS:
-        label = f"Computing {METHOD_LABELS[method]}: one forward pass per feature channel, this takes a while"
-        bar = st.empty()
-        try:
-            found = analyse(scan, list(classifiers.values()), list(segmenters.values()), method=method, hold=hold,
-                            progress=lambda done: bar.progress(done, text=f"{label} ({percent(done, 0)})"))
-        finally:
-            bar.empty()
+        found = slow_analysis(upload, classifiers, segmenters, method, prediction, key)
+        if found is None:
+            return None
     else:
         with st.spinner(f"Analysing with {METHOD_LABELS[method]}..."):
-            found = analyse(scan, list(classifiers.values()), list(segmenters.values()), method=method, hold=hold)
+            found = analyse(read_scan(upload.digest, upload.data, upload.name), list(classifiers.values()),
+                            list(segmenters.values()), method=method, hold=hold_for({**classifiers, **segmenters}),
+                            prediction=prediction)
     analyses().put(key, found)
     return found
 
@@ -182,14 +308,24 @@ def model_label(directory: str, cards: dict[str, ModelCard]) -> str:
 
 
 def model_caption(model_dirs: tuple[str, ...], cards: dict[str, ModelCard]) -> str:
-    """The chosen model's test AUC from its card (the sidebar is too narrow to put it in the option)."""
+    """The chosen model's test AUC from its card with its within-source figure beside it (the sidebar is too
+    narrow to put them in the option)."""
     if len(model_dirs) > 1:
         return "Mean of the members' calibrated probabilities."
-    test = cards[model_dirs[0]].metrics.get("test")
-    test = test if isinstance(test, dict) else {}  # the schema bounds the card's fields, not every metric inside
-    auc = test.get("auc")
-    return f"Test AUC {auc:.3f} on {test.get('n', '?')} held-out images." if isinstance(auc, float) and auc == auc \
-        else "No test AUC recorded in its card."
+    card = cards[model_dirs[0]]
+    within = within_source(card)
+    return headline_auc(card) + " " + (
+        f"Within-source AUC, {'; '.join(within)}: the number to read, as pooled sources can be told apart by "
+        "where the images come from." if within else "No within-source AUC recorded: the headline may measure "
+        "the images' source, not the disease.") + " Details on Model performance."
+
+
+def ensemble_caption(name: str, count: int) -> str | None:
+    """Why no ensemble is offered, when it is not (point 13): an ensemble needs two models of one modality."""
+    if count > 1:
+        return None
+    return (f"Ensemble: not available for {name}, because only one {name} classifier is installed; an ensemble "
+            "averages two or more models of one modality.")
 
 
 def settings_sidebar() -> Settings:
@@ -210,6 +346,8 @@ def settings_sidebar() -> Settings:
                                   key=f"model-{modality}")
             models[modality] = tuple(cards) if choice == ENSEMBLE else (choice,)
             st.caption(model_caption(models[modality], cards))
+            if (why := ensemble_caption(name, len(cards))) is not None:
+                st.caption(why)
         method = st.selectbox("Heatmap method", METHODS, format_func=METHOD_LABELS.get, key="method",
                               help="Class activation map for the COVID-19 class. Methods marked slow run one "
                                    "forward pass per feature channel.")
@@ -224,7 +362,7 @@ def window_choice(upload: Upload, metadata: ScanMetadata, windowable: bool) -> t
     if not windowable:
         return None
     file_window = metadata.window
-    presets = {FILE_WINDOW: "As in the file" + (f" ({file_window[0]:g} / {file_window[1]:g})" if file_window else "")}
+    presets = {FILE_WINDOW: window_label(metadata)}
     if metadata.dicom_modality == "CT":
         presets.update({name: f"{name.capitalize()} ({c:g} / {w:g})" for name, (c, w) in WINDOW_PRESETS.items()})
     presets[CUSTOM_WINDOW] = "Custom"
@@ -269,14 +407,10 @@ def probability_table(prediction: Prediction) -> None:
                      "Calibrated probability", format="percent", min_value=0.0, max_value=1.0)})
 
 
-def result_block(analysis: Analysis) -> None:
-    prediction = analysis.prediction
-    for signal in analysis.signals:
-        if signal.level == "error":
-            st.error(signal.text, icon=":material/block:")
+def result_block(prediction: Prediction, operating_point: str, modality: str, multiclass: str | None) -> None:
+    """The probability against the operating point; for a held-back image, the reason and nothing to read."""
     if prediction.out_of_distribution:
-        with st.expander("Probabilities (held back: not to be interpreted)"):
-            probability_table(prediction)
+        st.error(trust_signals(modality, prediction, {})[0].text, icon=":material/block:")
         return
     left, right = st.columns([2, 3])
     with left:
@@ -288,24 +422,49 @@ def result_block(analysis: Analysis) -> None:
             else:
                 st.markdown(":blue-badge[Below the operating point]")
         st.caption(result_sentence(prediction))
-        st.caption("Operating point: " + analysis.operating_point)
+        st.caption("Operating point: " + operating_point)
     with right:
         probability_table(prediction)
+        if multiclass:
+            st.caption(":material/warning: " + multiclass)
 
 
-def trust_signals(analysis: Analysis) -> None:
-    """Where the heatmap lies and what is missing (the held-back error is shown with the result)."""
+def signals_block(analysis: Analysis, multiclass: str | None) -> None:
+    """Where the heatmap lies, the infection finding, what is missing (the held-back error is shown with the result,
+    the 3-class note beside the probabilities)."""
     for signal in analysis.signals:
         if signal.level == "warning":
             st.warning(signal.text, icon=":material/visibility_off:")
         elif signal.level == "success":
             st.success(signal.text, icon=":material/visibility:")
-        elif signal.level == "note":
+        elif signal.level == "note" and signal.text != multiclass:
             st.caption(signal.text)
 
 
+def refused(check: ImageCheck) -> str:
+    """The refusal in words."""
+    return "This image was refused: it is not a chest X-ray or CT slice, because " + " and ".join(check.reasons) + \
+        ". Nothing is computed or reported for it."
+
+
+def modality_for(upload: Upload, metadata: ScanMetadata, check: ImageCheck, settings: Settings
+                 ) -> tuple[str, str] | None:
+    """(modality, where it comes from); None while the user has not answered the question the page asks."""
+    choice = choose_modality(metadata.modality, upload.modality, check.modality, settings.default_modality)
+    if choice.ask is None:
+        return choice.modality, choice.origin
+    detected, chosen = choice.ask
+    st.warning(f"This image looks like a chest {modality_name(detected)}, but the settings say "
+               f"{modality_name(chosen)}. Which is it?", icon=":material/help:")
+    answer = st.radio("Analyse this image as", [detected, chosen], index=None, horizontal=True,
+                      format_func=lambda m: f"{modality_name(m)}" + (" (as it looks)" if m == detected else
+                                                                     " (as in the settings)"),
+                      key=f"modality-{upload.digest[:16]}")
+    return None if answer is None else (answer, "as you confirmed")
+
+
 def show_upload(upload: Upload, settings: Settings) -> dict:
-    """Show one image's analysis; returns its row of the batch summary."""
+    """Show one image's analysis; returns its row of the batch summary (never a probability of a held-back image)."""
     st.subheader(bare_file_name(upload.name), divider="gray")
     row = {"File": bare_file_name(upload.name), "Modality": None, "Model": None, "COVID-19 probability": None}
     try:
@@ -314,9 +473,14 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
         show_error(str(error))
         return row | {"Result": "not analysed: the file could not be read"}
     dicom = metadata.source_format == "dicom"
-    modality = metadata.modality or upload.modality or settings.default_modality
-    origin = "from the DICOM Modality tag" if metadata.modality \
-        else "from the dataset" if upload.modality else "as chosen in the settings"
+    check = image_check_for(upload, settings)
+    if check.refused:
+        st.error(refused(check), icon=":material/block:")
+        return row | {"Result": "refused: not a chest image"}
+    chosen = modality_for(upload, metadata, check, settings)
+    if chosen is None:
+        return row | {"Result": "waiting: choose the modality"}
+    modality, origin = chosen
     if dicom and metadata.modality is None and metadata.dicom_modality:
         origin += f" (the file's Modality tag '{metadata.dicom_modality}' is not a chest X-ray or CT)"
     st.caption(f"{modality_name(modality)} {origin}; {metadata.width} x {metadata.height} pixels, "
@@ -324,7 +488,6 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
                + (f" Reference label in the dataset: **{upload.reference_label}**." if upload.reference_label else ""))
     if dicom:
         dicom_header(upload, metadata)
-    window = window_choice(upload, metadata, windowable)
     row["Modality"] = modality_name(modality)
     model_dirs = settings.models.get(modality)
     if not model_dirs:
@@ -333,13 +496,38 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
         st.image(for_display(scan.pixels, display_size(scan.pixels.shape)), width=DISPLAY_SIDE // 2, clamp=True)
         return row | {"Result": "not analysed: no model"}
     try:
-        analysis = analysis_for(upload, model_dirs, settings.method, modality)
+        classifiers = {directory: load_classifier(directory) for directory in model_dirs}
     except CheckpointError as error:
         show_error(f"The model could not be loaded: {error}")
         return row | {"Result": "not analysed: the model could not be loaded"}
-    prediction = analysis.prediction
-    result_block(analysis)
-    # The window changes only what is drawn: the analysis (models' input: the card's canonical one) stays as it is.
+    prediction = prediction_for(upload, classifiers)
+    multiclass = multiclass_note(next(iter(classifiers.values())).card)
+    result_block(prediction, operating_point_text(list(classifiers.values()), prediction), modality, multiclass)
+    row |= {"Model": prediction.model, "COVID-19 probability": probability_cell(prediction),
+            "Result": "held back (out of distribution)" if prediction.out_of_distribution
+            else "at or above the operating point" if prediction.positive else "below the operating point"}
+    window = None if prediction.out_of_distribution else window_choice(upload, metadata, windowable)
+    analysis = analysis_for(upload, classifiers, settings.method, modality, prediction)
+    if analysis is None:
+        return row
+    if analysis.held_back:
+        st.image(analysis.grey, caption="Image (held back: no heatmap or mask is shown)", clamp=True,
+                 width=DISPLAY_SIDE // 2)
+    else:
+        images(analysis, settings, window, upload)
+        signals_block(analysis, multiclass)
+    downloads(upload, analysis, settings)
+    st.caption(":material/health_and_safety: Research use only: not for diagnosis. Review by a radiologist.")
+    return row
+
+
+def probability_cell(prediction: Prediction) -> str:
+    """The batch table's probability: none for a held-back image."""
+    return "held back" if prediction.out_of_distribution else percent(prediction.positive_probability)
+
+
+def images(analysis: Analysis, settings: Settings, window: tuple[float, float] | None, upload: Upload) -> None:
+    """The image in the chosen window, the heatmap with its colour scale, and the mask (display settings apply)."""
     shown = analysis.grey if window is None else windowed_image(upload.digest, window, upload).astype(np.float32) / 255
     masks = analysis.masks
     overlay = heatmap_overlay(shown, analysis.heat, settings.opacity)
@@ -348,38 +536,32 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
     columns = st.columns(3 if masks and settings.show_masks else 2)
     columns[0].image(shown, caption="Image" + (f" (window {window[0]:g} / {window[1]:g})" if window else ""),
                      clamp=True, width="stretch")
-    cam_caption = f"{METHOD_LABELS[settings.method]} for {class_name(prediction.positive_class)}"
-    if prediction.out_of_distribution:
-        cam_caption += " (held back with the prediction: not to be interpreted)"
-    columns[1].image(overlay, caption=cam_caption, width="stretch")
+    columns[1].image(overlay, caption=f"{METHOD_LABELS[analysis.method]} for "
+                                      f"{class_name(analysis.prediction.positive_class)}", width="stretch")
+    columns[1].image(colour_scale(256, 10), caption="Colour scale: low (blue, left) to high (red, right) "
+                                                    "contribution to the score", width="stretch")
     if masks and settings.show_masks:
         target, mask = next(iter(masks.items()))
         columns[2].image(mask_overlay(shown, mask, color=MASK_COLORS.get(target, LUNG_COLOR)),
                          caption=MASK_CAPTIONS.get(target, f"{target.capitalize()} mask"), width="stretch")
-    trust_signals(analysis)
-    downloads(upload, analysis, settings, shown, overlay)
-    st.caption(":material/health_and_safety: Research use only: not for diagnosis. Review by a radiologist.")
-    return row | {"Model": prediction.model,
-                  "COVID-19 probability": None if prediction.out_of_distribution else prediction.positive_probability,
-                  "Result": "held back (out of distribution)" if prediction.out_of_distribution
-                  else "at or above the operating point" if prediction.positive else "below the operating point"}
 
 
-def downloads(upload: Upload, analysis: Analysis, settings: Settings, shown: np.ndarray, overlay: np.ndarray) -> None:
-    """Annotated PNG and the report; built only when clicked (the callables run on download)."""
+def downloads(upload: Upload, analysis: Analysis, settings: Settings) -> None:
+    """Annotated PNG and the report, drawn with fixed settings (never the screen's); built only when clicked."""
     stem = Path(bare_file_name(upload.name)).stem
-    content = ReportContent(file_name=upload.name, modality=analysis.modality, prediction=analysis.prediction,
-                            operating_point=analysis.operating_point, explanation=METHOD_LABELS[settings.method],
-                            image=shown, overlay=overlay, lung_share=analysis.lung_share)
+    content = report_content(analysis, upload.name, METHOD_LABELS[analysis.method])
     key = f"{upload.digest[:16]}-{settings.method}"
     first, second, third = st.columns(3)
-    first.download_button("Annotated image (PNG)", lambda: png_bytes(overlay), file_name=f"{stem}-heatmap.png",
-                          mime="image/png", on_click="ignore", icon=":material/image:", key=f"png-{key}")
+    if content.overlay is not None:
+        first.download_button("Annotated image (PNG)", lambda: png_bytes(content.overlay),
+                              file_name=f"{stem}-heatmap.png", mime="image/png", on_click="ignore",
+                              icon=":material/image:", key=f"png-{key}")
     second.download_button("Report (PDF)", lambda: render_pdf(content), file_name=f"{stem}-report.pdf",
                            mime="application/pdf", on_click="ignore", icon=":material/picture_as_pdf:",
                            key=f"pdf-{key}")
     third.download_button("Report (HTML)", lambda: render_html(content), file_name=f"{stem}-report.html",
                           mime="text/html", on_click="ignore", icon=":material/description:", key=f"html-{key}")
+    st.caption(f"Reports and the annotated image use fixed rendering: {REPORT_RENDERING}.")
 
 
 # ------------------------------------------------------------------------------------------------ inputs

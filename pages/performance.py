@@ -15,12 +15,13 @@ from covid_models.checkpoint import MODEL_CARD_FILE
 from covid_models.figures import (
     calibration_figure,
     card_test_report,
+    confusion_at,
     confusion_figure,
     roc_figure,
-    threshold_table,
     training_curves_figure,
 )
 from covid_models.model_card import ModelCard
+from covid_models.trust import auc_qualifiers, headline_auc
 from pages.shared import enter_through_app, model_cards, weights_dir
 
 enter_through_app()
@@ -61,13 +62,11 @@ def _threshold_section(card: ModelCard) -> float:
         column.button(f"{name}{marker}: {float(point['threshold']):.3f}", key=f"{key}-{name}",
                       on_click=use_point, args=(float(point["threshold"]),), help=point.get("rule"),
                       width="stretch")
-    roc = test.get("roc")
-    if not roc:
+    if not test.get("roc") and not test.get("scores"):
         st.warning("This card stores no ROC points (its test split has a single class), so metrics at other "
                    "thresholds cannot be shown.")
         return threshold
-    n_pos = int(test["n_positive"])
-    table = threshold_table(roc, threshold, n_pos, int(test["n"]) - n_pos)
+    table = confusion_at(test, threshold)
     shown = (("Sensitivity", "sensitivity", "share of positive test images called positive"),
              ("Specificity", "specificity", "share of negative test images called negative"),
              ("Accuracy", "accuracy", f"{card.positive_class}-vs-rest accuracy"),
@@ -81,19 +80,35 @@ def _threshold_section(card: ModelCard) -> float:
     st.plotly_chart(confusion_figure([[table["tn"], table["fp"]], [table["fn"], table["tp"]]],
                                      [negative, card.positive_class], title=f"Test split at threshold {threshold:.3f}"),
                     key=f"performance-confusion-{card.name}")
-    if table["roc_threshold"] is not None and abs(table["roc_threshold"] - threshold) > 1e-9:
-        st.caption(f"Counts read from the nearest stored ROC point at or above the threshold "
-                   f"({table['roc_threshold']:.3f}); the card keeps the ROC's corners, not every test score.")
+    if table["exact"]:
+        st.caption("Exact: counted from the test split's stored probabilities at this threshold.")
+    elif table["roc_threshold"] is not None and abs(table["roc_threshold"] - threshold) > 1e-9:
+        st.warning(f"Approximate: counts read from the nearest stored ROC point at or above the threshold "
+                   f"({table['roc_threshold']:.3f}). The exact figures need the test split's stored probabilities "
+                   "(the card field metrics.test.scores), which this card lacks.", icon=":material/warning:")
     return threshold
 
 
 def _per_source_table(test: dict) -> pd.DataFrame:
+    """Per-source results with every missing or undefined number written "n/a", as the text says."""
     rows = [{"source": source, "images": sub.get("n"), "labels": ", ".join(f"{k}: {v}" for k, v in
                                                                             sub.get("by_label", {}).items()),
-             "AUC": sub.get("auc"), "sensitivity": sub.get("sensitivity"), "specificity": sub.get("specificity"),
-             "accuracy": sub.get("accuracy")}
+             **{name: _number(sub.get(key)) for name, key in (("AUC", "auc"), ("sensitivity", "sensitivity"),
+                                                             ("specificity", "specificity"),
+                                                             ("accuracy", "accuracy"))}}
             for source, sub in test.get("per_source", {}).items()]
     return pd.DataFrame(rows)
+
+
+def _headline(card: ModelCard) -> None:
+    """The headline AUC with what qualifies it beside it: within-source AUC, source probe, per-source table."""
+    st.markdown("**" + headline_auc(card) + "**")
+    for line in auc_qualifiers(card):
+        st.markdown(f"- {line}")
+    per_source = _per_source_table(card_test_report(card))
+    if not per_source.empty:
+        st.dataframe(per_source, hide_index=True, width="stretch", key=f"performance-per-source-{card.name}")
+    st.caption(SOURCE_CONFOUNDING)
 
 
 def _model_details(directory: str, card: ModelCard) -> None:
@@ -106,16 +121,6 @@ def _model_details(directory: str, card: ModelCard) -> None:
                    "split). Points near the diagonal mean a predicted 0.8 is right about 80% of the time.")
     else:
         st.info("This card stores no reliability curve.")
-
-    st.subheader("Results per source")
-    st.markdown(SOURCE_CONFOUNDING)
-    per_source = _per_source_table(test)
-    if per_source.empty:
-        st.info("This card stores no per-source results.")
-    else:
-        st.dataframe(per_source, hide_index=True, width="stretch",
-                     column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                    for c in ("AUC", "sensitivity", "specificity", "accuracy")})
 
     st.subheader("Training curves")
     history = card.training.get("history") or []
@@ -150,6 +155,7 @@ def main() -> None:
                         key=f"performance-model-{modality}")
     directory, card = by_name[name]
 
+    _headline(card)
     left, right = st.columns([1, 1], gap="large")
     with right:
         st.subheader(f"{name} at a threshold")

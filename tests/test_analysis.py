@@ -102,8 +102,9 @@ def _prediction(out_of_distribution: bool = False) -> Prediction:
 
 
 def test_trust_signals_say_what_the_reader_must_know():
-    assert trust_signals("xray", _prediction(True), {"lungs": 0.9})[0] == Signal(
-        "error", "This does not look like a chest X-ray the model was trained on; the prediction is held back.")
+    assert trust_signals("xray", _prediction(True), {"lungs": 0.9}, {"lungs": 0.3}, "3-class note") == (Signal(
+        "error", "This does not look like a chest X-ray the model was trained on; the prediction is held back: no "
+                 "probability, heatmap or mask is shown."),)  # and nothing else to be read
     assert trust_signals("xray", _prediction(), {"lungs": 0.9}) == (
         Signal("success", "90% of the heatmap lies inside the lungs."),)
     low = trust_signals("xray", _prediction(), {"lungs": LOW_LUNG_SHARE - 0.01})
@@ -112,3 +113,58 @@ def test_trust_signals_say_what_the_reader_must_know():
         "note", "No infection segmentation model for CT is installed, so no mask and no share of the heatmap "
                 "inside it can be shown."),)
     assert trust_signals("xray", _prediction(), {"lungs": float("nan")})[0].text.startswith("The heatmap is empty")
+
+
+def test_the_infection_finding_stands_on_its_own_and_a_disagreement_is_said_plainly():
+    """Issue 11, point 10: a negative call with an outlined infection is a disagreement to read."""
+    negative = Prediction(**{**_prediction().__dict__, "positive_probability": 0.088, "positive": False})
+    signals = trust_signals("ct", negative, {"infection": float("nan")}, {"infection": 0.07})
+    assert Signal("note", "Infection finding: the infection mask covers 7.0% of the slice.") in signals
+    assert any(s.level == "warning" and "classifier and the infection segmenter disagree" in s.text
+               and "below the operating point" in s.text for s in signals)
+    assert not [s for s in trust_signals("ct", negative, {"infection": 0.5}, {"infection": 0.0})
+                if s.level == "warning"]
+
+
+def test_the_three_class_reading_is_labelled_unreliable_with_the_cards_accuracy(xray):
+    from covid_models.analysis import multiclass_note
+
+    classifier = xray[0]
+    note = multiclass_note(classifier.card)
+    accuracy = classifier.card.metrics["test"]["multiclass_accuracy"]
+    assert note.startswith("The normal vs pneumonia reading is unreliable") and f"{accuracy:.3f}" in note
+
+
+def test_a_held_back_reports_content_has_no_heatmap_and_reports_use_fixed_rendering(xray, weights):
+    import dataclasses
+
+    from covid_models.analysis import REPORT_RENDERING, report_content
+
+    classifier, _, segmenter = xray
+    result = analyse(read_image(chest_like_png(seed=8)), [classifier], [segmenter])
+    content = report_content(result, "chest.png", "Grad-CAM")
+    assert content.overlay is not None and content.rendering == REPORT_RENDERING
+    held = dataclasses.replace(result, prediction=_prediction(out_of_distribution=True))
+    held_content = report_content(held, "chest.png", "Grad-CAM")
+    assert held_content.overlay is None and held_content.lung_share is None and held_content.warnings == ()
+
+
+def test_the_file_window_is_named_only_when_the_file_has_one():
+    from covid_models.analysis import window_label
+
+    metadata = read_image(CT_SMALL).metadata
+    label = window_label(metadata)
+    if any(note.startswith("no window in the file") for note in metadata.notes):
+        assert label.startswith("As read (the file has no window;")
+    else:
+        assert label == f"As in the file ({metadata.window[0]:g} / {metadata.window[1]:g})"
+    without = dataclasses_replace(metadata, window=(-600.0, 1500.0),
+                                  notes=("no window in the file: lung window (centre -600, width 1500) used",))
+    assert window_label(without) == "As read (the file has no window; lung window (centre -600, width 1500) used)"
+    assert "As in the file" not in window_label(without)
+
+
+def dataclasses_replace(value, **changes):
+    import dataclasses
+
+    return dataclasses.replace(value, **changes)

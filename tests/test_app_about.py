@@ -50,3 +50,16 @@ def test_the_app_opens_on_analyze_with_the_notice_in_the_sidebar(weights, monkey
     assert not at.exception
     assert at.title[0].value == "Analyze chest images"
     assert RESEARCH_USE_NOTICE in [w.value for w in at.sidebar.warning]
+
+
+def test_the_shipped_models_headline_auc_has_its_within_source_auc_beside_it(monkeypatch):
+    """Issue 11, point 8: the About table puts ieee8023's within-source AUC next to the pooled 0.948."""
+    from conftest import WEIGHTS_DIR
+
+    at = page_test("pages/about.py", WEIGHTS_DIR, monkeypatch).run()
+    assert not at.exception
+    models = at.table[1].value
+    xray = models.loc["xray-efficientnet-lite0"]
+    assert xray["Test result"].startswith("AUC 0.948")
+    assert xray["Within source"].startswith("within ieee8023 (65 test images): AUC 0.605")
+    assert models.loc["xray-lungs-unet", "Within source"] == "n/a"

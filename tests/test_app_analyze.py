@@ -1,11 +1,13 @@
 """Analyze page, driven through AppTest: what the page shows is what the library computes for the same bytes."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from app_fixtures import chest_like_png, make_weights_dir, page_test
+from PIL import Image
 from pydicom.data import get_testdata_file
 
 from covid_models import RESEARCH_USE_NOTICE
@@ -213,18 +215,153 @@ def test_dicom_identifiers_are_shown_only_on_request_inside_their_expander(weigh
     assert not [value for value in identifiers if value in outside]
 
 
-def test_an_out_of_distribution_image_is_held_back(tmp_path, monkeypatch):
-    weights = make_weights_dir(tmp_path, ood_threshold=-1.0, segmentation=False)  # every image is OOD
+def recorded_reports(monkeypatch) -> list:
+    """Every ReportContent the page builds for its downloads, recorded (and still built)."""
+    import covid_models.report
+
+    original, reports = covid_models.report.ReportContent, []
+
+    def recording(**fields):
+        reports.append(original(**fields))
+        return reports[-1]
+
+    monkeypatch.setattr(covid_models.report, "ReportContent", recording)
+    return reports
+
+
+def held_back_weights(tmp_path: Path) -> Path:
+    """Every X-ray is out of distribution for the X-ray models; the CT model has no guard, so no image is refused
+    as a non-chest image by the guards (that needs both modalities' guards to reject it)."""
+    from app_fixtures import CT_CLASSES, write_classifier
+
+    weights = make_weights_dir(tmp_path, ood_threshold=-1.0, segmentation=False)
+    write_classifier(weights, "ct-fixture", "ct", CT_CLASSES, seed=3)
+    return weights
+
+
+def test_an_out_of_distribution_image_shows_no_probability_heatmap_or_mask_anywhere(tmp_path, monkeypatch):
+    """Issue 11, bug 5: page, batch table (and its CSV), PDF and HTML carry nothing to be read of a held-back image."""
+    from test_report import pdf_text
+
+    from covid_models.report import HELD_BACK, render_html, render_pdf
+
+    weights = held_back_weights(tmp_path)
+    reports = recorded_reports(monkeypatch)
     at = page_test(PAGE, weights, monkeypatch).run()
-    upload(at, ("chest.png", chest_like_png(seed=6)))
+    upload(at, ("chest.png", chest_like_png(seed=6)), ("other.png", chest_like_png(seed=16)))
     assert not at.exception
     assert any("does not look like a chest X-ray the model was trained on" in e.value
                and "held back" in e.value for e in at.error)
     assert len(at.metric) == 0
-    held = next(e for e in at.expander if e.label.startswith("Probabilities (held back"))
-    assert list(held.dataframe[0].value["Class"]) and len(at.dataframe) == 1
+    probabilities = [f"{p:.1%}" for p in Classifier.load(weights / "xray-fixture-a").predict(
+        read_image(chest_like_png(seed=6))).probabilities.values()]
+    everything = "\n".join(texts(at.main))
+    assert not [p for p in probabilities if p in everything]
+    summary = at.dataframe[0].value
+    assert list(summary["COVID-19 probability"]) == ["held back", "held back"]
+    assert "None" not in summary.to_csv() and "nan" not in summary.to_csv()
     captions = [caption for image in at.image for caption in image.captions]
-    assert any(c.startswith("Grad-CAM") and "not to be interpreted" in c for c in captions)
+    assert not any(c.startswith("Grad-CAM") or "mask" in c.lower() for c in captions if "held back" not in c)
+    assert not any("of the heatmap" in text for text in texts(at.main))
+    assert "Annotated image (PNG)" not in [b.label for b in at.get("download_button")]
+    assert reports
+    for content in reports:
+        for text in (render_html(content), pdf_text(render_pdf(content))):
+            assert "held back" in text
+            assert not [p for p in probabilities if p in text], text[:400]
+            assert text.lower().count("heatmap") == HELD_BACK.lower().count("heatmap")  # only "no ... heatmap"
+
+
+def test_a_photograph_is_refused_with_a_reason(weights, monkeypatch):
+    """Issue 11, bug 1: scikit-learn's china.jpg is refused outright, with why; nothing is computed or offered."""
+    from sklearn.datasets import load_sample_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(load_sample_image("china.jpg")).save(buffer, format="JPEG")
+    reports = recorded_reports(monkeypatch)
+    at = page_test(PAGE, weights, monkeypatch).run()
+    upload(at, ("china.jpg", buffer.getvalue()), ("chest.png", chest_like_png(seed=9)))
+    assert not at.exception
+    refusal = next(e.value for e in at.error if "refused" in e.value)
+    assert "not a chest X-ray or CT" in refusal and "coloured" in refusal
+    assert len(at.metric) == 1  # the chest image only
+    assert list(at.dataframe[0].value["Result"])[0] == "refused: not a chest image"
+    assert all(content.file_name == "chest.png" for content in reports)
+
+
+def test_a_ct_slice_given_as_an_x_ray_makes_the_page_ask(weights, monkeypatch):
+    """Issue 11, bug 2: the guards say CT, the setting says X-ray: nothing is analysed until the user answers."""
+    import covid_models.image_checks
+
+    monkeypatch.setattr(covid_models.image_checks, "guard_ratio",
+                        lambda classifier, scan, hold=None: {"xray": 3.0, "ct": 0.4}[classifier.card.modality])
+    at = page_test(PAGE, weights, monkeypatch).run()
+    assert at.radio(key="modality").value == "xray"
+    upload(at, ("slice.png", chest_like_png(seed=11)))
+    assert not at.exception
+    assert any("looks like a chest CT, but the settings say X-ray" in w.value for w in at.warning)
+    question = next(r for r in at.radio if r.label == "Analyse this image as")
+    assert question.value is None and len(at.metric) == 0 and not at.dataframe
+    question.set_value("ct").run()
+    assert not at.exception
+    assert set(shown_probabilities(at)) == {"covid", "non_covid"}
+    assert any("CT as you confirmed" in c.value for c in at.caption)
+
+
+def test_reports_are_the_same_at_every_opacity_and_carry_the_pages_warnings(weights, monkeypatch):
+    """Issue 11, bug 6: fixed, stated rendering; every warning and note the page shows goes into the report."""
+    import dataclasses
+
+    from covid_models.report import render_html
+
+    reports = recorded_reports(monkeypatch)
+    at = page_test(PAGE, weights, monkeypatch).run()
+    at.slider(key="opacity").set_value(0.0).run()
+    upload(at, ("chest.png", chest_like_png(seed=12)))
+    at.slider(key="opacity").set_value(1.0).run()
+    assert not at.exception
+    first, last = reports[0], reports[-1]
+    assert render_html(first) == render_html(dataclasses.replace(last, created=first.created))
+    assert "fixed 45% opacity" in render_html(first)
+    shown = [w.value for w in at.warning] + [c.value for c in at.caption]
+    assert all(text in shown or any(text in s for s in shown) for text in last.warnings)
+    assert any("reading is unreliable" in text for text in last.warnings)  # the 3-class note (point 9)
+
+
+def test_a_slow_heatmap_in_one_session_holds_up_no_other_session(weights, monkeypatch):
+    """Issue 11, bug 4: while session A computes Score-CAM, session B's upload on the same model shows its
+    probability (A's heatmap is made to wait until B is done, so "B first" is no race)."""
+    import threading
+
+    import covid_models.explain as explain
+
+    started, release = threading.Event(), threading.Event()
+    original = explain._score_weights
+
+    def waiting(*args, **kwargs):
+        started.set()
+        release.wait(timeout=600)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(explain, "_score_weights", waiting)
+    first = page_test(PAGE, weights, monkeypatch, timeout=600).run()
+    second = page_test(PAGE, weights, monkeypatch).run()  # a second session of the same server (shared caches)
+    first.selectbox(key="method").set_value("scorecam")
+    first.file_uploader(key="uploads").set_value([("slow.png", chest_like_png(seed=13), "image/png")])
+    finished: list[str] = []
+    thread = threading.Thread(target=lambda: (first.run(), finished.append("first")))
+    thread.start()
+    try:
+        assert started.wait(timeout=600), "session A never started its Score-CAM"
+        upload(second, ("fast.png", chest_like_png(seed=14)))
+        finished.append("second")
+        assert not second.exception and len(second.metric) == 1
+    finally:
+        release.set()
+        thread.join(timeout=600)
+    assert finished == ["second", "first"]
+    assert not first.exception and len(first.metric) == 1
+    assert any(c.startswith("Score-CAM") for image in first.image for c in image.captions)
 
 
 def test_an_example_from_the_test_split_is_analysed_with_one_click(weights, tmp_path, monkeypatch):
@@ -320,3 +457,16 @@ def test_a_large_batch_is_paged_and_a_slider_recomputes_nothing(weights, monkeyp
     at.toggle(key="show-masks").set_value(False).run()
     assert not at.exception and len(shown_files(at)) == page_size
     assert calls == []
+
+
+def test_the_sidebar_puts_the_within_source_auc_beside_the_headline_and_says_why_no_ensemble(monkeypatch):
+    """Issue 11, points 8 and 13, on the shipped cards (no model is loaded: the sidebar reads cards only)."""
+    from conftest import WEIGHTS_DIR
+
+    at = page_test(PAGE, WEIGHTS_DIR, monkeypatch).run()
+    assert not at.exception
+    captions = [c.value for c in at.sidebar.caption]
+    xray = next(c for c in captions if c.startswith("Test AUC 0.948"))
+    assert "Within-source AUC, within ieee8023 (65 test images): AUC 0.605" in xray
+    assert any(c.startswith("Ensemble: not available for X-ray, because only one X-ray classifier") for c in captions)
+    assert any(c.startswith("Ensemble: not available for CT") for c in captions)

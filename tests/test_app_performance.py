@@ -1,8 +1,10 @@
 """The model performance page shows the cards' numbers: ROC of every model, metrics at a threshold, card text."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import plotly.graph_objects as go
 import plotly.io
 import pytest
@@ -12,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from covid_models.checkpoint import read_card
 from covid_models.figures import threshold_table
+from covid_models.metrics import roc_points, threshold_metrics
 
 PAGE = "pages/performance.py"
 METRIC_KEYS = {"Sensitivity": "sensitivity", "Specificity": "specificity", "PPV": "precision", "NPV": "npv",
@@ -98,7 +101,7 @@ def test_per_source_table_and_model_card_are_shown(page: AppTest, weights: Path)
     assert sorted(table["source"]) == sorted(card.metrics["test"]["per_source"])
     for _, row in table.iterrows():
         assert row["images"] == card.metrics["test"]["per_source"][row["source"]]["n"]
-    assert any("Why per source" in m.value for m in at.markdown)
+    assert any("Why per source" in c.value for c in at.caption)
     assert any(m.value.startswith("# xray-fixture-a") for m in at.markdown)
 
 
@@ -116,3 +119,50 @@ def test_without_models_the_page_says_where_it_looked(tmp_path: Path, monkeypatc
     point_app_at(monkeypatch, tmp_path / "reviews.sqlite3", None)
     at = _run(page_test(PAGE, empty, monkeypatch))
     assert any(str(empty) in info.value for info in at.info)
+
+
+def test_the_confusion_at_the_operating_point_is_counted_from_stored_scores(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 11, bug 7: with the test probabilities in the card, the slider's figures are exact, not the nearest
+    ROC point's: at the operating point they equal the card's own."""
+    weights = make_weights_dir(tmp_path, segmentation=False)
+    path = weights / "xray-fixture-a" / "card.json"
+    card = json.loads(path.read_text())
+    rng = np.random.default_rng(0)
+    positive = rng.random(80) < 0.4
+    probability = np.clip(rng.normal(np.where(positive, 0.62, 0.4), 0.18), 0, 1)
+    test = card["metrics"]["test"]
+    test.update(threshold_metrics(positive, probability, 0.5))  # the card's figures at its operating point 0.5
+    test.update(n=80, n_positive=int(positive.sum()), roc=roc_points(positive, probability, max_points=4),
+                scores={"probability": probability.tolist(), "positive": positive.tolist()})
+    path.write_text(json.dumps(card))
+    point_app_at(monkeypatch, tmp_path / "reviews.sqlite3", None)
+    at = _run(page_test(PAGE, weights, monkeypatch))
+    assert _shown_metrics(at) == {label: f"{test[key]:.3f}" for label, key in METRIC_KEYS.items()}
+    confusion = next(figure for figure in _figures(at) if "at threshold 0.500" in (figure.layout.title.text or ""))
+    assert [list(row) for row in confusion.data[0].z] == [[test["tn"], test["fp"]], [test["fn"], test["tp"]]]
+    assert any(c.value.startswith("Exact") for c in at.caption)
+
+
+def test_without_stored_scores_the_page_says_its_figures_are_approximate(page: AppTest) -> None:
+    at = _run(page)
+    at.slider(key="performance-threshold-xray-fixture-a").set_value(0.333)
+    _run(at)
+    assert any("Approximate" in w.value and "metrics.test.scores" in w.value for w in at.warning)
+
+
+def test_the_headline_auc_has_the_within_source_figures_beside_it(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    """Issue 11, point 8: the shipped X-ray card's pooled AUC never stands without ieee8023's 0.605, and
+    undefined cells read n/a."""
+    from conftest import WEIGHTS_DIR
+
+    point_app_at(monkeypatch, tmp_path / "reviews.sqlite3", None)
+    at = _run(page_test(PAGE, WEIGHTS_DIR, monkeypatch))
+    markdown = [m.value for m in at.markdown]
+    headline = next(i for i, text in enumerate(markdown) if text.startswith("**Test AUC 0.948"))
+    assert "within ieee8023 (65 test images): AUC 0.605" in markdown[headline + 1]
+    assert any("No AUC (n/a) within nih" in text for text in markdown)
+    per_source = next(d.value for d in at.dataframe if "source" in d.value.columns)
+    assert per_source.set_index("source").loc["nih", "AUC"] == "n/a"
+    assert "None" not in per_source.to_csv() and "nan" not in per_source.to_csv()

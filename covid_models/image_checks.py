@@ -1,0 +1,157 @@
+"""Is this a chest image at all, and of which modality? Cheap checks run before any result is shown.
+
+The out-of-distribution guard of one classifier flags only part of the photographs (a photo of trees got
+"COVID-19 82.9 %"), so several checks that a chest image passes and a photograph does not are combined:
+- colour: radiographs and CT slices are grey; a photograph's pixels are saturated. A file with many saturated
+  pixels is refused whatever else holds (a coloured arrow or label on a film covers far less);
+- the X-ray lung segmenter: a frontal film has two lung fields of plausible size, one on each side (the X-ray
+  guard alone accepts many grey photographs, so it stands in only where no lung segmenter is installed);
+- the CT classifier's guard: a CT slice lies near its training features.
+An image is refused when it is colourful, or when it shows no evidence of either modality.
+The same guards say which modality the image looks like (`ImageCheck.modality`), for a PNG or JPEG whose file does
+not say. `scripts/evaluate_image_checks.py` measures the false refusals on held-out chest images and the
+refusals of photographs (README).
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from covid_models.analysis import Hold, free
+from covid_models.inference import Classifier
+from covid_models.io import Scan
+from covid_models.segmentation import Segmenter
+
+SATURATED = 0.25  # HSV saturation above which a pixel is coloured ...
+BRIGHT = 0.15  # ... when it is not near black (dark pixels have unstable hue and saturation)
+MAX_COLOURED_SHARE = 0.05  # above this share of coloured pixels the image is a colour picture, not a chest image
+COLOUR_SIDE = 256  # the colour check reads a thumbnail: a film's annotations and a photo's colours survive it
+LUNG_AREA = (0.08, 0.65)  # share of the image the two lung fields of a frontal film cover
+LUNG_BALANCE = 0.2  # the smaller lung field holds at least this share of the lung area
+MODALITY_MARGIN = 0.8  # one guard's score ratio below this share of the other's names the modality
+COLOUR_MODES = frozenset({"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"})
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What the checks found; `refused` with `reasons` when this is not a chest image to analyse."""
+
+    coloured_share: float  # share of coloured pixels (0 for greyscale files)
+    guard_ratios: Mapping[str, float]  # modality -> the guard's score / its threshold (<= 1: accepted)
+    lung_area: float | None  # share of the image inside the lung fields the X-ray segmenter found (None: no segmenter)
+    lungs_plausible: bool | None
+    modality: str | None  # the modality the guards point to, None when they do not tell
+    reasons: tuple[str, ...]  # why the image is refused; empty when it is accepted
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.reasons)
+
+
+def coloured_share(data: bytes, mode: str | None) -> float:
+    """Share of clearly coloured pixels in a thumbnail of the file; 0 for greyscale modes (DICOM, L, I;16)."""
+    if mode not in COLOUR_MODES:
+        return 0.0
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (COLOUR_SIDE, COLOUR_SIDE))
+        image.thumbnail((COLOUR_SIDE, COLOUR_SIDE))
+        hsv = np.asarray(image.convert("RGB").convert("HSV"), dtype=np.float32) / 255
+    return float(np.mean((hsv[..., 1] > SATURATED) & (hsv[..., 2] > BRIGHT)))
+
+
+def lung_fields(mask: np.ndarray) -> tuple[float, bool]:
+    """(share of the image in the mask, whether it is two lung fields of plausible size on either side)."""
+    mask = np.asarray(mask, dtype=bool)
+    area = float(mask.mean())
+    labels, count = ndimage.label(mask)
+    if count < 2 or not LUNG_AREA[0] <= area <= LUNG_AREA[1]:
+        return area, False
+    sizes = np.bincount(labels.ravel())[1:]
+    first, second = np.argsort(sizes)[::-1][:2] + 1
+    balance = sizes[second - 1] / (sizes[first - 1] + sizes[second - 1])
+    centres = [ndimage.center_of_mass(labels == label)[1] for label in (first, second)]
+    middle = mask.shape[1] / 2
+    return area, bool(balance >= LUNG_BALANCE and min(centres) < middle < max(centres))
+
+
+def guard_ratio(classifier: Classifier, scan: Scan, hold: Hold = free) -> float | None:
+    """The classifier's out-of-distribution score over its threshold (<= 1: accepted); None without a guard."""
+    if classifier.ood is None:
+        return None
+    with hold(classifier):
+        score = classifier.predict(scan).ood_score
+    return None if score is None else score / classifier.ood.threshold if classifier.ood.threshold > 0 else score
+
+
+def detected_modality(ratios: Mapping[str, float]) -> str | None:
+    """The modality whose guard accepts the image clearly better than the other's; None when they do not tell."""
+    accepted = {modality: ratio for modality, ratio in ratios.items() if ratio <= 1}
+    if len(ratios) < 2 or not accepted:
+        return None
+    best = min(accepted, key=accepted.get)
+    others = [ratio for modality, ratio in ratios.items() if modality != best]
+    return best if all(accepted[best] < MODALITY_MARGIN * ratio for ratio in others) else None
+
+
+def check_image(scan: Scan, data: bytes, guards: Mapping[str, Classifier], lungs: Segmenter | None = None,
+                hold: Hold = free) -> ImageCheck:
+    """Run the checks on one read image (`data`: its file, for the colour check).
+
+    `guards`: one classifier per modality (its OOD guard is used); `lungs`: the X-ray lung segmenter, if any;
+    `hold(model)` is entered while a model runs (see `analysis.analyse`). A modality is ruled out only by a check
+    that is installed, so one guard alone refuses nothing. A DICOM file's modality tag is not consulted here:
+    `choose_modality` trusts the tag over the guards.
+    """
+    # Pillow reads the file again for its colours; a DICOM's colour is gone from the Scan (the guards still apply)
+    share = 0.0 if scan.metadata.source_format == "dicom" else coloured_share(data, scan.metadata.photometric)
+    ratios = {modality: ratio for modality, classifier in guards.items()
+              if (ratio := guard_ratio(classifier, scan, hold)) is not None}
+    area, plausible = None, None
+    if lungs is not None:
+        with hold(lungs):
+            area, plausible = lung_fields(lungs.mask(scan))
+    # Evidence of each modality: lung fields for an X-ray (the X-ray guard where no segmenter is installed: it
+    # accepts many grey photographs), the guard for a CT; None where no check is installed (nothing ruled out).
+    xray = plausible if plausible is not None else None if "xray" not in ratios else ratios["xray"] <= 1
+    ct = None if "ct" not in ratios else ratios["ct"] <= 1
+    reasons = []
+    if share > MAX_COLOURED_SHARE:
+        reasons.append(f"{share:.0%} of its pixels are coloured; chest X-rays and CT slices are greyscale")
+    if xray is False and ct is False:
+        lungs_found = "" if area is None else (" (no pair of lung fields was found in it)" if area < LUNG_AREA[0]
+                                               else " (what the lung segmenter found does not look like two lungs)")
+        reasons.append(f"it looks neither like a chest X-ray{lungs_found} nor like a chest CT the models were "
+                       "trained on")
+    modality = ("xray" if xray and ct is False else "ct" if ct and xray is False
+                else detected_modality(ratios) if xray and ct else None)
+    return ImageCheck(coloured_share=share, guard_ratios=ratios, lung_area=area, lungs_plausible=plausible,
+                      modality=modality, reasons=tuple(reasons))
+
+
+@dataclass(frozen=True)
+class ModalityChoice:
+    """The modality to analyse an image as, where it comes from, and whether the user must be asked first."""
+
+    modality: str
+    origin: str  # in words, for the page's caption
+    ask: tuple[str, str] | None = None  # (detected, chosen) when the image looks unlike the chosen modality
+
+
+def choose_modality(tag: str | None, dataset: str | None, detected: str | None, chosen: str) -> ModalityChoice:
+    """The DICOM tag wins, then the dataset's modality (examples), then the user's choice, which must be confirmed
+    when the guards say the image looks like the other modality; a PNG or JPEG is never given a modality silently."""
+    if tag is not None:
+        return ModalityChoice(tag, "from the DICOM Modality tag")
+    if dataset is not None:
+        return ModalityChoice(dataset, "from the dataset")
+    if detected is None:
+        return ModalityChoice(chosen, "as chosen in the settings (the file does not say, and the models' guards "
+                                      "could not tell)")
+    if detected == chosen:
+        return ModalityChoice(chosen, "as chosen in the settings, and the models' guards agree")
+    return ModalityChoice(chosen, "as chosen in the settings", ask=(detected, chosen))
