@@ -112,7 +112,8 @@ def _warmed_models(weights: str) -> int:
     """
     scan, warmed = _warm_scan(), 0
     segmentation = discover_models(weights, "segmentation")
-    for directory, card in discover_models(weights, "classification"):
+    classifiers = sorted(discover_models(weights, "classification"), key=lambda found: found[1].modality != "xray")
+    for directory, card in classifiers:  # X-ray first: the Analyze page opens on it
         classifier = load_classifier(str(directory))
         segmenters = {str(d): load_segmenter(str(d)) for d, c in segmentation if c.modality == card.modality}
         locks = {id(classifier): model_lock(str(directory))} | {id(s): model_lock(d) for d, s in segmenters.items()}
