@@ -7,6 +7,7 @@ inflates every metric.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -484,6 +485,14 @@ class ImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def for_evaluation(self) -> ImageDataset:
+        """The same decoded images without augmentation and with class targets only: the trainer evaluates
+        its training images (for the OOD guard) without decoding them a second time."""
+        view = copy.copy(self)
+        view.augmentation = None
+        view.labels = self.labels[:, 0] if self.labels.ndim == 2 else self.labels
+        return view
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.images[index]

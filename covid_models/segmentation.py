@@ -133,7 +133,9 @@ class Segmenter:
     def __init__(self, model: nn.Module, card: ModelCard):
         if card.task != "segmentation":
             raise CheckpointError(f"{card.name} is a {card.task} model, not a segmentation model")
-        self.model = model.eval()
+        # channels_last: the Unet's decoder convolutions run 1.18-1.27x faster on CPU for the lung mask (CT
+        # infection: unchanged), with probabilities within 1e-5 (scripts/benchmark.py, tests/test_segmentation.py)
+        self.model = model.eval().to(memory_format=torch.channels_last)
         self.card = card
 
     @classmethod
@@ -169,7 +171,8 @@ class Segmenter:
         pixels = np.asarray(self.card.preprocessing.model_pixels(image), dtype=np.float32)
         inputs = self.card.preprocessing(pixels)[None]
         parameter = next(self.model.parameters())
-        logits = self.model(inputs.to(parameter.device, parameter.dtype)).float()
+        inputs = inputs.to(parameter.device, parameter.dtype).contiguous(memory_format=torch.channels_last)
+        logits = self.model(inputs).float()
         logits = F.interpolate(logits, size=tuple(size or pixels.shape), mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)[0, 0].cpu().numpy()
 

@@ -420,7 +420,7 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
         for name, (t, rule) in thresholds.items()
     }
 
-    train_eval = ImageDataset(splits["train"], config.classes, preprocessing)
+    train_eval = datasets["train"].for_evaluation()
     _, train_labels, train_features = collect(model, make_loader(train_eval, config.batch_size * 2, runtime), runtime)
     ood = OodGuard.fit(train_features, train_labels, val_features)
 

@@ -5,6 +5,8 @@ slider move or a click never reloads them; no business logic lives here, only in
 """
 from __future__ import annotations
 
+import io
+import logging
 import os
 import runpy
 import threading
@@ -14,11 +16,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import streamlit as st
+from PIL import Image
+from streamlit import config
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from covid_models.analysis import analyse
 from covid_models.data import DataError, allowed_data_roots, confined_folder, default_data_dir
-from covid_models.inference import Classifier, ModelFolders, find_models
+from covid_models.inference import Classifier, ModelFolders, discover_models, find_models
+from covid_models.io import Scan, read_image
 from covid_models.model_card import ModelCard
 from covid_models.reviews import ReviewStore
 from covid_models.segmentation import Segmenter
@@ -27,6 +34,7 @@ WEIGHTS_DIR_ENV = "COVID_WEIGHTS_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPT = REPO_ROOT / "streamlit_app.py"
 _run = threading.local()  # Streamlit runs each script run of a session in one thread
+_log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -83,6 +91,58 @@ def model_lock(directory: str) -> threading.Lock:
     so every use of a model (prediction, heatmap, mask) holds its lock.
     """
     return threading.Lock()
+
+
+def _warm_scan() -> Scan:
+    """A generated 512 px film (a smooth gradient, so the heatmap is not empty), read as an upload is."""
+    ramp = np.linspace(0, 255, 512, dtype=np.float32)
+    pixels = (np.add.outer(ramp, ramp) / 2).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return read_image(buffer.getvalue(), name="warm-up.png")
+
+
+@st.cache_resource(show_spinner=False)
+def _warmed_models(weights: str) -> int:
+    """Every model of `weights` loaded into the server's caches and run once through `analyse`; how many ran.
+
+    The first analysis in a process pays lazy imports (torch's compiler stack through timm and torchvision),
+    kernel choices and allocator growth: about 1.7 s that the first visitor would otherwise wait for. The
+    loaders called here are nested in this cached function, so Streamlit shows no spinner for them.
+    """
+    scan, warmed = _warm_scan(), 0
+    segmentation = discover_models(weights, "segmentation")
+    classifiers = sorted(discover_models(weights, "classification"), key=lambda found: found[1].modality != "xray")
+    for directory, card in classifiers:  # X-ray first: the Analyze page opens on it
+        classifier = load_classifier(str(directory))
+        segmenters = {str(d): load_segmenter(str(d)) for d, c in segmentation if c.modality == card.modality}
+        locks = {id(classifier): model_lock(str(directory))} | {id(s): model_lock(d) for d, s in segmenters.items()}
+        analyse(scan, [classifier], list(segmenters.values()), hold=lambda model, locks=locks: locks[id(model)])
+        warmed += 1
+    return warmed
+
+
+def _warm(weights: str) -> None:
+    try:
+        _log.info("warmed %d classifier(s) of %s", _warmed_models(weights), weights)
+    except Exception:  # a broken model directory is reported by the page that uses it, not by this thread
+        _log.exception("warming the models of %s failed", weights)
+
+
+@st.cache_resource(show_spinner=False)
+def warm_models_in_background() -> threading.Thread | None:
+    """Starts, once per server process, the loading and first run of every shipped model in a thread (not a
+    daemon: a process that ends during the warm-up waits for it instead of aborting inside torch).
+
+    Called by the entry script on every run: the first run of the server starts the thread and does not wait
+    for it; an upload that arrives before it is done waits on the same cached loaders and locks, never loads
+    a model twice. Under AppTest (no server, a process that ends with the test) nothing is started.
+    """
+    if config.get_option("global.appTest"):  # looked up on the module: AppTest patches it there
+        return None
+    thread = threading.Thread(target=_warm, args=(str(weights_dir()),), name="warm-models")
+    thread.start()
+    return thread
 
 
 @st.cache_data(show_spinner=False, ttl=60)

@@ -4,23 +4,38 @@
     python scripts/benchmark.py --data ../shared/data --runs 50
 
 Per model: median single-image latency (read file + preprocess + classify), batch throughput, and the
-process's peak resident memory. With CUDA: training images/s through the real data pipeline against
-pure forward+backward images/s on synthetic tensors, i.e. what the data pipeline costs.
+process's peak resident memory. Then, per modality, the library path of one upload stage by stage (read,
+classify, Grad-CAM, mask, share of the heatmap inside the mask) next to its floor (the pure classifier forward
+and the pure mask forward on ready tensors) and next to a seed-style pipeline (torchvision DenseNet-201 and
+VGG19 at 224 px, PIL + torchvision transforms, a pytorch-grad-cam object built per call, no inference mode),
+measured interleaved image by image so that other load on the machine spreads over all of them. With CUDA:
+training images/s through the real data pipeline against pure forward+backward images/s on synthetic tensors,
+i.e. what the data pipeline costs.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
+from covid_models.runtime import configure
 
-from covid_models.data import default_data_dir, load_dataset
-from covid_models.inference import Classifier, discover_models
-from covid_models.io import read_image
+configure()  # the CPU policy of the app and predict.py, before torch loads, so the figures are theirs
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from covid_models.data import default_data_dir, load_dataset  # noqa: E402
+from covid_models.explain import heatmap  # noqa: E402
+from covid_models.inference import Classifier, discover_models  # noqa: E402
+from covid_models.io import read_image  # noqa: E402
+from covid_models.overlays import display_size  # noqa: E402
+from covid_models.segmentation import Segmenter, cam_mass_inside  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +61,98 @@ def throughput(classifier: Classifier, batch_size: int, batches: int) -> float:
     for _ in range(batches):
         classifier.forward(inputs)
     return batch_size * batches / (time.perf_counter() - started)
+
+
+def seed_style_pipeline(architecture: str) -> Callable[[str], None]:
+    """One image as the seed project analysed it: PIL + torchvision transforms, a torchvision network at 224 px
+    (random weights: the time is the same), softmax, and a pytorch-grad-cam GradCAM object built per call."""
+    import torchvision
+    from PIL import Image
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = getattr(torchvision.models, architecture)(num_classes=3).eval()
+    layer = model.features[-1] if architecture == "densenet201" else model.features[35]
+    transform = torchvision.transforms.Compose([
+        torchvision.transforms.Resize((224, 224)), torchvision.transforms.ToTensor(),
+        torchvision.transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+
+    def run(path: str) -> None:
+        inputs = transform(Image.open(path).convert("RGB"))[None]
+        torch.softmax(model(inputs), 1)
+        with GradCAM(model=model, target_layers=[layer]) as cam:
+            cam(input_tensor=inputs, targets=[ClassifierOutputTarget(0)])
+
+    return run
+
+
+def stages(classifier: Classifier, segmenter: Segmenter | None, files: list[str], seed_runs: int
+           ) -> dict[str, float]:
+    """Median ms of each stage of the library path, its floor and the seed-style pipelines, interleaved."""
+    names = ["read", "classify", "gradcam", "mask", "share", "total", "classifier forward", "mask forward"]
+    seeds = {}
+    try:
+        seeds = {name: seed_style_pipeline(name) for name in ("densenet201", "vgg19")}
+    except ImportError as error:  # pytorch-grad-cam is a test tool (requirements-dev.txt)
+        print(f"<!-- seed-style pipeline skipped: {error} -->")
+    times: dict[str, list[float]] = {name: [] for name in names + [f"seed {n}" for n in seeds]}
+    for index, path in enumerate(files):
+        marks = [time.perf_counter()]
+        scan = read_image(path)
+        marks.append(time.perf_counter())
+        classifier.predict(scan)
+        marks.append(time.perf_counter())
+        shape = display_size(scan.pixels.shape)
+        cam = heatmap(classifier, scan, "gradcam", size=shape)
+        marks.append(time.perf_counter())
+        mask = segmenter.mask(scan, size=shape) if segmenter is not None else None
+        marks.append(time.perf_counter())
+        if mask is not None:
+            cam_mass_inside(cam, mask)
+        marks.append(time.perf_counter())
+        inputs = classifier.to_input(scan)[None]
+        with torch.inference_mode():
+            started = time.perf_counter()
+            classifier.model(inputs)
+            forward = time.perf_counter() - started
+            mask_forward = float("nan")
+            if segmenter is not None:
+                mask_inputs = segmenter.card.preprocessing(segmenter.card.preprocessing.model_pixels(scan))[None]
+                mask_inputs = mask_inputs.contiguous(memory_format=torch.channels_last)
+                started = time.perf_counter()
+                segmenter.model(mask_inputs)
+                mask_forward = time.perf_counter() - started
+        if index == 0:
+            continue  # first-call allocations
+        for name, start, end in zip(names, marks, marks[1:], strict=False):
+            times[name].append(end - start)
+        times["total"].append(marks[-1] - marks[0])
+        times["classifier forward"].append(forward)
+        times["mask forward"].append(mask_forward)
+        if index <= seed_runs:
+            for name, run in seeds.items():
+                started = time.perf_counter()
+                run(path)
+                times[f"seed {name}"].append(time.perf_counter() - started)
+    return {name: statistics.median(values) * 1000 for name, values in times.items() if values}
+
+
+def print_stages(modality: str, result: dict[str, float], runs: int, seed_runs: int) -> None:
+    floor = result["classifier forward"] + (0 if np.isnan(result["mask forward"]) else result["mask forward"])
+    print(f"\n{modality}: one upload through the library (median ms over {runs - 1} images; seed-style over "
+          f"{seed_runs}; load average {os.getloadavg()[0]:.1f})\n")
+    print("| what | median ms | note |\n| --- | ---: | --- |")
+    for name in ("read", "classify", "gradcam", "mask", "share"):
+        print(f"| {name} | {result[name]:.0f} | |")
+    print(f"| library path (all of the above) | {result['total']:.0f} | {result['total'] / floor:.2f}x its floor |")
+    print(f"| floor: pure classifier forward | {result['classifier forward']:.0f} | "
+          f"{100 * result['classifier forward'] / result['total']:.0f} % of the path |")
+    print(f"| floor: pure mask forward | {result['mask forward']:.0f} | |")
+    for name in ("densenet201", "vgg19"):
+        if f"seed {name}" in result:
+            seed = result[f"seed {name}"]
+            print(f"| seed-style {name} (read + classify + Grad-CAM, no mask) | {seed:.0f} | ours "
+                  f"{seed / result['total']:.1f}x faster |")
 
 
 def gpu_training_rates(classifier: Classifier, files: list[str], batch_size: int = 64, steps: int = 30
@@ -109,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--seed-runs", type=int, default=5, help="images through the seed-style pipelines")
+    parser.add_argument("--no-stages", action="store_true", help="only the per-model table")
     args = parser.parse_args(argv)
     print(f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
@@ -125,6 +234,16 @@ def main(argv: list[str] | None = None) -> int:
             pure, real = gpu_training_rates(classifier, files)
             print(f"| {card.name} training on {torch.cuda.get_device_name()} | synthetic forward+backward "
                   f"{pure:.0f} img/s | with the data pipeline {real:.0f} img/s | |")
+    if not args.no_stages:
+        for modality in ("xray", "ct"):
+            found = discover_models(args.weights, "classification", modality)
+            if not found:
+                continue
+            masks = discover_models(args.weights, "segmentation", modality)
+            segmenter = Segmenter.load(masks[0][0]) if masks else None
+            files = load_dataset(args.data, modality)["image"].sample(n=args.runs, random_state=0).tolist()
+            result = stages(Classifier.load(found[0][0]), segmenter, files, args.seed_runs)
+            print_stages(modality, result, args.runs, args.seed_runs)
     return 0
 
 

@@ -23,7 +23,7 @@ from covid_models.data import (
     load_manifest,
     patient_split,
 )
-from covid_models.preprocessing import Preprocessing
+from covid_models.preprocessing import Augmentation, Preprocessing
 
 
 def _frame(n_patients: int = 60, images_per_patient: int = 3, seed: int = 0) -> pd.DataFrame:
@@ -162,6 +162,20 @@ def test_image_dataset_yields_normalised_tensors_and_label_indices(tmp_path):
     tensor, label = dataset[0]
     assert tensor.shape == (3, 16, 16) and label.item() == 1
     assert torch.allclose(tensor, torch.ones_like(tensor))  # (1 - 0.5) / 0.5
+
+
+def test_evaluation_view_reuses_the_decoded_images_without_augmentation_or_source_targets(tmp_path):
+    for name, value in (("a.png", 40), ("b.png", 200)):
+        _write_png(tmp_path / name, value)
+    frame = pd.DataFrame({"image": [str(tmp_path / "a.png"), str(tmp_path / "b.png")], "label": ["normal", "covid"],
+                          "patient_id": ["p", "q"], "source": ["s", "t"]})
+    classes, preprocessing = ["covid", "normal"], Preprocessing(image_size=16)
+    training = ImageDataset(frame, classes, preprocessing, Augmentation.for_modality("xray"), sources=["s", "t"])
+    view, decoded = training.for_evaluation(), ImageDataset(frame, classes, preprocessing)
+    assert view.images is training.images  # nothing decoded again
+    for index in range(2):
+        assert torch.equal(view[index][0], decoded[index][0]) and torch.equal(view[index][1], decoded[index][1])
+    assert training.augmentation is not None and training.labels.shape == (2, 2)  # the training set unchanged
 
 
 def test_unknown_labels_are_refused(tmp_path):

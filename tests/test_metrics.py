@@ -15,6 +15,7 @@ from covid_models.metrics import (
     dice,
     expected_calibration_error,
     iou,
+    mean,
     sensitivity_threshold,
     threshold_metrics,
     youden_threshold,
@@ -71,6 +72,52 @@ def test_bootstrap_ci_brackets_the_estimate_and_resamples_patients():
     groups = np.repeat(np.arange(30), 10)  # ten correlated images per patient
     g_low, g_high = bootstrap_ci(auc, y, p, n_resamples=300, groups=groups)
     assert g_low < g_high
+
+
+def _bootstrap_one_resample_at_a_time(statistic, *arrays, n_resamples=1000, confidence=0.95, seed=0, groups=None):
+    """The loop bootstrap_ci replaced (one statistic call per resample): the reference it must equal."""
+    rng = np.random.default_rng(seed)
+    n = len(arrays[0])
+    if groups is None:
+        index_sets = [np.array([i]) for i in range(n)]
+    else:
+        _, inverse = np.unique(groups, return_inverse=True)
+        index_sets = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    values = []
+    for _ in range(n_resamples):
+        picks = rng.integers(0, len(index_sets), len(index_sets))
+        idx = np.concatenate([index_sets[p] for p in picks])
+        try:
+            value = statistic(*(a[idx] for a in arrays))
+        except ValueError:
+            continue
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_vectorised_bootstrap_gives_the_loops_intervals_for_the_same_seed(seed, grouped):
+    """AUC with ties and tiny groups (resamples with one class only are skipped) and the mean."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 120)
+    p = np.round(np.clip(y * 0.3 + rng.random(120) * 0.7, 0, 1), 1)  # rounded: many tied scores
+    groups = rng.integers(0, 40, 120) if grouped else None
+    for statistic, arrays in ((auc, (y, p)), (mean, (p,))):
+        fast = bootstrap_ci(statistic, *arrays, n_resamples=300, seed=seed, groups=groups)
+        slow = _bootstrap_one_resample_at_a_time(statistic, *arrays, n_resamples=300, seed=seed, groups=groups)
+        assert fast == pytest.approx(slow, abs=1e-12)
+    small = slice(0, 6)  # six images: many resamples hold one class only
+    fast = bootstrap_ci(auc, y[small], p[small], n_resamples=200, seed=seed)
+    assert fast == pytest.approx(_bootstrap_one_resample_at_a_time(auc, y[small], p[small], n_resamples=200,
+                                                                    seed=seed), abs=1e-12, nan_ok=True)
+    generic = bootstrap_ci(lambda v: float(np.median(v)), p, n_resamples=100, seed=seed, groups=groups)
+    assert generic == _bootstrap_one_resample_at_a_time(lambda v: float(np.median(v)), p, n_resamples=100,
+                                                         seed=seed, groups=groups)
 
 
 def test_binary_report_has_every_field_the_card_needs():

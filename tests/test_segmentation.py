@@ -2,6 +2,7 @@
 a small real-data training run and the shipped models."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import WEIGHTS_DIR
 from PIL import Image
 
@@ -147,6 +149,22 @@ def test_segmenter_round_trip_gives_identical_probabilities_at_the_original_size
     mask = loaded.mask(image)
     assert mask.dtype == bool and mask.shape == (90, 70)
     np.testing.assert_array_equal(mask, postprocess_lungs(after >= 0.5))
+
+
+def test_channels_last_segmenter_gives_the_probabilities_of_the_plain_network():
+    """The Segmenter runs its network channels_last (faster on CPU); probabilities and masks stay the same."""
+    torch.manual_seed(0)
+    model = build_segmentation_model("unet", pretrained=False).eval()
+    reference = copy.deepcopy(model)
+    card = _card("unet", postprocess=POSTPROCESS_LUNGS)
+    image = np.random.default_rng(1).random((90, 70), dtype=np.float32)
+    segmenter = Segmenter(model, card)
+    with torch.inference_mode():
+        logits = reference(card.preprocessing(image)[None])
+        expected = torch.sigmoid(F.interpolate(logits, size=(90, 70), mode="bilinear", align_corners=False))[0, 0]
+    probability = segmenter.probability(image)
+    np.testing.assert_allclose(probability, expected.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(probability >= 0.5, expected.numpy() >= 0.5)
 
 
 def test_segmenter_refuses_a_classification_model_directory(tmp_path):
