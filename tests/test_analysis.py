@@ -43,7 +43,7 @@ def test_a_small_image_is_analysed_at_its_own_size_with_the_library_results(xray
 
 def test_a_large_image_gets_display_size_outputs_and_the_full_size_prediction(xray):
     classifier, _, segmenter = xray
-    scan = read_image(chest_like_png(size=1200, seed=2))
+    scan = read_image(chest_like_png(size=900, seed=2))  # above the display side, below the reader's working size
     result = analyse(scan, [classifier], [segmenter])
     assert result.prediction == classifier.predict(scan)  # the model's input does not depend on the display
     assert result.image.shape == result.heatmap.shape == result.masks["lungs"].shape == (DISPLAY_SIDE, DISPLAY_SIDE)
