@@ -121,3 +121,13 @@ def auc_qualifiers(card: Any) -> list[str]:
         lines.append(f"A linear probe tells the image's source from the network's features with AUC {probe['auc']:.3f} "
                      "(0.5: no source information).")
     return lines
+
+
+def volume_rows(card: Any) -> list[dict[str, Any]]:
+    """The card's robustness table on real CT scans (`evaluate.py --volumes`), one row per scan, for display."""
+    scans = (card.metrics.get("volumes") or {}).get("scans") or []
+    return [{"scan": row.get("volume"), "label": row.get("label"),
+             "scan-level probability": row.get("scan_probability"),
+             "slice median": row.get("slice_median"), "slice max": row.get("slice_max"),
+             "slices flagged": f"{row.get('flagged_share', 0):.0%}", "lung slices": row.get("slices_scored")}
+            for row in scans if isinstance(row, dict)]

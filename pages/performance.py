@@ -21,7 +21,7 @@ from covid_models.figures import (
     training_curves_figure,
 )
 from covid_models.model_card import ModelCard
-from covid_models.trust import auc_qualifiers, headline_auc
+from covid_models.trust import auc_qualifiers, headline_auc, volume_rows
 from pages.shared import enter_through_app, model_cards, weights_dir
 
 enter_through_app()
@@ -109,6 +109,14 @@ def _headline(card: ModelCard) -> None:
     if not per_source.empty:
         st.dataframe(per_source, hide_index=True, width="stretch", key=f"performance-per-source-{card.name}")
     st.caption(SOURCE_CONFOUNDING)
+    volumes = volume_rows(card)
+    if volumes:
+        st.markdown("**On real DICOM CT scans** (HU through the model's own window; the scan-level probability is "
+                    "the mean of the top 10 % of lung slices):")
+        st.dataframe(pd.DataFrame(volumes), hide_index=True, width="stretch", key=f"performance-volumes-{card.name}")
+        st.caption((card.metrics.get("volumes") or {}).get("note", "") + ". A model that reads the disease ranks the "
+                   "COVID scan above the others; slices of the COVID scan are not labelled one by one, so there is "
+                   "no slice AUC.")
 
 
 def _model_details(directory: str, card: ModelCard) -> None:

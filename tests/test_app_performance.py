@@ -166,3 +166,18 @@ def test_the_headline_auc_has_the_within_source_figures_beside_it(monkeypatch: p
     per_source = next(d.value for d in at.dataframe if "source" in d.value.columns)
     assert per_source.set_index("source").loc["nih", "AUC"] == "n/a"
     assert "None" not in per_source.to_csv() and "nan" not in per_source.to_csv()
+
+
+def test_the_shipped_ct_model_shows_its_result_on_the_real_dicom_scans(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9, point 5: the robustness table of the card (evaluate.py --volumes) sits under the headline AUC."""
+    from conftest import WEIGHTS_DIR
+
+    point_app_at(monkeypatch, tmp_path / "reviews.sqlite3", None)
+    at = _run(page_test(PAGE, WEIGHTS_DIR, monkeypatch))
+    at.radio(key="performance-modality").set_value("ct")
+    _run(at)
+    table = next(frame.value for frame in at.dataframe if "scan-level probability" in frame.value.columns)
+    assert set(table["scan"]) == {"ricord-1a-000082", "lung-pet-ct-dx-a0002", "copdgene-10002k-64"}
+    ricord = table.set_index("scan").loc["ricord-1a-000082"]
+    assert ricord["label"] == "covid" and 0.0 <= ricord["scan-level probability"] <= 1.0
