@@ -336,14 +336,14 @@ def test_a_slow_heatmap_in_one_session_holds_up_no_other_session(weights, monkey
     import covid_models.explain as explain
 
     started, release = threading.Event(), threading.Event()
-    original = explain._score_weights
+    original = explain.ScoreCAM.weights
 
-    def waiting(*args, **kwargs):
+    def waiting(self, *args, **kwargs):
         started.set()
         release.wait(timeout=600)
-        return original(*args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(explain, "_score_weights", waiting)
+    monkeypatch.setattr(explain.ScoreCAM, "weights", waiting)
     first = page_test(PAGE, weights, monkeypatch, timeout=600).run()
     second = page_test(PAGE, weights, monkeypatch).run()  # a second session of the same server (shared caches)
     first.selectbox(key="method").set_value("scorecam")
