@@ -135,19 +135,25 @@ def _latin1(text: str) -> str:
     return text.replace("\u2013", "-").replace("\u2014", "-").encode("latin-1", "replace").decode("latin-1")
 
 
-def render_pdf(content: ReportContent) -> bytes:
-    """An A4 one-page PDF with the same content as the HTML report."""
+def _new_pdf(title: str, heading: str):
+    """An A4 one-page PDF with its title, creator and heading written; returns it and its text width (mm)."""
     from fpdf import FPDF
 
     pdf = FPDF(format="A4", unit="mm")
     pdf.set_auto_page_break(False)
-    pdf.set_title(_latin1(f"Screening report: {bare_file_name(content.file_name)}"))
+    pdf.set_title(_latin1(title))
     pdf.set_creator(f"covid_models {__version__}")
     pdf.add_page()
     width = pdf.w - pdf.l_margin - pdf.r_margin
     pdf.set_font("Helvetica", "B", 16)
-    pdf.cell(width, 9, _latin1(f"Chest {modality_name(content.modality)} screening report"), new_x="LMARGIN",
-             new_y="NEXT")
+    pdf.cell(width, 9, _latin1(heading), new_x="LMARGIN", new_y="NEXT")
+    return pdf, width
+
+
+def render_pdf(content: ReportContent) -> bytes:
+    """An A4 one-page PDF with the same content as the HTML report."""
+    pdf, width = _new_pdf(f"Screening report: {bare_file_name(content.file_name)}",
+                          f"Chest {modality_name(content.modality)} screening report")
     _notice(pdf, width)
     pdf.ln(2)
     pdf.set_font("Helvetica", "", 9.5)
@@ -273,16 +279,7 @@ figure {{ margin: 0; flex: 1; }} img {{ width: 100%; }}
 
 def render_scan_pdf(content: ScanReportContent) -> bytes:
     """An A4 one-page PDF with the same content as the scan's HTML report."""
-    from fpdf import FPDF
-
-    pdf = FPDF(format="A4", unit="mm")
-    pdf.set_auto_page_break(False)
-    pdf.set_title(_latin1(f"CT scan report: {bare_file_name(content.file_name)}"))
-    pdf.set_creator(f"covid_models {__version__}")
-    pdf.add_page()
-    width = pdf.w - pdf.l_margin - pdf.r_margin
-    pdf.set_font("Helvetica", "B", 16)
-    pdf.cell(width, 9, "Chest CT scan screening report", new_x="LMARGIN", new_y="NEXT")
+    pdf, width = _new_pdf(f"CT scan report: {bare_file_name(content.file_name)}", "Chest CT scan screening report")
     _notice(pdf, width)
     pdf.ln(2)
     facts = [("File", bare_file_name(content.file_name)), *content.facts,
