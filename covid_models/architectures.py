@@ -40,10 +40,10 @@ class Architecture:
     default_size: int = 224
     offline_pretrained: bool = False
 
-    def preprocessing(self, image_size: int | None = None, hu_window: tuple[float, float] | None = None
-                      ) -> Preprocessing:
+    def preprocessing(self, image_size: int | None = None, hu_window: tuple[float, float] | None = None,
+                      lung_crop: float | None = None) -> Preprocessing:
         return Preprocessing(image_size=image_size or self.default_size, channels=3, mean=self.mean, std=self.std,
-                             hu_window=hu_window)
+                             hu_window=hu_window, lung_crop=lung_crop)
 
 
 REGISTRY: dict[str, Architecture] = {}

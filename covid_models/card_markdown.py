@@ -10,6 +10,7 @@ from typing import Any
 
 from covid_models import RESEARCH_USE_NOTICE
 from covid_models.model_card import ModelCard
+from covid_models.preprocessing import Preprocessing
 
 
 def _num(value: Any) -> str:
@@ -87,7 +88,8 @@ def render_model_card(card: ModelCard) -> str:
         f"- Task: {card.task}; modality: {card.modality}; architecture: `{card.architecture}`",
         f"- Classes: {', '.join(card.classes)}" + (f"; positive class: {card.positive_class}" if card.positive_class
                                                     else ""),
-        f"- Input: greyscale resized to {card.preprocessing.image_size}x{card.preprocessing.image_size}, "
+        f"- Input: greyscale{_window_and_crop(card.preprocessing)}, resized to "
+        f"{card.preprocessing.image_size}x{card.preprocessing.image_size}, "
         f"replicated to {card.preprocessing.channels} channels, mean {card.preprocessing.mean}, "
         f"std {card.preprocessing.std}",
     ]
@@ -128,3 +130,14 @@ def render_model_card(card: ModelCard) -> str:
 def _compact(value: Any, limit: int = 1500) -> str:
     text = json.dumps(value, indent=1, default=str)
     return text if len(text) <= limit else text[:limit] + "\n..."
+
+
+def _window_and_crop(preprocessing: Preprocessing) -> str:
+    """The CT input's fixed HU window and lung crop, in words ('' for an X-ray input)."""
+    words = ""
+    if preprocessing.hu_window is not None:
+        centre, width = preprocessing.hu_window
+        words += f" (CT HU through the fixed window L {centre:g} / W {width:g})"
+    if preprocessing.lung_crop is not None:
+        words += f", cropped to the lungs' box with a {preprocessing.lung_crop:.0%} margin"
+    return words

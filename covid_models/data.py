@@ -446,7 +446,7 @@ def _load_resized(path: str, preprocessing: Preprocessing, orientation: str = "a
     from covid_models.io import read_image
     from covid_models.segmentation import orient
 
-    return preprocessing.resize(orient(preprocessing.model_pixels(read_image(path)), orientation))
+    return preprocessing.resize(preprocessing.crop(orient(preprocessing.model_pixels(read_image(path)), orientation)))
 
 
 class ImageDataset(Dataset):

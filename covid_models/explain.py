@@ -242,10 +242,23 @@ def heatmap(classifier: Classifier, image: Scan | np.ndarray, method: str = "gra
     target_class = target_class or classifier.card.positive_class or classes[0]
     if target_class not in classes:
         raise ExplainError(f"class {target_class!r} is not one of {classes}")
-    pixels = classifier.card.preprocessing.model_pixels(image)
+    preprocessing = classifier.card.preprocessing
+    pixels = preprocessing.model_pixels(image)
     inputs = classifier.to_input(pixels)[None]
     cam = class_activation_map(classifier, inputs, method, classes.index(target_class), progress).float()
-    resized = F.interpolate(cam.clamp(min=0)[None, None], size=tuple(size or pixels.shape), mode="bilinear",
-                            align_corners=False)[0, 0]
-    low, high = float(resized.min()), float(resized.max())
-    return ((resized - low) / (high - low) if high > low else torch.zeros_like(resized)).numpy().astype(np.float32)
+    return place_map(cam, preprocessing.crop_box(pixels), tuple(pixels.shape), size)
+
+
+def place_map(cam: torch.Tensor, box: tuple[int, int, int, int], shape: tuple[int, int],
+              size: tuple[int, int] | None = None) -> np.ndarray:
+    """A raw map over the model's crop `box` of an image of `shape` -> rectified, [0, 1], at the image's size (or
+    `size`), zero outside the crop."""
+    height, width = size or shape
+    scale_y, scale_x = height / shape[0], width / shape[1]
+    top, bottom = round(box[0] * scale_y), max(round(box[0] * scale_y) + 1, round(box[1] * scale_y))
+    left, right = round(box[2] * scale_x), max(round(box[2] * scale_x) + 1, round(box[3] * scale_x))
+    placed = torch.zeros((height, width), dtype=torch.float32)
+    placed[top:bottom, left:right] = F.interpolate(cam.clamp(min=0)[None, None], size=(bottom - top, right - left),
+                                                   mode="bilinear", align_corners=False)[0, 0]
+    low, high = float(placed.min()), float(placed.max())
+    return ((placed - low) / (high - low) if high > low else torch.zeros_like(placed)).numpy().astype(np.float32)

@@ -159,6 +159,11 @@ def _check_preprocessing(value: Any) -> None:
             raise CardError(f"preprocessing.hu_window must be null or [centre, width], not {_describe(window)}")
         _number(window[0], "preprocessing.hu_window centre", -2000.0, 4000.0)
         _number(window[1], "preprocessing.hu_window width", 0.0, 6000.0, low_open=True)
+    crop = block.get("lung_crop")
+    if crop is not None:
+        _number(crop, "preprocessing.lung_crop", 0.0, 1.0)
+        if window is None:
+            raise CardError("preprocessing.lung_crop needs an hu_window: the lung box is found on a lung-window CT")
 
 
 def check_card(data: Any) -> None:

@@ -9,6 +9,9 @@ default). A DICOM CT slice (HU kept in `Scan.modality_values`) is windowed with 
 file or the viewer uses; a PNG/JPEG slice has no HU and is taken as already windowed. So a display window
 never reaches the model, and training (JPEG slices) and inference (DICOM slices, CT volumes) meet in one
 [0, 1] image.
+
+The lung-focused CT input (`lung_crop`, a margin): that image is cut to the lungs' box (`covid_models.lung_box`)
+before it is resized, so a full scan field and a figure crop framed around the chest reach the model alike.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from covid_models.io import Scan, apply_window
+from covid_models.lung_box import Box, lung_box, widen
 
 LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)  # (centre, width) in HU: the CT models' input window
 
@@ -34,19 +38,21 @@ class Preprocessing:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     hu_window: tuple[float, float] | None = None  # (centre, width) applied to CT HU; None for X-ray models
+    lung_crop: float | None = None  # CT: crop to the lungs' box widened by this share per side; None: whole image
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        window = data.get("hu_window")
+        window, crop = data.get("hu_window"), data.get("lung_crop")
         return cls(
             image_size=int(data["image_size"]),
             channels=int(data["channels"]),
             mean=tuple(float(v) for v in data["mean"]),
             std=tuple(float(v) for v in data["std"]),
             hu_window=None if window is None else (float(window[0]), float(window[1])),
+            lung_crop=None if crop is None else float(crop),
         )
 
     def window_hu(self, hu: np.ndarray) -> np.ndarray:
@@ -65,6 +71,18 @@ class Preprocessing:
         if self.hu_window is not None and image.modality_values is not None and image.metadata.dicom_modality == "CT":
             return self.window_hu(image.modality_values)
         return image.pixels
+
+    def crop_box(self, pixels: np.ndarray | torch.Tensor) -> Box:
+        """The part of a model image (H, W) the network sees: the lungs' box plus margin, else the whole image."""
+        whole = (0, pixels.shape[0], 0, pixels.shape[1])
+        if self.lung_crop is None:
+            return whole
+        box = lung_box(np.asarray(pixels, dtype=np.float32))
+        return whole if box is None else widen(box, self.lung_crop, tuple(pixels.shape))
+
+    def crop(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        top, bottom, left, right = self.crop_box(pixels)
+        return pixels[top:bottom, left:right]
 
     def resize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(H, W) image -> (1, S, S) float tensor; stretched so a CAM maps back by a plain resize."""
@@ -85,9 +103,10 @@ class Preprocessing:
         return (expanded - mean) / std
 
     def __call__(self, image: Scan | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """A `Scan` (see `model_pixels`) or an (H, W) greyscale image in [0, 1] -> (channels, S, S) network input."""
+        """A `Scan` (see `model_pixels`) or an (H, W) greyscale image in [0, 1] -> cropped (see `crop_box`) ->
+        (channels, S, S) network input."""
         pixels = self.model_pixels(image) if isinstance(image, Scan) else image
-        return self.normalise(self.resize(pixels))
+        return self.normalise(self.resize(self.crop(pixels)))
 
 
 @dataclass(frozen=True)

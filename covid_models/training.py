@@ -187,6 +187,7 @@ class TrainConfig:
     patience: int | None = None
     half: bool = False
     source_adversarial: float = 0.0  # weight of the gradient-reversed source head; 0 = off
+    lung_crop: float | None = None  # CT: the lung-focused input (`Preprocessing.lung_crop`); None = whole image
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -306,7 +307,8 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
     started = time.time()
     seed_everything(config.seed)
     arch = get_architecture(config.architecture)
-    preprocessing = arch.preprocessing(config.image_size, LUNG_WINDOW if config.modality == "ct" else None)
+    preprocessing = arch.preprocessing(config.image_size, LUNG_WINDOW if config.modality == "ct" else None,
+                                       config.lung_crop)
     augmentation = Augmentation.for_modality(config.modality)
     positive = config.classes.index(config.positive_class)
     splits = {s: frame[frame["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}

@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(e.g. ../shared/data/segmentation/ct-infection:covid:transpose); repeatable")
     parser.add_argument("--source-adversarial", type=float, default=0.0, metavar="WEIGHT",
                         help="train against a gradient-reversed head predicting the manifest's source (0 = off)")
+    parser.add_argument("--lung-crop", type=float, metavar="MARGIN",
+                        help="CT: crop each slice to its lungs' box widened by MARGIN (e.g. 0.1) per side")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     parser.add_argument("--half", action="store_true", help="store the weights as fp16")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is None:
         print("error: give --data or set COVID_DATA_DIR", file=sys.stderr)
         return 2
+    if args.lung_crop is not None and args.modality != "ct":
+        print("error: --lung-crop is a CT option (the lung box is found on a lung-window slice)", file=sys.stderr)
+        return 2
     classes = (args.classes or DEFAULT_CLASSES[args.modality]).split(",")
     try:
         frame = training_table(args.data, args.modality, classes, seed=args.seed, add_manifests=args.add_manifest,
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size=args.image_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         pretrained=None if args.pretrained == "none" else args.pretrained, balance=not args.no_balance,
         compile=args.compile, operating_point=args.operating_point, patience=args.patience, half=args.half,
-        source_adversarial=args.source_adversarial,
+        source_adversarial=args.source_adversarial, lung_crop=args.lung_crop,
         extra={"command": "python scripts/train.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "data_argument": str(args.data), "add_manifests": [str(p) for p in args.add_manifest],
                "extra_train": list(args.extra_train)},
