@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from covid_models import report as reports
-from covid_models.explain import Progress, heatmap
+from covid_models.explain import CAMS, Progress, heatmap, predict_and_map
 from covid_models.formatting import percent
 from covid_models.inference import Classifier, Ensemble, Prediction
 from covid_models.io import Scan, ScanMetadata
@@ -195,21 +195,30 @@ def private_copy(classifier: Classifier, hold: Hold = free) -> Classifier:
 
 def analyse(scan: Scan, classifiers: Sequence[Classifier], segmenters: Sequence[Segmenter] = (), *,
             method: str = "gradcam", progress: Progress | None = None, hold: Hold = free,
-            prediction: Prediction | None = None) -> Analysis:
+            prediction: Prediction | None = None, on_prediction: Callable[[Prediction], None] | None = None
+            ) -> Analysis:
     """One image through one classifier (or the ensemble of several of one modality) and the segmenters.
 
     `progress` hears the heatmap's fraction done (slow methods only); `hold(model)` is entered while that model
     runs (a lock on a network shared between sessions, whose CAM hooks must not see another's forward pass).
     The first segmenter of each target gives that target's mask. `prediction`: already computed by `predict`
-    (shown first while a slow heatmap runs, perhaps on `private_copy`s of the classifiers).
+    (shown first while a slow heatmap runs, perhaps on `private_copy`s of the classifiers); otherwise a single
+    classifier with a gradient method gives the prediction and the map from one forward pass (`predict_and_map`).
+    `on_prediction` hears the prediction as soon as it exists, before the masks.
     """
     if not classifiers:
         raise ValueError("an analysis needs at least one classifier")
     modality = classifiers[0].card.modality
     shape = display_size(scan.pixels.shape)
-    prediction = prediction or predict(scan, classifiers, hold)
     maps = []
-    for number, classifier in enumerate(classifiers):
+    if prediction is None and len(classifiers) == 1 and method in CAMS and CAMS[method].gradients:
+        with hold(classifiers[0]):  # one forward pass gives the prediction and the map
+            prediction, cam = predict_and_map(classifiers[0], scan, method, size=shape)
+        maps.append(cam)
+    prediction = prediction or predict(scan, classifiers, hold)
+    if on_prediction is not None:
+        on_prediction(prediction)
+    for number, classifier in enumerate(classifiers[len(maps):]):
         member_progress = None if progress is None else \
             (lambda done, n=number: progress((n + done) / len(classifiers)))
         with hold(classifier):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from covid_models.inference import Classifier
+from covid_models.inference import Classifier, Prediction, penultimate_layer
 from covid_models.io import Scan
 
 # Score-CAM: masked images per forward pass of the whole network. Larger batches were no faster here, and 16
@@ -211,17 +211,32 @@ METHOD_LABELS = {name: cam.label for name, cam in CAMS.items()}
 SLOW_METHODS = frozenset(name for name, cam in CAMS.items() if cam.slow)
 
 
+def _gradient_pass(classifier: Classifier, inputs: torch.Tensor, index: int, progress: Progress | None = None
+                   ) -> tuple[LayerPass, torch.Tensor, torch.Tensor]:
+    """One forward pass with the target layer cut out as a leaf, and the class score's gradient there (through
+    the head only): the layer pass, and the logits and feature vector the prediction needs, from the same pass."""
+    model, layer = classifier.model.eval(), classifier.cam_layer
+    features: list[torch.Tensor] = []
+    hook = penultimate_layer(model).register_forward_hook(lambda _m, inp, _o: features.append(inp[0].detach()))
+    try:
+        with torch.enable_grad(), _target_output(layer, leaf=True) as captured:
+            logits = model(inputs)
+            activations, leaf = captured
+            (gradients,) = torch.autograd.grad(logits[0, index], leaf)
+    finally:
+        hook.remove()
+    logits = logits.detach()
+    layer_pass = LayerPass(model, layer, inputs, index, activations.detach()[0], gradients[0],
+                           float(logits[0, index]), progress)
+    return layer_pass, logits, features[0].float()
+
+
 def class_activation_map(classifier: Classifier, inputs: torch.Tensor, method: str, index: int,
                          progress: Progress | None = None) -> torch.Tensor:
     """The raw map (h, w) of `method` for class `index` on one preprocessed input (1, C, S, S), before ReLU."""
     model, layer, cam = classifier.model.eval(), classifier.cam_layer, CAMS[method]
     if cam.gradients:
-        with torch.enable_grad(), _target_output(layer, leaf=True) as captured:
-            score = model(inputs)[0, index]
-            activations, leaf = captured
-            (gradients,) = torch.autograd.grad(score, leaf)
-        return cam.cam_image(LayerPass(model, layer, inputs, index, activations.detach()[0], gradients[0],
-                                       float(score.detach()), progress))
+        return cam.cam_image(_gradient_pass(classifier, inputs, index, progress)[0])
     with torch.no_grad():
         with _target_output(layer) as captured:
             score = float(model(inputs)[0, index])
@@ -236,17 +251,41 @@ def heatmap(classifier: Classifier, image: Scan | np.ndarray, method: str = "gra
 
     The map is rectified, resized bilinearly and scaled to [0, 1]; an all-zero map stays zero.
     """
+    index = _class_index(classifier, method, target_class)
+    preprocessing = classifier.card.preprocessing
+    pixels = preprocessing.model_pixels(image)
+    inputs = classifier.to_input(pixels)[None]
+    cam = class_activation_map(classifier, inputs, method, index, progress).float()
+    return place_map(cam, preprocessing.crop_box(pixels), tuple(pixels.shape), size)
+
+
+def predict_and_map(classifier: Classifier, image: Scan | np.ndarray, method: str = "gradcam",
+                    size: tuple[int, int] | None = None) -> tuple[Prediction, np.ndarray]:
+    """The prediction and the positive-class map of a gradient method (see `heatmap`) from one forward pass.
+
+    Equal to `classifier.predict(image)` and `heatmap(classifier, image, method, size=size)`, for the cost of
+    one forward pass and a backward pass through the head instead of two forward passes.
+    """
+    if method not in METHODS or not CAMS[method].gradients:
+        raise ExplainError(f"{method!r} is not a gradient method; use predict and heatmap")
+    preprocessing = classifier.card.preprocessing
+    pixels = preprocessing.model_pixels(image)
+    inputs = classifier.to_input(pixels)[None]
+    layer_pass, logits, features = _gradient_pass(classifier, inputs, _class_index(classifier, method, None))
+    prediction = classifier.predictions(classifier.calibrate(logits), features)[0]
+    cam = CAMS[method].cam_image(layer_pass).float()
+    return prediction, place_map(cam, preprocessing.crop_box(pixels), tuple(pixels.shape), size)
+
+
+def _class_index(classifier: Classifier, method: str, target_class: str | None) -> int:
+    """The index of `target_class` (default: the positive class), after checking the method and the class."""
     if method not in METHODS:
         raise ExplainError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
     classes = classifier.card.classes
     target_class = target_class or classifier.card.positive_class or classes[0]
     if target_class not in classes:
         raise ExplainError(f"class {target_class!r} is not one of {classes}")
-    preprocessing = classifier.card.preprocessing
-    pixels = preprocessing.model_pixels(image)
-    inputs = classifier.to_input(pixels)[None]
-    cam = class_activation_map(classifier, inputs, method, classes.index(target_class), progress).float()
-    return place_map(cam, preprocessing.crop_box(pixels), tuple(pixels.shape), size)
+    return classes.index(target_class)
 
 
 def place_map(cam: torch.Tensor, box: tuple[int, int, int, int], shape: tuple[int, int],

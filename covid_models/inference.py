@@ -87,10 +87,17 @@ class Classifier:
             logits = self.model(batch)
         finally:
             hook.remove()
-        return torch.softmax(logits.float() / self.card.temperature, dim=1), captured[0].float()
+        return self.calibrate(logits), captured[0].float()
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> probabilities under the card's temperature."""
+        return torch.softmax(logits.float() / self.card.temperature, dim=1)
 
     def predict_inputs(self, batch: torch.Tensor) -> list[Prediction]:
-        probabilities, features = self.forward(batch)
+        return self.predictions(*self.forward(batch))
+
+    def predictions(self, probabilities: torch.Tensor, features: torch.Tensor) -> list[Prediction]:
+        """Calibrated probabilities and feature vectors of a batch -> its predictions, the OOD guard applied."""
         scores = self.ood.score(features) if self.ood is not None else None
         return [self._prediction(p, None if scores is None else float(scores[i]))
                 for i, p in enumerate(probabilities.numpy())]

@@ -13,7 +13,7 @@ see another session's forward pass.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,7 @@ from covid_models.analysis import (
 )
 from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, default_data_dir, held_out_images
-from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS
+from covid_models.explain import CAMS, METHOD_LABELS, METHODS, SLOW_METHODS
 from covid_models.formatting import percent
 from covid_models.image_checks import ImageCheck, check_image, choose_modality
 from covid_models.inference import Classifier, Prediction
@@ -223,9 +223,13 @@ def image_check_for(upload: Upload, settings: Settings) -> ImageCheck:
     return found
 
 
+def prediction_key(upload: Upload, classifiers: dict[str, Classifier]) -> tuple:
+    return ("prediction", upload.digest, tuple(classifiers))
+
+
 def prediction_for(upload: Upload, classifiers: dict[str, Classifier]) -> Prediction:
     """The prediction alone, cached: shown before a slow heatmap, and again if that heatmap is cancelled."""
-    key = ("prediction", upload.digest, tuple(classifiers))
+    key = prediction_key(upload, classifiers)
     found = small_results().get(key)
     if found is None:
         found = predict(read_scan(upload.digest, upload.data, upload.name), list(classifiers.values()),
@@ -269,29 +273,46 @@ def slow_analysis(upload: Upload, classifiers: dict[str, Classifier], segmenters
 
 
 def analysis_for(upload: Upload, classifiers: dict[str, Classifier], method: str, modality: str,
-                 prediction: Prediction) -> Analysis | None:
-    """The cached analysis of an upload (its `prediction` already shown), computed if missing.
+                 show_prediction: Callable[[Prediction], None]) -> tuple[Prediction, Analysis | None]:
+    """The cached analysis of an upload, computed if missing; `show_prediction` draws the prediction as soon as it
+    exists (from the same forward pass as a Grad-CAM-like map, or alone before a slow heatmap).
 
-    A held-back image is analysed with the fast Grad-CAM whatever the method: none of its heatmap is ever shown.
-    None when a slow heatmap was cancelled. A segmentation model that cannot be loaded is reported and left out.
+    A held-back image gets no slow heatmap (none of its heatmap is ever shown). The analysis is None when a slow
+    heatmap was cancelled. A segmentation model that cannot be loaded is reported and left out.
     """
     segmenters = segmenters_for(modality)
-    method = "gradcam" if prediction.out_of_distribution else method
+    prediction = small_results().get(prediction_key(upload, classifiers))
+    if prediction is None and len(classifiers) == 1 and CAMS[method].gradients:
+        key = (upload.digest, tuple(classifiers), method, tuple(segmenters))
+        found = analyses().get(key)
+        if found is None:
+            with st.spinner(f"Analysing with {METHOD_LABELS[method]}..."):
+                found = analyse(read_scan(upload.digest, upload.data, upload.name), list(classifiers.values()),
+                                list(segmenters.values()), method=method, hold=hold_for({**classifiers, **segmenters}),
+                                on_prediction=show_prediction)
+            analyses().put(key, found)
+        else:
+            show_prediction(found.prediction)
+        small_results().put(prediction_key(upload, classifiers), found.prediction)
+        return found.prediction, found
+    prediction = prediction or prediction_for(upload, classifiers)
+    show_prediction(prediction)
+    method = "gradcam" if prediction.out_of_distribution and method in SLOW_METHODS else method
     key = (upload.digest, tuple(classifiers), method, tuple(segmenters))
     found = analyses().get(key)
     if found is not None:
-        return found
+        return prediction, found
     if method in SLOW_METHODS:
         found = slow_analysis(upload, classifiers, segmenters, method, prediction, key)
         if found is None:
-            return None
+            return prediction, None
     else:
         with st.spinner(f"Analysing with {METHOD_LABELS[method]}..."):
             found = analyse(read_scan(upload.digest, upload.data, upload.name), list(classifiers.values()),
                             list(segmenters.values()), method=method, hold=hold_for({**classifiers, **segmenters}),
                             prediction=prediction)
     analyses().put(key, found)
-    return found
+    return prediction, found
 
 
 @st.cache_data(show_spinner=False)
@@ -500,16 +521,17 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
     except CheckpointError as error:
         show_error(f"The model could not be loaded: {error}")
         return row | {"Result": "not analysed: the model could not be loaded"}
-    prediction = prediction_for(upload, classifiers)
     multiclass = multiclass_note(next(iter(classifiers.values())).card)
-    result_block(prediction, operating_point_text(list(classifiers.values()), prediction), modality, multiclass)
+    prediction, analysis = analysis_for(
+        upload, classifiers, settings.method, modality,
+        lambda found: result_block(found, operating_point_text(list(classifiers.values()), found), modality,
+                                   multiclass))
     row |= {"Model": prediction.model, "COVID-19 probability": probability_cell(prediction),
             "Result": "held back (out of distribution)" if prediction.out_of_distribution
             else "at or above the operating point" if prediction.positive else "below the operating point"}
-    window = None if prediction.out_of_distribution else window_choice(upload, metadata, windowable)
-    analysis = analysis_for(upload, classifiers, settings.method, modality, prediction)
     if analysis is None:
         return row
+    window = None if prediction.out_of_distribution else window_choice(upload, metadata, windowable)
     if analysis.held_back:
         st.image(analysis.grey, caption="Image (held back: no heatmap or mask is shown)", clamp=True,
                  width=DISPLAY_SIDE // 2)

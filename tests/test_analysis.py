@@ -33,7 +33,7 @@ def test_a_small_image_is_analysed_at_its_own_size_with_the_library_results(xray
     classifier, _, segmenter = xray
     scan = read_image(chest_like_png(size=96, seed=1))
     result = analyse(scan, [classifier], [segmenter])
-    assert result.prediction == classifier.predict(scan)
+    assert result.prediction.probabilities == pytest.approx(classifier.predict(scan).probabilities, abs=1e-6)
     cam = heatmap(classifier, scan)
     assert np.array_equal(result.heatmap, np.round(cam * 255).astype(np.uint8))
     assert np.array_equal(result.masks["lungs"], segmenter.mask(scan))
@@ -85,7 +85,22 @@ def test_each_model_is_held_while_it_runs(xray):
             held.append("/" + self.name)
 
     analyse(read_image(chest_like_png(seed=5)), [classifier], [segmenter], hold=Hold)
-    assert held == [classifier.name, "/" + classifier.name] * 2 + [segmenter.name, "/" + segmenter.name]
+    assert held == [classifier.name, "/" + classifier.name, segmenter.name, "/" + segmenter.name]
+
+
+def test_one_classifier_with_grad_cam_runs_its_network_once_and_reports_the_prediction_before_the_masks(xray):
+    classifier, _, segmenter = xray
+    scan = read_image(chest_like_png(seed=6))
+    events: list[str] = []
+    handles = [classifier.model.register_forward_hook(lambda *_: events.append("classifier")),
+               segmenter.model.register_forward_hook(lambda *_: events.append("segmenter"))]
+    try:
+        result = analyse(scan, [classifier], [segmenter], on_prediction=lambda p: events.append(f"shown {p.label}"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert events == ["classifier", f"shown {result.prediction.label}", "segmenter"]
+    assert result.prediction.probabilities == pytest.approx(classifier.predict(scan).probabilities, abs=1e-6)
 
 
 def test_a_ct_dicom_is_analysed_from_its_hounsfield_units_not_a_display_window(weights):

@@ -168,8 +168,8 @@ def counting(monkeypatch, *targets: str) -> list[str]:
     return calls
 
 
-MODEL_CALLS = ("covid_models.analysis.analyse", "covid_models.inference.Classifier.predict",
-               "covid_models.segmentation.Segmenter.probability", "covid_models.explain.class_activation_map")
+MODEL_CALLS = ("covid_models.analysis.analyse", "covid_models.inference.Classifier.predictions",
+               "covid_models.segmentation.Segmenter.probability", "covid_models.explain.place_map")
 
 
 def test_a_window_change_redraws_the_image_only_leaving_the_probability_byte_identical(weights, monkeypatch):

@@ -17,7 +17,7 @@ from model_fixtures import tiny_card
 
 from covid_models.architectures import build_model, get_architecture
 from covid_models.benchmarking import chest_like_png, reference_cam
-from covid_models.explain import METHODS, SLOW_METHODS, ExplainError, heatmap
+from covid_models.explain import CAMS, METHODS, SLOW_METHODS, ExplainError, heatmap, predict_and_map
 from covid_models.inference import Classifier
 from covid_models.io import read_image
 
@@ -98,3 +98,24 @@ def test_unknown_method_or_class_is_a_clear_error():
         heatmap(model, IMAGE, "gradcam3")
     with pytest.raises(ExplainError, match="class 'flu' is not one of"):
         heatmap(model, IMAGE, target_class="flu")
+
+
+@pytest.mark.parametrize("method", [m for m in FAST_METHODS if CAMS[m].gradients])
+@pytest.mark.parametrize("architecture", ["efficientnet_lite0", "densenet121"])
+def test_one_forward_pass_gives_the_prediction_and_the_map_of_two(architecture, method):
+    model = classifier(architecture)
+    model.ood = None
+    forwards = []
+    handle = model.model.register_forward_hook(lambda *_: forwards.append(1))
+    prediction, cam = predict_and_map(model, IMAGE, method, size=(48, 48))
+    handle.remove()
+    assert len(forwards) == 1
+    separate = model.predict(IMAGE)
+    assert prediction.probabilities == pytest.approx(separate.probabilities, abs=1e-6)
+    assert prediction.label == separate.label and prediction.positive == separate.positive
+    np.testing.assert_allclose(cam, heatmap(model, IMAGE, method, size=(48, 48)), atol=1e-6)
+
+
+def test_one_pass_is_only_for_gradient_methods():
+    with pytest.raises(ExplainError, match="not a gradient method"):
+        predict_and_map(classifier("efficientnet_lite0"), IMAGE, "eigencam")
