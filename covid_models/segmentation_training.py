@@ -28,10 +28,12 @@ from covid_models.data import (
     DataError,
     check_no_leakage,
     data_summary,
+    ensure_split,
+    grouped_folds,
     manifest_hash,
-    patient_split,
-    read_manifest_csv,
+    near_duplicate_links,
     split_groups,
+    split_tables,
 )
 from covid_models.io import read_image
 from covid_models.metrics import dice, iou, summary_with_ci
@@ -104,22 +106,6 @@ class SegmentationConfig:
 # --- data ---------------------------------------------------------------------------------------------
 
 
-def load_segmentation_manifest(path: str | Path, target: str) -> pd.DataFrame:
-    """A segmentation manifest (image, mask, patient_id, source, ...) with absolute paths; `label` = target.
-
-    The label column lets the patient-level split and the data summary treat it like any other manifest.
-    """
-    path, frame = read_manifest_csv(path, {"image", "mask", "patient_id"}, "segmentation manifest")
-    if frame["patient_id"].isna().any():
-        raise DataError(f"{path}: every row needs a patient_id (the split is made per patient)")
-    absent = [p for p in frame["image"].tolist() + frame["mask"].tolist() if not Path(p).is_file()]
-    if absent:
-        raise DataError(f"{path}: {len(absent)} listed file(s) do not exist, e.g. {absent[0]}")
-    frame["source"] = frame.get("source", pd.Series(["unknown"] * len(frame))).fillna("unknown").astype(str)
-    frame["label"] = target
-    return frame
-
-
 def read_pair(image_path: str, mask_path: str, orientation: str) -> tuple[np.ndarray, np.ndarray]:
     """Image in [0, 1] and boolean mask at their own (equal) size, in the model's orientation."""
     pixels = read_image(image_path).pixels
@@ -127,37 +113,6 @@ def read_pair(image_path: str, mask_path: str, orientation: str) -> tuple[np.nda
     if pixels.shape != mask.shape:
         raise DataError(f"{mask_path} is {mask.shape} but its image is {pixels.shape}")
     return orient(pixels, orientation), orient(mask, orientation)
-
-
-def near_duplicate_links(frame: pd.DataFrame, threshold: float = 0.985) -> list[tuple[str, str]]:
-    """Pairs of image stems whose 32x32 zero-mean thumbnails have cosine similarity >= threshold.
-
-    The same rule the dataset's near_duplicates.csv uses: a picture saved twice under two patient
-    ids must still land on one side of a split.
-    """
-    thumbs = []
-    for path in frame["image"]:
-        small = Preprocessing(image_size=32).resize(read_image(path).pixels)[0].numpy().ravel()
-        small = small - small.mean()
-        thumbs.append(small / (np.linalg.norm(small) + 1e-8))
-    similarity = np.stack(thumbs) @ np.stack(thumbs).T
-    stems = [Path(p).stem for p in frame["image"]]
-    rows, cols = np.nonzero(np.triu(similarity >= threshold, k=1))
-    return [(stems[i], stems[j]) for i, j in zip(rows, cols, strict=True)]
-
-
-def grouped_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold number per row; whole groups (patients) are dealt to folds in a seeded order, largest first."""
-    groups = np.asarray(groups)
-    names, sizes = np.unique(groups, return_counts=True)
-    order = np.random.default_rng(seed).permutation(len(names))
-    order = sorted(order, key=lambda i: -sizes[i])  # stable: random among equal sizes
-    counts, fold_of = np.zeros(folds, dtype=int), {}
-    for i in order:
-        fold = int(np.argmin(counts))
-        fold_of[names[i]] = fold
-        counts[fold] += sizes[i]
-    return np.array([fold_of[g] for g in groups])
 
 
 class SegmentationDataset(Dataset):
@@ -378,14 +333,8 @@ def _train(config: SegmentationConfig, frame: pd.DataFrame, out_dir: Path, runti
     show = runtime.is_main
     if config.folds:
         return _cross_validate_then_train(config, frame, out_dir, runtime, resume, log, started)
-    if "split" not in frame.columns:
-        frame = patient_split(frame, seed=config.seed,
-                              linked_ids=near_duplicate_links(frame, config.link_similarity))
-    check_no_leakage(frame)
-    splits = {s: frame[frame["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
-    for split, rows in splits.items():
-        if rows.empty:
-            raise DataError(f"the {split} split is empty")
+    frame = ensure_split(frame, seed=config.seed, link_similarity=config.link_similarity)
+    splits = split_tables(frame)
     model, history, best_dice = fit(config, splits["train"], splits["val"], runtime,
                                     _resume_path(out_dir, "split", resume), log)
     if not show:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from covid_models import __version__
 from covid_models.architectures import build_model, get_architecture
 from covid_models.checkpoint import save_model_dir
-from covid_models.data import BalancedSampler, ImageDataset, balanced_weights, data_summary, manifest_hash
+from covid_models.data import BalancedSampler, ImageDataset, balanced_weights, data_summary, manifest_hash, split_tables
 from covid_models.evaluation import classification_report
 from covid_models.inference import penultimate_layer
 from covid_models.metrics import auc, sensitivity_threshold, threshold_metrics, youden_threshold
@@ -309,11 +309,8 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
     preprocessing = arch.preprocessing(config.image_size, LUNG_WINDOW if config.modality == "ct" else None)
     augmentation = Augmentation.for_modality(config.modality)
     positive = config.classes.index(config.positive_class)
-    splits = {s: frame[frame["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
+    splits = split_tables(frame)
     sources = sorted(frame["source"].unique())
-    for split, rows in splits.items():
-        if rows.empty:
-            raise ValueError(f"the {split} split is empty")
     show = runtime.is_main
     datasets = {
         "train": ImageDataset(splits["train"], config.classes, preprocessing, augmentation, progress=show,
