@@ -24,7 +24,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch.utils.data import Dataset, Sampler
 
-from covid_models.io import IMAGE_SUFFIXES
+from covid_models.io import IMAGE_SUFFIXES, read_image
 from covid_models.preprocessing import Augmentation, Preprocessing
 
 DATA_DIR_ENV = "COVID_DATA_DIR"
@@ -154,6 +154,22 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def load_segmentation_manifest(path: str | Path, target: str) -> pd.DataFrame:
+    """A segmentation manifest (image, mask, patient_id, source, ...) with absolute paths; `label` = target.
+
+    The label column lets the patient-level split and the data summary treat it like any other manifest.
+    """
+    path, frame = read_manifest_csv(path, {"image", "mask", "patient_id"}, "segmentation manifest")
+    if frame["patient_id"].isna().any():
+        raise DataError(f"{path}: every row needs a patient_id (the split is made per patient)")
+    absent = [p for p in frame["image"].tolist() + frame["mask"].tolist() if not Path(p).is_file()]
+    if absent:
+        raise DataError(f"{path}: {len(absent)} listed file(s) do not exist, e.g. {absent[0]}")
+    frame["source"] = frame.get("source", pd.Series(["unknown"] * len(frame))).fillna("unknown").astype(str)
+    frame["label"] = target
+    return frame
+
+
 def load_dataset(data: str | Path, modality: str) -> pd.DataFrame:
     """A data argument as users give it: the curated root (with xray/ and ct/), a manifest, or a folder tree."""
     data = Path(data)
@@ -221,6 +237,23 @@ def near_duplicate_pairs(data_root: Path | None) -> list[tuple[str, str]]:
     return list(zip(pairs[columns[0]].astype(str), pairs[columns[1]].astype(str), strict=True))
 
 
+def near_duplicate_links(frame: pd.DataFrame, threshold: float = 0.985) -> list[tuple[str, str]]:
+    """Pairs of image stems whose 32x32 zero-mean thumbnails have cosine similarity >= threshold.
+
+    The same rule the dataset's near_duplicates.csv uses, for manifests that list no pairs (the segmentation
+    sets): a picture saved twice under two patient ids must still land on one side of a split.
+    """
+    thumbs = []
+    for path in frame["image"]:
+        small = Preprocessing(image_size=32).resize(read_image(path).pixels)[0].numpy().ravel()
+        small = small - small.mean()
+        thumbs.append(small / (np.linalg.norm(small) + 1e-8))
+    similarity = np.stack(thumbs) @ np.stack(thumbs).T
+    stems = [Path(p).stem for p in frame["image"]]
+    rows, cols = np.nonzero(np.triu(similarity >= threshold, k=1))
+    return [(stems[i], stems[j]) for i, j in zip(rows, cols, strict=True)]
+
+
 def split_groups(frame: pd.DataFrame, linked_ids: Sequence[tuple[str, str]] = ()) -> np.ndarray:
     """Group number per row (numbered by first appearance): rows are grouped when they share a patient or an image
     stem, or are linked through a near-duplicate pair, i.e. the connected components of that graph."""
@@ -269,6 +302,20 @@ def patient_split(
     return frame.assign(split=assignment[groups])
 
 
+def grouped_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold number per row; whole groups (patients) are dealt to folds in a seeded order, largest first."""
+    groups = np.asarray(groups)
+    names, sizes = np.unique(groups, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(names))
+    order = sorted(order, key=lambda i: -sizes[i])  # stable: random among equal sizes
+    counts, fold_of = np.zeros(folds, dtype=int), {}
+    for i in order:
+        fold = int(np.argmin(counts))
+        fold_of[names[i]] = fold
+        counts[fold] += sizes[i]
+    return np.array([fold_of[g] for g in groups])
+
+
 def _group_strata(frame: pd.DataFrame, groups: np.ndarray) -> pd.DataFrame:
     """Per split group (indexed 0..n-1): its majority label (the alphabetically first on ties, as
     `Series.mode().iloc[0]`), its first source, its size and the stratum key 'label|source'."""
@@ -306,13 +353,31 @@ def has_official_split(frame: pd.DataFrame) -> bool:
     return "split" in frame.columns and not frame["split"].isna().any()
 
 
-def ensure_split(frame: pd.DataFrame, seed: int = 0, data_root: Path | None = None) -> pd.DataFrame:
-    """Keep an official `split` column when present, else make a patient-level one; always check leakage."""
-    links = near_duplicate_pairs(data_root)
+def ensure_split(frame: pd.DataFrame, seed: int = 0, data_root: Path | None = None,
+                 link_similarity: float | None = None) -> pd.DataFrame:
+    """Keep an official `split` column when present, else make a patient-level one; always check leakage.
+
+    A split made here keeps near-duplicate pictures on one side: the pairs in `data_root`'s near_duplicates.csv
+    and, with `link_similarity`, the pairs `near_duplicate_links` finds (for manifests that list none; it reads
+    every image, so it runs only when a split is made).
+    """
     if not has_official_split(frame):
+        links = near_duplicate_pairs(data_root)
+        if link_similarity is not None:
+            links += near_duplicate_links(frame, link_similarity)
         frame = patient_split(frame, seed=seed, linked_ids=links)
     check_no_leakage(frame)
     return frame
+
+
+def split_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The rows of each split, re-indexed; DataError when one is empty (a trainer needs train to learn on, val
+    to pick the epoch and test to score once)."""
+    tables = {split: frame[frame["split"] == split].reset_index(drop=True) for split in SPLITS}
+    for split, rows in tables.items():
+        if rows.empty:
+            raise DataError(f"the {split} split is empty")
+    return tables
 
 
 def held_out_images(data_root: Path, modality: str) -> pd.DataFrame:
@@ -443,7 +508,6 @@ def extra_training_rows(manifest: str | Path, label: str, orientation: str = "as
 
 
 def _load_resized(path: str, preprocessing: Preprocessing, orientation: str = "as_is") -> torch.Tensor:
-    from covid_models.io import read_image
     from covid_models.segmentation import orient
 
     return preprocessing.resize(preprocessing.crop(orient(preprocessing.model_pixels(read_image(path)), orientation)))

@@ -1,5 +1,5 @@
-"""Training segmentation models: the classifier trainer's runtime (CUDA bf16/channels_last, CPU, torchrun DDP,
-progress, resume), with Dice + BCE loss and augmentations applied identically to image and mask.
+"""Training segmentation models on the shared runtime of `training_loop` (CUDA bf16/channels_last, CPU, torchrun
+DDP, progress, resume), with Dice + BCE loss and augmentations applied identically to image and mask.
 
 Two protocols. With a patient-level train/val/test split, the epoch with the best validation Dice is kept
 and the test split is scored once. With k folds (small sets such as the 48 CT slices), every image is
@@ -28,10 +28,12 @@ from covid_models.data import (
     DataError,
     check_no_leakage,
     data_summary,
+    ensure_split,
+    grouped_folds,
     manifest_hash,
-    patient_split,
-    read_manifest_csv,
+    near_duplicate_links,
     split_groups,
+    split_tables,
 )
 from covid_models.io import read_image
 from covid_models.metrics import dice, iou, summary_with_ci
@@ -48,16 +50,17 @@ from covid_models.segmentation import (
     orient,
     segmentation_preprocessing,
 )
-from covid_models.training import (
+from covid_models.training_loop import (
+    Fit,
     Runtime,
+    Selection,
     autocast,
-    barrier,
+    fit_epochs,
     git_commit,
     make_loader,
     seed_everything,
     setup_runtime,
     teardown,
-    train_epoch,
 )
 
 RESUME_PREFIX = "resume_state"
@@ -104,22 +107,6 @@ class SegmentationConfig:
 # --- data ---------------------------------------------------------------------------------------------
 
 
-def load_segmentation_manifest(path: str | Path, target: str) -> pd.DataFrame:
-    """A segmentation manifest (image, mask, patient_id, source, ...) with absolute paths; `label` = target.
-
-    The label column lets the patient-level split and the data summary treat it like any other manifest.
-    """
-    path, frame = read_manifest_csv(path, {"image", "mask", "patient_id"}, "segmentation manifest")
-    if frame["patient_id"].isna().any():
-        raise DataError(f"{path}: every row needs a patient_id (the split is made per patient)")
-    absent = [p for p in frame["image"].tolist() + frame["mask"].tolist() if not Path(p).is_file()]
-    if absent:
-        raise DataError(f"{path}: {len(absent)} listed file(s) do not exist, e.g. {absent[0]}")
-    frame["source"] = frame.get("source", pd.Series(["unknown"] * len(frame))).fillna("unknown").astype(str)
-    frame["label"] = target
-    return frame
-
-
 def read_pair(image_path: str, mask_path: str, orientation: str) -> tuple[np.ndarray, np.ndarray]:
     """Image in [0, 1] and boolean mask at their own (equal) size, in the model's orientation."""
     pixels = read_image(image_path).pixels
@@ -127,37 +114,6 @@ def read_pair(image_path: str, mask_path: str, orientation: str) -> tuple[np.nda
     if pixels.shape != mask.shape:
         raise DataError(f"{mask_path} is {mask.shape} but its image is {pixels.shape}")
     return orient(pixels, orientation), orient(mask, orientation)
-
-
-def near_duplicate_links(frame: pd.DataFrame, threshold: float = 0.985) -> list[tuple[str, str]]:
-    """Pairs of image stems whose 32x32 zero-mean thumbnails have cosine similarity >= threshold.
-
-    The same rule the dataset's near_duplicates.csv uses: a picture saved twice under two patient
-    ids must still land on one side of a split.
-    """
-    thumbs = []
-    for path in frame["image"]:
-        small = Preprocessing(image_size=32).resize(read_image(path).pixels)[0].numpy().ravel()
-        small = small - small.mean()
-        thumbs.append(small / (np.linalg.norm(small) + 1e-8))
-    similarity = np.stack(thumbs) @ np.stack(thumbs).T
-    stems = [Path(p).stem for p in frame["image"]]
-    rows, cols = np.nonzero(np.triu(similarity >= threshold, k=1))
-    return [(stems[i], stems[j]) for i, j in zip(rows, cols, strict=True)]
-
-
-def grouped_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold number per row; whole groups (patients) are dealt to folds in a seeded order, largest first."""
-    groups = np.asarray(groups)
-    names, sizes = np.unique(groups, return_counts=True)
-    order = np.random.default_rng(seed).permutation(len(names))
-    order = sorted(order, key=lambda i: -sizes[i])  # stable: random among equal sizes
-    counts, fold_of = np.zeros(folds, dtype=int), {}
-    for i in order:
-        fold = int(np.argmin(counts))
-        fold_of[names[i]] = fold
-        counts[fold] += sizes[i]
-    return np.array([fold_of[g] for g in groups])
 
 
 class SegmentationDataset(Dataset):
@@ -212,7 +168,7 @@ class DiceBCELoss(nn.Module):
 
 @torch.inference_mode()
 def _validate(model: nn.Module, dataset: Dataset, config: SegmentationConfig, runtime: Runtime,
-              loss_fn: nn.Module) -> tuple[float, float]:
+              loss_fn: nn.Module) -> dict[str, float]:
     """Mean validation loss and mean per-image Dice at the training resolution (for model selection)."""
     model.eval()
     losses, scores = [], []
@@ -226,32 +182,21 @@ def _validate(model: nn.Module, dataset: Dataset, config: SegmentationConfig, ru
         probability = torch.sigmoid(logits).cpu().numpy()
         truth = targets.cpu().numpy() > 0.5
         scores += [dice(p[0] >= config.threshold, t[0]) for p, t in zip(probability, truth, strict=True)]
-    return float(np.sum(losses) / len(dataset)), float(np.mean(scores))
+    return {"val_loss": float(np.sum(losses) / len(dataset)), "val_dice": float(np.mean(scores))}
 
 
 def fit(config: SegmentationConfig, train: pd.DataFrame, val: pd.DataFrame | None, runtime: Runtime,
-        resume_path: Path, log: Callable[[str], None], label: str = "") -> tuple[nn.Module, list[dict], float | None]:
+        resume_path: Path, resume: bool, started: float, log: Callable[[str], None], label: str = ""
+        ) -> tuple[nn.Module, Fit]:
     """Train one model; keep the best validation-Dice epoch when `val` is given, else the last epoch."""
-    show = runtime.is_main
     preprocessing = segmentation_preprocessing(config.image_size, config.encoder)
-    train_set = SegmentationDataset(train, preprocessing, config.orientation, Augmentation(), show_progress=show)
-    val_set = SegmentationDataset(val, preprocessing, config.orientation) if val is not None else None
+    train_set = SegmentationDataset(train, preprocessing, config.orientation, Augmentation(),
+                                    show_progress=runtime.is_main)
     loader = make_loader(train_set, config.batch_size, runtime, shuffle=True, seed=config.seed)
     model = build_segmentation_model(config.architecture, config.encoder, config.pretrained).to(runtime.device)
     if runtime.cuda:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = len(loader) * config.epochs
-    history: list[dict[str, float]] = []
-    best_dice, best_state, start_epoch = -1.0, None, 0
-    if resume_path.is_file():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        best_dice, best_state, history, start_epoch = (state["best_dice"], state["best_state"], state["history"],
-                                                       state["epoch"] + 1)
-        if show:
-            log(f"{label}resumed from {resume_path} after epoch {start_epoch}")
     train_model: nn.Module = model
     if runtime.distributed:
         # PSPNet reads only the first encoder stages: the deeper ones get no gradient.
@@ -259,35 +204,15 @@ def fit(config: SegmentationConfig, train: pd.DataFrame, val: pd.DataFrame | Non
             model, device_ids=[runtime.local_rank] if runtime.cuda else None,
             find_unused_parameters=config.architecture == "pspnet")
     loss_fn = DiceBCELoss()
-
-    for epoch in range(start_epoch, config.epochs):
-        epoch_start = time.time()
-        losses = train_epoch(train_model, loader, optimizer, loss_fn, runtime, epoch=epoch, total_steps=total_steps,
-                             lr=config.lr, desc=f"{label}epoch {epoch + 1}")
-        train_seconds = time.time() - epoch_start
-        if show:
-            record: dict[str, float] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                                        "lr": optimizer.param_groups[0]["lr"]}
-            line = f"{label}epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.4f}"
-            improved = False
-            if val_set is not None:
-                record["val_loss"], record["val_dice"] = _validate(model, val_set, config, runtime, loss_fn)
-                improved = record["val_dice"] > best_dice
-                if improved:
-                    best_dice = record["val_dice"]
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                line += f"  val loss {record['val_loss']:.4f}  val Dice {record['val_dice']:.4f}"
-            record["seconds"] = round(time.time() - epoch_start, 1)
-            record["train_images_per_s"] = round(len(train_set) / runtime.world_size / train_seconds, 2)
-            history.append(record)
-            log(line + f"  {record['seconds']:.0f}s" + ("  * best" if improved else ""))
-            resume_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "best_dice": best_dice, "best_state": best_state, "history": history}, resume_path)
-    barrier(runtime)
-    if val_set is not None and best_state is not None:
-        model.load_state_dict(best_state)
-    return model.eval(), history, (best_dice if val_set is not None else None)
+    selection = None
+    if val is not None:
+        val_set = SegmentationDataset(val, preprocessing, config.orientation)
+        selection = Selection(lambda: _validate(model, val_set, config, runtime, loss_fn), "val_dice",
+                              {"val_loss": "val loss", "val_dice": "val Dice"})
+    result = fit_epochs(model, optimizer, loader, loss_fn, runtime, epochs=config.epochs, lr=config.lr,
+                        resume_path=resume_path, resume=resume, started=started, selection=selection,
+                        train_model=train_model, label=label, log=log)
+    return model.eval(), result
 
 
 # --- evaluation ---------------------------------------------------------------------------------------
@@ -344,11 +269,8 @@ def train_segmenter(config: SegmentationConfig, frame: pd.DataFrame, out_dir: st
         teardown(runtime)
 
 
-def _resume_path(out_dir: Path, tag: str, resume: bool) -> Path:
-    path = out_dir / f"{RESUME_PREFIX}_{tag}.pt"
-    if not resume:
-        path.unlink(missing_ok=True)
-    return path
+def _resume_path(out_dir: Path, tag: str) -> Path:
+    return out_dir / f"{RESUME_PREFIX}_{tag}.pt"
 
 
 def _card(config: SegmentationConfig, model_frame: pd.DataFrame, metrics: dict, history: list, runtime: Runtime,
@@ -378,29 +300,23 @@ def _train(config: SegmentationConfig, frame: pd.DataFrame, out_dir: Path, runti
     show = runtime.is_main
     if config.folds:
         return _cross_validate_then_train(config, frame, out_dir, runtime, resume, log, started)
-    if "split" not in frame.columns:
-        frame = patient_split(frame, seed=config.seed,
-                              linked_ids=near_duplicate_links(frame, config.link_similarity))
-    check_no_leakage(frame)
-    splits = {s: frame[frame["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
-    for split, rows in splits.items():
-        if rows.empty:
-            raise DataError(f"the {split} split is empty")
-    model, history, best_dice = fit(config, splits["train"], splits["val"], runtime,
-                                    _resume_path(out_dir, "split", resume), log)
+    frame = ensure_split(frame, seed=config.seed, link_similarity=config.link_similarity)
+    splits = split_tables(frame)
+    model, result = fit(config, splits["train"], splits["val"], runtime, _resume_path(out_dir, "split"), resume,
+                        started, log)
     if not show:
         return None
     extra = {"orientation_note": _orientation_note(config.orientation)}
-    card = _card(config, frame, {}, history, runtime, started, extra)
+    card = _card(config, frame, {}, result.history, runtime, started, extra)
     segmenter = Segmenter(model.float(), card)
     scores = score_images(segmenter, splits["test"], config.orientation, show_progress=True)
     card.metrics = {"test": {**summarise_scores(scores), "threshold": config.threshold,
                              "per_image": scores.filter(["image", "dice", "iou", "dice_postprocessed"]).round(5)
                              .to_dict(orient="list")},
-                    "val": {"dice_at_training_size": best_dice}}
+                    "val": {"dice_at_training_size": result.best_score}}
     card.training["duration_s"] = round(time.time() - started, 1)
     save_model_dir(out_dir, model, card, half=config.half)
-    _resume_path(out_dir, "split", resume=False)
+    _resume_path(out_dir, "split").unlink(missing_ok=True)
     return card
 
 
@@ -415,17 +331,17 @@ def _cross_validate_then_train(config: SegmentationConfig, frame: pd.DataFrame, 
         held = frame["fold"] == fold
         train = frame[~held].assign(split="train")
         check_no_leakage(pd.concat([train, frame[held].assign(split="test")]))
-        model, history, _ = fit(config, train, None, runtime, _resume_path(out_dir, f"fold{fold + 1}", resume), log,
-                                label=f"fold {fold + 1}/{config.folds} ")
+        model, result = fit(config, train, None, runtime, _resume_path(out_dir, f"fold{fold + 1}"), resume, started,
+                            log, label=f"fold {fold + 1}/{config.folds} ")
         if show:
-            probe = _card(config, frame, {}, history, runtime, started, {})
+            probe = _card(config, frame, {}, result.history, runtime, started, {})
             scores = score_images(Segmenter(model.float(), probe), frame[held], config.orientation)
             fold_scores.append(scores.assign(fold=fold + 1))
-            fold_histories.append(history)
+            fold_histories.append(result.history)
             log(f"fold {fold + 1}/{config.folds}: {len(scores)} images, mean Dice {scores['dice'].mean():.4f}, "
                 f"mean IoU {scores['iou'].mean():.4f}")
-    model, history, _ = fit(config, frame.assign(split="train"), None, runtime,
-                            _resume_path(out_dir, "final", resume), log, label="final ")
+    model, result = fit(config, frame.assign(split="train"), None, runtime, _resume_path(out_dir, "final"), resume,
+                        started, log, label="final ")
     if not show:
         return None
     pooled = pd.concat(fold_scores, ignore_index=True)
@@ -442,13 +358,13 @@ def _cross_validate_then_train(config: SegmentationConfig, frame: pd.DataFrame, 
           "per_image": pooled[["image", "fold", "dice", "iou"]].round(5).to_dict(orient="list"),
           "fold_histories": fold_histories}
     data_frame = frame.assign(split="train")
-    card = _card(config, data_frame, {"cross_validation": cv}, history, runtime, started,
+    card = _card(config, data_frame, {"cross_validation": cv}, result.history, runtime, started,
                  {"trained_on": "all images (after cross-validation)", "cv_k": config.folds,
                   "orientation_note": _orientation_note(config.orientation)})
     card.data["by_fold"] = {str(k): int(v) for k, v in frame["fold"].value_counts().sort_index().items()}
     save_model_dir(out_dir, model, card, half=config.half)
     for tag in [f"fold{f + 1}" for f in range(config.folds)] + ["final"]:
-        _resume_path(out_dir, tag, resume=False)
+        _resume_path(out_dir, tag).unlink(missing_ok=True)
     return card
 
 

@@ -1,167 +1,45 @@
-"""The classifier training loop shared by the scripts: CUDA (bf16, channels_last, compile) or CPU, DDP under torchrun.
+"""Training classifiers (scripts/train.py, scripts/cross_validate.py) on the shared runtime of `training_loop`:
+CUDA (bf16, channels_last, compile) or CPU, DDP under torchrun, resume.
 
 Model selection on validation AUC; after training, temperature scaling and operating points are fitted
 on validation; the test split is evaluated exactly once, and everything goes into the card.
 """
 from __future__ import annotations
 
-import math
-import os
-import platform
-import subprocess
 import time
-from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
 from covid_models import __version__
 from covid_models.architectures import build_model, get_architecture
 from covid_models.checkpoint import save_model_dir
-from covid_models.data import BalancedSampler, ImageDataset, balanced_weights, data_summary, manifest_hash
+from covid_models.data import BalancedSampler, ImageDataset, balanced_weights, data_summary, manifest_hash, split_tables
 from covid_models.evaluation import classification_report
 from covid_models.inference import penultimate_layer
 from covid_models.metrics import auc, sensitivity_threshold, threshold_metrics, youden_threshold
 from covid_models.model_card import ModelCard
 from covid_models.ood import OodGuard
 from covid_models.preprocessing import LUNG_WINDOW, Augmentation
+from covid_models.training_loop import (
+    Runtime,
+    Selection,
+    autocast,
+    fit_epochs,
+    git_commit,
+    make_loader,
+    seed_everything,
+    setup_runtime,
+    teardown,
+)
 from covid_models.trust import source_probes
 
 RESUME_FILE = "resume_state.pt"
-
-
-# --- runtime: device, distributed, progress ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    def describe(self) -> str:
-        if self.cuda:
-            return f"{self.world_size} x {torch.cuda.get_device_name(self.device)}"
-        return f"{self.world_size} x CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def setup_runtime(device: str | None = None) -> Runtime:
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group if needed."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_device = torch.device(f"cuda:{local_rank}" if device == "cuda" else device)
-    if torch_device.type == "cuda":
-        torch.cuda.set_device(torch_device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch_device.type == "cuda" else "gloo")
-    return Runtime(torch_device, rank, local_rank, world_size)
-
-
-def teardown(runtime: Runtime) -> None:
-    if runtime.distributed and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier(runtime: Runtime) -> None:
-    if runtime.distributed:
-        dist.barrier()
-
-
-def autocast(runtime: Runtime) -> AbstractContextManager:
-    """bf16 autocast on CUDA (no loss scaling needed); full precision on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if runtime.cuda else nullcontext()
-
-
-def progress(iterable: Iterable, runtime: Runtime, **kwargs: Any) -> Iterable:
-    """A tqdm bar on the main process only."""
-    if not runtime.is_main:
-        return iterable
-    from tqdm import tqdm
-    return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
-
-
-def make_loader(dataset: Dataset, batch_size: int, runtime: Runtime, *, sampler=None, shuffle: bool = False,
-                seed: int = 0, workers: int | None = None) -> DataLoader:
-    """Pinned memory and worker processes on CUDA; in-process loading on CPU (the images are cached)."""
-    if sampler is None and runtime.distributed and shuffle:
-        sampler = DistributedSampler(dataset, runtime.world_size, runtime.rank, shuffle=True, seed=seed)
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1) if runtime.cuda else 0
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle and sampler is None,
-                      num_workers=workers, pin_memory=runtime.cuda, persistent_workers=workers > 0,
-                      drop_last=False)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                runtime: Runtime, *, epoch: int, total_steps: int, lr: float, desc: str) -> list[float]:
-    """One pass over `loader` with the cosine schedule (one epoch of warm-up); returns the batch losses.
-
-    Shared by the classifier and segmentation trainers: bf16 autocast and channels_last on CUDA, the
-    sampler told its epoch so DDP ranks and balanced draws change from epoch to epoch.
-    """
-    model.train()
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    steps_per_epoch = len(loader)
-    losses = []
-    for step, (inputs, targets) in enumerate(progress(loader, runtime, desc=desc, unit="batch")):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(epoch * steps_per_epoch + step, total_steps, lr, steps_per_epoch)
-        inputs = inputs.to(runtime.device, non_blocking=True)
-        targets = targets.to(runtime.device, non_blocking=True)
-        if runtime.cuda:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast(runtime):
-            loss = loss_fn(model(inputs).float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
 
 
 # --- classifier training ---------------------------------------------------------------------------
@@ -311,11 +189,8 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
                                        config.lung_crop)
     augmentation = Augmentation.for_modality(config.modality)
     positive = config.classes.index(config.positive_class)
-    splits = {s: frame[frame["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
+    splits = split_tables(frame)
     sources = sorted(frame["source"].unique())
-    for split, rows in splits.items():
-        if rows.empty:
-            raise ValueError(f"the {split} split is empty")
     show = runtime.is_main
     datasets = {
         "train": ImageDataset(splits["train"], config.classes, preprocessing, augmentation, progress=show,
@@ -341,71 +216,27 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
         train_model = adversary.to(runtime.device)
         loss_fn = AdversarialLoss(len(config.classes))
     optimizer = torch.optim.AdamW(train_model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = len(train_loader) * config.epochs
-    history: list[dict[str, float]] = []
-    best_auc, best_state, start_epoch, earlier_seconds = -1.0, None, 0, 0.0
-
-    resume_path = out_dir / RESUME_FILE
-    if resume and resume_path.is_file():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        if adversary is not None:
-            adversary.head.load_state_dict(state["adversary"])
-        optimizer.load_state_dict(state["optimizer"])
-        best_auc, best_state, history, start_epoch = state["best_auc"], state["best_state"], state["history"], \
-            state["epoch"] + 1
-        earlier_seconds = float(state.get("elapsed_s", 0.0))
-        if show:
-            log(f"resumed from {resume_path} after epoch {start_epoch}")
-
     if runtime.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[runtime.local_rank] if runtime.cuda else None)
     if config.compile:
         train_model = torch.compile(train_model)
-    epochs_without_gain = 0
 
-    for epoch in range(start_epoch, config.epochs):
-        epoch_start = time.time()
-        losses = train_epoch(train_model, train_loader, optimizer, loss_fn, runtime, epoch=epoch,
-                             total_steps=total_steps, lr=config.lr, desc=f"epoch {epoch + 1}")
-        train_seconds = time.time() - epoch_start
-        if show:
-            val_logits, val_labels, _ = collect(model, val_loader, runtime)
-            val_loss = float(nn.functional.cross_entropy(val_logits, val_labels))
-            val_auc = _positive_auc(val_logits, val_labels, positive)
-            val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
-            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-                      "val_auc": val_auc, "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
-                      "seconds": round(time.time() - epoch_start, 1),
-                      "train_images_per_s": round(len(train_loader.dataset) / runtime.world_size / train_seconds, 1)}
-            history.append(record)
-            improved = val_auc > best_auc
-            if improved:
-                best_auc, epochs_without_gain = val_auc, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            else:
-                epochs_without_gain += 1
-            log(f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.4f}  val loss {val_loss:.4f}  "
-                f"val AUC {val_auc:.4f}  val acc {val_acc:.3f}  {record['seconds']:.0f}s"
-                + ("  * best" if improved else ""))
-            out_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "adversary": adversary.head.state_dict() if adversary is not None else {},
-                        "best_auc": best_auc, "best_state": best_state, "history": history,
-                        "elapsed_s": earlier_seconds + time.time() - started}, resume_path)
-        stop = torch.tensor([int(config.patience is not None and epochs_without_gain >= config.patience)])
-        if runtime.distributed:
-            dist.broadcast(stop, 0)
-        if stop.item():
-            if show:
-                log(f"early stop: no validation AUC gain for {config.patience} epochs")
-            break
-    barrier(runtime)
+    def validate() -> dict[str, float]:
+        logits, labels, _ = collect(model, val_loader, runtime)
+        return {"val_loss": float(nn.functional.cross_entropy(logits, labels)),
+                "val_auc": _positive_auc(logits, labels, positive),
+                "val_accuracy": float((logits.argmax(1) == labels).float().mean())}
+
+    selection = Selection(validate, "val_auc", {"val_loss": "val loss", "val_auc": "val AUC",
+                                                "val_accuracy": "val acc"}, patience=config.patience)
+    fit = fit_epochs(model, optimizer, train_loader, loss_fn, runtime, epochs=config.epochs, lr=config.lr,
+                     resume_path=out_dir / RESUME_FILE, resume=resume, started=started, selection=selection,
+                     train_model=train_model, log=log,
+                     saved_modules={"adversary": adversary.head} if adversary is not None else None)
     if not show:
         return None
 
-    model.load_state_dict(best_state)
     model.eval()
     val_logits, val_labels, val_features = collect(model, val_loader, runtime)
     temperature = fit_temperature(val_logits, val_labels)
@@ -443,13 +274,13 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
         metrics={"test": test_report, "val": {k: val_report[k] for k in ("auc", "auc_ci95", "n", "ece")}},
         data={**data_summary(frame), "manifest_sha256": manifest_hash(frame)},
         training={**{k: v for k, v in asdict(config).items() if k not in ("name", "classes", "extra")},
-                  "image_size": preprocessing.image_size, "augmentation": augmentation.to_dict(), "history": history,
-                  "best_val_auc": best_auc,
-                  "device": runtime.describe(), "duration_s": round(earlier_seconds + time.time() - started, 1),
+                  "image_size": preprocessing.image_size, "augmentation": augmentation.to_dict(),
+                  "history": fit.history, "best_val_auc": fit.best_score,
+                  "device": runtime.describe(), "duration_s": round(fit.earlier_s + time.time() - started, 1),
                   "torch": torch.__version__, "covid_models": __version__, "git_commit": git_commit(),
                   **config.extra},
         extra={"ood": ood.card_entry()},
     )
     save_model_dir(out_dir, model, card, half=config.half, extra_tensors=ood.state())
-    resume_path.unlink(missing_ok=True)
+    (out_dir / RESUME_FILE).unlink(missing_ok=True)
     return card

@@ -170,7 +170,7 @@ def gpu_training_rates(classifier: Classifier, files: list[str], batch_size: int
 
     from covid_models.data import ImageDataset
     from covid_models.preprocessing import Augmentation
-    from covid_models.training import make_loader, setup_runtime
+    from covid_models.training_loop import make_loader, setup_runtime
 
     runtime = setup_runtime("cuda")
     model = classifier.model.cuda().train().to(memory_format=torch.channels_last)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from covid_models.data import DataError, LeakageError
+from covid_models.data import DataError, LeakageError, load_segmentation_manifest
 from covid_models.segmentation import ARCHITECTURES, ORIENTATIONS, POSTPROCESS_LUNGS, TARGETS
-from covid_models.segmentation_training import SegmentationConfig, load_segmentation_manifest, train_segmenter
+from covid_models.segmentation_training import SegmentationConfig, train_segmenter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

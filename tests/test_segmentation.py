@@ -15,7 +15,7 @@ from conftest import WEIGHTS_DIR
 from PIL import Image
 
 from covid_models.checkpoint import CheckpointError, save_model_dir
-from covid_models.data import DataError
+from covid_models.data import DataError, grouped_folds, load_segmentation_manifest
 from covid_models.inference import discover_models
 from covid_models.metrics import dice, iou
 from covid_models.model_card import ModelCard
@@ -39,13 +39,7 @@ from covid_models.segmentation import (
     postprocess_lungs,
     segmentation_preprocessing,
 )
-from covid_models.segmentation_training import (
-    SegmentationConfig,
-    SegmentationDataset,
-    grouped_folds,
-    load_segmentation_manifest,
-    train_segmenter,
-)
+from covid_models.segmentation_training import SegmentationConfig, SegmentationDataset, train_segmenter
 
 
 def _card(architecture: str = "unet", image_size: int = 64, postprocess: str | None = None) -> ModelCard:

@@ -67,7 +67,7 @@ def _resume_state(directory: Path) -> dict:
     state = {k: v for k, v in load_state(directory, card).items() if not k.startswith("ood.")}
     model.load_state_dict(state)
     optimizer = torch.optim.AdamW(model.parameters())
-    return {"epoch": 0, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "best_auc": 0.0,
+    return {"epoch": 0, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "best_state": model.state_dict(), "history": card.training["history"][:1]}
 
 
