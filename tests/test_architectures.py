@@ -98,3 +98,41 @@ def test_pretrained_must_be_imagenet_or_none():
     with pytest.raises(ValueError):
         build_model("resnet18", 2, pretrained="chexpert")
     assert np.isfinite(build_model("resnet18", 2, pretrained=None)(torch.zeros(1, 3, 64, 64)).detach().numpy()).all()
+
+
+@pytest.mark.parametrize("variant", [0, 1])
+def test_the_plain_efficientnet_lite_is_timms_network_name_for_name_and_output_for_output(variant):
+    """timm's tf_efficientnet_lite is the reference; ours loads its state dict and gives the same outputs (odd
+    input sizes exercise the asymmetric TF "same" padding of the strided convolutions)."""
+    import timm
+
+    from covid_models.efficientnet_lite import EfficientNetLite
+
+    torch.manual_seed(variant)
+    reference = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False, num_classes=3).eval()
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+    ours = EfficientNetLite(variant, num_classes=3).eval()
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    ours.load_state_dict(reference.state_dict())
+    for size in (64, 131):
+        inputs = torch.randn(2, 3, size, size)
+        with torch.inference_mode():
+            assert torch.equal(ours(inputs), reference(inputs)), size
+
+
+def test_loading_a_shipped_classifier_imports_neither_timm_nor_torchvision():
+    """Both pull in torch's compiler stack (over a second of every process's start) for nothing at inference."""
+    import subprocess
+    import sys
+
+    from conftest import WEIGHTS_DIR
+
+    code = ("import sys; from covid_models.inference import Classifier; "
+            f"Classifier.load({str(WEIGHTS_DIR / 'xray-efficientnet-lite0')!r}); "
+            "print(sorted(m for m in ('timm', 'torchvision', 'torch._dynamo') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip() == "[]"
