@@ -8,13 +8,12 @@ canonical input. Caches are bounded (2 decoded full-size scans, 128 MB of displa
 display images as uint8), and batches beyond BATCH_PAGE images are paged, so a long-running server does not
 grow without limit and a page never holds more than its caches keep.
 Models are used under their lock (pages.shared.model_lock) because a CAM hook on a shared network must not
-see another session's forward pass.
+see another session's forward pass. The analysis is laid out by `pages.shared.show_analysis`, as on the Review page.
 """
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +23,8 @@ import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE
 from covid_models.analysis import (
-    OUTLINE_COLOR,
     REPORT_RENDERING,
     Analysis,
-    Hold,
     analyse,
     multiclass_note,
     operating_point_text,
@@ -54,16 +51,7 @@ from covid_models.io import (
     rewindow,
 )
 from covid_models.model_card import MODALITY_NAMES, ModelCard, modality_name
-from covid_models.overlays import (
-    DISPLAY_SIDE,
-    INFECTION_COLOR,
-    LUNG_COLOR,
-    colour_scale,
-    display_size,
-    for_display,
-    heatmap_overlay,
-    mask_overlay,
-)
+from covid_models.overlays import DISPLAY_SIDE, display_size, for_display
 from covid_models.report import (
     bare_file_name,
     class_name,
@@ -75,13 +63,18 @@ from covid_models.report import (
 from covid_models.segmentation import Segmenter
 from covid_models.trust import headline_auc, within_source
 from pages.shared import (
+    OPACITY,
     LruCache,
+    analyses,
+    analysis_key,
     data_dir,
     enter_through_app,
+    hold_for,
     load_classifier,
     load_segmenter,
     model_cards,
-    model_lock,
+    segmenters_for,
+    show_analysis,
     show_error,
 )
 
@@ -91,12 +84,9 @@ ENSEMBLE = "ensemble"
 EXAMPLES_PER_CLASS = 2
 FILE_WINDOW = "file"
 CUSTOM_WINDOW = "custom"
-MASK_COLORS = {"lungs": LUNG_COLOR, "infection": INFECTION_COLOR}
-MASK_CAPTIONS = {"lungs": "Lung mask", "infection": "Infection mask (ground glass and consolidation)"}
 SMALL_RESULTS = 4096  # predictions and image checks kept (a few hundred bytes each)
 SLOW_SLOTS = 1  # slow heatmaps computed at once: on a shared server's few cores, more would only slow each other
 BATCH_PAGE = 24  # images analysed and shown at once; more are paged
-ANALYSIS_CACHE_BYTES = 128 * 1024 * 1024  # at least 48 analyses of the largest display size (2.4 MB each)
 
 
 @dataclass(frozen=True)
@@ -143,16 +133,6 @@ def windowed_image(digest: str, window: tuple[float, float], _upload: Upload) ->
 
 
 @st.cache_resource(show_spinner=False)
-def analyses() -> LruCache:
-    """Analyses of the server's sessions by (content hash, models, method), bounded in bytes.
-
-    Outside Streamlit's result caches so that a slow heatmap can show its progress (an element updated inside
-    a cached function cannot be replayed); an `Analysis` is immutable, so sharing it is safe.
-    """
-    return LruCache(ANALYSIS_CACHE_BYTES, size=lambda analysis: analysis.nbytes)
-
-
-@st.cache_resource(show_spinner=False)
 def small_results() -> LruCache:
     """Predictions and image checks of the server's sessions by key: small, so counted by number."""
     return LruCache(SMALL_RESULTS, size=lambda _value: 1)
@@ -162,38 +142,6 @@ def small_results() -> LruCache:
 def slow_slots() -> threading.BoundedSemaphore:
     """Slow heatmaps computed at once on the server (each on its own copy of the network); the rest wait in line."""
     return threading.BoundedSemaphore(SLOW_SLOTS)
-
-
-@contextmanager
-def held(directory: str) -> Iterator[None]:
-    """A shared network's lock, held for one fast step; says so when another analysis is using the network."""
-    lock = model_lock(directory)
-    if not lock.acquire(blocking=False):
-        notice = st.empty()
-        notice.caption(":material/hourglass_top: Waiting for another analysis to finish with this model...")
-        lock.acquire()
-        notice.empty()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def hold_for(models: dict[str, Classifier | Segmenter]) -> Hold:
-    """`hold(model)` for the analysis: the lock of a shared network, nothing for a private copy."""
-    directories = {id(model): directory for directory, model in models.items()}
-    return lambda model: held(directories[id(model)]) if id(model) in directories else nullcontext()
-
-
-def segmenters_for(modality: str) -> dict[str, Segmenter]:
-    """The installed segmentation models of a modality; one that cannot be loaded is reported and left out."""
-    segmenters: dict[str, Segmenter] = {}
-    for directory, card in model_cards(task="segmentation", modality=modality):
-        try:
-            segmenters[directory] = load_segmenter(directory)
-        except CheckpointError as error:
-            show_error(f"The segmentation model {card.name} could not be loaded: {error}")
-    return segmenters
 
 
 def image_check_for(upload: Upload, settings: Settings) -> ImageCheck:
@@ -283,7 +231,7 @@ def analysis_for(upload: Upload, classifiers: dict[str, Classifier], method: str
     segmenters = segmenters_for(modality)
     prediction = small_results().get(prediction_key(upload, classifiers))
     if prediction is None and len(classifiers) == 1 and CAMS[method].gradients:
-        key = (upload.digest, tuple(classifiers), method, tuple(segmenters))
+        key = analysis_key(upload.digest, classifiers, method, segmenters)
         found = analyses().get(key)
         if found is None:
             with st.spinner(f"Analysing with {METHOD_LABELS[method]}..."):
@@ -298,7 +246,7 @@ def analysis_for(upload: Upload, classifiers: dict[str, Classifier], method: str
     prediction = prediction or prediction_for(upload, classifiers)
     show_prediction(prediction)
     method = "gradcam" if prediction.out_of_distribution and method in SLOW_METHODS else method
-    key = (upload.digest, tuple(classifiers), method, tuple(segmenters))
+    key = analysis_key(upload.digest, classifiers, method, segmenters)
     found = analyses().get(key)
     if found is not None:
         return prediction, found
@@ -372,7 +320,7 @@ def settings_sidebar() -> Settings:
         method = st.selectbox("Heatmap method", METHODS, format_func=METHOD_LABELS.get, key="method",
                               help="Class activation map for the COVID-19 class. Methods marked slow run one "
                                    "forward pass per feature channel.")
-        opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="opacity")
+        opacity = st.slider("Heatmap opacity", 0.0, 1.0, OPACITY, 0.05, key="opacity")
         show_masks = st.toggle("Show segmentation masks", value=True, key="show-masks")
         outline = st.toggle("Outline the mask on the heatmap", value=True, key="outline")
     return Settings(default_modality, models, method, opacity, show_masks, outline)
@@ -450,18 +398,6 @@ def result_block(prediction: Prediction, operating_point: str, modality: str, mu
             st.caption(":material/warning: " + multiclass)
 
 
-def signals_block(analysis: Analysis, multiclass: str | None) -> None:
-    """Where the heatmap lies, the infection finding, what is missing (the held-back error is shown with the result,
-    the 3-class note beside the probabilities)."""
-    for signal in analysis.signals:
-        if signal.level == "warning":
-            st.warning(signal.text, icon=":material/visibility_off:")
-        elif signal.level == "success":
-            st.success(signal.text, icon=":material/visibility:")
-        elif signal.level == "note" and signal.text != multiclass:
-            st.caption(signal.text)
-
-
 def refused(check: ImageCheck) -> str:
     """The refusal in words."""
     return "This image was refused: it is not a chest X-ray or CT slice, because " + " and ".join(check.reasons) + \
@@ -532,12 +468,11 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
     if analysis is None:
         return row
     window = None if prediction.out_of_distribution else window_choice(upload, metadata, windowable)
-    if analysis.held_back:
-        st.image(analysis.grey, caption="Image (held back: no heatmap or mask is shown)", clamp=True,
-                 width=DISPLAY_SIDE // 2)
-    else:
-        images(analysis, settings, window, upload)
-        signals_block(analysis, multiclass)
+    shown = None if window is None else windowed_image(upload.digest, window, upload).astype(np.float32) / 255
+    show_analysis(analysis, opacity=settings.opacity, show_masks=settings.show_masks,
+                  outline_on_heatmap=settings.outline_on_heatmap, shown=shown,
+                  image_caption="Image" + (f" (window {window[0]:g} / {window[1]:g})" if window else ""),
+                  multiclass=multiclass)
     downloads(upload, analysis, settings)
     st.caption(":material/health_and_safety: Research use only: not for diagnosis. Review by a radiologist.")
     return row
@@ -546,26 +481,6 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
 def probability_cell(prediction: Prediction) -> str:
     """The batch table's probability: none for a held-back image."""
     return "held back" if prediction.out_of_distribution else percent(prediction.positive_probability)
-
-
-def images(analysis: Analysis, settings: Settings, window: tuple[float, float] | None, upload: Upload) -> None:
-    """The image in the chosen window, the heatmap with its colour scale, and the mask (display settings apply)."""
-    shown = analysis.grey if window is None else windowed_image(upload.digest, window, upload).astype(np.float32) / 255
-    masks = analysis.masks
-    overlay = heatmap_overlay(shown, analysis.heat, settings.opacity)
-    if masks and settings.outline_on_heatmap:
-        overlay = mask_overlay(overlay, next(iter(masks.values())), color=OUTLINE_COLOR, alpha=0.0)
-    columns = st.columns(3 if masks and settings.show_masks else 2)
-    columns[0].image(shown, caption="Image" + (f" (window {window[0]:g} / {window[1]:g})" if window else ""),
-                     clamp=True, width="stretch")
-    columns[1].image(overlay, caption=f"{METHOD_LABELS[analysis.method]} for "
-                                      f"{class_name(analysis.prediction.positive_class)}", width="stretch")
-    columns[1].image(colour_scale(256, 10), caption="Colour scale: low (blue, left) to high (red, right) "
-                                                    "contribution to the score", width="stretch")
-    if masks and settings.show_masks:
-        target, mask = next(iter(masks.items()))
-        columns[2].image(mask_overlay(shown, mask, color=MASK_COLORS.get(target, LUNG_COLOR)),
-                         caption=MASK_CAPTIONS.get(target, f"{target.capitalize()} mask"), width="stretch")
 
 
 def downloads(upload: Upload, analysis: Analysis, settings: Settings) -> None:

@@ -10,6 +10,12 @@ are found again in the data folder (by file name, checked against the hash) or r
 
 The page reads only what it shows: the session's counts (SQL aggregates), the current item, and the
 summary or CSV only when asked for, so a rerun costs the same at 100 or 100,000 images.
+Once the reader may see the model's reading (at once, or after their own in a blinded session), the image is shown
+as the Analyze page shows it: `covid_models.analysis.analyse` laid out by `pages.shared.show_analysis` (heatmap,
+lung or infection mask, the share of the heatmap inside the lungs and its warning), from the analyses cache the two
+pages share. A held-back (out-of-distribution) image shows none of that and no reading, blinded or not: it gets the
+reason, and only the verdicts that need no reading (unsure, non-diagnostic), since the label a reader could
+disagree with, or agree with by a blinded reading, would give the held-back reading away.
 """
 from __future__ import annotations
 
@@ -25,14 +31,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from covid_models.analysis import Analysis, analyse, predict
 from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, held_out_images, load_dataset
-from covid_models.explain import heatmap
 from covid_models.figures import confusion_figure
 from covid_models.inference import Prediction
 from covid_models.io import ImageReadError, content_hash, read_image
 from covid_models.model_card import ModelCard
-from covid_models.overlays import display_size, for_display, heatmap_overlay
+from covid_models.overlays import DISPLAY_SIDE, display_size, for_display
 from covid_models.reviews import (
     VERDICT_TEXT,
     ItemView,
@@ -48,12 +54,17 @@ from covid_models.reviews import (
     session_token,
 )
 from pages.shared import (
+    analyses,
+    analysis_key,
     data_dir,
     enter_through_app,
+    hold_for,
     load_classifier,
     model_cards,
     model_lock,
     review_store,
+    segmenters_for,
+    show_analysis,
     show_error,
 )
 
@@ -61,11 +72,9 @@ enter_through_app()
 
 MODALITY_NAMES = {"xray": "Chest X-ray", "ct": "Chest CT"}
 SOURCE_UPLOAD, SOURCE_DATA = "upload", "data"
-DISPLAY_SIDE = 640  # images are shown and explained at this size at most
 REVIEWER_CACHE_BYTES = 64 * 1024 * 1024  # uploads kept per reviewer; a batch larger than this is refused
 SERVER_CACHE_BYTES = 128 * 1024 * 1024  # all reviewers together (the app's budget); least recently active go first
-HEATMAP_METHOD = "gradcam"
-HEATMAP_ALPHA = 0.4
+HEATMAP_METHOD = "gradcam"  # fast, and what the Analyze page shows by default (so its cached analyses serve here)
 MAX_BATCH = 200
 MAX_NAMES_LISTED = 20
 SHORTCUTS = {"agree": "A", "disagree": "D", "unsure": "U", "non_diagnostic": "N", "previous": "Left",
@@ -155,27 +164,41 @@ def _manifest_mtime(root: Path, modality: str) -> float:
 
 
 def display_pixels(data: bytes, name: str) -> np.ndarray:
-    """The image as [0, 1] greyscale, no larger than DISPLAY_SIDE (aspect kept)."""
+    """The image as [0, 1] greyscale at display size (aspect kept): all a blinded reader sees before reading."""
     pixels = read_image(data, name=name).pixels
     return for_display(pixels, display_size(pixels.shape, DISPLAY_SIDE))
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
-def predict(digest: str, directory: str, _data: bytes, _name: str) -> Prediction:
-    """The model's calibrated prediction on the full-resolution image (as the analyze page makes it)."""
-    pixels = read_image(_data, name=_name).pixels
-    classifier = load_classifier(directory)
-    with model_lock(directory):
-        return classifier.predict(pixels)
+def prediction(digest: str, directory: str, _data: bytes, _name: str) -> Prediction:
+    """The model's calibrated prediction, stored with the session (the library's `predict`, as on Analyze)."""
+    return predict(read_image(_data, name=_name), [load_classifier(directory)], lambda _: model_lock(directory))
 
 
-@st.cache_data(max_entries=128, show_spinner=False)
-def review_heatmap(digest: str, directory: str, _pixels: np.ndarray) -> np.ndarray:
-    """The Grad-CAM of the positive class as uint8; only ever asked for by a page that holds the image."""
-    classifier = load_classifier(directory)
-    with model_lock(directory):
-        cam = heatmap(classifier, _pixels, HEATMAP_METHOD)
-    return np.round(cam * 255).astype(np.uint8)
+def held_back(item: ItemView, data: bytes | None, directory: str | None) -> bool:
+    """Whether the model holds its reading of the image back (out of distribution); False when that cannot be known
+    (the image not on the server, the model gone or unreadable)."""
+    if data is None or directory is None:
+        return False
+    try:
+        return prediction(item.image_hash, directory, data, item.display_name).out_of_distribution
+    except (ImageReadError, CheckpointError):
+        return False
+
+
+def review_analysis(digest: str, name: str, data: bytes, directory: str, modality: str) -> Analysis:
+    """The image's analysis as the Analyze page makes it (Grad-CAM, the modality's masks), from the cache the two
+    pages share, else computed under the models' locks; only ever asked for by a page that holds the image."""
+    segmenters = segmenters_for(modality)
+    key = analysis_key(digest, [directory], HEATMAP_METHOD, segmenters)
+    found = analyses().get(key)
+    if found is None:
+        classifier = load_classifier(directory)
+        with st.spinner("Analysing the image..."):
+            found = analyse(read_image(data, name=name), [classifier], list(segmenters.values()),
+                            method=HEATMAP_METHOD, hold=hold_for({directory: classifier, **segmenters}))
+        analyses().put(key, found)
+    return found
 
 
 def review_label(prediction: Prediction) -> str:
@@ -276,16 +299,16 @@ def _start(store: ReviewStore, reviewer: Reviewer, modality: str, directory: str
             skipped.append(f"{name}: the same image as another file of this batch")
             continue
         try:
-            prediction = predict(digest, directory, data, name)
+            predicted = prediction(digest, directory, data, name)
         except ImageReadError as error:
             skipped.append(f"{name}: {error}")
             continue
         seen.add(digest)
         if keep_bytes:
             cache.put(reviewer.key, digest, data)
-        items.append(NewItem(image_hash=digest, display_name=name, predicted_label=review_label(prediction),
-                             covid_probability=float(prediction.positive_probability),
-                             operating_threshold=float(prediction.threshold)))
+        items.append(NewItem(image_hash=digest, display_name=name, predicted_label=review_label(predicted),
+                             covid_probability=float(predicted.positive_probability),
+                             operating_threshold=float(predicted.threshold)))
     bar.empty()
     if skipped:
         st.session_state[MESSAGE_KEY] = ("warning", "Left out of the session: " + "; ".join(skipped))
@@ -572,36 +595,17 @@ def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, item: I
               classes: list[str] | None, directory: str | None) -> None:
     position = item.position
     st.markdown(f"#### Image {position + 1} of {info.n_items}: {plain(item.display_name)}")
-    revealed = not info.blinded or item.verdict is not None
-    left, middle, right = st.columns([4, 4, 3], gap="medium")
-    if data is None:
-        left.warning("This image is not on the server; re-upload it above. The verdict buttons wait for it.")
-    else:
-        try:
-            pixels = display_pixels(data, item.display_name)
-        except ImageReadError as error:
-            left.error(plain(error))
-        else:
-            left.image(pixels, caption="Image", clamp=True, width="stretch")
-            if not revealed:
-                middle.info("Blinded reading: the model's reading and heatmap appear once you record yours.",
-                            icon=":material/visibility_off:")
-            elif directory is None:
-                middle.info(f"Model {plain(info.model_name)} is no longer installed: no heatmap.")
-            else:
-                try:
-                    cam = review_heatmap(item.image_hash, directory, pixels).astype(np.float32) / 255
-                    middle.image(heatmap_overlay(pixels, cam, HEATMAP_ALPHA),
-                                 caption="Grad-CAM: where the model looked for COVID-19", width="stretch")
-                    unusual = predict(item.image_hash, directory, data, item.display_name).out_of_distribution
-                except CheckpointError as error:
-                    middle.error(f"The model could not be loaded: {plain(error)}")
-                else:
-                    if unusual:
-                        left.warning("The model finds this image unlike the ones it was trained on: its reading "
-                                     "is not to be relied on.", icon=":material/block:")
+    withheld = held_back(item, data, directory)
+    revealed = withheld or not info.blinded or item.verdict is not None  # a held-back image reveals no reading
+    shown, right = st.columns([8, 3], gap="medium")
+    with shown:
+        item_images(item, data, info, directory, revealed)
     with right:
-        if revealed:
+        if withheld:
+            st.markdown("Model reading: **held back**")
+            st.caption("There is no reading to agree or disagree with: record Unsure, or Non-diagnostic if this is "
+                       "not a gradable chest image.")
+        elif revealed:
             side = "at or above" if item.covid_probability >= item.operating_threshold else "below"
             st.markdown(f"Model reading: **{plain(item.predicted_label)}**")
             st.metric("COVID-19 probability", f"{item.covid_probability:.1%}",
@@ -612,16 +616,46 @@ def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, item: I
             when = f" at {item.decided_at:%Y-%m-%d %H:%M} UTC" if item.decided_at else ""
             st.success(f"Your verdict: **{VERDICT_TEXT[item.verdict]}**{label}{when}. Click another to change it.",
                        icon=":material/check_circle:")
-        verdict_controls(store, reviewer, item, classes, blinded=not revealed, image_missing=data is None)
+        verdict_controls(store, reviewer, item, classes, blinded=not revealed, withheld=withheld,
+                         image_missing=data is None)
     navigation(position, info.n_items, store.next_unreviewed(info.id, after=position))
     st.caption("Keys: " + " · ".join(f"{SHORTCUTS[k]} {text}" for k, text in (
         ("agree", "agree"), ("disagree", "disagree"), ("unsure", "unsure"), ("non_diagnostic", "non-diagnostic"),
-        ("previous", "previous"), ("next", "next"))) + (" · 1-9 your reading" if not revealed else "")
-        + " (not while typing in the note).")
+        ("previous", "previous"), ("next", "next")) if not (withheld and k in ("agree", "disagree")))
+        + (" · 1-9 your reading" if not revealed else "") + " (not while typing in the note).")
+
+
+def item_images(item: ItemView, data: bytes | None, info: SessionInfo, directory: str | None,
+                revealed: bool) -> None:
+    """The image alone while the reader may not see the model's reading (blinded, not yet read), else its analysis
+    laid out as on the Analyze page (for a held-back image: the reason and the image alone)."""
+    if data is None:
+        st.warning("This image is not on the server; re-upload it above. The verdict buttons wait for it.")
+        return
+    try:
+        if not revealed or directory is None:
+            st.image(display_pixels(data, item.display_name), caption="Image", clamp=True, width=DISPLAY_SIDE // 2)
+            if not revealed:
+                st.info("Blinded reading: the model's reading, heatmap and masks appear once you record yours.",
+                        icon=":material/visibility_off:")
+            else:
+                st.info(f"Model {plain(info.model_name)} is no longer installed: no heatmap or mask.")
+            return
+        analysis = review_analysis(item.image_hash, item.display_name, data, directory, info.modality)
+    except ImageReadError as error:
+        st.error(plain(error))
+        return
+    except CheckpointError as error:
+        st.error(f"The model could not be loaded: {plain(error)}")
+        return
+    if analysis.held_back:
+        st.error(analysis.signals[0].text, icon=":material/block:")
+    show_analysis(analysis)
 
 
 def verdict_controls(store: ReviewStore, reviewer: Reviewer, item: ItemView, classes: list[str] | None, *,
-                     blinded: bool, image_missing: bool) -> None:
+                     blinded: bool, withheld: bool, image_missing: bool) -> None:
+    """The note and the verdict buttons; `withheld` (a held-back reading): unsure and non-diagnostic only."""
     session_id, position = item.session_id, item.position
     note_key, label_key = _note_key(session_id, position), _label_key(session_id, position)
     if note_key not in st.session_state:
@@ -635,7 +669,7 @@ def verdict_controls(store: ReviewStore, reviewer: Reviewer, item: ItemView, cla
             st.button(f"My reading: {label}", key=f"review-reading-{label}", width="stretch",
                       type="primary", shortcut=str(index + 1) if index < 9 else None, disabled=image_missing,
                       on_click=_record, args=(store, reviewer, item, "reading", label))
-    else:
+    elif not withheld:
         verdict_button(store, reviewer, item, "agree", ":material/thumb_up:", image_missing)
         others = [c for c in (classes or []) if c != item.predicted_label]
         if label_key not in st.session_state:

@@ -1,7 +1,8 @@
-"""Streamlit-side helpers shared by the pages: where models and data live, cached loaders, error display.
+"""Streamlit-side helpers shared by the pages: where models and data live, cached loaders, error display, and
+how one image's `Analysis` is laid out (the Analyze and Review pages show the same thing the same way).
 
-Heavy objects (networks, the review database engine) are cached resources so that a rerun caused by a
-slider move or a click never reloads them; no business logic lives here, only in `covid_models`.
+Heavy objects (networks, the review database engine, analyses) are cached resources so that a rerun caused by a
+slider move or a click never reloads or recomputes them; no business logic lives here, only in `covid_models`.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import os
 import runpy
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,25 @@ from PIL import Image
 from streamlit import config
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from covid_models.analysis import analyse
+from covid_models.analysis import OUTLINE_COLOR, Analysis, Hold, analyse
+from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, allowed_data_roots, confined_folder, default_data_dir
+from covid_models.explain import METHOD_LABELS
 from covid_models.inference import Classifier, ModelFolders, discover_models, find_models
 from covid_models.io import Scan, read_image
 from covid_models.model_card import ModelCard
+from covid_models.overlays import DISPLAY_SIDE, INFECTION_COLOR, LUNG_COLOR, colour_scale, heatmap_overlay, mask_overlay
+from covid_models.report import class_name
 from covid_models.reviews import ReviewStore
 from covid_models.segmentation import Segmenter
 
 WEIGHTS_DIR_ENV = "COVID_WEIGHTS_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPT = REPO_ROOT / "streamlit_app.py"
+ANALYSIS_CACHE_BYTES = 128 * 1024 * 1024  # at least 48 analyses of the largest display size (2.4 MB each)
+OPACITY = 0.45  # the heatmap's opacity on screen unless the reader moves the Analyze page's slider
+MASK_COLORS = {"lungs": LUNG_COLOR, "infection": INFECTION_COLOR}
+MASK_CAPTIONS = {"lungs": "Lung mask", "infection": "Infection mask (ground glass and consolidation)"}
 _run = threading.local()  # Streamlit runs each script run of a session in one thread
 _log = logging.getLogger(__name__)
 
@@ -91,6 +100,91 @@ def model_lock(directory: str) -> threading.Lock:
     so every use of a model (prediction, heatmap, mask) holds its lock.
     """
     return threading.Lock()
+
+
+@contextmanager
+def held(directory: str) -> Iterator[None]:
+    """A shared network's lock, held for one fast step; says so when another analysis is using the network."""
+    lock = model_lock(directory)
+    if not lock.acquire(blocking=False):
+        notice = st.empty()
+        notice.caption(":material/hourglass_top: Waiting for another analysis to finish with this model...")
+        lock.acquire()
+        notice.empty()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def hold_for(models: dict[str, Classifier | Segmenter]) -> Hold:
+    """`hold(model)` for the analysis: the lock of a shared network, nothing for a private copy."""
+    directories = {id(model): directory for directory, model in models.items()}
+    return lambda model: held(directories[id(model)]) if id(model) in directories else nullcontext()
+
+
+def segmenters_for(modality: str) -> dict[str, Segmenter]:
+    """The installed segmentation models of a modality; one that cannot be loaded is reported and left out."""
+    segmenters: dict[str, Segmenter] = {}
+    for directory, card in model_cards(task="segmentation", modality=modality):
+        try:
+            segmenters[directory] = load_segmenter(directory)
+        except CheckpointError as error:
+            show_error(f"The segmentation model {card.name} could not be loaded: {error}")
+    return segmenters
+
+
+@st.cache_resource(show_spinner=False)
+def analyses() -> LruCache:
+    """Analyses of the server's sessions and pages by `analysis_key`, bounded in bytes.
+
+    Outside Streamlit's result caches so that a slow heatmap can show its progress (an element updated inside
+    a cached function cannot be replayed); an `Analysis` is immutable, so sharing it is safe. The Analyze and
+    Review pages key it alike, so an image reviewed after it was analysed is not computed again.
+    """
+    return LruCache(ANALYSIS_CACHE_BYTES, size=lambda analysis: analysis.nbytes)
+
+
+def analysis_key(digest: str, classifiers: Iterable[str], method: str, segmenters: Iterable[str]) -> tuple:
+    """What an analysis depends on: the image's content hash, the model directories and the CAM method."""
+    return digest, tuple(classifiers), method, tuple(segmenters)
+
+
+def show_analysis(analysis: Analysis, *, opacity: float = OPACITY, show_masks: bool = True,
+                  outline_on_heatmap: bool = True, shown: np.ndarray | None = None, image_caption: str = "Image",
+                  multiclass: str | None = None) -> None:
+    """The image, the heatmap with its colour scale and the mask side by side, then the trust signals.
+
+    A held-back analysis gets the image alone: no heatmap, mask or share of it (its reason goes with the result).
+    `shown`: the image to draw under the overlays (a display window), else the analysis's own; `multiclass`: the
+    3-class note, shown beside the probabilities rather than here.
+    """
+    if analysis.held_back:
+        st.image(analysis.grey, caption=f"{image_caption} (held back: no heatmap or mask is shown)", clamp=True,
+                 width=DISPLAY_SIDE // 2)
+        return
+    shown = analysis.grey if shown is None else shown
+    masks = analysis.masks
+    overlay = heatmap_overlay(shown, analysis.heat, opacity)
+    if masks and outline_on_heatmap:
+        overlay = mask_overlay(overlay, next(iter(masks.values())), color=OUTLINE_COLOR, alpha=0.0)
+    columns = st.columns(3 if masks and show_masks else 2)
+    columns[0].image(shown, caption=image_caption, clamp=True, width="stretch")
+    columns[1].image(overlay, caption=f"{METHOD_LABELS[analysis.method]} for "
+                                      f"{class_name(analysis.prediction.positive_class)}", width="stretch")
+    columns[1].image(colour_scale(256, 10), caption="Colour scale: low (blue, left) to high (red, right) "
+                                                    "contribution to the score", width="stretch")
+    if masks and show_masks:
+        target, mask = next(iter(masks.items()))
+        columns[2].image(mask_overlay(shown, mask, color=MASK_COLORS.get(target, LUNG_COLOR)),
+                         caption=MASK_CAPTIONS.get(target, f"{target.capitalize()} mask"), width="stretch")
+    for signal in analysis.signals:
+        if signal.level == "warning":
+            st.warning(signal.text, icon=":material/visibility_off:")
+        elif signal.level == "success":
+            st.success(signal.text, icon=":material/visibility:")
+        elif signal.level == "note" and signal.text != multiclass:
+            st.caption(signal.text)
 
 
 def _warm_scan() -> Scan:

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         check = check_image(read_image(data, name=name), data, guards, lungs)
         rows.append({"group": group, "image": name, "refused": check.refused, "modality": check.modality,
                      "coloured_share": check.coloured_share, "lung_area": check.lung_area,
-                     "lungs_plausible": check.lungs_plausible,
+                     "lungs_plausible": check.lungs_plausible, "enclosed_dark": check.enclosed_dark,
                      **{f"guard_{m}": r for m, r in check.guard_ratios.items()}, "reasons": "; ".join(check.reasons)})
         if args.features:
             pd.DataFrame(rows[-1:]).to_csv(args.features, mode="a" if number else "w", header=not number, index=False)

@@ -1,4 +1,5 @@
-"""Review sessions through the page: verdicts land in the database, survive a restart, and export as stored."""
+"""Review sessions through the page: verdicts land in the database, survive a restart, and export as stored; the
+image is shown with its analysis as on the Analyze page (masks, the lung share), and nothing of a held-back one."""
 from __future__ import annotations
 
 import re
@@ -11,9 +12,13 @@ from app_fixtures_b import clear_streamlit_caches, make_data_dir, point_app_at
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
+import covid_models.analysis
+from covid_models.analysis import Analysis, analyse
 from covid_models.data import held_out_images
-from covid_models.io import content_hash
+from covid_models.inference import Classifier
+from covid_models.io import content_hash, read_image
 from covid_models.reviews import ReviewDatabaseError, ReviewStore
+from covid_models.segmentation import Segmenter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
@@ -489,3 +494,98 @@ def test_verdict_buttons_carry_shortcuts_and_a_non_diagnostic_verdict(folders, d
     assert store.item(session, 0).verdict == "non_diagnostic"
     _summary(at)
     assert {m.label: m.value for m in at.metric}["Non-diagnostic"] == "1"
+
+
+# ---------------------------------------------------------------- the analysis, laid out as on the Analyze page
+
+
+@pytest.fixture(scope="module")
+def segmented(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Weights with the X-ray lung and CT infection segmenters, and the data folder."""
+    root = tmp_path_factory.mktemp("review-masks")
+    return make_weights_dir(root), make_data_dir(root)
+
+
+@pytest.fixture(scope="module")
+def held_back(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Weights whose guards hold back every image (segmenters installed, so a mask would be there to leak)."""
+    root = tmp_path_factory.mktemp("review-held-back")
+    return make_weights_dir(root, ood_threshold=-1.0), make_data_dir(root)
+
+
+def _library_analysis(folders: tuple[Path, Path], modality: str, name: str) -> Analysis:
+    """What `analyse` makes of a data-folder image with the session's model (the first of the modality)."""
+    weights, data_root = folders
+    classifier, segmenter = {"xray": ("xray-fixture-a", "xray-lungs-fixture"),
+                             "ct": ("ct-fixture", "ct-infection-fixture")}[modality]
+    return analyse(read_image(data_root / modality / "images" / name), [Classifier.load(weights / classifier)],
+                   [Segmenter.load(weights / segmenter)])
+
+
+def _captions(at: AppTest) -> list[str]:
+    return [caption for image in at.image for caption in image.captions]
+
+
+def test_the_review_page_shows_the_lung_mask_and_the_lung_share_warning_of_the_analysis(
+        segmented, database, store, monkeypatch) -> None:
+    """Issue 11: the reviewer sees what Analyze shows: heatmap, lung mask, and the warning that the model looked
+    outside the lungs (every share is made to warn here, so that the warning is what is checked)."""
+    monkeypatch.setattr(covid_models.analysis, "LOW_LUNG_SHARE", 1.01)
+    at = _page(segmented, database, monkeypatch)
+    session = _start_from_data(at, n=1)
+    expected = _library_analysis(segmented, "xray", store.item(session, 0).display_name)
+    warning = next(s.text for s in expected.signals if s.level == "warning")
+    assert "of the heatmap lies inside the lungs" in warning and "suspicion" in warning
+    assert warning in [w.value for w in at.warning]
+    assert "Lung mask" in _captions(at)
+    assert any(c.startswith("Grad-CAM for") for c in _captions(at))
+    assert any(m.label == "COVID-19 probability" for m in at.metric)
+
+
+def test_a_ct_review_shows_the_infection_mask_and_the_share_inside_it(segmented, database, store,
+                                                                     monkeypatch) -> None:
+    at = _page(segmented, database, monkeypatch)
+    session = _start_from_data(at, n=1, modality="ct")
+    expected = _library_analysis(segmented, "ct", store.item(session, 0).display_name)
+    assert any(c.startswith("Infection mask") for c in _captions(at))
+    share = next(s.text for s in expected.signals if "inside the infection mask" in s.text)
+    assert share in [c.value for c in at.caption]
+
+
+def test_a_blinded_review_shows_the_masks_and_the_share_only_after_the_reading(segmented, database, store,
+                                                                              monkeypatch) -> None:
+    at = _page(segmented, database, monkeypatch)
+    _start_from_data(at, n=2, blinded=True)
+    assert _captions(at) == ["Image"], "the image only: no heatmap and no mask before the reader's own reading"
+    assert "of the heatmap" not in _everything_shown(at)
+    at.button(key="review-reading-normal").click()
+    _run(at)
+    at.button(key="review-previous").click()
+    _run(at)
+    assert "Lung mask" in _captions(at)
+    assert any("of the heatmap lies inside the lungs" in s.value for s in (*at.success, *at.warning))
+
+
+@pytest.mark.parametrize("blinded", [False, True])
+def test_a_held_back_image_shows_no_probability_heatmap_mask_or_share_on_the_review_page(
+        held_back, database, store, monkeypatch, blinded) -> None:
+    """Issue 11, bug 5 on the Review page: as on Analyze, a held-back image gets its reason and the image alone, and
+    no verdict that would give its reading away (the labels left to disagree with, a blinded reading that agrees)."""
+    at = _page(held_back, database, monkeypatch)
+    session = _start_from_data(at, n=1, blinded=blinded)
+    item = store.item(session, 0)
+    assert _library_analysis(held_back, "xray", item.display_name).held_back
+    assert any("does not look like a chest X-ray the model was trained on" in e.value and "held back" in e.value
+               for e in at.error)
+    assert _captions(at) == ["Image (held back: no heatmap or mask is shown)"]
+    assert not at.metric and not at.success
+    shown = _everything_shown(at)
+    assert f"{item.covid_probability:.1%}" not in shown
+    assert "of the heatmap" not in shown
+    assert "Model reading: **held back**" in [m.value for m in at.markdown]
+    keys = [b.key for b in at.button]
+    assert {"review-unsure", "review-non_diagnostic"} <= set(keys)
+    assert not [k for k in keys if k in ("review-agree", "review-disagree") or k.startswith("review-reading-")]
+    assert [c.key for c in at.get("segmented_control")] == ["review-view"], "no 'if you disagree' labels"
+    _verdict(at, "non_diagnostic")
+    assert store.item(session, 0).verdict == "non_diagnostic"
