@@ -1,5 +1,6 @@
 """What the benchmarks and the tests share: generated chest-like images, small model folders, a running app,
-memory and hook counts, and the reference CAM.
+memory and hook counts, the reference CAM, the photographs a chest-image check must refuse, and replaced code
+kept as the specification of its faster successor.
 
 A benchmark and the test that guards the same property must measure it the same way, so both import this
 module (scripts never put tests/ on sys.path). Nothing here is used by the dashboard: the heavy or optional
@@ -33,6 +34,7 @@ from torch.nn.modules import module as torch_module
 
 from covid_models.architectures import build_model
 from covid_models.checkpoint import save_model_dir
+from covid_models.data import SPLITS
 from covid_models.evaluation import classification_report
 from covid_models.inference import Classifier
 from covid_models.model_card import ModelCard
@@ -267,3 +269,93 @@ def reference_cam(classifier: Classifier, pixels: np.ndarray, method: str, targe
     finally:
         classifier.model.zero_grad(set_to_none=True)
         classifier.model.requires_grad_(False).eval()
+
+
+# --- photographs: what the chest-image check and the OOD guard must refuse -----------------------------
+
+# (top, left) of each half-size crop, as shares of the photograph's height and width
+PHOTO_CROPS = ((0, 0), (0, 1 / 3), (1 / 3, 0), (1 / 3, 1 / 3), (0, 1 / 2), (1 / 2, 0), (1 / 4, 1 / 4), (1 / 2, 1 / 2))
+
+
+def jpeg_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def photographs() -> list[tuple[str, bytes]]:
+    """scikit-learn's two sample photos, whole and in 8 half-size crops, each in colour and in grey."""
+    from sklearn.datasets import load_sample_image
+
+    found = []
+    for name in ("china.jpg", "flower.jpg"):
+        photo = load_sample_image(name)
+        h, w = photo.shape[:2]
+        pieces = [("whole", photo)] + [
+            (f"crop{i}", photo[int(t * h): int(t * h) + h // 2, int(s * w): int(s * w) + w // 2])
+            for i, (t, s) in enumerate(PHOTO_CROPS)]
+        for piece, array in pieces:
+            found.append((f"{name}:{piece}:colour", jpeg_bytes(np.ascontiguousarray(array))))
+            grey = np.round(array.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+            found.append((f"{name}:{piece}:grey", jpeg_bytes(grey.astype(np.uint8))))
+    return found
+
+
+def grey_photographs() -> list[np.ndarray]:
+    """The two scikit-learn sample photos as greyscale, whole and in 8 crops each."""
+    from sklearn.datasets import load_sample_image
+
+    images = []
+    for name in ("china.jpg", "flower.jpg"):
+        grey = load_sample_image(name).astype(np.float32).mean(axis=2) / 255
+        images.append(grey)
+        h, w = grey.shape
+        for top, left in [(0, 0), (0, w // 3), (h // 3, 0), (h // 3, w // 3), (0, w // 2), (h // 2, 0),
+                          (h // 4, w // 4), (h // 2, w // 2)]:
+            images.append(grey[top: top + h // 2, left: left + w // 2])
+    return images
+
+
+# --- replaced code kept as the specification its faster successor must equal ---------------------------
+
+def reference_split_groups(frame: pd.DataFrame, linked_ids=()) -> np.ndarray:
+    """split_groups as it was (a union-find in Python, commit 3163568), kept as the specification."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        parent[find(a)] = find(b)
+
+    for stem, patient in zip([Path(p).stem for p in frame["image"]], frame["patient_id"], strict=True):
+        union(f"img:{stem}", f"pat:{patient}")
+    for a, b in linked_ids:
+        union(f"img:{a}", f"img:{b}")
+    return pd.factorize(pd.Series([find(f"pat:{p}") for p in frame["patient_id"]]))[0]
+
+
+def reference_patient_split(frame: pd.DataFrame, fractions=(0.7, 0.15, 0.15), seed: int = 0,
+                            linked_ids=()) -> pd.DataFrame:
+    """patient_split as it was before it was vectorised (commit 3163568), kept as the specification."""
+    frame = frame.copy()
+    frame["_group"] = reference_split_groups(frame, linked_ids)
+    rng = np.random.default_rng(seed)
+    stratum_of = frame.groupby("_group").agg(
+        stratum=("label", lambda s: s.mode().iloc[0]), source=("source", "first"), size=("label", "size"))
+    stratum_of["key"] = stratum_of["stratum"] + "|" + stratum_of["source"]
+    assignment: dict[int, str] = {}
+    for _, block in stratum_of.groupby("key"):
+        order = rng.permutation(block.index.to_numpy())
+        counts = dict.fromkeys(SPLITS, 0)
+        total = block["size"].sum()
+        for group in order:
+            deficits = {s: f * total - counts[s] for s, f in zip(SPLITS, fractions, strict=True)}
+            target = max(deficits, key=deficits.get)
+            assignment[group] = target
+            counts[target] += int(block.loc[group, "size"])
+    frame["split"] = frame["_group"].map(assignment)
+    return frame.drop(columns="_group")

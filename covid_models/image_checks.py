@@ -30,6 +30,7 @@ from scipy import ndimage
 from covid_models.analysis import Hold, free
 from covid_models.inference import Classifier
 from covid_models.io import Scan
+from covid_models.lung_box import enclosed, otsu_threshold
 from covid_models.segmentation import Segmenter
 
 SATURATED = 0.25  # HSV saturation above which a pixel is coloured ...
@@ -87,23 +88,6 @@ def lung_fields(mask: np.ndarray) -> tuple[float, bool]:
     return area, bool(balance >= LUNG_BALANCE and min(centres) < middle < max(centres))
 
 
-def otsu_threshold(values: np.ndarray) -> float:
-    """The grey level (in [0, 1]) that best splits `values` into a darker and a brighter class (Otsu, 64 bins)."""
-    counts, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
-    weight = np.cumsum(counts) / counts.sum()
-    mean = np.cumsum(counts * edges[:-1]) / counts.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = np.nan_to_num((mean[-1] * weight - mean) ** 2 / (weight * (1 - weight)), nan=-1.0, posinf=-1.0)
-    return float(edges[np.argmax(between) + 1])
-
-
-def _enclosed(dark: np.ndarray) -> float:
-    """Share of the image in the `dark` regions that do not reach its border."""
-    labels, _ = ndimage.label(dark)
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return float((dark & ~np.isin(labels, edge)).mean())
-
-
 def enclosed_dark_share(pixels: np.ndarray) -> float:
     """Share of the image in dark regions that do not reach its border: a CT slice's lungs inside the body.
 
@@ -117,7 +101,7 @@ def enclosed_dark_share(pixels: np.ndarray) -> float:
     low = otsu_threshold(thumb)
     bright = thumb[thumb >= low]
     levels = (low, otsu_threshold(bright)) if bright.size else (low,)
-    return max(_enclosed(thumb < level) for level in levels)
+    return max(float((enclosed(thumb < level)[0] > 0).mean()) for level in levels)
 
 
 def guard_ratio(classifier: Classifier, scan: Scan, hold: Hold = free) -> float | None:

@@ -22,15 +22,22 @@ MIN_REGION = 0.01  # a dark region under this share of the thumbnail is a vessel
 MIN_LUNGS = 0.04  # below this share of dark enclosed regions the slice shows no lungs to crop to
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
-    """The grey level in [0, 1] that best separates two classes of `values` (Otsu 1979)."""
-    histogram, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    share = histogram / max(histogram.sum(), 1)
-    centres = (edges[:-1] + edges[1:]) / 2
-    below = np.cumsum(share)
-    below_mean = np.cumsum(share * centres)
-    between = (below_mean[-1] * below - below_mean) ** 2 / np.maximum(below * (1 - below), 1e-12)
-    return float(centres[int(np.argmax(between))])
+def otsu_threshold(values: np.ndarray) -> float:
+    """The grey level (in [0, 1]) that best splits `values` into a darker and a brighter class (Otsu, 64 bins)."""
+    counts, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
+    weight = np.cumsum(counts) / counts.sum()
+    mean = np.cumsum(counts * edges[:-1]) / counts.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = np.nan_to_num((mean[-1] * weight - mean) ** 2 / (weight * (1 - weight)), nan=-1.0, posinf=-1.0)
+    return float(edges[np.argmax(between) + 1])
+
+
+def enclosed(dark: np.ndarray) -> tuple[np.ndarray, int]:
+    """The connected `dark` regions that do not reach the image border (labels, 0 elsewhere), and their count
+    before that removal: on a CT slice, the lungs inside the body; the air outside reaches the border."""
+    labels, count = ndimage.label(dark)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.where(np.isin(labels, border), 0, labels), count
 
 
 def lung_box(pixels: np.ndarray) -> Box | None:
@@ -39,13 +46,9 @@ def lung_box(pixels: np.ndarray) -> Box | None:
     thumbnail = F.interpolate(torch.as_tensor(np.ascontiguousarray(pixels), dtype=torch.float32)[None, None],
                               size=(THUMBNAIL, THUMBNAIL), mode="bilinear", antialias=True, align_corners=False)
     small = thumbnail[0, 0].numpy()
-    dark = ndimage.binary_opening(small < otsu_threshold(small))
-    labels, count = ndimage.label(dark)
-    if count == 0:
-        return None
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    labels, count = enclosed(ndimage.binary_opening(small < otsu_threshold(small)))
     sizes = np.bincount(labels.ravel(), minlength=count + 1) / small.size
-    keep = [label for label in range(1, count + 1) if label not in border and sizes[label] >= MIN_REGION]
+    keep = [label for label in range(1, count + 1) if sizes[label] >= MIN_REGION]
     if sizes[keep].sum() < MIN_LUNGS:
         return None
     rows, columns = np.nonzero(np.isin(labels, keep))

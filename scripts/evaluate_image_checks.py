@@ -12,46 +12,19 @@ often the detected modality is the right one on the chest images (unknown counts
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from covid_models.benchmarking import jpeg_bytes, photographs
 from covid_models.data import held_out_images
 from covid_models.image_checks import check_image
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import read_image
 from covid_models.runtime import configure
 from covid_models.segmentation import Segmenter
-
-CROPS = ((0, 0), (0, 1 / 3), (1 / 3, 0), (1 / 3, 1 / 3), (0, 1 / 2), (1 / 2, 0), (1 / 4, 1 / 4), (1 / 2, 1 / 2))
-
-
-def _jpeg(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=92)
-    return buffer.getvalue()
-
-
-def photographs() -> list[tuple[str, bytes]]:
-    """scikit-learn's two sample photos, whole and in 8 half-size crops, each in colour and in grey."""
-    from sklearn.datasets import load_sample_image
-
-    found = []
-    for name in ("china.jpg", "flower.jpg"):
-        photo = load_sample_image(name)
-        h, w = photo.shape[:2]
-        pieces = [("whole", photo)] + [
-            (f"crop{i}", photo[int(t * h): int(t * h) + h // 2, int(s * w): int(s * w) + w // 2])
-            for i, (t, s) in enumerate(CROPS)]
-        for piece, array in pieces:
-            found.append((f"{name}:{piece}:colour", _jpeg(np.ascontiguousarray(array))))
-            grey = np.round(array.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
-            found.append((f"{name}:{piece}:grey", _jpeg(grey.astype(np.uint8))))
-    return found
 
 
 def generated(count: int = 12, seed: int = 0) -> list[tuple[str, bytes]]:
@@ -68,7 +41,7 @@ def generated(count: int = 12, seed: int = 0) -> list[tuple[str, bytes]]:
             array = rng.uniform(0, 1, (8, 8, 3)).repeat(h // 8 + 1, 0).repeat(w // 8 + 1, 1)[:h, :w]
         else:
             array = rng.uniform(0, 1, (h, w, 3))
-        found.append((f"generated:{kind}{index}", _jpeg(np.round(array * 255).astype(np.uint8))))
+        found.append((f"generated:{kind}{index}", jpeg_bytes(np.round(array * 255).astype(np.uint8))))
     return found
 
 

@@ -17,27 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from covid_models.benchmarking import grey_photographs
 from covid_models.data import ensure_split, load_dataset
 from covid_models.evaluation import predict_frame
 from covid_models.inference import Classifier
 from covid_models.io import ImageReadError, read_image
 
 OTHER_MODALITY = {"ct": "xray", "xray": "ct"}
-
-
-def photographs() -> list[np.ndarray]:
-    """The two scikit-learn sample photos as greyscale, whole and in 8 crops each."""
-    from sklearn.datasets import load_sample_image
-
-    images = []
-    for name in ("china.jpg", "flower.jpg"):
-        grey = load_sample_image(name).astype(np.float32).mean(axis=2) / 255
-        images.append(grey)
-        h, w = grey.shape
-        for top, left in [(0, 0), (0, w // 3), (h // 3, 0), (h // 3, w // 3), (0, w // 2), (h // 2, 0),
-                          (h // 4, w // 4), (h // 2, w // 2)]:
-            images.append(grey[top: top + h // 2, left: left + w // 2])
-    return images
 
 
 def dicom_slices(modalities: tuple[str, ...] = ("MR", "US", "NM")) -> list[np.ndarray]:
@@ -83,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     false_alarm = float(np.mean(classifier.ood.score(torch.from_numpy(features)) > classifier.ood.threshold))
     other = load_dataset(args.data, OTHER_MODALITY[card.modality]).sample(frac=1, random_state=0)
     other_images = [read_image(p).pixels for p in other["image"].head(args.other_limit)]
-    sets = {"photographs": photographs(), "MR/US/NM DICOM slices": dicom_slices(),
+    sets = {"photographs": grey_photographs(), "MR/US/NM DICOM slices": dicom_slices(),
             f"{OTHER_MODALITY[card.modality]} images": other_images}
     rates = {"model": card.name, "threshold": classifier.ood.threshold,
              "false_alarm_on_test_split": {"rate": false_alarm, "n": len(test)},

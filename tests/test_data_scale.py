@@ -8,50 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covid_models.data import SPLITS, absolute_paths, image_stems, load_manifest, patient_split, split_groups
-
-
-def reference_split_groups(frame: pd.DataFrame, linked_ids=()) -> np.ndarray:
-    """split_groups as it was (a union-find in Python, commit 3163568), kept as the specification."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def union(a: str, b: str) -> None:
-        parent[find(a)] = find(b)
-
-    for stem, patient in zip([Path(p).stem for p in frame["image"]], frame["patient_id"], strict=True):
-        union(f"img:{stem}", f"pat:{patient}")
-    for a, b in linked_ids:
-        union(f"img:{a}", f"img:{b}")
-    return pd.factorize(pd.Series([find(f"pat:{p}") for p in frame["patient_id"]]))[0]
-
-
-def reference_patient_split(frame: pd.DataFrame, fractions=(0.7, 0.15, 0.15), seed: int = 0,
-                            linked_ids=()) -> pd.DataFrame:
-    """patient_split as it was before it was vectorised (commit 3163568), kept as the specification."""
-    frame = frame.copy()
-    frame["_group"] = reference_split_groups(frame, linked_ids)
-    rng = np.random.default_rng(seed)
-    stratum_of = frame.groupby("_group").agg(
-        stratum=("label", lambda s: s.mode().iloc[0]), source=("source", "first"), size=("label", "size"))
-    stratum_of["key"] = stratum_of["stratum"] + "|" + stratum_of["source"]
-    assignment: dict[int, str] = {}
-    for _, block in stratum_of.groupby("key"):
-        order = rng.permutation(block.index.to_numpy())
-        counts = dict.fromkeys(SPLITS, 0)
-        total = block["size"].sum()
-        for group in order:
-            deficits = {s: f * total - counts[s] for s, f in zip(SPLITS, fractions, strict=True)}
-            target = max(deficits, key=deficits.get)
-            assignment[group] = target
-            counts[target] += int(block.loc[group, "size"])
-    frame["split"] = frame["_group"].map(assignment)
-    return frame.drop(columns="_group")
+from covid_models.benchmarking import reference_patient_split, reference_split_groups
+from covid_models.data import absolute_paths, image_stems, load_manifest, patient_split, split_groups
 
 
 def generated_manifest(rows: int, seed: int = 0) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from app_fixtures import chest_like_png
 from PIL import Image
 
 import covid_models.image_checks as image_checks
+from covid_models.benchmarking import photographs
 from covid_models.image_checks import (
     MAX_COLOURED_SHARE,
     MIN_ENCLOSED_DARK,
@@ -94,8 +95,6 @@ def test_a_dicom_is_never_reopened_by_pillow_for_its_colours():
 
 def grey_photograph(name: str = "flower.jpg:crop1:grey") -> bytes:
     """One of the greyscale photographs `scripts/evaluate_image_checks.py` evaluates (this one passed as a CT)."""
-    from scripts.evaluate_image_checks import photographs
-
     return dict(photographs())[name]
 
 
@@ -139,8 +138,6 @@ def shipped_checks():
 @pytest.mark.slow
 def test_the_shipped_models_refuse_every_grey_photograph_the_evaluation_uses(shipped_checks):
     """Issue 11: 6 of these 18 greyscale photographs (whole and cropped) passed as CT slices."""
-    from scripts.evaluate_image_checks import photographs
-
     guards, lungs = shipped_checks
     passed = [name for name, data in photographs() if name.endswith(":grey")
               and not check_image(read_image(data, name=name), data, guards, lungs).refused]
