@@ -11,7 +11,7 @@ is shown. The first uploads (the warm-up) are reported on their own: the server 
 it starts, so the first should be no slower than the second. The server's resident memory
 (streamlit and its children) is read after a warm-up, after the N analyses and after opening every other page
 (the Dataset page with the data folder's live statistics), and its peak is sampled throughout. Then the same
-work is timed in-process through the library (read + classify + Grad-CAM + masks), to show what the app adds.
+work is timed in-process through the library (read, chest-image check, `analyse`), to show what the app adds.
 When weights/ holds no classifier of the modality, small untrained fixture models are used (same sizes of
 work only if their architecture and input size match the real ones: the table says which were used).
 `--busy` keeps a second torch process (matrix products with torch's default settings, as a training run would)
@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from covid_models.analysis import analyse
 from covid_models.benchmarking import CHROMIUM, CHROMIUM_ARGS, make_weights_dir, running_app, server_rss_mb
 from covid_models.data import DATA_DIR_ENV, load_dataset
-from covid_models.explain import heatmap
+from covid_models.image_checks import check_image
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import read_image
 from covid_models.segmentation import Segmenter
@@ -165,20 +166,23 @@ def browser_run(weights: Path, data: Path, modality: str, images: list[Path], wa
 
 
 def library_run(weights: Path, modality: str, images: list[Path], warmup: int) -> dict[str, float]:
-    """read + classify + Grad-CAM + every mask of the modality, in this process, per image."""
+    """What the page computes for one upload, in this process: read, the chest-image check (colour, both
+    modalities' guards, lung fields) and `analyse` (prediction and Grad-CAM from one pass, every mask)."""
     classifier = Classifier.load(discover_models(weights, "classification", modality)[0][0])
     segmenters = [Segmenter.load(d) for d, _ in discover_models(weights, "segmentation", modality)]
-    steps: dict[str, list[float]] = {"read": [], "classify": [], "gradcam": [], "masks": [], "total": []}
+    guards = {m: Classifier.load(found[0][0]) for m in ("xray", "ct")
+              if (found := discover_models(weights, "classification", m))}
+    lungs = next((Segmenter.load(d) for d, card in discover_models(weights, "segmentation", "xray")
+                  if card.classes == ["lungs"]), None)
+    steps: dict[str, list[float]] = {"read": [], "check": [], "analyse": [], "total": []}
     for index, image in enumerate(images):
         marks = [time.perf_counter()]
-        scan = read_image(image)
+        data = image.read_bytes()
+        scan = read_image(data, name=image.name)
         marks.append(time.perf_counter())
-        classifier.predict(scan)
+        check_image(scan, data, guards, lungs)
         marks.append(time.perf_counter())
-        heatmap(classifier, scan, "gradcam")
-        marks.append(time.perf_counter())
-        for segmenter in segmenters:
-            segmenter.mask(scan)
+        analyse(scan, [classifier], segmenters)
         marks.append(time.perf_counter())
         if index >= warmup:
             for name, start, end in zip(steps, marks, marks[1:], strict=False):
@@ -232,11 +236,11 @@ def main() -> None:
     print(f"| server RSS after {browser['n'] + args.warmup} analyses | {browser['rss_end']:.0f} MiB |")
     print(f"| server RSS after also opening {', '.join(TOUR)} | {browser['rss_tour']:.0f} MiB |")
     print(f"| server RSS, highest sample (every 0.2 s) | {browser['rss_peak']:.0f} MiB |")
-    print(f"| library: read + classify + Grad-CAM + {library['segmenters']} mask(s), median | "
+    print(f"| library: read + chest-image check + analyse ({library['segmenters']} mask(s)), median | "
           f"{library['total'] * 1000:.0f} ms |")
     print(f"| library: same, p90 | {library['total_p90'] * 1000:.0f} ms |")
-    print(f"| library: read / classify / Grad-CAM / masks, medians | {library['read'] * 1000:.0f} / "
-          f"{library['classify'] * 1000:.0f} / {library['gradcam'] * 1000:.0f} / {library['masks'] * 1000:.0f} ms |")
+    print(f"| library: read / check / analyse, medians | {library['read'] * 1000:.0f} / "
+          f"{library['check'] * 1000:.0f} / {library['analyse'] * 1000:.0f} ms |")
     print(f"\nupload-to-probability median {browser['probability'] * 1000:.0f} ms; upload-to-result median "
           f"{browser['median'] * 1000:.0f} ms; library path {library['total'] * 1000:.0f} ms")
 
