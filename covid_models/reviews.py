@@ -82,6 +82,8 @@ MIN_PASSPHRASE_CHARS = 8
 MAX_PASSPHRASE_CHARS = 1024
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 DEFAULT_DB_PATH = Path("~/.local/share/covid-screening/reviews.sqlite3")
+HELD_BACK_LABEL = "held back (out of distribution)"  # the CSV's model reading of a held-back image
+
 CSV_COLUMNS = (
     "session", "reviewer", "model", "position", "file", "image_sha256", "predicted_label",
     "covid_probability", "threshold", "verdict", "reviewer_label", "note", "decided_at",
@@ -154,6 +156,7 @@ class NewItem:
     predicted_label: str
     covid_probability: float
     operating_threshold: float
+    held_back: bool = False  # the model's guard held its reading back: no probability is shown or exported
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,7 @@ class ItemView:
     note: str
     decided_at: datetime | None
     version: int = 0
+    held_back: bool = False
 
 
 @dataclass(frozen=True)
@@ -381,6 +385,7 @@ class _ItemRow(_Base):
     predicted_label: Mapped[str] = mapped_column(String(MAX_LABEL_CHARS))
     covid_probability: Mapped[float] = mapped_column(Float)
     operating_threshold: Mapped[float] = mapped_column(Float)
+    held_back: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     session: Mapped[_SessionRow] = relationship(back_populates="items")
     verdict: Mapped[_VerdictRow | None] = relationship(back_populates="item", cascade="all, delete-orphan")
 
@@ -445,6 +450,9 @@ def _migrate(connection: Connection) -> None:
                 "UPDATE review_sessions SET n_items = (SELECT count(*) FROM review_items i "
                 "WHERE i.session_id = review_sessions.id), n_reviewed = (SELECT count(*) FROM review_items i "
                 "JOIN verdicts v ON v.item_id = i.id WHERE i.session_id = review_sessions.id)"))
+    if "review_items" in existing and "held_back" not in {
+            c["name"] for c in inspect(connection).get_columns("review_items")}:
+        connection.execute(text("ALTER TABLE review_items ADD COLUMN held_back BOOLEAN NOT NULL DEFAULT false"))
     old_verdicts = "verdicts" in existing and "version" not in {
         c["name"] for c in inspect(connection).get_columns("verdicts")}
     if old_verdicts and connection.dialect.name == "sqlite":  # SQLite cannot alter a CHECK: rebuild the table
@@ -516,6 +524,7 @@ def _checked_item(item: NewItem, position: int) -> _ItemRow:
         predicted_label=_required_text(item.predicted_label, f"{where}: predicted label", MAX_LABEL_CHARS),
         covid_probability=_probability(item.covid_probability, f"{where}: COVID probability"),
         operating_threshold=_probability(item.operating_threshold, f"{where}: operating threshold"),
+        held_back=bool(item.held_back),
     )
 
 
@@ -881,15 +890,16 @@ class ReviewStore:
             rows = session.execute(
                 select(_ItemRow.position, _ItemRow.display_name, _ItemRow.image_hash, _ItemRow.predicted_label,
                        _ItemRow.covid_probability, _ItemRow.operating_threshold, _VerdictRow.verdict,
-                       _VerdictRow.reviewer_label, _VerdictRow.note, _VerdictRow.decided_at)
+                       _VerdictRow.reviewer_label, _VerdictRow.note, _VerdictRow.decided_at, _ItemRow.held_back)
                 .outerjoin(_VerdictRow, _VerdictRow.item_id == _ItemRow.id)
                 .where(_ItemRow.session_id == session_id)
                 .order_by(_ItemRow.position)
             )
-            for position, name, digest, predicted, probability, threshold, verdict, label, note, decided in rows:
+            for position, name, digest, predicted, probability, threshold, verdict, label, note, decided, held in rows:
                 writer.writerow([
                     info.id, _csv_cell(info.reviewer), _csv_cell(info.model_name), position, _csv_cell(name), digest,
-                    _csv_cell(predicted), repr(probability), repr(threshold), verdict or "",
+                    HELD_BACK_LABEL if held else _csv_cell(predicted), "" if held else repr(probability),
+                    repr(threshold), verdict or "",
                     _csv_cell(label or ""), _csv_cell(note or ""), decided.isoformat() if decided else "",
                 ])
         return buffer.getvalue()
@@ -985,6 +995,7 @@ def _item_view(item: _ItemRow, verdict: _VerdictRow | None) -> ItemView:
         note=verdict.note if verdict else "",
         decided_at=verdict.decided_at if verdict else None,
         version=verdict.version if verdict else 0,
+        held_back=item.held_back,
     )
 
 

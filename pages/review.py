@@ -176,8 +176,11 @@ def prediction(digest: str, directory: str, _data: bytes, _name: str) -> Predict
 
 
 def held_back(item: ItemView, data: bytes | None, directory: str | None) -> bool:
-    """Whether the model holds its reading of the image back (out of distribution); False when that cannot be known
-    (the image not on the server, the model gone or unreadable)."""
+    """Whether the model holds its reading of the image back (out of distribution): as stored with the session, or,
+    for a session stored before that was kept, as the model says now; False when that cannot be known (the image not
+    on the server, the model gone or unreadable)."""
+    if item.held_back:
+        return True
     if data is None or directory is None:
         return False
     try:
@@ -308,7 +311,8 @@ def _start(store: ReviewStore, reviewer: Reviewer, modality: str, directory: str
             cache.put(reviewer.key, digest, data)
         items.append(NewItem(image_hash=digest, display_name=name, predicted_label=review_label(predicted),
                              covid_probability=float(predicted.positive_probability),
-                             operating_threshold=float(predicted.threshold)))
+                             operating_threshold=float(predicted.threshold),
+                             held_back=predicted.out_of_distribution))
     bar.empty()
     if skipped:
         st.session_state[MESSAGE_KEY] = ("warning", "Left out of the session: " + "; ".join(skipped))

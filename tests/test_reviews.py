@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import os
 import re
@@ -35,6 +36,7 @@ from sqlalchemy.engine import make_url
 from covid_models.io import content_hash
 from covid_models.reviews import (
     CSV_COLUMNS,
+    HELD_BACK_LABEL,
     NewItem,
     NotYoursError,
     ReviewDatabaseError,
@@ -306,7 +308,7 @@ def test_no_pixels_directories_or_identifiers_are_stored(store: ReviewStore, db_
     assert set(columns) == {"review_sessions", "review_items", "verdicts", "verdict_history", "reviewers"}
     assert set(columns["review_items"]) == {
         "id", "session_id", "position", "image_hash", "display_name", "predicted_label",
-        "covid_probability", "operating_threshold",
+        "covid_probability", "operating_threshold", "held_back",
     }
     assert not any(isinstance(kind, LargeBinary) for table in columns.values() for kind in table.values())
     stored = repr(all_stored_values(db_url))
@@ -337,6 +339,19 @@ def test_csv_export_has_one_row_per_item_with_its_verdict(store: ReviewStore) ->
     assert first["decided_at"].endswith("+00:00")
     assert (second["verdict"], second["reviewer_label"], second["note"], second["decided_at"]) == ("", "", "", "")
     assert second["file"] == "'=HYPERLINK(evil).png"  # a spreadsheet must not run it as a formula
+
+
+def test_a_held_back_item_keeps_its_status_and_exports_no_probability(store: ReviewStore) -> None:
+    """Issue 11, point 5: a held-back image shows no probability anywhere, the CSV included."""
+    held = dataclasses.replace(make_item(0, "covid", 0.414), held_back=True)
+    session_id = store.start_session("Dr Kim", "resnet50-ct", "ct", [held, make_item(1, "non_covid", 0.125)])
+    store.record_verdict(session_id, 0, "non_diagnostic")
+
+    assert store.item(session_id, 0).held_back and not store.item(session_id, 1).held_back
+    first, second = csv.DictReader(io.StringIO(store.export_csv(session_id)))
+    assert (first["predicted_label"], first["covid_probability"]) == (HELD_BACK_LABEL, "")
+    assert "0.414" not in store.export_csv(session_id)
+    assert (second["predicted_label"], second["covid_probability"]) == ("non_covid", "0.125")
 
 
 def test_summary_reports_agreement_kappa_and_confusion(store: ReviewStore) -> None:
@@ -507,6 +522,7 @@ def test_a_database_from_before_access_control_is_migrated_and_its_sessions_clai
         assert re.fullmatch(r"[A-Za-z0-9_-]{32}", info.token)
         first = store.item(info.id, 0)
         assert (first.verdict, first.note, first.version) == ("unsure", "kept across the upgrade", 1)
+        assert not first.held_back  # the column added by the upgrade
         assert [e.note for e in store.history(info.id, 0)] == ["kept across the upgrade"]
         store.record_verdict(info.id, 1, "non_diagnostic", expected_version=0)  # the widened CHECK
 
