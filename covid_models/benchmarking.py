@@ -271,6 +271,11 @@ def reference_cam(classifier: Classifier, pixels: np.ndarray, method: str, targe
         classifier.model.requires_grad_(False).eval()
 
 
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of timings, NaN when there are none: one definition for every benchmark."""
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
 # --- photographs: what the chest-image check and the OOD guard must refuse -----------------------------
 
 # (top, left) of each half-size crop, as shares of the photograph's height and width

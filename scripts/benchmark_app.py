@@ -33,11 +33,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 
 from covid_models.analysis import analyse
-from covid_models.benchmarking import CHROMIUM, CHROMIUM_ARGS, make_weights_dir, running_app, server_rss_mb
+from covid_models.benchmarking import CHROMIUM, CHROMIUM_ARGS, make_weights_dir, percentile, running_app, server_rss_mb
 from covid_models.data import DATA_DIR_ENV, load_dataset
 from covid_models.image_checks import check_image
 from covid_models.inference import Classifier, discover_models
@@ -113,9 +112,6 @@ def visit_other_pages(page, url: str) -> None:
         page.get_by_test_id("stMain").get_by_role("heading").first.wait_for()
         page.wait_for_function(PAGE_SETTLED, polling=200)
 
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
 
 
 def browser_run(weights: Path, data: Path, modality: str, images: list[Path], warmup: int, masks: bool

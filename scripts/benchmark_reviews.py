@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from covid_models.benchmarking import percentile
 from covid_models.io import content_hash
 from covid_models.reviews import NewItem, ReviewStore
 
@@ -49,8 +50,7 @@ def _timed(call: Callable[[], object], repeats: int) -> tuple[float, float]:
         start = time.perf_counter()
         call()
         times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]
+    return statistics.median(times), percentile(times, 90)
 
 
 def measure(n: int, repeats: int) -> None:

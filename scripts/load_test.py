@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import numpy as np
-
-from covid_models.benchmarking import CHROMIUM, CHROMIUM_ARGS, chest_like_png, running_app, wait_healthy
+from covid_models.benchmarking import CHROMIUM, CHROMIUM_ARGS, chest_like_png, percentile, running_app, wait_healthy
 from covid_models.data import DataError, default_data_dir, held_out_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,9 +169,6 @@ async def drive(url: str, per_session: list[list[tuple[str, bytes]]], warmup: tu
 
 
 # ------------------------------------------------------------------------------------------------ report
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
 
 def report(warm: SessionResult | None, results: list[SessionResult], uploads_per_session: int, wall_s: float,
            where: str) -> str:
