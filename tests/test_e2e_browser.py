@@ -2,42 +2,21 @@
 
 A person's path through the app: upload a chest image, see the probability and the heatmap, record a
 review verdict, reload the browser, and find the verdict still there. Screenshots go to test-artifacts/.
-Playwright never downloads a browser here: it launches /usr/bin/chromium (apt-get install chromium).
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
-from app_fixtures import CHROMIUM, CHROMIUM_ARGS, PROJECT_ROOT, chest_like_png, make_weights_dir, running_app
+from app_fixtures import PROJECT_ROOT, chest_like_png, make_weights_dir, running_app
+from browser_fixtures import UPLOAD_INPUT, browser_page, snapshot, upload
 from conftest import real_data_dir
 
 from covid_models import RESEARCH_USE_NOTICE
 from covid_models.inference import discover_models
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-ARTIFACTS = PROJECT_ROOT / "test-artifacts"
-UPLOAD_INPUT = '[data-testid="stFileUploaderDropzoneInput"]'
-TIMEOUT_MS = 120_000  # per step; generous because CI machines may be shared with training jobs
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)"
-        if os.environ.get("REQUIRE_BROWSER") == "1":
-            pytest.fail(f"required (REQUIRE_BROWSER=1): {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
@@ -57,10 +36,6 @@ def chest_image() -> tuple[str, bytes]:
     return "generated-chest.png", chest_like_png(size=256)
 
 
-def upload(page, name: str, data: bytes) -> None:
-    page.set_input_files(UPLOAD_INPUT, files=[{"name": name, "mimeType": "application/octet-stream", "buffer": data}])
-
-
 def analyse(page, url: str, name: str, data: bytes) -> None:
     """Analyze page: the upload ends in a probability and a loaded heatmap, under the research-use notice."""
     page.goto(url)
@@ -73,7 +48,7 @@ def analyse(page, url: str, name: str, data: bytes) -> None:
     assert heatmap.evaluate("img => img.complete && img.naturalWidth > 0")
     assert page.get_by_test_id("stSidebar").get_by_text(RESEARCH_USE_NOTICE).is_visible()
     assert page.get_by_test_id("stMain").get_by_text(RESEARCH_USE_NOTICE).is_visible()
-    page.screenshot(path=str(ARTIFACTS / "e2e-1-analyze.png"), full_page=True)
+    snapshot(page, "e2e-1-analyze")
 
 
 def review_and_reload(page, name: str, data: bytes) -> None:
@@ -91,7 +66,7 @@ def review_and_reload(page, name: str, data: bytes) -> None:
     page.get_by_role("button", name=re.compile(r"^Agree\b")).click()
     page.get_by_text("Your verdict:").wait_for()
     page.get_by_text("1 of 1 reviewed").wait_for()
-    page.screenshot(path=str(ARTIFACTS / "e2e-2-review.png"), full_page=True)
+    snapshot(page, "e2e-2-review")
 
     page.reload()  # a new browser session: the URL and the database remember the review, the reviewer signs in
     assert "session=" in page.url
@@ -101,24 +76,15 @@ def review_and_reload(page, name: str, data: bytes) -> None:
     page.get_by_text(f"Image 1 of 1: {name}").wait_for()
     page.get_by_text("Your verdict:").wait_for()  # raises when the verdict is not shown
     page.get_by_text("1 of 1 reviewed").wait_for()
-    page.screenshot(path=str(ARTIFACTS / "e2e-3-review-after-reload.png"), full_page=True)
+    snapshot(page, "e2e-3-review-after-reload")
 
 
 def test_upload_analyse_review_and_find_the_verdict_after_a_reload(browser, weights, tmp_path):
-    ARTIFACTS.mkdir(exist_ok=True)
     name, data = chest_image()
     env = {"COVID_WEIGHTS_DIR": str(weights), "COVID_REVIEW_DB": str(tmp_path / "reviews.sqlite3")}
-    with running_app(env) as (url, _process):
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.set_default_timeout(TIMEOUT_MS)
-        try:
-            analyse(page, url, name, data)
-            review_and_reload(page, name, data)
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "e2e-failure.png"), full_page=True)
-            raise
-        finally:
-            page.close()
+    with running_app(env) as (url, _process), browser_page(browser, "e2e", height=1800) as page:
+        analyse(page, url, name, data)
+        review_and_reload(page, name, data)
 
 
 APP_PAGES = ["Analyze", "CT scan", "Review session", "Model performance", "Dataset statistics", "About"]
@@ -128,20 +94,12 @@ APP_PAGES = ["Analyze", "CT scan", "Review session", "Model performance", "Datas
 def test_a_deep_link_as_the_first_request_opens_the_page_inside_the_app(browser, weights, tmp_path, path):
     """A bookmarked page on a freshly started server gets the app's navigation and notice, not a bare script."""
     env = {"COVID_WEIGHTS_DIR": str(weights), "COVID_REVIEW_DB": str(tmp_path / "reviews.sqlite3")}
-    with running_app(env) as (url, _process):
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        try:
-            page.goto(f"{url}/{path}")
-            sidebar = page.get_by_test_id("stSidebar")
-            sidebar.get_by_text(RESEARCH_USE_NOTICE).wait_for()
-            links = sidebar.get_by_test_id("stSidebarNavLink")
-            assert [text.split("\n")[-1].strip() for text in links.all_inner_texts()] == APP_PAGES  # after the icon
-            assert page.url.rstrip("/").endswith(f"/{path}")
-            page.get_by_test_id("stMain").get_by_role("heading").first.wait_for()
-            page.screenshot(path=str(ARTIFACTS / f"e2e-deep-link-{path}.png"), full_page=True)
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / f"e2e-deep-link-{path}-failure.png"), full_page=True)
-            raise
-        finally:
-            page.close()
+    with running_app(env) as (url, _process), browser_page(browser, f"e2e-deep-link-{path}", height=1000) as page:
+        page.goto(f"{url}/{path}")
+        sidebar = page.get_by_test_id("stSidebar")
+        sidebar.get_by_text(RESEARCH_USE_NOTICE).wait_for()
+        links = sidebar.get_by_test_id("stSidebarNavLink")
+        assert [text.split("\n")[-1].strip() for text in links.all_inner_texts()] == APP_PAGES  # after the icon
+        assert page.url.rstrip("/").endswith(f"/{path}")
+        page.get_by_test_id("stMain").get_by_role("heading").first.wait_for()
+        snapshot(page, f"e2e-deep-link-{path}")

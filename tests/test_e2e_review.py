@@ -10,15 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from app_fixtures import PROJECT_ROOT, chest_like_png, make_weights_dir, running_app
+from app_fixtures import chest_like_png, make_weights_dir, running_app
+from browser_fixtures import TIMEOUT_MS, UPLOAD_INPUT, snapshot
 from playwright.sync_api import expect
-from test_e2e_browser import TIMEOUT_MS, UPLOAD_INPUT, browser  # noqa: F401 (browser is a fixture)
 
 from covid_models.reviews import ReviewStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 ADA, ADA_PASSPHRASE = "Dr Ada Browser", "ada's browser passphrase"
 
 
@@ -62,8 +61,7 @@ def wait_for_verdict(database: Path, token: str, position: int, verdict: str) ->
         time.sleep(0.3)
 
 
-def test_a_second_browser_with_the_link_sees_nothing_of_the_session(browser, app):  # noqa: F811
-    ARTIFACTS.mkdir(exist_ok=True)
+def test_a_second_browser_with_the_link_sees_nothing_of_the_session(browser, app):
     url, database = app
     ada = browser.new_context(viewport={"width": 1400, "height": 1600})
     visitor = browser.new_context(viewport={"width": 1400, "height": 1200})
@@ -83,7 +81,7 @@ def test_a_second_browser_with_the_link_sees_nothing_of_the_session(browser, app
         assert "ada-confidential" not in other.content()
         sign_in(other, link, "Dr Bob Browser", "bob's browser passphrase")
         other.get_by_text("belongs to another reviewer").wait_for()
-        other.screenshot(path=str(ARTIFACTS / "review-not-yours.png"), full_page=True)
+        snapshot(other, "review-not-yours")
         content = other.content()
         for leaked in ("ada-confidential", "confidential note", ADA):
             assert leaked not in content
@@ -96,8 +94,7 @@ def test_a_second_browser_with_the_link_sees_nothing_of_the_session(browser, app
         visitor.close()
 
 
-def test_a_stale_tab_is_refused_and_the_keyboard_records_verdicts(browser, app):  # noqa: F811
-    ARTIFACTS.mkdir(exist_ok=True)
+def test_a_stale_tab_is_refused_and_the_keyboard_records_verdicts(browser, app):
     url, database = app
     context = browser.new_context(viewport={"width": 1400, "height": 1600})
     try:
@@ -123,7 +120,7 @@ def test_a_stale_tab_is_refused_and_the_keyboard_records_verdicts(browser, app):
         second.get_by_role("heading", name=re.compile("Image 1 of 2")).click()  # focus the page, not a text box
         second.keyboard.press("a")
         second.get_by_text("changed in another tab").wait_for()
-        second.screenshot(path=str(ARTIFACTS / "review-stale-tab.png"), full_page=True)
+        snapshot(second, "review-stale-tab")
         item = stored(database, token, 0)
         assert (item.verdict, item.note) == ("unsure", "effusion, see lateral")
 
@@ -141,6 +138,6 @@ def test_a_stale_tab_is_refused_and_the_keyboard_records_verdicts(browser, app):
         second.keyboard.press("n")
         wait_for_verdict(database, token, 1, "non_diagnostic")
         assert stored(database, token, 1).note == "a nodule, and"
-        second.screenshot(path=str(ARTIFACTS / "review-keyboard.png"), full_page=True)
+        snapshot(second, "review-keyboard")
     finally:
         context.close()

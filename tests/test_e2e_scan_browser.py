@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from app_fixtures import PROJECT_ROOT, running_app
-from test_e2e_browser import ARTIFACTS, UPLOAD_INPUT, browser  # noqa: F401 - the module's Chromium fixture
+from browser_fixtures import UPLOAD_INPUT, browser_page, snapshot
 
 from covid_models import RESEARCH_USE_NOTICE
 
@@ -25,26 +25,19 @@ def ricord_zip(real_data, target: Path) -> Path:
     return target
 
 
-def test_the_ricord_zip_gives_a_scan_result(browser, real_data, tmp_path):  # noqa: F811
-    ARTIFACTS.mkdir(exist_ok=True)
+def test_the_ricord_zip_gives_a_scan_result(browser, real_data, tmp_path):
     archive = ricord_zip(real_data, tmp_path / "ricord.zip")
     env = {"COVID_WEIGHTS_DIR": str(PROJECT_ROOT / "weights"), "COVID_REVIEW_DB": str(tmp_path / "r.sqlite3")}
-    with running_app(env) as (url, _process):
-        page = browser.new_page(viewport={"width": 1400, "height": 2000})
-        page.set_default_timeout(300_000)  # a shared CI machine under load can take minutes to start the page
-        try:
-            page.goto(f"{url}/scan")
-            page.wait_for_selector(UPLOAD_INPUT, state="attached")
-            page.set_input_files(UPLOAD_INPUT, files=[str(archive)])
-            metric = page.get_by_test_id("stMetric").filter(has_text="Scan-level COVID-19 probability")
-            metric.wait_for(timeout=SCAN_TIMEOUT_MS)
-            value = metric.get_by_test_id("stMetricValue").inner_text().strip()
-            assert re.fullmatch(r"\d{1,3}\.\d%", value)
-            page.get_by_text("Infection burden").first.wait_for()
-            assert page.get_by_test_id("stMain").get_by_text(RESEARCH_USE_NOTICE).is_visible()
-            page.screenshot(path=str(ARTIFACTS / "e2e-scan-ricord.png"), full_page=True)
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "e2e-scan-failure.png"), full_page=True)
-            raise
-        finally:
-            page.close()
+    # a shared CI machine under load can take minutes to start the page
+    with running_app(env) as (url, _process), browser_page(browser, "e2e-scan", height=2000,
+                                                           timeout_ms=300_000) as page:
+        page.goto(f"{url}/scan")
+        page.wait_for_selector(UPLOAD_INPUT, state="attached")
+        page.set_input_files(UPLOAD_INPUT, files=[str(archive)])
+        metric = page.get_by_test_id("stMetric").filter(has_text="Scan-level COVID-19 probability")
+        metric.wait_for(timeout=SCAN_TIMEOUT_MS)
+        value = metric.get_by_test_id("stMetricValue").inner_text().strip()
+        assert re.fullmatch(r"\d{1,3}\.\d%", value)
+        page.get_by_text("Infection burden").first.wait_for()
+        assert page.get_by_test_id("stMain").get_by_text(RESEARCH_USE_NOTICE).is_visible()
+        snapshot(page, "e2e-scan-ricord")

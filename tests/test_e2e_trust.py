@@ -8,8 +8,8 @@ import io
 import numpy as np
 import pytest
 from app_fixtures import PROJECT_ROOT, running_app
+from browser_fixtures import TIMEOUT_MS, UPLOAD_INPUT, browser_page, snapshot, upload
 from PIL import Image
-from test_e2e_browser import ARTIFACTS, TIMEOUT_MS, UPLOAD_INPUT, browser, upload  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -24,36 +24,27 @@ def photograph() -> bytes:
     return buffer.getvalue()
 
 
-def test_the_trust_screens(browser, real_data, tmp_path):  # noqa: F811 (the fixture)
-    ARTIFACTS.mkdir(exist_ok=True)
+def test_the_trust_screens(browser, real_data, tmp_path):
     env = {"COVID_WEIGHTS_DIR": str(PROJECT_ROOT / "weights"), "COVID_REVIEW_DB": str(tmp_path / "r.sqlite3")}
-    with running_app(env) as (url, _process):
-        page = browser.new_page(viewport={"width": 1400, "height": 1600})
-        page.set_default_timeout(TIMEOUT_MS * 3)
-        try:
-            page.goto(url)
-            page.wait_for_selector(UPLOAD_INPUT, state="attached")
-            upload(page, "china.jpg", photograph())
-            page.get_by_text("This image was refused").wait_for()
-            assert page.get_by_test_id("stMetricValue").count() == 0
-            page.screenshot(path=str(ARTIFACTS / "e2e-trust-1-photo-refused.png"), full_page=True)
+    with running_app(env) as (url, _process), browser_page(browser, "e2e-trust", timeout_ms=TIMEOUT_MS * 3) as page:
+        page.goto(url)
+        page.wait_for_selector(UPLOAD_INPUT, state="attached")
+        upload(page, "china.jpg", photograph())
+        page.get_by_text("This image was refused").wait_for()
+        assert page.get_by_test_id("stMetricValue").count() == 0
+        snapshot(page, "e2e-trust-1-photo-refused")
 
-            page.goto(url)
-            page.wait_for_selector(UPLOAD_INPUT, state="attached")
-            upload(page, "slice.jpg", (real_data / CT_SLICE).read_bytes())
-            page.get_by_text("Analyse this image as").wait_for()
-            page.get_by_text("looks like a chest CT, but the settings say X-ray").wait_for()
-            page.screenshot(path=str(ARTIFACTS / "e2e-trust-2-modality-question.png"), full_page=True)
-            page.get_by_text("CT (as it looks)").click()
-            page.get_by_test_id("stMetricValue").first.wait_for()
-            page.get_by_text("Colour scale").first.wait_for()
-            page.screenshot(path=str(ARTIFACTS / "e2e-trust-3-ct-result-colour-scale.png"), full_page=True)
+        page.goto(url)
+        page.wait_for_selector(UPLOAD_INPUT, state="attached")
+        upload(page, "slice.jpg", (real_data / CT_SLICE).read_bytes())
+        page.get_by_text("Analyse this image as").wait_for()
+        page.get_by_text("looks like a chest CT, but the settings say X-ray").wait_for()
+        snapshot(page, "e2e-trust-2-modality-question")
+        page.get_by_text("CT (as it looks)").click()
+        page.get_by_test_id("stMetricValue").first.wait_for()
+        page.get_by_text("Colour scale").first.wait_for()
+        snapshot(page, "e2e-trust-3-ct-result-colour-scale")
 
-            page.get_by_role("link", name="Model performance").click()
-            page.get_by_text("Within-source AUC").first.wait_for()
-            page.screenshot(path=str(ARTIFACTS / "e2e-trust-4-performance-headline.png"), full_page=True)
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "e2e-trust-failure.png"), full_page=True)
-            raise
-        finally:
-            page.close()
+        page.get_by_role("link", name="Model performance").click()
+        page.get_by_text("Within-source AUC").first.wait_for()
+        snapshot(page, "e2e-trust-4-performance-headline")
