@@ -91,7 +91,8 @@ def headline_auc(card: Any) -> str:
     test = card.metrics.get("test") or {}
     if not _has_auc(test):
         return "No test AUC recorded in its card."
-    return f"Test {_auc_text(test)} on {test.get('n', '?')} held-out images, all sources pooled."
+    pooled = "all sources pooled" if single_source(card) is None else "all of one source"
+    return f"Test {_auc_text(test)} on {test.get('n', '?')} held-out images, {pooled}."
 
 
 def within_source(card: Any) -> list[str]:
@@ -104,6 +105,13 @@ def within_source(card: Any) -> list[str]:
     per_source = (card.metrics.get("test") or {}).get("per_source") or {}
     return [f"within {source} ({block.get('n', '?')} test images): {_auc_text(block)}"
             for source, block in per_source.items() if _has_auc(block)]
+
+
+def single_source(card: Any) -> str | None:
+    """The one source of all of a card's test images, if they have one: then its headline AUC is itself a
+    within-source figure, and says nothing of images from other sources."""
+    per_source = (card.metrics.get("test") or {}).get("per_source") or {}
+    return next(iter(per_source)) if len(per_source) == 1 else None
 
 
 def auc_qualifiers(card: Any) -> list[str]:

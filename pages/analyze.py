@@ -61,7 +61,7 @@ from covid_models.report import (
     result_sentence,
 )
 from covid_models.segmentation import Segmenter
-from covid_models.trust import headline_auc, within_source
+from covid_models.trust import headline_auc, single_source, within_source
 from pages.shared import (
     OPACITY,
     LruCache,
@@ -282,6 +282,10 @@ def model_caption(model_dirs: tuple[str, ...], cards: dict[str, ModelCard]) -> s
     if len(model_dirs) > 1:
         return "Mean of the members' calibrated probabilities."
     card = cards[model_dirs[0]]
+    if (source := single_source(card)) is not None:
+        return headline_auc(card) + (f" All test images come from one source ({source}): the AUC is a within-source "
+                                     "figure and says nothing of images from other hospitals or scanners. Details "
+                                     "on Model performance.")
     within = within_source(card)
     return headline_auc(card) + " " + (
         f"Within-source AUC, {'; '.join(within)}: the number to read, as pooled sources can be told apart by "

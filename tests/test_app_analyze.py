@@ -468,5 +468,7 @@ def test_the_sidebar_puts_the_within_source_auc_beside_the_headline_and_says_why
     captions = [c.value for c in at.sidebar.caption]
     xray = next(c for c in captions if c.startswith("Test AUC 0.948"))
     assert "Within-source AUC, within ieee8023 (65 test images): AUC 0.605" in xray
+    ct = next(c for c in captions if c.startswith("Test AUC 0.840"))  # one source: no "pooled sources" claim
+    assert "All test images come from one source (ucsd)" in ct and "pooled" not in ct
     assert any(c.startswith("Ensemble: not available for X-ray, because only one X-ray classifier") for c in captions)
     assert any(c.startswith("Ensemble: not available for CT") for c in captions)
