@@ -195,8 +195,8 @@ def private_copy(classifier: Classifier, hold: Hold = free) -> Classifier:
 
 def analyse(scan: Scan, classifiers: Sequence[Classifier], segmenters: Sequence[Segmenter] = (), *,
             method: str = "gradcam", progress: Progress | None = None, hold: Hold = free,
-            prediction: Prediction | None = None, on_prediction: Callable[[Prediction], None] | None = None
-            ) -> Analysis:
+            prediction: Prediction | None = None, on_prediction: Callable[[Prediction], None] | None = None,
+            masks: Mapping[str, np.ndarray] | None = None) -> Analysis:
     """One image through one classifier (or the ensemble of several of one modality) and the segmenters.
 
     `progress` hears the heatmap's fraction done (slow methods only); `hold(model)` is entered while that model
@@ -204,7 +204,8 @@ def analyse(scan: Scan, classifiers: Sequence[Classifier], segmenters: Sequence[
     The first segmenter of each target gives that target's mask. `prediction`: already computed by `predict`
     (shown first while a slow heatmap runs, perhaps on `private_copy`s of the classifiers); otherwise a single
     classifier with a gradient method gives the prediction and the map from one forward pass (`predict_and_map`).
-    `on_prediction` hears the prediction as soon as it exists, before the masks.
+    `on_prediction` hears the prediction as soon as it exists, before the masks. `masks`: masks by target already
+    made at display size (the chest-image check's lung mask, `image_checks.lung_mask`); their segmenters do not run.
     """
     if not classifiers:
         raise ValueError("an analysis needs at least one classifier")
@@ -227,7 +228,9 @@ def analyse(scan: Scan, classifiers: Sequence[Classifier], segmenters: Sequence[
     if len(maps) > 1:
         low, high = float(cam.min()), float(cam.max())
         cam = (cam - low) / (high - low) if high > low else np.zeros_like(cam)
-    masks: dict[str, np.ndarray] = {}
+    masks = {target: _read_only(np.asarray(mask, dtype=bool)) for target, mask in (masks or {}).items()}
+    if any(mask.shape != shape for mask in masks.values()):
+        raise ValueError(f"masks given to analyse must be at the display size {shape}")
     for segmenter in segmenters:
         if segmenter.target not in masks:
             with hold(segmenter):

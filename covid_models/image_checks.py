@@ -28,9 +28,10 @@ from PIL import Image
 from scipy import ndimage
 
 from covid_models.analysis import Hold, free
-from covid_models.inference import Classifier
+from covid_models.inference import Classifier, Prediction
 from covid_models.io import Scan
 from covid_models.lung_box import enclosed, otsu_threshold
+from covid_models.overlays import display_size
 from covid_models.segmentation import Segmenter
 
 SATURATED = 0.25  # HSV saturation above which a pixel is coloured ...
@@ -51,6 +52,7 @@ class ImageCheck:
 
     coloured_share: float  # share of coloured pixels (0 for greyscale files)
     guard_ratios: Mapping[str, float]  # modality -> the guard's score / its threshold (<= 1: accepted)
+    predictions: Mapping[str, Prediction]  # modality -> that guard's prediction (its forward pass, not repeated)
     lung_area: float | None  # share of the image inside the lung fields the X-ray segmenter found (None: no segmenter)
     lungs_plausible: bool | None
     enclosed_dark: float  # share of the image in dark regions enclosed by brighter tissue (a CT slice's lungs)
@@ -104,13 +106,25 @@ def enclosed_dark_share(pixels: np.ndarray) -> float:
     return max(float((enclosed(thumb < level)[0] > 0).mean()) for level in levels)
 
 
-def guard_ratio(classifier: Classifier, scan: Scan, hold: Hold = free) -> float | None:
+def guard_ratio(classifier: Classifier, prediction: Prediction) -> float | None:
     """The classifier's out-of-distribution score over its threshold (<= 1: accepted); None without a guard."""
-    if classifier.ood is None:
+    score = prediction.ood_score
+    if classifier.ood is None or score is None:
         return None
+    return score / classifier.ood.threshold if classifier.ood.threshold > 0 else score
+
+
+def guard_prediction(classifier: Classifier, scan: Scan, hold: Hold = free) -> Prediction:
+    """The guard classifier's prediction of the image: its OOD score for the check, its reading for the page."""
     with hold(classifier):
-        score = classifier.predict(scan).ood_score
-    return None if score is None else score / classifier.ood.threshold if classifier.ood.threshold > 0 else score
+        return classifier.predict(scan)
+
+
+def lung_mask(lungs: Segmenter, scan: Scan, hold: Hold = free) -> np.ndarray:
+    """The X-ray lung segmenter's mask at display size: what the check reads and what the analysis shows, so one
+    computation serves both (`analysis.analyse(masks=...)`)."""
+    with hold(lungs):
+        return np.asarray(lungs.mask(scan, size=display_size(scan.pixels.shape)), dtype=bool)
 
 
 def detected_modality(ratios: Mapping[str, float]) -> str | None:
@@ -123,11 +137,12 @@ def detected_modality(ratios: Mapping[str, float]) -> str | None:
     return best if all(accepted[best] < MODALITY_MARGIN * ratio for ratio in others) else None
 
 
-def check_image(scan: Scan, data: bytes, guards: Mapping[str, Classifier], lungs: Segmenter | None = None,
+def check_image(scan: Scan, data: bytes, guards: Mapping[str, Classifier], lungs: np.ndarray | None = None,
                 hold: Hold = free) -> ImageCheck:
     """Run the checks on one read image (`data`: its file, for the colour check).
 
-    `guards`: one classifier per modality (its OOD guard is used); `lungs`: the X-ray lung segmenter, if any;
+    `guards`: one classifier per modality (its OOD guard is used); `lungs`: the X-ray lung segmenter's mask
+    (`lung_mask`), if one is installed;
     `hold(model)` is entered while a model runs (see `analysis.analyse`). A modality is ruled out only by a check
     that is installed, so one guard alone refuses nothing; the CT guard's acceptance counts only with lung fields
     (the segmenter's pair, or enclosed dark regions). A DICOM file's modality tag is not consulted here:
@@ -135,19 +150,17 @@ def check_image(scan: Scan, data: bytes, guards: Mapping[str, Classifier], lungs
     """
     # Pillow reads the file again for its colours; a DICOM's colour is gone from the Scan (the guards still apply)
     share = 0.0 if scan.metadata.source_format == "dicom" else coloured_share(data, scan.metadata.photometric)
+    predictions = {modality: guard_prediction(classifier, scan, hold) for modality, classifier in guards.items()}
     ratios = {modality: ratio for modality, classifier in guards.items()
-              if (ratio := guard_ratio(classifier, scan, hold)) is not None}
-    area, plausible = None, None
-    if lungs is not None:
-        with hold(lungs):
-            area, plausible = lung_fields(lungs.mask(scan))
-    enclosed = enclosed_dark_share(scan.pixels)
+              if (ratio := guard_ratio(classifier, predictions[modality])) is not None}
+    area, plausible = (None, None) if lungs is None else lung_fields(lungs)
+    enclosed_share = enclosed_dark_share(scan.pixels)
     # Evidence of each modality: lung fields for an X-ray (the X-ray guard where no segmenter is installed: it
     # accepts many grey photographs), the guard and lung fields for a CT (the guard alone accepts grey photographs
     # too); None where no check is installed (nothing ruled out).
     xray = plausible if plausible is not None else None if "xray" not in ratios else ratios["xray"] <= 1
     ct_guard = None if "ct" not in ratios else ratios["ct"] <= 1
-    ct = ct_guard and (bool(plausible) or enclosed >= MIN_ENCLOSED_DARK)
+    ct = ct_guard and (bool(plausible) or enclosed_share >= MIN_ENCLOSED_DARK)
     reasons = []
     if share > MAX_COLOURED_SHARE:
         reasons.append(f"{share:.0%} of its pixels are coloured; chest X-rays and CT slices are greyscale")
@@ -159,8 +172,9 @@ def check_image(scan: Scan, data: bytes, guards: Mapping[str, Classifier], lungs
         reasons.append(f"it looks neither like a chest X-ray{lungs_found} nor like {ct_found}")
     modality = ("xray" if xray and ct is False else "ct" if ct and xray is False
                 else detected_modality(ratios) if xray and ct else None)
-    return ImageCheck(coloured_share=share, guard_ratios=ratios, lung_area=area, lungs_plausible=plausible,
-                      enclosed_dark=enclosed, modality=modality, reasons=tuple(reasons))
+    return ImageCheck(coloured_share=share, guard_ratios=ratios, predictions=predictions, lung_area=area,
+                      lungs_plausible=plausible,
+                      enclosed_dark=enclosed_share, modality=modality, reasons=tuple(reasons))
 
 
 @dataclass(frozen=True)

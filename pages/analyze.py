@@ -38,7 +38,7 @@ from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, default_data_dir, held_out_images
 from covid_models.explain import CAMS, METHOD_LABELS, METHODS, SLOW_METHODS
 from covid_models.formatting import percent
-from covid_models.image_checks import ImageCheck, check_image, choose_modality
+from covid_models.image_checks import ImageCheck, check_image, choose_modality, lung_mask
 from covid_models.inference import Classifier, Prediction
 from covid_models.io import (
     WINDOW_PRESETS,
@@ -85,6 +85,7 @@ EXAMPLES_PER_CLASS = 2
 FILE_WINDOW = "file"
 CUSTOM_WINDOW = "custom"
 SMALL_RESULTS = 4096  # predictions and image checks kept (a few hundred bytes each)
+LUNG_MASK_BYTES = 32 * 1024 * 1024  # display-size lung masks kept between the check and the analysis (<= 0.6 MB each)
 SLOW_SLOTS = 1  # slow heatmaps computed at once: on a shared server's few cores, more would only slow each other
 BATCH_PAGE = 24  # images analysed and shown at once; more are paged
 
@@ -144,10 +145,22 @@ def slow_slots() -> threading.BoundedSemaphore:
     return threading.BoundedSemaphore(SLOW_SLOTS)
 
 
+@st.cache_resource(show_spinner=False)
+def lung_masks() -> LruCache:
+    """The X-ray lung segmenter's display-size masks by (upload, model): made once for the chest-image check and
+    shown again by the analysis."""
+    return LruCache(LUNG_MASK_BYTES, size=lambda mask: mask.nbytes)
+
+
+def lung_segmenter_dir() -> str | None:
+    """The installed X-ray lung segmenter, which the chest-image check reads."""
+    return next((d for d, card in model_cards("segmentation", "xray") if card.classes == ["lungs"]), None)
+
+
 def image_check_for(upload: Upload, settings: Settings) -> ImageCheck:
     """Whether the upload is a chest image and which modality it looks like (cached by content and models)."""
     guard_dirs = tuple((modality, dirs[0]) for modality, dirs in sorted(settings.models.items()))
-    lung_dir = next((d for d, card in model_cards("segmentation", "xray") if card.classes == ["lungs"]), None)
+    lung_dir = lung_segmenter_dir()
     key = ("check", upload.digest, guard_dirs, lung_dir)
     found = small_results().get(key)
     if found is None:
@@ -165,8 +178,11 @@ def image_check_for(upload: Upload, settings: Settings) -> ImageCheck:
         guards = {modality: models[d] for modality, d in guard_dirs if d in models}
         scan = read_scan(upload.digest, upload.data, upload.name)
         with st.spinner("Checking that this is a chest image..."):
-            found = check_image(scan, upload.data, guards, models.get(lung_dir) if lung_dir else None,
-                                hold=hold_for(models))
+            lungs = None
+            if lung_dir is not None:
+                lungs = lung_mask(models[lung_dir], scan, hold_for(models))
+                lung_masks().put((upload.digest, lung_dir), lungs)
+            found = check_image(scan, upload.data, guards, lungs, hold=hold_for(models))
         small_results().put(key, found)
     return found
 
@@ -187,7 +203,7 @@ def prediction_for(upload: Upload, classifiers: dict[str, Classifier]) -> Predic
 
 
 def slow_analysis(upload: Upload, classifiers: dict[str, Classifier], segmenters: dict[str, Segmenter],
-                  method: str, prediction: Prediction, key: tuple) -> Analysis | None:
+                  method: str, prediction: Prediction, key: tuple, masks: dict[str, np.ndarray]) -> Analysis | None:
     """A slow heatmap on private copies of the networks, one at a time on the server, with a status and a cancel.
 
     No shared lock is held while it runs, so other sessions' analyses go on. Returns None once cancelled (the
@@ -211,7 +227,7 @@ def slow_analysis(upload: Upload, classifiers: dict[str, Classifier], segmenters
         shared = hold_for({**classifiers, **segmenters})
         copies = [private_copy(classifier, shared) for classifier in classifiers.values()]
         found = analyse(read_scan(upload.digest, upload.data, upload.name), copies, list(segmenters.values()),
-                        method=method, hold=shared, prediction=prediction,
+                        method=method, hold=shared, prediction=prediction, masks=masks,
                         progress=lambda done: status.progress(done, text=f"{label} ({done:.0%})"))
     finally:
         slots.release()
@@ -220,16 +236,24 @@ def slow_analysis(upload: Upload, classifiers: dict[str, Classifier], segmenters
     return found
 
 
-def analysis_for(upload: Upload, classifiers: dict[str, Classifier], method: str, modality: str,
+def analysis_for(upload: Upload, classifiers: dict[str, Classifier], method: str, modality: str, check: ImageCheck,
                  show_prediction: Callable[[Prediction], None]) -> tuple[Prediction, Analysis | None]:
     """The cached analysis of an upload, computed if missing; `show_prediction` draws the prediction as soon as it
-    exists (from the same forward pass as a Grad-CAM-like map, or alone before a slow heatmap).
+    exists. No model work is done twice: a single model's prediction is the chest-image check's guard pass (else
+    it comes from the same forward pass as a Grad-CAM-like map), and the check's lung mask is the one shown.
 
     A held-back image gets no slow heatmap (none of its heatmap is ever shown). The analysis is None when a slow
     heatmap was cancelled. A segmentation model that cannot be loaded is reported and left out.
     """
     segmenters = segmenters_for(modality)
+    lung_dir = lung_segmenter_dir()
+    checked_mask = lung_masks().get((upload.digest, lung_dir)) if lung_dir in segmenters else None
+    masks = {} if checked_mask is None else {segmenters[lung_dir].target: checked_mask}
     prediction = small_results().get(prediction_key(upload, classifiers))
+    guard = check.predictions.get(modality)  # the guard of the modality is its first chosen model
+    if prediction is None and len(classifiers) == 1 and guard is not None \
+            and guard.model == next(iter(classifiers.values())).name:
+        prediction = guard
     if prediction is None and len(classifiers) == 1 and CAMS[method].gradients:
         key = analysis_key(upload.digest, classifiers, method, segmenters)
         found = analyses().get(key)
@@ -237,13 +261,14 @@ def analysis_for(upload: Upload, classifiers: dict[str, Classifier], method: str
             with st.spinner(f"Analysing with {METHOD_LABELS[method]}..."):
                 found = analyse(read_scan(upload.digest, upload.data, upload.name), list(classifiers.values()),
                                 list(segmenters.values()), method=method, hold=hold_for({**classifiers, **segmenters}),
-                                on_prediction=show_prediction)
+                                on_prediction=show_prediction, masks=masks)
             analyses().put(key, found)
         else:
             show_prediction(found.prediction)
         small_results().put(prediction_key(upload, classifiers), found.prediction)
         return found.prediction, found
     prediction = prediction or prediction_for(upload, classifiers)
+    small_results().put(prediction_key(upload, classifiers), prediction)
     show_prediction(prediction)
     method = "gradcam" if prediction.out_of_distribution and method in SLOW_METHODS else method
     key = analysis_key(upload.digest, classifiers, method, segmenters)
@@ -251,14 +276,14 @@ def analysis_for(upload: Upload, classifiers: dict[str, Classifier], method: str
     if found is not None:
         return prediction, found
     if method in SLOW_METHODS:
-        found = slow_analysis(upload, classifiers, segmenters, method, prediction, key)
+        found = slow_analysis(upload, classifiers, segmenters, method, prediction, key, masks)
         if found is None:
             return prediction, None
     else:
         with st.spinner(f"Analysing with {METHOD_LABELS[method]}..."):
             found = analyse(read_scan(upload.digest, upload.data, upload.name), list(classifiers.values()),
                             list(segmenters.values()), method=method, hold=hold_for({**classifiers, **segmenters}),
-                            prediction=prediction)
+                            prediction=prediction, masks=masks)
     analyses().put(key, found)
     return prediction, found
 
@@ -463,7 +488,7 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
         return row | {"Result": "not analysed: the model could not be loaded"}
     multiclass = multiclass_note(next(iter(classifiers.values())).card)
     prediction, analysis = analysis_for(
-        upload, classifiers, settings.method, modality,
+        upload, classifiers, settings.method, modality, check,
         lambda found: result_block(found, operating_point_text(list(classifiers.values()), found), modality,
                                    multiclass))
     row |= {"Model": prediction.model, "COVID-19 probability": probability_cell(prediction),

@@ -38,7 +38,7 @@ import psutil
 from covid_models.analysis import analyse
 from covid_models.benchmarking import CHROMIUM, CHROMIUM_ARGS, make_weights_dir, percentile, running_app, server_rss_mb
 from covid_models.data import DATA_DIR_ENV, load_dataset
-from covid_models.image_checks import check_image
+from covid_models.image_checks import check_image, lung_mask
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import read_image
 from covid_models.segmentation import Segmenter
@@ -176,7 +176,7 @@ def library_run(weights: Path, modality: str, images: list[Path], warmup: int) -
         data = image.read_bytes()
         scan = read_image(data, name=image.name)
         marks.append(time.perf_counter())
-        check_image(scan, data, guards, lungs)
+        check_image(scan, data, guards, None if lungs is None else lung_mask(lungs, scan))
         marks.append(time.perf_counter())
         analyse(scan, [classifier], segmenters)
         marks.append(time.perf_counter())

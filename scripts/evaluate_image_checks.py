@@ -20,7 +20,7 @@ import pandas as pd
 
 from covid_models.benchmarking import jpeg_bytes, photographs
 from covid_models.data import held_out_images
-from covid_models.image_checks import check_image
+from covid_models.image_checks import check_image, lung_mask
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import read_image
 from covid_models.runtime import configure
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     items += chest_images(args.data, args.per_group)
     rows = []
     for number, (group, name, data) in enumerate(items):
-        check = check_image(read_image(data, name=name), data, guards, lungs)
+        scan = read_image(data, name=name)
+        check = check_image(scan, data, guards, None if lungs is None else lung_mask(lungs, scan))
         rows.append({"group": group, "image": name, "refused": check.refused, "modality": check.modality,
                      "coloured_share": check.coloured_share, "lung_area": check.lung_area,
                      "lungs_plausible": check.lungs_plausible, "enclosed_dark": check.enclosed_dark,

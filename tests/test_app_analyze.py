@@ -172,6 +172,22 @@ MODEL_CALLS = ("covid_models.analysis.analyse", "covid_models.inference.Classifi
                "covid_models.segmentation.Segmenter.probability", "covid_models.explain.place_map")
 
 
+def test_one_upload_runs_no_network_twice_for_the_same_answer(weights, monkeypatch):
+    """Issue 13, point 2: the chest-image check's guard pass is the X-ray prediction (one per modality's guard),
+    and the check's lung mask is the one the analysis shows (one lung-segmenter pass)."""
+    at = page_test(PAGE, weights, monkeypatch).run()
+    calls = counting(monkeypatch, "covid_models.inference.Classifier.predictions",
+                     "covid_models.segmentation.Segmenter.probability", "covid_models.explain.place_map")
+    data = chest_like_png(seed=12)
+    upload(at, ("chest.png", data))
+    assert not at.exception and shown_probabilities(at)
+    assert calls.count("covid_models.inference.Classifier.predictions") == 2  # the X-ray and the CT guard
+    assert calls.count("covid_models.segmentation.Segmenter.probability") == 1
+    assert calls.count("covid_models.explain.place_map") == 1  # the heatmap
+    library = Classifier.load(weights / "xray-fixture-a").predict(read_image(data))
+    assert shown_probabilities(at) == pytest.approx(library.probabilities, abs=5e-5)  # as the table rounds
+
+
 def test_a_window_change_redraws_the_image_only_leaving_the_probability_byte_identical(weights, monkeypatch):
     """The window presets are display settings: the models keep their card's canonical input (issue 11, bug 3)."""
     at = page_test(PAGE, weights, monkeypatch).run()
