@@ -205,6 +205,12 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def files_hash(hashes: list[str]) -> str:
+    """One SHA-256 for several files (a scan's DICOM series) from their `content_hash`es: names and order do not
+    matter, so the same scan uploaded again, renamed or in another order, is recognised."""
+    return hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()
+
+
 # ---------------------------------------------------------------------------------- input and sniffing
 def _check_stat(info: os.stat_result) -> None:
     """Refuse what is not a regular file (a pipe or a device would block or never end) or is over MAX_FILE_BYTES."""

@@ -83,10 +83,11 @@ MAX_PASSPHRASE_CHARS = 1024
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 DEFAULT_DB_PATH = Path("~/.local/share/covid-screening/reviews.sqlite3")
 HELD_BACK_LABEL = "held back (out of distribution)"  # the CSV's model reading of a held-back image
+ITEM_KINDS = ("image", "scan")  # one image (X-ray, CT slice), or a whole CT scan read by its scan-level rule
 
 CSV_COLUMNS = (
     "session", "reviewer", "model", "position", "file", "image_sha256", "predicted_label",
-    "covid_probability", "threshold", "verdict", "reviewer_label", "note", "decided_at",
+    "covid_probability", "threshold", "verdict", "reviewer_label", "note", "decided_at", "kind",
 )
 # Serialises schema creation between app processes starting together on one PostgreSQL database.
 _PG_SCHEMA_LOCK_KEY = 0x5EE_C0DE
@@ -149,7 +150,9 @@ class Reviewer:
 
 @dataclass(frozen=True)
 class NewItem:
-    """One image to review, as the app hands it over: hash and bare name, never the pixels."""
+    """One image or scan to review, as the app hands it over: hash and bare name, never the pixels.
+
+    A scan's hash is its upload's content hash and its probability the scan-level one."""
 
     image_hash: str
     display_name: str
@@ -157,6 +160,7 @@ class NewItem:
     covid_probability: float
     operating_threshold: float
     held_back: bool = False  # the model's guard held its reading back: no probability is shown or exported
+    kind: str = "image"  # one of ITEM_KINDS
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,7 @@ class ItemView:
     decided_at: datetime | None
     version: int = 0
     held_back: bool = False
+    kind: str = "image"
 
 
 @dataclass(frozen=True)
@@ -386,6 +391,7 @@ class _ItemRow(_Base):
     covid_probability: Mapped[float] = mapped_column(Float)
     operating_threshold: Mapped[float] = mapped_column(Float)
     held_back: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    kind: Mapped[str] = mapped_column(String(8), default="image", server_default=text("'image'"))
     session: Mapped[_SessionRow] = relationship(back_populates="items")
     verdict: Mapped[_VerdictRow | None] = relationship(back_populates="item", cascade="all, delete-orphan")
 
@@ -426,8 +432,9 @@ def _migrate(connection: Connection) -> None:
     """Bring a database made by an earlier version up to this schema, in the caller's transaction.
 
     Earlier versions had no session tokens or owners, no blinded flag, no verdict versions, history or
-    'non_diagnostic' verdict. Old sessions get a token and no owner: ``claim_unowned_sessions`` gives them
-    to the first reviewer who signs in under their reviewer name (admins see them meanwhile).
+    'non_diagnostic' verdict, and items were all images, none held back. Old sessions get a token and no owner:
+    ``claim_unowned_sessions`` gives them to the first reviewer who signs in under their reviewer name (admins see
+    them meanwhile).
     """
     existing = set(inspect(connection).get_table_names())
     if "review_sessions" in existing:
@@ -450,9 +457,12 @@ def _migrate(connection: Connection) -> None:
                 "UPDATE review_sessions SET n_items = (SELECT count(*) FROM review_items i "
                 "WHERE i.session_id = review_sessions.id), n_reviewed = (SELECT count(*) FROM review_items i "
                 "JOIN verdicts v ON v.item_id = i.id WHERE i.session_id = review_sessions.id)"))
-    if "review_items" in existing and "held_back" not in {
-            c["name"] for c in inspect(connection).get_columns("review_items")}:
-        connection.execute(text("ALTER TABLE review_items ADD COLUMN held_back BOOLEAN NOT NULL DEFAULT false"))
+    if "review_items" in existing:
+        columns = {c["name"] for c in inspect(connection).get_columns("review_items")}
+        added = {"held_back": "BOOLEAN NOT NULL DEFAULT false", "kind": "VARCHAR(8) NOT NULL DEFAULT 'image'"}
+        for column, kind in added.items():
+            if column not in columns:
+                connection.execute(text(f"ALTER TABLE review_items ADD COLUMN {column} {kind}"))
     old_verdicts = "verdicts" in existing and "version" not in {
         c["name"] for c in inspect(connection).get_columns("verdicts")}
     if old_verdicts and connection.dialect.name == "sqlite":  # SQLite cannot alter a CHECK: rebuild the table
@@ -517,6 +527,8 @@ def _checked_item(item: NewItem, position: int) -> _ItemRow:
         raise ReviewError(f"{where}: image_hash must be a SHA-256 hex digest (64 hex digits)")
     if not isinstance(item.display_name, str):
         raise ReviewError(f"{where}: file name must be text, got {type(item.display_name).__name__}")
+    if item.kind not in ITEM_KINDS:
+        raise ReviewError(f"{where}: kind must be one of {', '.join(ITEM_KINDS)}, got {item.kind!r}")
     return _ItemRow(
         position=position,
         image_hash=image_hash,
@@ -525,6 +537,7 @@ def _checked_item(item: NewItem, position: int) -> _ItemRow:
         covid_probability=_probability(item.covid_probability, f"{where}: COVID probability"),
         operating_threshold=_probability(item.operating_threshold, f"{where}: operating threshold"),
         held_back=bool(item.held_back),
+        kind=item.kind,
     )
 
 
@@ -843,12 +856,13 @@ class ReviewStore:
 
     @_database_errors("the session could not be read")
     def image_refs(self, session_id: int) -> list[tuple[int, str, str]]:
-        """(position, image hash, file name) of every item: to find or ask for the images, without verdicts."""
+        """(position, image hash, file name) of every image item (scans are read otherwise): to find or ask for the
+        images, without verdicts."""
         with self._transaction() as session:
             self._session_row(session, session_id)
             return [tuple(row) for row in session.execute(  # type: ignore[misc]
                 select(_ItemRow.position, _ItemRow.image_hash, _ItemRow.display_name)
-                .where(_ItemRow.session_id == session_id).order_by(_ItemRow.position))]
+                .where(_ItemRow.session_id == session_id, _ItemRow.kind == "image").order_by(_ItemRow.position))]
 
     @_database_errors("the verdict history could not be read")
     def history(self, session_id: int, position: int) -> list[VerdictEntry]:
@@ -890,17 +904,19 @@ class ReviewStore:
             rows = session.execute(
                 select(_ItemRow.position, _ItemRow.display_name, _ItemRow.image_hash, _ItemRow.predicted_label,
                        _ItemRow.covid_probability, _ItemRow.operating_threshold, _VerdictRow.verdict,
-                       _VerdictRow.reviewer_label, _VerdictRow.note, _VerdictRow.decided_at, _ItemRow.held_back)
+                       _VerdictRow.reviewer_label, _VerdictRow.note, _VerdictRow.decided_at, _ItemRow.held_back,
+                       _ItemRow.kind)
                 .outerjoin(_VerdictRow, _VerdictRow.item_id == _ItemRow.id)
                 .where(_ItemRow.session_id == session_id)
                 .order_by(_ItemRow.position)
             )
-            for position, name, digest, predicted, probability, threshold, verdict, label, note, decided, held in rows:
+            for (position, name, digest, predicted, probability, threshold, verdict, label, note, decided, held,
+                 kind) in rows:
                 writer.writerow([
                     info.id, _csv_cell(info.reviewer), _csv_cell(info.model_name), position, _csv_cell(name), digest,
                     HELD_BACK_LABEL if held else _csv_cell(predicted), "" if held else repr(probability),
                     repr(threshold), verdict or "",
-                    _csv_cell(label or ""), _csv_cell(note or ""), decided.isoformat() if decided else "",
+                    _csv_cell(label or ""), _csv_cell(note or ""), decided.isoformat() if decided else "", kind,
                 ])
         return buffer.getvalue()
 
@@ -996,6 +1012,7 @@ def _item_view(item: _ItemRow, verdict: _VerdictRow | None) -> ItemView:
         decided_at=verdict.decided_at if verdict else None,
         version=verdict.version if verdict else 0,
         held_back=item.held_back,
+        kind=item.kind,
     )
 
 

@@ -43,6 +43,7 @@ SCAN_RULE = ("mean of the top-k slice probabilities, k = 10 % of the slices that
 BURDEN_LABEL = "Estimate from a 2-D infection model trained on 48 CT slices (MedSeg); not a measurement."
 ZONES = ("upper", "middle", "lower")
 SIDES = {RIGHT: "right", LEFT: "left"}
+HELD_BACK_SHARE = 0.5  # out-of-distribution share of the scored slices from which the scan-level result is withheld
 SEVERITY_BOUNDS = (5.0, 25.0, 50.0, 75.0)  # percent involved: > 0 -> 1, >= 5 -> 2, >= 25 -> 3, >= 50 -> 4, >= 75 -> 5
 
 Progress = Callable[[float, str], None]  # fraction done in [0, 1], and what is being done
@@ -118,6 +119,17 @@ class ScanAnalysis:
     def out_of_distribution_share(self) -> float:
         scored = self.scored
         return float(self.slice_out_of_distribution[scored].mean()) if scored.any() else 0.0
+
+    @property
+    def held_back(self) -> bool:
+        """No scan-level reading to interpret: no lung found, or most scored slices unlike the training slices."""
+        return self.scan_probability is None or self.out_of_distribution_share >= HELD_BACK_SHARE
+
+    @property
+    def nbytes(self) -> int:
+        """The arrays kept (display HU and masks on the grid): what a cache of analyses is bounded by."""
+        arrays = (self.display_hu, self.lungs.labels, self.infection, self.slice_probabilities)
+        return sum(array.nbytes for array in arrays if array is not None)
 
     @property
     def key_slices(self) -> dict[str, int]:

@@ -110,12 +110,16 @@ def scan_facts(analysis: ScanAnalysis) -> list[tuple[str, str]]:
     return facts
 
 
+def key_slice_pictures(analysis: ScanAnalysis) -> list[tuple[str, np.ndarray]]:
+    """(caption, picture) of each key slice under the lung window with its masks: the report's and the review's."""
+    return [(f"Slice {index + 1}: {why}", axial_picture(analysis, index)) for why, index in analysis.key_slices.items()]
+
+
 def scan_report_content(analysis: ScanAnalysis, file_name: str) -> ScanReportContent:
     """The report of one analysed scan: result, burden table and the key slices with their masks."""
-    pictures = [(f"Slice {index + 1}: {why}", axial_picture(analysis, index))
-                for why, index in analysis.key_slices.items()]
     return ScanReportContent(
         file_name=file_name, facts=scan_facts(analysis),
         result=scan_result_sentence(analysis.scan_probability, analysis.threshold, analysis.positive_class,
                                     analysis.top_k),
-        burden_rows=burden_rows(analysis), burden_note=BURDEN_LABEL, key_slices=pictures, limits=MODEL_LIMITS)
+        burden_rows=burden_rows(analysis), burden_note=BURDEN_LABEL, key_slices=key_slice_pictures(analysis),
+        limits=MODEL_LIMITS)

@@ -16,6 +16,12 @@ lung or infection mask, the share of the heatmap inside the lungs and its warnin
 pages share. A held-back (out-of-distribution) image shows none of that and no reading, blinded or not: it gets the
 reason, and only the verdicts that need no reading (unsure, non-diagnostic), since the label a reader could
 disagree with, or agree with by a blinded reading, would give the held-back reading away.
+
+In a CT session a whole scan (a zip of a DICOM series, the DICOM files of one series, or a NIfTI volume) can be one
+item: its reading is `covid_models.scan_analysis.analyse_scan`'s scan-level result, shown with the CT scan page's
+blocks (result, key slices with their masks, probability curve, burden). A scan's bytes are never kept: its analysis
+lives in a bounded server cache (`review_scans`), and once gone the stored reading is shown and the scan asked for
+again (matched by content, as the CT scan page hashes an upload).
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, held_out_images, load_dataset
 from covid_models.figures import confusion_figure
 from covid_models.inference import Prediction
-from covid_models.io import ImageReadError, content_hash, read_image
+from covid_models.io import ImageReadError, content_hash, files_hash, read_image
 from covid_models.model_card import ModelCard
 from covid_models.overlays import DISPLAY_SIDE, display_size, for_display
 from covid_models.reviews import (
@@ -53,16 +59,24 @@ from covid_models.reviews import (
     admin_token_matches,
     session_token,
 )
+from covid_models.scan_analysis import ScanAnalysis
+from covid_models.scan_views import axial_picture, key_slice_pictures, probability_figure
+from covid_models.volumes import VolumeReadError
 from pages.shared import (
+    LruCache,
     analyses,
     analysis_key,
+    burden_block,
     data_dir,
     enter_through_app,
     hold_for,
+    infection_models,
     load_classifier,
     model_cards,
     model_lock,
     review_store,
+    run_scan_analysis,
+    scan_result_block,
     segmenters_for,
     show_analysis,
     show_error,
@@ -74,6 +88,9 @@ MODALITY_NAMES = {"xray": "Chest X-ray", "ct": "Chest CT"}
 SOURCE_UPLOAD, SOURCE_DATA = "upload", "data"
 REVIEWER_CACHE_BYTES = 64 * 1024 * 1024  # uploads kept per reviewer; a batch larger than this is refused
 SERVER_CACHE_BYTES = 128 * 1024 * 1024  # all reviewers together (the app's budget); least recently active go first
+SCAN_CACHE_BYTES = 256 * 1024 * 1024  # analysed scans of all reviewers: about 70 MB for a 255-slice 512 px scan
+SCAN_SUFFIXES = (".zip", ".nii", ".nii.gz")  # one such file is one scan; DICOM files uploaded together are one more
+KIND_NAMES = {"image": "Image", "scan": "CT scan"}
 HEATMAP_METHOD = "gradcam"  # fast, and what the Analyze page shows by default (so its cached analyses serve here)
 MAX_BATCH = 200
 MAX_NAMES_LISTED = 20
@@ -146,6 +163,17 @@ def upload_cache() -> UploadCache:
     return UploadCache(REVIEWER_CACHE_BYTES, SERVER_CACHE_BYTES)
 
 
+@st.cache_resource(show_spinner=False)
+def review_scans() -> LruCache:
+    """Analysed scans by `scan_key`, bounded in bytes: what a scan item shows, without the scan's bytes."""
+    return LruCache(SCAN_CACHE_BYTES, size=lambda analysis: analysis.nbytes)
+
+
+def scan_key(reviewer: Reviewer, digest: str, directory: str | None) -> tuple:
+    """A reviewer's scan is never shown to another reviewer (as with uploads); the model is part of its reading."""
+    return reviewer.key, digest, directory
+
+
 @st.cache_data(show_spinner=False)
 def test_split(root: str, modality: str, mtime: float) -> list[str]:
     """Image paths of the data folder's held-out split (official, else the seeded patient-level one)."""
@@ -202,6 +230,20 @@ def review_analysis(digest: str, name: str, data: bytes, directory: str, modalit
                             method=HEATMAP_METHOD, hold=hold_for({directory: classifier, **segmenters}))
         analyses().put(key, found)
     return found
+
+
+def review_scan(reviewer: Reviewer, files: list[tuple[str, bytes]], digest: str, directory: str) -> ScanAnalysis:
+    """The scan analysed as the CT scan page does (the largest axial series, the first infection model), kept in the
+    server's scan cache."""
+    analysis = run_scan_analysis(files, None, directory, next(iter(infection_models()), None))
+    review_scans().put(scan_key(reviewer, digest, directory), analysis)
+    return analysis
+
+
+def scan_label(analysis: ScanAnalysis, classes: list[str]) -> str:
+    """The label the reviewer agrees or disagrees with: the positive class at or above the operating point, else the
+    card's other class (the scan-level rule scores the positive class only; a CT card has two)."""
+    return analysis.positive_class if analysis.positive else next(c for c in classes if c != analysis.positive_class)
 
 
 def review_label(prediction: Prediction) -> str:
@@ -290,9 +332,19 @@ def _batch_from_data(root: Path, modality: str, n: int, seed: int) -> list[tuple
     return [(Path(path).name, Path(path).read_bytes()) for path in picks]
 
 
+def scans_of(files: list[tuple[str, bytes]]) -> list[tuple[str, list[tuple[str, bytes]]]]:
+    """(name, files) of each scan of an upload: each zip or NIfTI file is one, the other (DICOM) files one more."""
+    singles = [(name, [(name, data)]) for name, data in files if name.lower().endswith(SCAN_SUFFIXES)]
+    series = [(name, data) for name, data in files if not name.lower().endswith(SCAN_SUFFIXES)]
+    more = f" and {len(series) - 1} more files" if len(series) > 1 else ""
+    return singles + ([(series[0][0] + more, series)] if series else [])
+
+
 def _start(store: ReviewStore, reviewer: Reviewer, modality: str, directory: str, card: ModelCard,
-           batch: list[tuple[str, bytes]], *, keep_bytes: bool, blinded: bool) -> None:
-    """Predict every image, keep uploaded bytes in the reviewer's cache and open the session in the database."""
+           batch: list[tuple[str, bytes]], *, keep_bytes: bool, blinded: bool,
+           scans: list[tuple[str, list[tuple[str, bytes]]]]) -> None:
+    """Predict every image and analyse every scan, keep uploaded image bytes in the reviewer's cache (scans: their
+    analyses in the scan cache) and open the session in the database."""
     cache, items, skipped, seen = upload_cache(), [], [], set()
     bar = st.progress(0.0, text="Predicting...")
     for index, (name, data) in enumerate(batch):
@@ -314,6 +366,23 @@ def _start(store: ReviewStore, reviewer: Reviewer, modality: str, directory: str
                              operating_threshold=float(predicted.threshold),
                              held_back=predicted.out_of_distribution))
     bar.empty()
+    for name, files in scans:
+        digest = files_hash([content_hash(data) for _, data in files])
+        if digest in seen:
+            skipped.append(f"{name}: the same scan as another upload of this batch")
+            continue
+        try:
+            analysis = review_scan(reviewer, files, digest, directory)
+        except VolumeReadError as error:
+            skipped.append(f"{name}: {error}")
+            continue
+        if analysis.scan_probability is None:
+            skipped.append(f"{name}: no lung was found in this scan, so it was not scored")
+            continue
+        seen.add(digest)
+        items.append(NewItem(image_hash=digest, display_name=name, predicted_label=scan_label(analysis, card.classes),
+                             covid_probability=analysis.scan_probability, operating_threshold=analysis.threshold,
+                             held_back=analysis.held_back, kind="scan"))
     if skipped:
         st.session_state[MESSAGE_KEY] = ("warning", "Left out of the session: " + "; ".join(skipped))
     if not items:
@@ -351,7 +420,7 @@ def new_session_form(store: ReviewStore, reviewer: Reviewer) -> None:
     sources = [SOURCE_UPLOAD] + ([SOURCE_DATA] if root is not None else [])
     source = st.radio("Images", sources, horizontal=True, key="review-source", format_func={
         SOURCE_UPLOAD: "Upload files", SOURCE_DATA: "Sample from the data folder's test split"}.get)
-    n, seed, uploads = 0, 0, []
+    n, seed, uploads, scan_uploads = 0, 0, [], []
     if source == SOURCE_DATA and root is not None:
         columns = st.columns(2)
         n = int(columns[0].number_input("Number of images", 1, MAX_BATCH, 10, key="review-n"))
@@ -363,6 +432,12 @@ def new_session_form(store: ReviewStore, reviewer: Reviewer) -> None:
                                    key="review-uploads") or []
         st.caption(f"Up to {REVIEWER_CACHE_BYTES / 2**20:.0f} MB per session: the server keeps the files only "
                    "while it runs, for you alone.")
+        if modality == "ct":
+            scan_uploads = st.file_uploader(
+                "Whole CT scans, one item each: a zip of a DICOM series or a NIfTI volume per file (the DICOM files "
+                "of one series selected together are one scan)", accept_multiple_files=True, key="review-scans") or []
+            st.caption("A scan is read by its scan-level result, as on the CT scan page; its files are not kept, "
+                       "only its analysis while the server runs.")
     blinded = st.checkbox("Blinded reading", key="review-blinded",
                           help="Record your own reading of each image before the model's reading is shown")
     if st.button("Start session", type="primary", key="review-start", icon=":material/play_arrow:"):
@@ -371,7 +446,8 @@ def new_session_form(store: ReviewStore, reviewer: Reviewer) -> None:
                 batch = _batch_from_data(root, modality, n, seed)
             else:
                 batch = [(upload.name, upload.getvalue()) for upload in uploads]
-            if not batch:
+            scans = scans_of([(upload.name, upload.getvalue()) for upload in scan_uploads])
+            if not batch and not scans:
                 show_error("Choose at least one image for the session.")
                 return
             refusal = None if source == SOURCE_DATA else _too_large(batch)
@@ -379,7 +455,7 @@ def new_session_form(store: ReviewStore, reviewer: Reviewer) -> None:
                 show_error(refusal)
                 return
             _start(store, reviewer, modality, directory, card, batch, keep_bytes=source != SOURCE_DATA,
-                   blinded=blinded)
+                   blinded=blinded, scans=scans)
         except (DataError, LeakageError, OSError):
             show_error("The data folder could not be read; check that it holds the manifest and images.")
             return
@@ -596,14 +672,20 @@ def _verdict_styles() -> None:
 
 
 def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, item: ItemView, data: bytes | None,
-              classes: list[str] | None, directory: str | None) -> None:
+              scan: ScanAnalysis | None, classes: list[str] | None, directory: str | None) -> None:
+    """One item (`data`: an image's bytes; `scan`: a scan's analysis; None when not on the server), its stored
+    reading once the reader may see it, and the verdict controls."""
     position = item.position
-    st.markdown(f"#### Image {position + 1} of {info.n_items}: {plain(item.display_name)}")
+    st.markdown(f"#### {KIND_NAMES[item.kind]} {position + 1} of {info.n_items}: {plain(item.display_name)}")
     withheld = held_back(item, data, directory)
     revealed = withheld or not info.blinded or item.verdict is not None  # a held-back image reveals no reading
+    missing = scan is None if item.kind == "scan" else data is None
     shown, right = st.columns([8, 3], gap="medium")
     with shown:
-        item_images(item, data, info, directory, revealed)
+        if item.kind == "scan":
+            scan_pictures(item, scan, revealed=revealed, withheld=withheld)
+        else:
+            item_images(item, data, info, directory, revealed)
     with right:
         if withheld:
             st.markdown("Model reading: **held back**")
@@ -621,7 +703,7 @@ def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, item: I
             st.success(f"Your verdict: **{VERDICT_TEXT[item.verdict]}**{label}{when}. Click another to change it.",
                        icon=":material/check_circle:")
         verdict_controls(store, reviewer, item, classes, blinded=not revealed, withheld=withheld,
-                         image_missing=data is None)
+                         image_missing=missing)
     navigation(position, info.n_items, store.next_unreviewed(info.id, after=position))
     st.caption("Keys: " + " · ".join(f"{SHORTCUTS[k]} {text}" for k, text in (
         ("agree", "agree"), ("disagree", "disagree"), ("unsure", "unsure"), ("non_diagnostic", "non-diagnostic"),
@@ -655,6 +737,57 @@ def item_images(item: ItemView, data: bytes | None, info: SessionInfo, directory
     if analysis.held_back:
         st.error(analysis.signals[0].text, icon=":material/block:")
     show_analysis(analysis)
+
+
+def scan_pictures(item: ItemView, scan: ScanAnalysis | None, *, revealed: bool, withheld: bool) -> None:
+    """The slices alone while the reader may not see the model's reading (blinded, not yet read; or held back), else
+    the scan's reading laid out as on the CT scan page: result, key slices with their masks, the probability curve
+    and the burden."""
+    if scan is None:
+        return  # `rescan` says why and asks for the scan
+    if withheld:
+        st.error(f"{scan.out_of_distribution_share:.0%} of the scored slices do not look like the CT slices the model "
+                 "was trained on: its scan-level reading is held back.", icon=":material/block:")
+    if withheld or not revealed:
+        slices = len(scan.slice_probabilities)
+        index = st.slider("Slice (head to feet)", 1, slices, slices // 2 + 1,
+                          key=f"review-scan-slice-{item.session_id}-{item.position}") - 1
+        st.image(axial_picture(scan, index, lungs=False, infection=False), width=DISPLAY_SIDE // 2,
+                 caption=f"Axial slice {index + 1} of {slices}")
+        if not revealed:
+            st.info("Blinded reading: the model's reading, key slices, masks and burden appear once you record yours.",
+                    icon=":material/visibility_off:")
+        return
+    scan_result_block(scan)
+    pictures = key_slice_pictures(scan)
+    for column, (caption, picture) in zip(st.columns(max(len(pictures), 1)), pictures, strict=False):
+        column.image(picture, caption=caption, width="stretch")
+    st.plotly_chart(probability_figure(scan), width="stretch", key="review-scan-curve")
+    burden_block(scan)
+
+
+def rescan(reviewer: Reviewer, info: SessionInfo, item: ItemView, directory: str | None) -> ScanAnalysis | None:
+    """After a restart (or once evicted) a scan's analysis is gone: ask for the same scan, matched by content."""
+    notice = st.empty()
+    uploads = st.file_uploader("Upload this scan again", accept_multiple_files=True,
+                               key=f"review-rescan-{info.id}-{item.position}") or []
+    files = [(upload.name, upload.getvalue()) for upload in uploads]
+    if files and files_hash([content_hash(data) for _, data in files]) != item.image_hash:
+        st.info("Not this scan (different content): " + plain(", ".join(name for name, _ in files)))
+    elif files and directory is not None:
+        try:
+            return review_scan(reviewer, files, item.image_hash, directory)
+        except (VolumeReadError, CheckpointError) as error:
+            show_error(plain(error))
+    if directory is None:
+        notice.warning(f"Model {plain(info.model_name)} is no longer installed, so this scan cannot be shown again; "
+                       "its stored reading stays.", icon=":material/block:")
+    else:
+        notice.warning("This scan's slices are no longer on the server (the app was restarted, or other scans took "
+                       "its place). Its stored reading is kept; upload the same scan again (a zip, a NIfTI file, or "
+                       "all the DICOM files of its series) to show its slices. The verdict buttons wait for it.",
+                       icon=":material/upload_file:")
+    return None
 
 
 def verdict_controls(store: ReviewStore, reviewer: Reviewer, item: ItemView, classes: list[str] | None, *,
@@ -756,16 +889,21 @@ def session_view(store: ReviewStore, reviewer: Reviewer, session_id: int) -> Non
     cards = _cards(info.modality)
     directory, card = cards.get(info.model_name, (None, None))
     item = store.item(info.id, min(max(int(st.session_state.get(POSITION_KEY, 0)), 0), info.n_items - 1))
-    data = image_bytes(reviewer, info, item)
-    if data is None or st.session_state.get(MISSING_KEY):  # the whole list is read only when images are missing
+    data, scan = None, None
+    if item.kind == "scan":
+        scan = review_scans().get(scan_key(reviewer, item.image_hash, directory)) or \
+            rescan(reviewer, info, item, directory)
+    else:
+        data = image_bytes(reviewer, info, item)
+    if (item.kind == "image" and data is None) or st.session_state.get(MISSING_KEY):  # only when images are missing
         reupload(store, reviewer, info)
-        data = data or image_bytes(reviewer, info, item)
+        data = data or (image_bytes(reviewer, info, item) if item.kind == "image" else None)
     view = st.segmented_control("View", ["Review", "Summary and export"], default="Review", key="review-view",
                                 label_visibility="collapsed")
     if view == "Summary and export":
         summary_view(store, info)
     else:
-        item_view(store, reviewer, info, item, data, card.classes if card else None, directory)
+        item_view(store, reviewer, info, item, data, scan, card.classes if card else None, directory)
 
 
 def _show_message() -> None:

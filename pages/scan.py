@@ -7,35 +7,32 @@ preset or the overlays only re-draws pictures from it; the heatmap of the curren
 """
 from __future__ import annotations
 
-import hashlib
-
-import pandas as pd
 import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE
 from covid_models.checkpoint import CheckpointError
 from covid_models.explain import METHOD_LABELS
-from covid_models.io import content_hash
-from covid_models.report import class_name, render_scan_html, render_scan_pdf, scan_result_sentence
-from covid_models.scan_analysis import BURDEN_LABEL, ScanAnalysis, analyse_scan, slice_heatmap
+from covid_models.io import content_hash, files_hash
+from covid_models.report import render_scan_html, render_scan_pdf
+from covid_models.scan_analysis import ScanAnalysis, slice_heatmap
 from covid_models.scan_views import (
     DISPLAY_WINDOWS,
-    MODEL_LIMITS,
     axial_picture,
-    burden_rows,
     coronal_picture,
     probability_figure,
-    scan_facts,
     scan_report_content,
 )
-from covid_models.volumes import SUPPORTED_VOLUMES, VolumeReadError, read_volume
+from covid_models.volumes import SUPPORTED_VOLUMES, VolumeReadError
 from pages.shared import (
     LruCache,
+    burden_block,
     enter_through_app,
+    infection_models,
     load_classifier,
-    load_segmenter,
     model_cards,
     model_lock,
+    run_scan_analysis,
+    scan_result_block,
     show_error,
 )
 
@@ -62,7 +59,7 @@ def upload_digest(uploaded: list) -> str:
     for file in uploaded:
         if file.file_id not in hashes:
             hashes[file.file_id] = content_hash(file.getvalue())
-    return hashlib.sha256("".join(sorted(hashes[file.file_id] for file in uploaded)).encode()).hexdigest()
+    return files_hash([hashes[file.file_id] for file in uploaded])
 
 
 def model_choice() -> tuple[str | None, str | None]:
@@ -74,7 +71,7 @@ def model_choice() -> tuple[str | None, str | None]:
             return None, None
         classifier = st.selectbox("CT model", list(classifiers), format_func=lambda d: classifiers[d].name,
                                   key="scan-model")
-        segmenters = {d: c for d, c in model_cards(task="segmentation", modality="ct") if c.classes == ["infection"]}
+        segmenters = infection_models()
         options = [*segmenters, NO_SEGMENTER]
         segmenter = st.selectbox("Infection model", options, key="scan-segmenter",
                                  format_func=lambda d: segmenters[d].name if d else "None (no burden)")
@@ -88,47 +85,9 @@ def analyse(files: list[tuple[str, bytes]], digest: str, series: int | None, cla
     cached = session_scans().get(key)
     if cached is not None:
         return cached
-    bar = st.progress(0.0, text="Reading the series...")
-    try:
-        volume = read_volume(files, series=series)
-        classifier = load_classifier(classifier_dir)
-        segmenter = load_segmenter(segmenter_dir) if segmenter_dir else None
-        locks = sorted({classifier_dir, *([segmenter_dir] if segmenter_dir else [])})
-        for directory in locks:
-            model_lock(directory).acquire()
-        try:
-            analysis = analyse_scan(volume, classifier, segmenter, progress=lambda fraction, what: bar.progress(
-                min(1.0, fraction), text=f"{what}..."))
-        finally:
-            for directory in reversed(locks):
-                model_lock(directory).release()
-        del volume  # the analysis keeps what the page shows, on its display grid
-    finally:
-        bar.empty()
+    analysis = run_scan_analysis(files, series, classifier_dir, segmenter_dir)
     session_scans().put(key, analysis)
     return analysis
-
-
-def result_block(analysis: ScanAnalysis) -> None:
-    positive = class_name(analysis.positive_class)
-    left, right = st.columns([2, 3])
-    with left:
-        if analysis.scan_probability is None:
-            st.warning("No lung was found in this scan, so it was not scored.", icon=":material/block:")
-        else:
-            st.metric(f"Scan-level {positive} probability", f"{analysis.scan_probability:.1%}")
-            if analysis.positive:
-                st.markdown(":orange-badge[:material/flag: At or above the operating point]")
-            else:
-                st.markdown(":blue-badge[Below the operating point]")
-        st.caption(scan_result_sentence(analysis.scan_probability, analysis.threshold, analysis.positive_class,
-                                        analysis.top_k))
-        if analysis.out_of_distribution_share >= 0.5:
-            st.warning(f"{analysis.out_of_distribution_share:.0%} of the scored slices do not look like the slices "
-                       "the model was trained on: do not interpret this probability.", icon=":material/block:")
-    with right:
-        st.dataframe(pd.DataFrame(scan_facts(analysis), columns=["", "Value"]), hide_index=True, width="stretch")
-    st.caption(MODEL_LIMITS)
 
 
 def viewer(analysis: ScanAnalysis, classifier_dir: str) -> int:
@@ -163,17 +122,6 @@ def viewer(analysis: ScanAnalysis, classifier_dir: str) -> int:
                  caption="Coronal view (head up); the yellow line is the axial slice", width="stretch")
     st.plotly_chart(probability_figure(analysis, index), width="stretch", key="scan-curve")
     return index
-
-
-def burden_block(analysis: ScanAnalysis) -> None:
-    st.subheader("Infection burden")
-    if analysis.burden is None:
-        st.caption("No infection model was chosen, so no burden was computed.")
-        return
-    st.caption(BURDEN_LABEL + " Zones are thirds of each lung's height; 0-5 per zone by percent involved "
-               "(0 none, 1 under 5 %, 2 5-25 %, 3 25-50 %, 4 50-75 %, 5 over 75 %).")
-    header, *rows = burden_rows(analysis)
-    st.dataframe(pd.DataFrame(rows, columns=header), hide_index=True, width="stretch")
 
 
 def report_block(analysis: ScanAnalysis, name: str) -> None:
@@ -221,7 +169,7 @@ if len(labels) > 1 and not known:
     st.rerun()  # shows the series selector; the analysis is kept
 if result.metadata.notes:
     st.caption("Reading notes: " + "; ".join(result.metadata.notes))
-result_block(result)
+scan_result_block(result)
 viewer(result, classifier_dir)
 burden_block(result)
 report_block(result, name)

@@ -1,5 +1,6 @@
 """Streamlit-side helpers shared by the pages: where models and data live, cached loaders, error display, and
-how one image's `Analysis` is laid out (the Analyze and Review pages show the same thing the same way).
+how one image's `Analysis` and one CT scan's `ScanAnalysis` are laid out (the Analyze, CT scan and Review pages
+show the same thing the same way).
 
 Heavy objects (networks, the review database engine, analyses) are cached resources so that a rerun caused by a
 slider move or a click never reloads or recomputes them; no business logic lives here, only in `covid_models`.
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 from PIL import Image
 from streamlit import config
@@ -31,9 +33,12 @@ from covid_models.inference import Classifier, ModelFolders, discover_models, fi
 from covid_models.io import Scan, read_image
 from covid_models.model_card import ModelCard
 from covid_models.overlays import DISPLAY_SIDE, INFECTION_COLOR, LUNG_COLOR, colour_scale, heatmap_overlay, mask_overlay
-from covid_models.report import class_name
+from covid_models.report import class_name, scan_result_sentence
 from covid_models.reviews import ReviewStore
+from covid_models.scan_analysis import BURDEN_LABEL, ScanAnalysis, analyse_scan
+from covid_models.scan_views import MODEL_LIMITS, burden_rows, scan_facts
 from covid_models.segmentation import Segmenter
+from covid_models.volumes import read_volume
 
 WEIGHTS_DIR_ENV = "COVID_WEIGHTS_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -185,6 +190,67 @@ def show_analysis(analysis: Analysis, *, opacity: float = OPACITY, show_masks: b
             st.success(signal.text, icon=":material/visibility:")
         elif signal.level == "note" and signal.text != multiclass:
             st.caption(signal.text)
+
+
+def infection_models() -> dict[str, ModelCard]:
+    """The installed CT infection segmenters by directory: what gives a scan its infection burden."""
+    return {d: c for d, c in model_cards(task="segmentation", modality="ct") if c.classes == ["infection"]}
+
+
+def run_scan_analysis(files: list[tuple[str, bytes]], series: int | None, classifier_dir: str,
+                      segmenter_dir: str | None) -> ScanAnalysis:
+    """An upload read as one CT volume and analysed under the models' locks, with a progress bar (not cached)."""
+    bar = st.progress(0.0, text="Reading the series...")
+    try:
+        volume = read_volume(files, series=series)
+        classifier = load_classifier(classifier_dir)
+        segmenter = load_segmenter(segmenter_dir) if segmenter_dir else None
+        locks = sorted({classifier_dir, *([segmenter_dir] if segmenter_dir else [])})
+        for directory in locks:
+            model_lock(directory).acquire()
+        try:
+            return analyse_scan(volume, classifier, segmenter, progress=lambda fraction, what: bar.progress(
+                min(1.0, fraction), text=f"{what}..."))
+        finally:
+            for directory in reversed(locks):
+                model_lock(directory).release()
+    finally:
+        bar.empty()
+
+
+def scan_result_block(analysis: ScanAnalysis) -> None:
+    """The scan-level probability against the operating point, its rule, the facts and what the model cannot do."""
+    positive = class_name(analysis.positive_class)
+    left, right = st.columns([2, 3])
+    with left:
+        if analysis.scan_probability is None:
+            st.warning("No lung was found in this scan, so it was not scored.", icon=":material/block:")
+        else:
+            st.metric(f"Scan-level {positive} probability", f"{analysis.scan_probability:.1%}")
+            if analysis.positive:
+                st.markdown(":orange-badge[:material/flag: At or above the operating point]")
+            else:
+                st.markdown(":blue-badge[Below the operating point]")
+        st.caption(scan_result_sentence(analysis.scan_probability, analysis.threshold, analysis.positive_class,
+                                        analysis.top_k))
+        if analysis.held_back and analysis.scan_probability is not None:
+            st.warning(f"{analysis.out_of_distribution_share:.0%} of the scored slices do not look like the slices "
+                       "the model was trained on: do not interpret this probability.", icon=":material/block:")
+    with right:
+        st.dataframe(pd.DataFrame(scan_facts(analysis), columns=["", "Value"]), hide_index=True, width="stretch")
+    st.caption(MODEL_LIMITS)
+
+
+def burden_block(analysis: ScanAnalysis) -> None:
+    """The infection burden table by zone, lung and in total, with how it was estimated."""
+    st.subheader("Infection burden")
+    if analysis.burden is None:
+        st.caption("No infection model was chosen, so no burden was computed.")
+        return
+    st.caption(BURDEN_LABEL + " Zones are thirds of each lung's height; 0-5 per zone by percent involved "
+               "(0 none, 1 under 5 %, 2 5-25 %, 3 25-50 %, 4 50-75 %, 5 over 75 %).")
+    header, *rows = burden_rows(analysis)
+    st.dataframe(pd.DataFrame(rows, columns=header), hide_index=True, width="stretch")
 
 
 def _warm_scan() -> Scan:

@@ -5,6 +5,7 @@ live in `covid_models.benchmarking`; they are imported here too, so that a page 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -22,6 +23,7 @@ from covid_models.benchmarking import (  # noqa: F401  (shared with the benchmar
     write_classifier,
     write_segmenter,
 )
+from covid_models.preprocessing import LUNG_WINDOW
 
 
 def page_test(page: str, weights: Path, monkeypatch, *, timeout: float = 120) -> AppTest:
@@ -38,3 +40,12 @@ def page_test(page: str, weights: Path, monkeypatch, *, timeout: float = 120) ->
     st.cache_data.clear()
     st.cache_resource.clear()
     return AppTest.from_file(str(PROJECT_ROOT / page), default_timeout=timeout)
+
+
+def with_lung_window(directory: Path) -> Path:
+    """A fixture model's card given the CT models' HU window (the fixtures are written without one)."""
+    card_path = directory / "card.json"
+    card = json.loads(card_path.read_text())
+    card["preprocessing"]["hu_window"] = list(LUNG_WINDOW)
+    card_path.write_text(json.dumps(card))
+    return directory

@@ -2,13 +2,23 @@
 image is shown with its analysis as on the Analyze page (masks, the lung share), and nothing of a held-back one."""
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from app_fixtures import chest_like_png, make_weights_dir, page_test
+from app_fixtures import (
+    CT_CLASSES,
+    chest_like_png,
+    make_weights_dir,
+    page_test,
+    with_lung_window,
+    write_classifier,
+    write_segmenter,
+)
 from app_fixtures_b import clear_streamlit_caches, make_data_dir, point_app_at
+from scan_phantoms import dicom_series, phantom, zipped
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
@@ -16,9 +26,11 @@ import covid_models.analysis
 from covid_models.analysis import Analysis, analyse
 from covid_models.data import held_out_images
 from covid_models.inference import Classifier
-from covid_models.io import content_hash, read_image
+from covid_models.io import content_hash, files_hash, read_image
 from covid_models.reviews import ReviewDatabaseError, ReviewStore
+from covid_models.scan_analysis import ScanAnalysis, analyse_scan
 from covid_models.segmentation import Segmenter
+from covid_models.volumes import read_volume
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
@@ -89,7 +101,7 @@ def _unescape(markdown: str) -> str:
 
 
 def _shown_position(at: AppTest) -> str:
-    return next(_unescape(m.value) for m in at.markdown if m.value.startswith("#### Image "))
+    return next(_unescape(m.value) for m in at.markdown if m.value.startswith(("#### Image ", "#### CT scan ")))
 
 
 def _verdict(at: AppTest, verdict: str) -> AppTest:
@@ -589,3 +601,91 @@ def test_a_held_back_image_shows_no_probability_heatmap_mask_or_share_on_the_rev
     assert [c.key for c in at.get("segmented_control")] == ["review-view"], "no 'if you disagree' labels"
     _verdict(at, "non_diagnostic")
     assert store.item(session, 0).verdict == "non_diagnostic"
+
+
+# ---------------------------------------------------------------- a whole CT scan as one item (issue 10)
+
+
+@pytest.fixture(scope="module")
+def ct_only(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, None]:
+    """Weights with a CT classifier and infection segmenter that take HU (the scan pipeline's), and no data folder."""
+    weights = tmp_path_factory.mktemp("review-scans") / "weights"
+    with_lung_window(write_classifier(weights, "ct-fixture", "ct", CT_CLASSES, seed=3))
+    with_lung_window(write_segmenter(weights, "ct-infection-fixture", "ct", "infection", seed=5))
+    return weights, None
+
+
+@pytest.fixture(scope="module")
+def scan_zip() -> bytes:
+    return zipped(dicom_series(phantom()))
+
+
+def _library_scan(weights: Path, archive: bytes) -> ScanAnalysis:
+    """What `analyse_scan` makes of the zip with the session's CT classifier and the infection model."""
+    return analyse_scan(read_volume([("phantom.zip", archive)]), Classifier.load(weights / "ct-fixture"),
+                        Segmenter.load(weights / "ct-infection-fixture"))
+
+
+def _start_with_scan(at: AppTest, archive: bytes, *, blinded: bool = False) -> int:
+    _sign_in(at)
+    at.radio(key="review-modality").set_value("ct")
+    _run(at)
+    at.file_uploader(key="review-scans").set_value([("phantom.zip", archive, "application/zip")])
+    if blinded:
+        at.checkbox(key="review-blinded").check()
+    at.button(key="review-start").click()
+    _run(at)
+    return int(at.session_state["review-session"])
+
+
+def test_a_scan_is_one_item_read_by_its_scan_level_result_and_its_verdict_is_exported(
+        ct_only, database, store, scan_zip, monkeypatch) -> None:
+    at = _page(ct_only, database, monkeypatch, data=False)
+    session = _start_with_scan(at, scan_zip)
+    expected = _library_scan(ct_only[0], scan_zip)
+    (item,) = store.items(session)
+    assert (item.kind, item.display_name) == ("scan", "phantom.zip")
+    assert item.image_hash == files_hash([content_hash(scan_zip)]), "the scan page's hash of the upload"
+    assert item.covid_probability == pytest.approx(expected.scan_probability, abs=1e-6)
+    assert item.predicted_label == ("covid" if expected.positive else "non_covid")
+    assert item.operating_threshold == expected.threshold and not item.held_back
+    assert _shown_position(at) == "#### CT scan 1 of 1: phantom.zip"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Scan-level COVID-19 probability"] == f"{expected.scan_probability:.1%}"
+    assert [f"Slice {index + 1}: {why}" for why, index in expected.key_slices.items()] == _captions(at)
+    assert "largest infection" in expected.key_slices, "the phantom's lesion gives both key slices"
+    assert at.get("plotly_chart")
+    assert any("Zone" in frame.value.columns for frame in at.dataframe), "the burden table"
+    _verdict(at, "agree")
+    assert store.item(session, 0).verdict == "agree"
+    (row,) = pd.read_csv(io.StringIO(store.export_csv(session)), keep_default_na=False).to_dict("records")
+    assert (row["file"], row["kind"], row["verdict"]) == ("phantom.zip", "scan", "agree")
+    assert row["covid_probability"] == pytest.approx(expected.scan_probability, abs=1e-6)
+
+
+def test_after_a_restart_a_scan_shows_its_stored_reading_and_its_slices_once_uploaded_again(
+        ct_only, database, store, scan_zip, monkeypatch) -> None:
+    session = _start_with_scan(_page(ct_only, database, monkeypatch, data=False), scan_zip)
+    item = store.item(session, 0)
+    restarted = _page(ct_only, database, monkeypatch, data=False, token=store.session_info(session).token)
+    _sign_in(restarted)
+    assert {m.label: m.value for m in restarted.metric} == {"COVID-19 probability": f"{item.covid_probability:.1%}"}
+    assert any("upload the same scan again" in w.value for w in restarted.warning)
+    assert not restarted.image and restarted.button(key="review-agree").disabled
+    restarted.file_uploader(key=f"review-rescan-{session}-0").set_value([("renamed.zip", scan_zip, "application/zip")])
+    _run(restarted)
+    assert any(c.endswith("highest probability") for c in _captions(restarted))
+    assert not restarted.button(key="review-agree").disabled
+
+
+def test_a_blinded_scan_shows_its_slices_alone_until_the_reader_records_a_reading(
+        ct_only, database, store, scan_zip, monkeypatch) -> None:
+    at = _page(ct_only, database, monkeypatch, data=False)
+    session = _start_with_scan(at, scan_zip, blinded=True)
+    item = store.item(session, 0)
+    assert _captions(at) == ["Axial slice 21 of 40"]
+    assert not at.metric and f"{item.covid_probability:.1%}" not in _everything_shown(at)
+    at.button(key="review-reading-covid").click()
+    _run(at)
+    assert store.item(session, 0).verdict == ("agree" if item.predicted_label == "covid" else "disagree")
+    assert any(c.endswith("highest probability") for c in _captions(at))

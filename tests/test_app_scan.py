@@ -2,25 +2,14 @@
 moving the sliders or the window reruns no model; a bad upload is a message, not a traceback."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from app_fixtures import CT_CLASSES, page_test, write_classifier, write_segmenter
+from app_fixtures import CT_CLASSES, page_test, with_lung_window, write_classifier, write_segmenter
 from scan_phantoms import dicom_series, phantom, zipped
 
 import covid_models.scan_analysis
 from covid_models import RESEARCH_USE_NOTICE
-from covid_models.preprocessing import LUNG_WINDOW
-
-
-def with_lung_window(directory: Path) -> Path:
-    """A fixture model's card given the CT models' HU window (the fixtures are written without one)."""
-    card_path = directory / "card.json"
-    card = json.loads(card_path.read_text())
-    card["preprocessing"]["hu_window"] = list(LUNG_WINDOW)
-    card_path.write_text(json.dumps(card))
-    return directory
 
 
 @pytest.fixture(scope="module")

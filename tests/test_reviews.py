@@ -308,7 +308,7 @@ def test_no_pixels_directories_or_identifiers_are_stored(store: ReviewStore, db_
     assert set(columns) == {"review_sessions", "review_items", "verdicts", "verdict_history", "reviewers"}
     assert set(columns["review_items"]) == {
         "id", "session_id", "position", "image_hash", "display_name", "predicted_label",
-        "covid_probability", "operating_threshold", "held_back",
+        "covid_probability", "operating_threshold", "held_back", "kind",
     }
     assert not any(isinstance(kind, LargeBinary) for table in columns.values() for kind in table.values())
     stored = repr(all_stored_values(db_url))
@@ -334,7 +334,7 @@ def test_csv_export_has_one_row_per_item_with_its_verdict(store: ReviewStore) ->
         "session": str(session_id), "reviewer": "Dr Kim", "model": "resnet50-ct", "position": "0",
         "file": "scan_000.png", "image_sha256": items[0].image_hash, "predicted_label": "covid",
         "covid_probability": "0.875", "threshold": "0.42", "verdict": "disagree", "reviewer_label": "normal",
-        "note": 'says "normal",\nsee prior',
+        "note": 'says "normal",\nsee prior', "kind": "image",
     }
     assert first["decided_at"].endswith("+00:00")
     assert (second["verdict"], second["reviewer_label"], second["note"], second["decided_at"]) == ("", "", "", "")
@@ -352,6 +352,22 @@ def test_a_held_back_item_keeps_its_status_and_exports_no_probability(store: Rev
     assert (first["predicted_label"], first["covid_probability"]) == (HELD_BACK_LABEL, "")
     assert "0.414" not in store.export_csv(session_id)
     assert (second["predicted_label"], second["covid_probability"]) == ("non_covid", "0.125")
+
+
+def test_a_scan_item_is_stored_as_one_scan_and_left_out_of_the_images_to_find(store: ReviewStore) -> None:
+    """Issue 10: a whole CT scan is one item of kind 'scan'; its pixels are found again by the scan page's way, not
+    among the images the page looks for in the data folder or asks to be re-uploaded."""
+    scan = dataclasses.replace(make_item(1, "covid", 0.61, name="chest-ct.zip"), kind="scan")
+    session_id = store.start_session("Dr Kim", "ct-model", "ct", [make_item(0), scan])
+    store.record_verdict(session_id, 1, "agree")
+
+    assert [view.kind for view in store.items(session_id)] == ["image", "scan"]
+    assert [position for position, _, _ in store.image_refs(session_id)] == [0]
+    _, exported = csv.DictReader(io.StringIO(store.export_csv(session_id)))
+    assert (exported["file"], exported["kind"], exported["covid_probability"], exported["verdict"]) == (
+        "chest-ct.zip", "scan", "0.61", "agree")
+    with pytest.raises(ReviewError, match="kind must be one of image, scan"):
+        store.start_session("Dr Kim", "ct-model", "ct", [dataclasses.replace(make_item(0), kind="series")])
 
 
 def test_summary_reports_agreement_kappa_and_confusion(store: ReviewStore) -> None:
@@ -522,7 +538,7 @@ def test_a_database_from_before_access_control_is_migrated_and_its_sessions_clai
         assert re.fullmatch(r"[A-Za-z0-9_-]{32}", info.token)
         first = store.item(info.id, 0)
         assert (first.verdict, first.note, first.version) == ("unsure", "kept across the upgrade", 1)
-        assert not first.held_back  # the column added by the upgrade
+        assert not first.held_back and first.kind == "image"  # the columns added by the upgrade
         assert [e.note for e in store.history(info.id, 0)] == ["kept across the upgrade"]
         store.record_verdict(info.id, 1, "non_diagnostic", expected_version=0)  # the widened CHECK
 
