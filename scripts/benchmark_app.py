@@ -163,7 +163,8 @@ def browser_run(weights: Path, data: Path, modality: str, images: list[Path], wa
 
 def library_run(weights: Path, modality: str, images: list[Path], warmup: int) -> dict[str, float]:
     """What the page computes for one upload, in this process: read, the chest-image check (colour, both
-    modalities' guards, lung fields) and `analyse` (prediction and Grad-CAM from one pass, every mask)."""
+    modalities' guards, lung fields) and `analyse` (the heatmap and the masks the check has not made; the
+    prediction is the check's guard pass), as the page shares them."""
     classifier = Classifier.load(discover_models(weights, "classification", modality)[0][0])
     segmenters = [Segmenter.load(d) for d, _ in discover_models(weights, "segmentation", modality)]
     guards = {m: Classifier.load(found[0][0]) for m in ("xray", "ct")
@@ -176,9 +177,12 @@ def library_run(weights: Path, modality: str, images: list[Path], warmup: int) -
         data = image.read_bytes()
         scan = read_image(data, name=image.name)
         marks.append(time.perf_counter())
-        check_image(scan, data, guards, None if lungs is None else lung_mask(lungs, scan))
+        mask = None if lungs is None else lung_mask(lungs, scan)
+        check = check_image(scan, data, guards, mask)
         marks.append(time.perf_counter())
-        analyse(scan, [classifier], segmenters)
+        shared = {} if mask is None or modality != "xray" else {lungs.target: mask}  # as the page shares them
+        analyse(scan, [classifier], [s for s in segmenters if s.target not in shared], masks=shared,
+                prediction=check.predictions.get(modality))
         marks.append(time.perf_counter())
         if index >= warmup:
             for name, start, end in zip(steps, marks, marks[1:], strict=False):
