@@ -40,4 +40,7 @@ def test_the_ricord_zip_gives_a_scan_result(browser, real_data, tmp_path):
         assert re.fullmatch(r"\d{1,3}\.\d%", value)
         page.get_by_text("Infection burden").first.wait_for()
         assert page.get_by_test_id("stMain").get_by_text(RESEARCH_USE_NOTICE).is_visible()
+        for drawn in ("stImage", "stPlotlyChart"):  # the screenshot shows the slices and the curve, not placeholders
+            page.get_by_test_id(drawn).first.wait_for(state="visible")
+        page.get_by_test_id("stImage").locator("img").first.evaluate("img => img.decode()")
         snapshot(page, "e2e-scan-ricord")
