@@ -36,7 +36,7 @@ from covid_models.analysis import (
 )
 from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, default_data_dir, held_out_images
-from covid_models.explain import CAMS, METHOD_LABELS, METHODS, SLOW_METHODS
+from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS
 from covid_models.formatting import percent
 from covid_models.image_checks import ImageCheck, check_image, choose_modality, lung_mask
 from covid_models.inference import Classifier, Prediction
@@ -254,27 +254,28 @@ def analysis_for(upload: Upload, classifiers: dict[str, Classifier], method: str
     if prediction is None and len(classifiers) == 1 and guard is not None \
             and guard.model == next(iter(classifiers.values())).name:
         prediction = guard
-    if prediction is None and len(classifiers) == 1 and CAMS[method].gradients:
-        key = analysis_key(upload.digest, classifiers, method, segmenters)
-        found = analyses().get(key)
-        if found is None:
-            with st.spinner(f"Analysing with {METHOD_LABELS[method]}..."):
-                found = analyse(read_scan(upload.digest, upload.data, upload.name), list(classifiers.values()),
-                                list(segmenters.values()), method=method, hold=hold_for({**classifiers, **segmenters}),
-                                on_prediction=show_prediction, masks=masks)
-            analyses().put(key, found)
-        else:
-            show_prediction(found.prediction)
-        small_results().put(prediction_key(upload, classifiers), found.prediction)
-        return found.prediction, found
-    prediction = prediction or prediction_for(upload, classifiers)
-    small_results().put(prediction_key(upload, classifiers), prediction)
-    show_prediction(prediction)
-    method = "gradcam" if prediction.out_of_distribution and method in SLOW_METHODS else method
+    if prediction is None and method in SLOW_METHODS:
+        prediction = prediction_for(upload, classifiers)  # shown before the slow heatmap, which it may rule out
+    if prediction is not None and prediction.out_of_distribution and method in SLOW_METHODS:
+        method = "gradcam"
     key = analysis_key(upload.digest, classifiers, method, segmenters)
     found = analyses().get(key)
     if found is not None:
-        return prediction, found
+        show_prediction(found.prediction)
+    elif method in SLOW_METHODS:
+        show_prediction(prediction)
+        found = slow_analysis(upload, classifiers, segmenters, method, prediction, key, masks)
+        if found is None:
+            return prediction, None
+        analyses().put(key, found)
+    else:  # without a known prediction, `analyse` takes it from the heatmap's forward pass
+        with st.spinner(f"Analysing with {METHOD_LABELS[method]}..."):
+            found = analyse(read_scan(upload.digest, upload.data, upload.name), list(classifiers.values()),
+                            list(segmenters.values()), method=method, hold=hold_for({**classifiers, **segmenters}),
+                            prediction=prediction, on_prediction=show_prediction, masks=masks)
+        analyses().put(key, found)
+    small_results().put(prediction_key(upload, classifiers), found.prediction)
+    return found.prediction, found
     if method in SLOW_METHODS:
         found = slow_analysis(upload, classifiers, segmenters, method, prediction, key, masks)
         if found is None:
