@@ -133,11 +133,14 @@ def _compact(value: Any, limit: int = 1500) -> str:
 
 
 def _window_and_crop(preprocessing: Preprocessing) -> str:
-    """The CT input's fixed HU window and lung crop, in words ('' for an X-ray input)."""
+    """The CT input's fixed HU window and the lung crop, in words ('' for a whole X-ray input)."""
     words = ""
     if preprocessing.hu_window is not None:
         centre, width = preprocessing.hu_window
         words += f" (CT HU through the fixed window L {centre:g} / W {width:g})"
     if preprocessing.lung_crop is not None:
         words += f", cropped to the lungs' box with a {preprocessing.lung_crop:.0%} margin"
+        if preprocessing.lung_segmenter is not None:
+            name, sha256 = preprocessing.lung_segmenter
+            words += f" (lungs found by segmenter `{name}`, weights sha256 {sha256[:12]}...)"
     return words

@@ -13,7 +13,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -507,10 +507,12 @@ def extra_training_rows(manifest: str | Path, label: str, orientation: str = "as
     return frame[["image", "label", "patient_id", "source", "split", "orientation"]]
 
 
-def _load_resized(path: str, preprocessing: Preprocessing, orientation: str = "as_is") -> torch.Tensor:
+def _load_resized(path: str, preprocessing: Preprocessing, orientation: str = "as_is",
+                  lungs: Callable[[np.ndarray], np.ndarray] | None = None) -> torch.Tensor:
     from covid_models.segmentation import orient
 
-    return preprocessing.resize(preprocessing.crop(orient(preprocessing.model_pixels(read_image(path)), orientation)))
+    pixels = orient(preprocessing.model_pixels(read_image(path)), orientation)
+    return preprocessing.resize(preprocessing.crop(pixels, None if lungs is None else lungs(pixels)))
 
 
 class ImageDataset(Dataset):
@@ -523,8 +525,9 @@ class ImageDataset(Dataset):
 
     def __init__(self, frame: pd.DataFrame, classes: Sequence[str], preprocessing: Preprocessing,
                  augmentation: Augmentation | None = None, workers: int = 4, progress: bool = False,
-                 sources: Sequence[str] | None = None):
+                 sources: Sequence[str] | None = None, lungs: Callable[[np.ndarray], np.ndarray] | None = None):
         """`sources`, when given, makes each target a (class, source index) pair for a source adversary.
+        `lungs` gives the lung mask of an image when the preprocessing crops to a segmenter's lungs.
 
         An `orientation` column (e.g. "transpose" for the MedSeg slices) puts rows into display orientation.
         """
@@ -540,8 +543,8 @@ class ImageDataset(Dataset):
         paths = self.frame["image"].tolist()
         orientations = self.frame.get("orientation", pd.Series(["as_is"] * len(paths))).fillna("as_is").tolist()
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            images = pool.map(lambda po: _load_resized(po[0], preprocessing, po[1]), zip(paths, orientations,
-                                                                                           strict=True))
+            images = pool.map(lambda po: _load_resized(po[0], preprocessing, po[1], lungs),
+                              zip(paths, orientations, strict=True))
             if progress:
                 from tqdm import tqdm
                 images = tqdm(images, total=len(paths), desc="decoding images", unit="img")

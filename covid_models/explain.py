@@ -252,11 +252,11 @@ def heatmap(classifier: Classifier, image: Scan | np.ndarray, method: str = "gra
     The map is rectified, resized bilinearly and scaled to [0, 1]; an all-zero map stays zero.
     """
     index = _class_index(classifier, method, target_class)
-    preprocessing = classifier.card.preprocessing
-    pixels = preprocessing.model_pixels(image)
-    inputs = classifier.to_input(pixels)[None]
+    pixels = classifier.card.preprocessing.model_pixels(image)
+    box = classifier.crop_box(pixels)
+    inputs = classifier.to_input(pixels, box)[None]
     cam = class_activation_map(classifier, inputs, method, index, progress).float()
-    return place_map(cam, preprocessing.crop_box(pixels), tuple(pixels.shape), size)
+    return place_map(cam, box, tuple(pixels.shape), size)
 
 
 def predict_and_map(classifier: Classifier, image: Scan | np.ndarray, method: str = "gradcam",
@@ -268,13 +268,13 @@ def predict_and_map(classifier: Classifier, image: Scan | np.ndarray, method: st
     """
     if method not in METHODS or not CAMS[method].gradients:
         raise ExplainError(f"{method!r} is not a gradient method; use predict and heatmap")
-    preprocessing = classifier.card.preprocessing
-    pixels = preprocessing.model_pixels(image)
-    inputs = classifier.to_input(pixels)[None]
+    pixels = classifier.card.preprocessing.model_pixels(image)
+    box = classifier.crop_box(pixels)
+    inputs = classifier.to_input(pixels, box)[None]
     layer_pass, logits, features = _gradient_pass(classifier, inputs, _class_index(classifier, method, None))
     prediction = classifier.predictions(classifier.calibrate(logits), features)[0]
     cam = CAMS[method].cam_image(layer_pass).float()
-    return prediction, place_map(cam, preprocessing.crop_box(pixels), tuple(pixels.shape), size)
+    return prediction, place_map(cam, box, tuple(pixels.shape), size)
 
 
 def _class_index(classifier: Classifier, method: str, target_class: str | None) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,12 @@ from torch import nn
 from covid_models.architectures import build_model, cam_target_layer
 from covid_models.checkpoint import CheckpointError, load_model_dir, load_weights_into, read_card
 from covid_models.io import Scan
+from covid_models.lung_box import Box
 from covid_models.model_card import CardError, ModelCard
 from covid_models.ood import OOD_PREFIX, OodGuard
 
 logger = logging.getLogger(__name__)
+PROJECT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
 @dataclass(frozen=True)
@@ -42,16 +45,27 @@ def penultimate_layer(model: nn.Module) -> nn.Linear:
 class Classifier:
     """A network with its card: preprocessing, classes, temperature and operating point come from the card."""
 
-    def __init__(self, model: nn.Module, card: ModelCard, ood: OodGuard | None = None):
+    def __init__(self, model: nn.Module, card: ModelCard, ood: OodGuard | None = None, lung_segmenter=None):
+        """`lung_segmenter` (a `Segmenter`) is required when the card's input is cropped to its lung mask."""
         if card.task != "classification":
             raise CheckpointError(f"{card.name} is a {card.task} model, not a classifier")
+        pinned = card.preprocessing.lung_segmenter
+        if pinned is not None and not _is_pinned(lung_segmenter, pinned):
+            raise CheckpointError(f"{card.name} crops its input to the lungs found by segmenter {pinned[0]!r} "
+                                  f"(weights sha256 {pinned[1][:12]}...); give that segmenter")
         self.model = model.eval().requires_grad_(False)  # inference only: heatmaps take gradients of activations
         self.card = card
         self.ood = ood
+        self.lung_segmenter = lung_segmenter if pinned is not None else None
 
     @classmethod
-    def load(cls, directory: str | Path) -> Classifier:
+    def load(cls, directory: str | Path, lung_segmenter=None) -> Classifier:
+        """The classifier of a model directory. A card whose input is cropped to a segmenter's lung mask gets
+        `lung_segmenter` when it is that one, else the pinned segmenter is looked up (see `find_segmenter`)."""
         card, state = load_model_dir(directory, "classification")
+        pinned = card.preprocessing.lung_segmenter
+        if pinned is not None and not _is_pinned(lung_segmenter, pinned):
+            lung_segmenter = find_segmenter(pinned, Path(directory).parent)
         ood_state = {k: v for k, v in state.items() if k.startswith(OOD_PREFIX)}
         model_state = {k: v for k, v in state.items() if not k.startswith(OOD_PREFIX)}
         model = build_model(card.architecture, len(card.classes))
@@ -60,7 +74,7 @@ class Classifier:
             ood = OodGuard.from_state(ood_state, card.extra.get("ood")) if ood_state else None
         except (ValueError, KeyError) as error:
             raise CheckpointError(f"{directory}: {error}") from error
-        return cls(model, card, ood)
+        return cls(model, card, ood, lung_segmenter)
 
     @property
     def name(self) -> str:
@@ -70,13 +84,22 @@ class Classifier:
     def cam_layer(self) -> nn.Module:
         return cam_target_layer(self.model, self.card.architecture)
 
-    def to_input(self, image: Scan | np.ndarray) -> torch.Tensor:
+    def crop_box(self, pixels: np.ndarray) -> Box:
+        """The part of the model image (H, W) that the network sees (see `Preprocessing.crop_box`); for a card
+        cropped to the segmenter's lungs, the mask is computed here (`Segmenter.input_size_mask`, as at training)."""
+        lungs = None if self.lung_segmenter is None else self.lung_segmenter.input_size_mask(pixels)
+        return self.card.preprocessing.crop_box(pixels, lungs)
+
+    def to_input(self, image: Scan | np.ndarray, box: Box | None = None) -> torch.Tensor:
         """Scan or (H, W) [0, 1] array -> the normalised input tensor the card prescribes (C, S, S).
 
         A CT DICOM scan goes through the card's fixed HU window (`Preprocessing.model_pixels`), never the
-        window it is displayed with.
+        window it is displayed with. `box` is `crop_box`'s result when the caller already has it.
         """
-        return self.card.preprocessing(image)
+        preprocessing = self.card.preprocessing
+        pixels = preprocessing.model_pixels(image)
+        top, bottom, left, right = self.crop_box(pixels) if box is None else box
+        return preprocessing.normalise(preprocessing.resize(pixels[top:bottom, left:right]))
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,6 +193,26 @@ class Ensemble:
             ood_score=None,
             out_of_distribution=any(p.out_of_distribution for p in predictions),
         )
+
+
+def _is_pinned(segmenter, pinned: tuple[str, str]) -> bool:
+    return segmenter is not None and (segmenter.name, segmenter.card.sha256) == tuple(pinned)
+
+
+def find_segmenter(pinned: tuple[str, str], *folders: Path):
+    """The segmenter pinned by a card, (name, weights sha256), from the first of `folders`, $COVID_WEIGHTS_DIR and
+    the project's `weights/` holding a segmentation model with that name and hash; CheckpointError if none does."""
+    from covid_models.segmentation import Segmenter
+
+    name, sha256 = pinned
+    environment = [Path(os.environ["COVID_WEIGHTS_DIR"])] if os.environ.get("COVID_WEIGHTS_DIR") else []
+    for folder in (*folders, *environment, PROJECT_WEIGHTS):
+        for directory, card in find_models(folder).found:
+            if card.task == "segmentation" and card.name == name and card.sha256 == sha256:
+                return Segmenter.load(directory)
+    raise CheckpointError(f"this classifier crops its input to the lungs found by segmenter {name!r} (weights "
+                          f"sha256 {sha256[:12]}...), which is not in its folder nor in weights/: copy that "
+                          "segmenter's folder beside it")
 
 
 @dataclass(frozen=True)

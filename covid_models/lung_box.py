@@ -1,4 +1,5 @@
-"""The lungs' bounding box on one windowed CT slice, without a network: the crop of the lung-focused CT input.
+"""The lungs' bounding box: on one windowed CT slice without a network (the crop of the lung-focused CT input), and
+from a lung mask (the X-ray lung-focused input, whose mask comes from the lung segmenter).
 
 A real DICOM slice shows the whole scan field (air around the body, the table, the arms) with the lungs in a
 third of it, while the UCSD slices are figure crops framed around the chest: a classifier can tell the two apart
@@ -55,6 +56,17 @@ def lung_box(pixels: np.ndarray) -> Box | None:
     scale_y, scale_x = height / THUMBNAIL, width / THUMBNAIL
     return (int(rows.min() * scale_y), int(np.ceil((rows.max() + 1) * scale_y)),
             int(columns.min() * scale_x), int(np.ceil((columns.max() + 1) * scale_x)))
+
+
+def mask_box(mask: np.ndarray, shape: tuple[int, int]) -> Box | None:
+    """Bounding box of a lung mask (any size, e.g. a segmenter's output grid) in an image of `shape`, or None when
+    the mask is empty: the box of the X-ray lung-focused input, found by the lung segmenter."""
+    rows, columns = np.nonzero(np.asarray(mask, dtype=bool))
+    if rows.size == 0:
+        return None
+    scale_y, scale_x = shape[0] / mask.shape[0], shape[1] / mask.shape[1]
+    return (int(rows.min() * scale_y), min(shape[0], int(np.ceil((rows.max() + 1) * scale_y))),
+            int(columns.min() * scale_x), min(shape[1], int(np.ceil((columns.max() + 1) * scale_x))))
 
 
 def widen(box: Box, margin: float, shape: tuple[int, int]) -> Box:

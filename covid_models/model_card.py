@@ -162,8 +162,16 @@ def _check_preprocessing(value: Any) -> None:
     crop = block.get("lung_crop")
     if crop is not None:
         _number(crop, "preprocessing.lung_crop", 0.0, 1.0)
-        if window is None:
-            raise CardError("preprocessing.lung_crop needs an hu_window: the lung box is found on a lung-window CT")
+    segmenter = block.get("lung_segmenter")
+    if segmenter is not None:
+        if (not isinstance(segmenter, (list, tuple)) or len(segmenter) != 2
+                or not all(isinstance(item, str) and item for item in segmenter)):
+            raise CardError(f"preprocessing.lung_segmenter must be null or [name, sha256], not {_describe(segmenter)}")
+        if crop is None:
+            raise CardError("preprocessing.lung_segmenter needs a lung_crop: the segmenter only gives the crop's box")
+    if crop is not None and window is None and segmenter is None:
+        raise CardError("preprocessing.lung_crop needs an hu_window (CT: the box is found on a lung-window slice) "
+                        "or a lung_segmenter (X-ray: the box of its mask)")
 
 
 def check_card(data: Any) -> None:

@@ -10,8 +10,11 @@ file or the viewer uses; a PNG/JPEG slice has no HU and is taken as already wind
 never reaches the model, and training (JPEG slices) and inference (DICOM slices, CT volumes) meet in one
 [0, 1] image.
 
-The lung-focused CT input (`lung_crop`, a margin): that image is cut to the lungs' box (`covid_models.lung_box`)
-before it is resized, so a full scan field and a figure crop framed around the chest reach the model alike.
+The lung-focused input (`lung_crop`, a margin): the image is cut to the lungs' box before it is resized. On CT the
+box is found on the lung-window slice without a network (`covid_models.lung_box`), so a full scan field and a
+figure crop framed around the chest reach the model alike. On X-ray it is the box of the lung segmenter's mask
+(`lung_segmenter` pins that checkpoint by name and weights hash; the classifier loads it, see
+`Classifier.crop_box`), so text labels, side markers, borders and most of the devices outside the lungs are cut.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from covid_models.io import Scan, apply_window
-from covid_models.lung_box import Box, lung_box, widen
+from covid_models.lung_box import Box, lung_box, mask_box, widen
 
 LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)  # (centre, width) in HU: the CT models' input window
 
@@ -38,14 +41,15 @@ class Preprocessing:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     hu_window: tuple[float, float] | None = None  # (centre, width) applied to CT HU; None for X-ray models
-    lung_crop: float | None = None  # CT: crop to the lungs' box widened by this share per side; None: whole image
+    lung_crop: float | None = None  # crop to the lungs' box widened by this share per side; None: whole image
+    lung_segmenter: tuple[str, str] | None = None  # (name, sha256) of the segmenter whose mask gives the box
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        window, crop = data.get("hu_window"), data.get("lung_crop")
+        window, crop, segmenter = data.get("hu_window"), data.get("lung_crop"), data.get("lung_segmenter")
         return cls(
             image_size=int(data["image_size"]),
             channels=int(data["channels"]),
@@ -53,6 +57,7 @@ class Preprocessing:
             std=tuple(float(v) for v in data["std"]),
             hu_window=None if window is None else (float(window[0]), float(window[1])),
             lung_crop=None if crop is None else float(crop),
+            lung_segmenter=None if segmenter is None else (str(segmenter[0]), str(segmenter[1])),
         )
 
     def window_hu(self, hu: np.ndarray) -> np.ndarray:
@@ -72,16 +77,27 @@ class Preprocessing:
             return self.window_hu(image.modality_values)
         return image.pixels
 
-    def crop_box(self, pixels: np.ndarray | torch.Tensor) -> Box:
-        """The part of a model image (H, W) the network sees: the lungs' box plus margin, else the whole image."""
-        whole = (0, pixels.shape[0], 0, pixels.shape[1])
+    def crop_box(self, pixels: np.ndarray | torch.Tensor, lungs: np.ndarray | None = None) -> Box:
+        """The part of a model image (H, W) the network sees: the lungs' box plus margin, else the whole image.
+
+        `lungs` is the lung segmenter's mask of `pixels` (any size), required when the card names a segmenter;
+        an empty mask (no lungs found) keeps the whole image.
+        """
+        shape = tuple(pixels.shape)
+        whole = (0, shape[0], 0, shape[1])
         if self.lung_crop is None:
             return whole
-        box = lung_box(np.asarray(pixels, dtype=np.float32))
-        return whole if box is None else widen(box, self.lung_crop, tuple(pixels.shape))
+        if self.lung_segmenter is not None:
+            if lungs is None:
+                raise ValueError(f"this input is cropped to the mask of lung segmenter {self.lung_segmenter[0]!r}; "
+                                 "pass its mask (Classifier.to_input does)")
+            box = mask_box(lungs, shape)
+        else:
+            box = lung_box(np.asarray(pixels, dtype=np.float32))
+        return whole if box is None else widen(box, self.lung_crop, shape)
 
-    def crop(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        top, bottom, left, right = self.crop_box(pixels)
+    def crop(self, pixels: np.ndarray | torch.Tensor, lungs: np.ndarray | None = None) -> np.ndarray | torch.Tensor:
+        top, bottom, left, right = self.crop_box(pixels, lungs)
         return pixels[top:bottom, left:right]
 
     def resize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -102,11 +118,11 @@ class Preprocessing:
         std = torch.tensor(self.std, dtype=image.dtype, device=image.device).view(shape)
         return (expanded - mean) / std
 
-    def __call__(self, image: Scan | np.ndarray | torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: Scan | np.ndarray | torch.Tensor, lungs: np.ndarray | None = None) -> torch.Tensor:
         """A `Scan` (see `model_pixels`) or an (H, W) greyscale image in [0, 1] -> cropped (see `crop_box`) ->
         (channels, S, S) network input."""
         pixels = self.model_pixels(image) if isinstance(image, Scan) else image
-        return self.normalise(self.resize(self.crop(pixels)))
+        return self.normalise(self.resize(self.crop(pixels, lungs)))
 
 
 @dataclass(frozen=True)

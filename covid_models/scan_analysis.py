@@ -231,7 +231,7 @@ def analyse_scan(volume: Volume, classifier: Classifier, segmenter: Segmenter | 
     preprocessing = classifier.card.preprocessing
     for first in range(0, len(scored), batch_size):
         indices = scored[first:first + batch_size]
-        batch = torch.stack([preprocessing(preprocessing.window_hu(volume.hu[k])) for k in indices])
+        batch = torch.stack([classifier.to_input(preprocessing.window_hu(volume.hu[k])) for k in indices])
         for k, prediction in zip(indices, classifier.predict_inputs(batch), strict=True):
             probabilities[k] = prediction.positive_probability
             out_of_distribution[k] = prediction.out_of_distribution

@@ -181,6 +181,12 @@ class Segmenter:
         post-processed as the card says."""
         return self.mask_from_probability(self.probability(image, size))
 
+    def input_size_mask(self, image: Scan | np.ndarray) -> np.ndarray:
+        """The mask on the network's own input grid (S, S): what a classifier's lung crop takes its box from,
+        the same at training and inference whatever the image's size."""
+        size = self.card.preprocessing.image_size
+        return self.mask(image, size=(size, size))
+
     def mask_from_probability(self, probability: np.ndarray) -> np.ndarray:
         mask = probability >= self.threshold
         if self.postprocess == POSTPROCESS_LUNGS:

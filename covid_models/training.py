@@ -26,6 +26,7 @@ from covid_models.metrics import auc, sensitivity_threshold, threshold_metrics, 
 from covid_models.model_card import ModelCard
 from covid_models.ood import OodGuard
 from covid_models.preprocessing import LUNG_WINDOW, Augmentation
+from covid_models.segmentation import Segmenter
 from covid_models.training_loop import (
     Runtime,
     Selection,
@@ -65,7 +66,8 @@ class TrainConfig:
     patience: int | None = None
     half: bool = False
     source_adversarial: float = 0.0  # weight of the gradient-reversed source head; 0 = off
-    lung_crop: float | None = None  # CT: the lung-focused input (`Preprocessing.lung_crop`); None = whole image
+    lung_crop: float | None = None  # the lung-focused input (`Preprocessing.lung_crop`); None = whole image
+    lung_segmenter: str | None = None  # X-ray: the segmenter folder whose lung mask gives the crop's box
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -185,8 +187,11 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
     started = time.time()
     seed_everything(config.seed)
     arch = get_architecture(config.architecture)
+    segmenter = Segmenter.load(config.lung_segmenter) if config.lung_segmenter else None
+    lungs = None if segmenter is None else segmenter.input_size_mask
     preprocessing = arch.preprocessing(config.image_size, LUNG_WINDOW if config.modality == "ct" else None,
-                                       config.lung_crop)
+                                       config.lung_crop,
+                                       None if segmenter is None else (segmenter.name, segmenter.card.sha256))
     augmentation = Augmentation.for_modality(config.modality)
     positive = config.classes.index(config.positive_class)
     splits = split_tables(frame)
@@ -194,8 +199,8 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
     show = runtime.is_main
     datasets = {
         "train": ImageDataset(splits["train"], config.classes, preprocessing, augmentation, progress=show,
-                              sources=sources if config.source_adversarial else None),
-        "val": ImageDataset(splits["val"], config.classes, preprocessing, progress=show),
+                              sources=sources if config.source_adversarial else None, lungs=lungs),
+        "val": ImageDataset(splits["val"], config.classes, preprocessing, progress=show, lungs=lungs),
     }
     sampler = None
     if config.balance:
@@ -257,7 +262,7 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
     _, train_labels, train_features = collect(model, make_loader(train_eval, config.batch_size * 2, runtime), runtime)
     ood = OodGuard.fit(train_features, train_labels, val_features)
 
-    test_dataset = ImageDataset(splits["test"], config.classes, preprocessing, progress=True)
+    test_dataset = ImageDataset(splits["test"], config.classes, preprocessing, progress=True, lungs=lungs)
     test_logits, _, test_features = collect(model, make_loader(test_dataset, config.batch_size * 2, runtime),
                                             runtime)
     test_probability = torch.softmax(test_logits / temperature, 1).numpy()

@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--source-adversarial", type=float, default=0.0)
+    parser.add_argument("--lung-crop", type=float, metavar="MARGIN", help="as in train.py")
+    parser.add_argument("--lung-segmenter", type=Path, default=Path(__file__).resolve().parents[1] / "weights"
+                        / "xray-lungs-unet", help="X-ray --lung-crop: the lung segmentation model folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="at most this many images per fold, split and class (smoke runs)")
     parser.add_argument("--work", type=Path, default=Path("runs/cross-validation"), help="fold models go here")
@@ -88,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(
             name=f"{args.source}-fold-{fold}", modality=args.modality, architecture=args.arch, classes=classes,
             positive_class="covid", epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
-            lr=args.lr, seed=args.seed, source_adversarial=args.source_adversarial)
+            lr=args.lr, seed=args.seed, source_adversarial=args.source_adversarial, lung_crop=args.lung_crop,
+            lung_segmenter=str(args.lung_segmenter) if args.lung_crop is not None and args.modality == "xray"
+            else None)
         print(f"fold {fold + 1}/{args.folds}: {len(held)} held-out {args.source} images, "
               f"{int((fold_frame['split'] == 'train').sum())} training images")
         train_classifier(config, fold_frame, out)

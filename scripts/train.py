@@ -17,10 +17,12 @@ from pathlib import Path
 
 from covid_models import runtime
 from covid_models.architectures import REGISTRY, PretrainedWeightsUnavailable
+from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, default_data_dir, training_table
 from covid_models.evaluation import format_report
 from covid_models.training import TrainConfig, train_classifier
 
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLASSES = {"xray": "covid,normal,pneumonia", "ct": "covid,non_covid"}
 
 
@@ -50,7 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source-adversarial", type=float, default=0.0, metavar="WEIGHT",
                         help="train against a gradient-reversed head predicting the manifest's source (0 = off)")
     parser.add_argument("--lung-crop", type=float, metavar="MARGIN",
-                        help="CT: crop each slice to its lungs' box widened by MARGIN (e.g. 0.1) per side")
+                        help="crop each image to its lungs' box widened by MARGIN (e.g. 0.1) per side; CT finds the "
+                             "box on the lung-window slice, X-ray takes it from --lung-segmenter's mask")
+    parser.add_argument("--lung-segmenter", type=Path, default=ROOT / "weights" / "xray-lungs-unet",
+                        help="X-ray --lung-crop: the lung segmentation model folder (pinned in the card by its hash)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     parser.add_argument("--half", action="store_true", help="store the weights as fp16")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
@@ -66,9 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.data is None:
         print("error: give --data or set COVID_DATA_DIR", file=sys.stderr)
-        return 2
-    if args.lung_crop is not None and args.modality != "ct":
-        print("error: --lung-crop is a CT option (the lung box is found on a lung-window slice)", file=sys.stderr)
         return 2
     classes = (args.classes or DEFAULT_CLASSES[args.modality]).split(",")
     try:
@@ -86,13 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         pretrained=None if args.pretrained == "none" else args.pretrained, balance=not args.no_balance,
         compile=args.compile, operating_point=args.operating_point, patience=args.patience, half=args.half,
         source_adversarial=args.source_adversarial, lung_crop=args.lung_crop,
+        lung_segmenter=str(args.lung_segmenter) if args.lung_crop is not None and args.modality == "xray" else None,
         extra={"command": "python scripts/train.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "data_argument": str(args.data), "add_manifests": [str(p) for p in args.add_manifest],
                "extra_train": list(args.extra_train)},
     )
     try:
         card = train_classifier(config, frame, args.out, resume=args.resume, device=args.device)
-    except PretrainedWeightsUnavailable as error:
+    except (PretrainedWeightsUnavailable, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if card is not None:

@@ -45,6 +45,30 @@ def test_one_epoch_on_real_images_writes_a_loadable_checkpoint(real_data, tmp_pa
 
 @pytest.mark.real_data
 @pytest.mark.slow
+def test_an_xray_lung_crop_model_pins_its_segmenter_and_scores_its_test_images_as_at_training(real_data, tmp_path):
+    from covid_models.benchmarking import write_segmenter
+    from covid_models.checkpoint import read_card
+    from covid_models.data import training_table
+    from covid_models.evaluation import predict_frame
+    from covid_models.metrics import auc
+
+    weights = tmp_path / "weights"
+    segmenter = write_segmenter(weights, "xray-lungs-fixture", "xray", "lungs", seed=4)
+    out = weights / "xray-cropped"
+    _run(["--data", str(real_data), "--modality", "xray", "--limit", "3", "--image-size", "64", "--batch-size", "4",
+          "--epochs", "1", "--lung-crop", "0.1", "--lung-segmenter", str(segmenter), "--out", str(out)])
+    classifier = Classifier.load(out)
+    assert classifier.card.preprocessing.lung_segmenter == ("xray-lungs-fixture", read_card(segmenter).sha256)
+    frame = training_table(real_data, "xray", classifier.card.classes, seed=0)
+    test = frame.groupby(["split", "label"], group_keys=False).head(3).query("split == 'test'")
+    scored, _ = predict_frame(classifier, test, progress=False)
+    # the crop at inference (the segmenter loaded beside the model) is the crop the model was trained and tested on
+    assert auc((test["label"] == "covid").to_numpy(), scored[:, 0]) == pytest.approx(
+        classifier.card.metrics["test"]["auc"], abs=1e-6)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_interrupted_training_resumes_from_the_last_epoch(real_data, tmp_path):
     finished = tmp_path / "one-epoch"
     _run(["--data", str(real_data), *SMOKE, "--epochs", "1", "--out", str(finished)])
