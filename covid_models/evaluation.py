@@ -12,8 +12,9 @@ from covid_models.metrics import binary_report, confusion_matrix
 
 
 def predict_frame(classifier: Classifier, frame: pd.DataFrame, batch_size: int = 32, progress: bool = True,
-                  skipped: list[tuple[int, str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated probabilities (N, C) and feature vectors (N, D) for every image of `frame`.
+                  skipped: list[tuple[int, str]] | None = None, mirror: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities (N, C) and feature vectors (N, D) for every image of `frame`; of its left-right
+    mirror images with `mirror` (test-time augmentation for a model trained with mirroring, e.g. axial CT).
 
     An unreadable file raises ImageReadError naming it; when a `skipped` list is given, it is recorded there
     instead, as (row position, reason), and left out of the result (so N is the number of readable images).
@@ -36,7 +37,8 @@ def predict_frame(classifier: Classifier, frame: pd.DataFrame, batch_size: int =
                     raise ImageReadError(f"{path}: {error}") from error
                 skipped.append((position, str(error)))
         if inputs:
-            probs, feats = classifier.forward(torch.stack(inputs))
+            batch = torch.stack(inputs)
+            probs, feats = classifier.forward(batch.flip(-1) if mirror else batch)
             probabilities.append(probs.numpy())
             features.append(feats.numpy())
     if not probabilities:

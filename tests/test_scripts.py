@@ -161,3 +161,25 @@ def test_evaluate_reports_the_heatmap_share_inside_the_lungs_per_class(real_data
     assert set(shares) == {"covid", "normal", "pneumonia"}
     assert all(0.0 <= v["mean"] <= 1.0 and v["n"] == 2 for v in shares.values())
     assert "inside the lungs" in result.stdout
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_an_ensemble_of_a_model_with_itself_scores_as_the_model_and_mirroring_is_reported_beside_it(real_data,
+                                                                                                    tmp_path):
+    model = _shipped("ct")
+    result = _script("evaluate_ensemble.py", str(real_data), str(model), str(model), "--mirror",
+                     "--out", str(tmp_path / "e.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["model"]: row for row in json.loads((tmp_path / "e.json").read_text())["rows"]}
+    name = Classifier.load(model).card.name
+    assert rows["mean of 2"]["test"]["auc"] == pytest.approx(rows[name]["test"]["auc"], abs=1e-9)
+    assert rows[name]["test"]["auc"] == pytest.approx(Classifier.load(model).card.metrics["test"]["auc"], abs=2e-3)
+    assert {f"{name} + mirror", "mean of 2 + mirror"} <= set(rows)
+    assert rows[name]["val"]["n"] > 0 and rows[name]["test"]["n"] == Classifier.load(model).card.metrics["test"]["n"]
+
+
+@pytest.mark.real_data
+def test_an_ensemble_refuses_members_tested_on_other_images(real_data):
+    result = _script("evaluate_ensemble.py", str(real_data), str(_shipped("ct")), str(_shipped("xray")))
+    assert result.returncode == 2 and "other images" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,90 @@
+"""Seed/recipe ensembles and mirror test-time augmentation, measured on validation and test of one split.
+
+    python scripts/evaluate_ensemble.py ../shared/data weights/ct-efficientnet-lite0 runs/ct-lite0-128-medseg \
+        runs/ct-lite0-128-lungcrop --mirror
+
+Every member must have been trained on the same validation and test images (for CT: the official UCSD split).
+For each member, for the mean of the members' calibrated probabilities (`covid_models.inference.Ensemble`'s
+rule) and, with `--mirror`, for the mean over each image and its left-right mirror, the COVID-vs-rest AUC on
+validation and on test (95 % patient-bootstrap interval). Choose on the validation column: the test column is
+what a choice made there gives on images no choice saw.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from covid_models import runtime
+from covid_models.checkpoint import CheckpointError
+from covid_models.data import DataError, LeakageError, training_table
+from covid_models.evaluation import predict_frame
+from covid_models.inference import Classifier
+from covid_models.io import ImageReadError
+from covid_models.metrics import auc, bootstrap_ci
+
+SPLITS = ("val", "test")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, help="the data root the members were trained on")
+    parser.add_argument("members", type=Path, nargs="+", help="model directories")
+    parser.add_argument("--mirror", action="store_true", help="also score the left-right mirror of every image")
+    parser.add_argument("--out", type=Path, help="write the table as JSON here")
+    return parser.parse_args(argv)
+
+
+def split_frames(data: Path, classifier: Classifier) -> dict:
+    card = classifier.card
+    frame = training_table(data, card.modality, card.classes, seed=int(card.training.get("seed", 0)),
+                           add_manifests=card.training.get("add_manifests", ()))
+    return {split: frame[frame["split"] == split].reset_index(drop=True) for split in SPLITS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    runtime.configure()
+    args = parse_args(argv)
+    try:
+        members = [Classifier.load(directory) for directory in args.members]
+        frames = split_frames(args.data, members[0])
+        for member in members[1:]:
+            other = split_frames(args.data, member)
+            if any(set(other[s]["image"]) != set(frames[s]["image"]) for s in SPLITS):
+                raise DataError(f"{member.name} was validated or tested on other images than {members[0].name}")
+        views = (False, True) if args.mirror else (False,)
+        positive = members[0].card.classes.index(members[0].card.positive_class)
+        scores = {(m.name, split, mirrored): predict_frame(m, frames[split], progress=False, mirror=mirrored)[0][
+            :, positive] for m in members for split in SPLITS for mirrored in views}
+    except (CheckpointError, DataError, LeakageError, ImageReadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rows = [(m.name, [m.name], (False,)) for m in members]
+    if args.mirror:
+        rows += [(f"{m.name} + mirror", [m.name], views) for m in members]
+    rows.append((f"mean of {len(members)}", [m.name for m in members], (False,)))
+    if args.mirror:
+        rows.append((f"mean of {len(members)} + mirror", [m.name for m in members], views))
+    table = []
+    for label, names, used in rows:
+        entry = {"model": label}
+        for split in SPLITS:
+            frame = frames[split]
+            truth = (frame["label"] == members[0].card.positive_class).to_numpy()
+            score = np.mean([scores[(name, split, mirrored)] for name in names for mirrored in used], axis=0)
+            low, high = bootstrap_ci(auc, truth, score, groups=frame["patient_id"].to_numpy())
+            entry[split] = {"auc": auc(truth, score), "auc_ci95": [low, high], "n": int(len(frame))}
+        table.append(entry)
+        print(f"{label:<55} val AUC {entry['val']['auc']:.3f}   test AUC {entry['test']['auc']:.3f} "
+              f"({entry['test']['auc_ci95'][0]:.3f}-{entry['test']['auc_ci95'][1]:.3f})")
+    if args.out:
+        command = "python scripts/evaluate_ensemble.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        args.out.write_text(json.dumps({"rows": table, "command": command}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
