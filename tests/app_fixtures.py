@@ -49,3 +49,13 @@ def with_lung_window(directory: Path) -> Path:
     card["preprocessing"]["hu_window"] = list(LUNG_WINDOW)
     card_path.write_text(json.dumps(card))
     return directory
+
+
+def with_lung_crop(directory: Path, segmenter: Path) -> Path:
+    """A fixture X-ray model's card cropping its input to the lungs of `segmenter` (pinned by name and hash)."""
+    card_path = directory / "card.json"
+    card = json.loads(card_path.read_text())
+    lungs = json.loads((segmenter / "card.json").read_text())
+    card["preprocessing"].update(lung_crop=0.1, lung_segmenter=[lungs["name"], lungs["sha256"]])
+    card_path.write_text(json.dumps(card))
+    return directory

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from app_fixtures import chest_like_png, make_weights_dir, page_test
+from app_fixtures import chest_like_png, make_weights_dir, page_test, with_lung_crop
 from PIL import Image
 from pydicom.data import get_testdata_file
 
@@ -68,6 +68,19 @@ def test_an_uploaded_png_shows_the_probabilities_the_library_computes(weights, m
     captions = [caption for image in at.image for caption in image.captions]
     assert any(c.startswith("Grad-CAM") for c in captions)
     assert [b.label for b in at.get("download_button")] == ["Annotated image (PNG)", "Report (PDF)", "Report (HTML)"]
+
+
+def test_a_model_cropped_to_its_segmenters_lungs_shows_what_the_library_computes(tmp_path, monkeypatch):
+    weights = make_weights_dir(tmp_path)
+    model = with_lung_crop(weights / "xray-fixture-b", weights / "xray-lungs-fixture")
+    data = chest_like_png(seed=1)
+    classifier = Classifier.load(model)
+    assert classifier.lung_segmenter.name == "xray-lungs-fixture"  # found beside it in the weights folder
+    at = page_test(PAGE, weights, monkeypatch).run()
+    at.selectbox(key="model-xray").set_value(str(model))
+    upload(at, ("chest.png", data))
+    assert not at.exception
+    assert shown_probabilities(at) == pytest.approx(classifier.predict(read_image(data)).probabilities, abs=1e-6)
 
 
 def test_the_ensemble_shows_the_mean_of_its_members(weights, monkeypatch):
