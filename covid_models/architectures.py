@@ -42,10 +42,11 @@ class Architecture:
     offline_pretrained: bool = False
 
     def preprocessing(self, image_size: int | None = None, hu_window: tuple[float, float] | None = None,
-                      lung_crop: float | None = None, lung_segmenter: tuple[str, str] | None = None
-                      ) -> Preprocessing:
+                      lung_crop: float | None = None, lung_segmenter: tuple[str, str] | None = None,
+                      equalise: bool = False) -> Preprocessing:
         return Preprocessing(image_size=image_size or self.default_size, channels=3, mean=self.mean, std=self.std,
-                             hu_window=hu_window, lung_crop=lung_crop, lung_segmenter=lung_segmenter)
+                             hu_window=hu_window, lung_crop=lung_crop, lung_segmenter=lung_segmenter,
+                             equalise=equalise)
 
 
 REGISTRY: dict[str, Architecture] = {}

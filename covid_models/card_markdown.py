@@ -143,4 +143,6 @@ def _window_and_crop(preprocessing: Preprocessing) -> str:
         if preprocessing.lung_segmenter is not None:
             name, sha256 = preprocessing.lung_segmenter
             words += f" (lungs found by segmenter `{name}`, weights sha256 {sha256[:12]}...)"
+    if preprocessing.equalise:
+        words += ", histogram-equalised"
     return words

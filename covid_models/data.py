@@ -512,7 +512,7 @@ def _load_resized(path: str, preprocessing: Preprocessing, orientation: str = "a
     from covid_models.segmentation import orient
 
     pixels = orient(preprocessing.model_pixels(read_image(path)), orientation)
-    return preprocessing.resize(preprocessing.crop(pixels, None if lungs is None else lungs(pixels)))
+    return preprocessing.square(preprocessing.crop(pixels, None if lungs is None else lungs(pixels)))
 
 
 class ImageDataset(Dataset):

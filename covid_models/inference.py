@@ -99,7 +99,7 @@ class Classifier:
         preprocessing = self.card.preprocessing
         pixels = preprocessing.model_pixels(image)
         top, bottom, left, right = self.crop_box(pixels) if box is None else box
-        return preprocessing.normalise(preprocessing.resize(pixels[top:bottom, left:right]))
+        return preprocessing.normalise(preprocessing.square(pixels[top:bottom, left:right]))
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -169,6 +169,8 @@ def _check_preprocessing(value: Any) -> None:
             raise CardError(f"preprocessing.lung_segmenter must be null or [name, sha256], not {_describe(segmenter)}")
         if crop is None:
             raise CardError("preprocessing.lung_segmenter needs a lung_crop: the segmenter only gives the crop's box")
+    if not isinstance(block.get("equalise", False), bool):
+        raise CardError(f"preprocessing.equalise must be true or false, not {_describe(block['equalise'])}")
     if crop is not None and window is None and segmenter is None:
         raise CardError("preprocessing.lung_crop needs an hu_window (CT: the box is found on a lung-window slice) "
                         "or a lung_segmenter (X-ray: the box of its mask)")

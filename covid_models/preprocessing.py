@@ -15,6 +15,10 @@ box is found on the lung-window slice without a network (`covid_models.lung_box`
 figure crop framed around the chest reach the model alike. On X-ray it is the box of the lung segmenter's mask
 (`lung_segmenter` pins that checkpoint by name and weights hash; the classifier loads it, see
 `Classifier.crop_box`), so text labels, side markers, borders and most of the devices outside the lungs are cut.
+
+Intensity normalisation (`equalise`): the (cropped) image is histogram-equalised, so a film's exposure, its
+export pipeline's contrast curve or a website's brightening (any monotone change of grey levels) no longer
+reaches the model, only the ranks of the grey levels do.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ class Preprocessing:
     hu_window: tuple[float, float] | None = None  # (centre, width) applied to CT HU; None for X-ray models
     lung_crop: float | None = None  # crop to the lungs' box widened by this share per side; None: whole image
     lung_segmenter: tuple[str, str] | None = None  # (name, sha256) of the segmenter whose mask gives the box
+    equalise: bool = False  # histogram-equalise the image after the crop
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +63,7 @@ class Preprocessing:
             hu_window=None if window is None else (float(window[0]), float(window[1])),
             lung_crop=None if crop is None else float(crop),
             lung_segmenter=None if segmenter is None else (str(segmenter[0]), str(segmenter[1])),
+            equalise=bool(data.get("equalise", False)),
         )
 
     def window_hu(self, hu: np.ndarray) -> np.ndarray:
@@ -100,6 +106,10 @@ class Preprocessing:
         top, bottom, left, right = self.crop_box(pixels, lungs)
         return pixels[top:bottom, left:right]
 
+    def square(self, cropped: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The cropped (H, W) image -> equalised when the card says so -> (1, S, S): what the training cache holds."""
+        return self.resize(equalise_histogram(np.asarray(cropped, dtype=np.float32)) if self.equalise else cropped)
+
     def resize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(H, W) image -> (1, S, S) float tensor; stretched so a CAM maps back by a plain resize."""
         image = torch.as_tensor(np.ascontiguousarray(pixels), dtype=torch.float32)
@@ -122,7 +132,19 @@ class Preprocessing:
         """A `Scan` (see `model_pixels`) or an (H, W) greyscale image in [0, 1] -> cropped (see `crop_box`) ->
         (channels, S, S) network input."""
         pixels = self.model_pixels(image) if isinstance(image, Scan) else image
-        return self.normalise(self.resize(self.crop(pixels, lungs)))
+        return self.normalise(self.square(self.crop(pixels, lungs)))
+
+
+def equalise_histogram(pixels: np.ndarray, bins: int = 256) -> np.ndarray:
+    """Histogram equalisation of an image in [0, 1]: each grey level -> the share of pixels darker than or as dark
+    as it (the lowest level present -> 0, the highest -> 1). A constant image is returned unchanged."""
+    counts, _ = np.histogram(pixels, bins=bins, range=(0.0, 1.0))
+    cdf = np.cumsum(counts)
+    lowest = cdf[np.flatnonzero(counts)[0]] if cdf[-1] else 0
+    if cdf[-1] == lowest:
+        return pixels
+    levels = np.clip((cdf - lowest) / (cdf[-1] - lowest), 0.0, 1.0).astype(np.float32)
+    return levels[np.clip((pixels * bins).astype(np.int64), 0, bins - 1)]
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ class TrainConfig:
     source_adversarial: float = 0.0  # weight of the gradient-reversed source head; 0 = off
     lung_crop: float | None = None  # the lung-focused input (`Preprocessing.lung_crop`); None = whole image
     lung_segmenter: str | None = None  # X-ray: the segmenter folder whose lung mask gives the crop's box
+    equalise: bool = False  # histogram-equalised input (`Preprocessing.equalise`)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -191,7 +192,8 @@ def _train(config: TrainConfig, frame: pd.DataFrame, out_dir: Path, runtime: Run
     lungs = None if segmenter is None else segmenter.input_size_mask
     preprocessing = arch.preprocessing(config.image_size, LUNG_WINDOW if config.modality == "ct" else None,
                                        config.lung_crop,
-                                       None if segmenter is None else (segmenter.name, segmenter.card.sha256))
+                                       None if segmenter is None else (segmenter.name, segmenter.card.sha256),
+                                       config.equalise)
     augmentation = Augmentation.for_modality(config.modality)
     positive = config.classes.index(config.positive_class)
     splits = split_tables(frame)

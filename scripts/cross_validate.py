@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--source-adversarial", type=float, default=0.0)
     parser.add_argument("--lung-crop", type=float, metavar="MARGIN", help="as in train.py")
+    parser.add_argument("--equalise", action="store_true",
+                        help="histogram-equalise each (cropped) image: intensity normalisation against exposure "
+                             "and export differences between sources")
     parser.add_argument("--lung-segmenter", type=Path, default=Path(__file__).resolve().parents[1] / "weights"
                         / "xray-lungs-unet", help="X-ray --lung-crop: the lung segmentation model folder")
     parser.add_argument("--seed", type=int, default=0)
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             positive_class="covid", epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
             lr=args.lr, seed=args.seed, source_adversarial=args.source_adversarial, lung_crop=args.lung_crop,
             lung_segmenter=str(args.lung_segmenter) if args.lung_crop is not None and args.modality == "xray"
-            else None)
+            else None, equalise=args.equalise)
         print(f"fold {fold + 1}/{args.folds}: {len(held)} held-out {args.source} images, "
               f"{int((fold_frame['split'] == 'train').sum())} training images")
         train_classifier(config, fold_frame, out)

@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lung-crop", type=float, metavar="MARGIN",
                         help="crop each image to its lungs' box widened by MARGIN (e.g. 0.1) per side; CT finds the "
                              "box on the lung-window slice, X-ray takes it from --lung-segmenter's mask")
+    parser.add_argument("--equalise", action="store_true",
+                        help="histogram-equalise each (cropped) image: intensity normalisation against exposure "
+                             "and export differences between sources")
     parser.add_argument("--lung-segmenter", type=Path, default=ROOT / "weights" / "xray-lungs-unet",
                         help="X-ray --lung-crop: the lung segmentation model folder (pinned in the card by its hash)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile, operating_point=args.operating_point, patience=args.patience, half=args.half,
         source_adversarial=args.source_adversarial, lung_crop=args.lung_crop,
         lung_segmenter=str(args.lung_segmenter) if args.lung_crop is not None and args.modality == "xray" else None,
+        equalise=args.equalise,
         extra={"command": "python scripts/train.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "data_argument": str(args.data), "add_manifests": [str(p) for p in args.add_manifest],
                "extra_train": list(args.extra_train)},

@@ -134,3 +134,24 @@ def test_gamma_and_degradation_keep_range_and_change_the_image():
     out = augment(image, torch.Generator().manual_seed(2))
     assert out.shape == image.shape and out.min() >= 0 and out.max() <= 1
     assert (out - image).abs().mean() > 0.01
+
+
+def test_histogram_equalisation_spreads_grey_levels_evenly_and_keeps_their_order():
+    from covid_models.preprocessing import equalise_histogram
+
+    image = np.random.default_rng(0).beta(2, 8, size=(128, 128)).astype(np.float32)  # a dark, skewed film
+    equalised = equalise_histogram(image)
+    counts, _ = np.histogram(equalised, bins=4, range=(0, 1))
+    assert np.all(np.abs(counts / image.size - 0.25) < 0.03)
+    order = np.argsort(image.ravel(), kind="stable")
+    assert np.all(np.diff(equalised.ravel()[order]) >= 0)
+    assert np.array_equal(equalise_histogram(np.full((8, 8), 0.3, np.float32)), np.full((8, 8), 0.3, np.float32))
+
+
+def test_an_equalising_card_gives_two_exposures_of_one_film_nearly_the_same_input():
+    image = np.random.default_rng(1).beta(2, 5, size=(96, 96)).astype(np.float32)
+    brighter = image ** 0.6  # another exposure or export curve: a monotone change of grey levels
+    plain, equalising = Preprocessing(image_size=32), Preprocessing(image_size=32, equalise=True)
+    assert float((plain(image) - plain(brighter)).abs().mean()) > 0.2
+    assert float((equalising(image) - equalising(brighter)).abs().mean()) < 0.02
+    assert Preprocessing.from_dict(equalising.to_dict()) == equalising
