@@ -135,7 +135,9 @@ def print_trust(report: dict) -> None:
         print("share of the Grad-CAM heatmap inside the lungs (mean per class):")
         for label, value in report["cam_inside_lungs"].items():
             if isinstance(value, dict):
-                print(f"  {label:<10} {value['mean']:.3f} (n={value['n']})")
+                sources = ", ".join(f"{source} {v['mean']:.3f} (n={v['n']})"
+                                    for source, v in value.get("by_source", {}).items())
+                print(f"  {label:<10} {value['mean']:.3f} (n={value['n']}; {sources})")
     for volume in report.get("volumes", {}).get("scans", []):
         print(f"scan {volume['volume']} ({volume['label']}): scan-level {volume['scan_probability']}, "
               f"slice probabilities median {volume['slice_median']} / p90 {volume['slice_p90']} / max "
@@ -179,7 +181,8 @@ def shipped_lung_segmenter(modality: str) -> Path | None:
 
 
 def cam_inside_lungs(classifier: Classifier, segmenter_dir: Path, frame, limit: int) -> dict[str, dict[str, float]]:
-    """Mean share of the heatmap mass inside the predicted lung mask, per true class (the shortcut check),
+    """Mean share of the heatmap mass inside the predicted lung mask, per true class and within it per source (the
+    shortcut check),
     from the Analyze page's own analysis (`covid_models.analysis.analyse`); unreadable files are left out."""
     from tqdm import tqdm
 
@@ -189,14 +192,22 @@ def cam_inside_lungs(classifier: Classifier, segmenter_dir: Path, frame, limit: 
 
     segmenter = Segmenter.load(segmenter_dir)
     sample = frame.groupby("label", group_keys=False).head(limit)
-    shares: dict[str, list[float]] = {}
-    for path, label in tqdm(list(zip(sample["image"], sample["label"], strict=True)), desc="heatmaps", unit="img"):
+    shares: dict[str, dict[str, list[float]]] = {}
+    rows = list(zip(sample["image"], sample["label"], sample["source"].astype(str), strict=True))
+    for path, label, source in tqdm(rows, desc="heatmaps", unit="img"):
         try:
             scan = read_image(path)
         except ImageReadError:
             continue
-        shares.setdefault(label, []).append(analyse(scan, [classifier], [segmenter]).shares["lungs"])
-    return {label: {"mean": float(np.nanmean(v)), "n": len(v)} for label, v in shares.items()}
+        shares.setdefault(label, {}).setdefault(source, []).append(
+            analyse(scan, [classifier], [segmenter]).shares["lungs"])
+    result = {}
+    for label, by_source in shares.items():
+        pooled = [share for values in by_source.values() for share in values]
+        result[label] = {"mean": float(np.nanmean(pooled)), "n": len(pooled),
+                         "by_source": {source: {"mean": float(np.nanmean(v)), "n": len(v)}
+                                       for source, v in sorted(by_source.items())}}
+    return result
 
 
 if __name__ == "__main__":

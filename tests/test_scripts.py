@@ -160,6 +160,7 @@ def test_evaluate_reports_the_heatmap_share_inside_the_lungs_per_class(real_data
     shares = json.loads((tmp_path / "m.json").read_text())["cam_inside_lungs"]
     assert set(shares) == {"covid", "normal", "pneumonia"}
     assert all(0.0 <= v["mean"] <= 1.0 and v["n"] == 2 for v in shares.values())
+    assert all(sum(s["n"] for s in v["by_source"].values()) == 2 for v in shares.values())  # and per source
     assert "inside the lungs" in result.stdout
 
 
