@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from covid_models.io import Scan
 from covid_models.lung_box import Box
 from covid_models.model_card import CardError, ModelCard
 from covid_models.ood import OOD_PREFIX, OodGuard
+
+if TYPE_CHECKING:
+    from covid_models.segmentation import Segmenter
 
 logger = logging.getLogger(__name__)
 PROJECT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -45,7 +49,8 @@ def penultimate_layer(model: nn.Module) -> nn.Linear:
 class Classifier:
     """A network with its card: preprocessing, classes, temperature and operating point come from the card."""
 
-    def __init__(self, model: nn.Module, card: ModelCard, ood: OodGuard | None = None, lung_segmenter=None):
+    def __init__(self, model: nn.Module, card: ModelCard, ood: OodGuard | None = None,
+                 lung_segmenter: Segmenter | None = None):
         """`lung_segmenter` (a `Segmenter`) is required when the card's input is cropped to its lung mask."""
         if card.task != "classification":
             raise CheckpointError(f"{card.name} is a {card.task} model, not a classifier")
@@ -59,13 +64,15 @@ class Classifier:
         self.lung_segmenter = lung_segmenter if pinned is not None else None
 
     @classmethod
-    def load(cls, directory: str | Path, lung_segmenter=None) -> Classifier:
+    def load(cls, directory: str | Path, lung_segmenter: Segmenter | None = None) -> Classifier:
         """The classifier of a model directory. A card whose input is cropped to a segmenter's lung mask gets
-        `lung_segmenter` when it is that one, else the pinned segmenter is looked up (see `find_segmenter`)."""
+        `lung_segmenter` when it is that one, else the pinned segmenter is looked up (see `segmenter_folder`)."""
         card, state = load_model_dir(directory, "classification")
         pinned = card.preprocessing.lung_segmenter
         if pinned is not None and not _is_pinned(lung_segmenter, pinned):
-            lung_segmenter = find_segmenter(pinned, Path(directory).parent)
+            from covid_models.segmentation import Segmenter
+
+            lung_segmenter = Segmenter.load(segmenter_folder(pinned, Path(directory).parent))
         ood_state = {k: v for k, v in state.items() if k.startswith(OOD_PREFIX)}
         model_state = {k: v for k, v in state.items() if not k.startswith(OOD_PREFIX)}
         model = build_model(card.architecture, len(card.classes))
@@ -195,21 +202,19 @@ class Ensemble:
         )
 
 
-def _is_pinned(segmenter, pinned: tuple[str, str]) -> bool:
+def _is_pinned(segmenter: Segmenter | None, pinned: tuple[str, str]) -> bool:
     return segmenter is not None and (segmenter.name, segmenter.card.sha256) == tuple(pinned)
 
 
-def find_segmenter(pinned: tuple[str, str], *folders: Path):
-    """The segmenter pinned by a card, (name, weights sha256), from the first of `folders`, $COVID_WEIGHTS_DIR and
-    the project's `weights/` holding a segmentation model with that name and hash; CheckpointError if none does."""
-    from covid_models.segmentation import Segmenter
-
+def segmenter_folder(pinned: tuple[str, str], *folders: Path) -> Path:
+    """The folder of the segmenter pinned by a card, (name, weights sha256): the first segmentation model with that
+    name and hash in `folders`, $COVID_WEIGHTS_DIR or the project's `weights/`; CheckpointError if none has it."""
     name, sha256 = pinned
     environment = [Path(os.environ["COVID_WEIGHTS_DIR"])] if os.environ.get("COVID_WEIGHTS_DIR") else []
     for folder in (*folders, *environment, PROJECT_WEIGHTS):
         for directory, card in find_models(folder).found:
             if card.task == "segmentation" and card.name == name and card.sha256 == sha256:
-                return Segmenter.load(directory)
+                return directory
     raise CheckpointError(f"this classifier crops its input to the lungs found by segmenter {name!r} (weights "
                           f"sha256 {sha256[:12]}...), which is not in its folder nor in weights/: copy that "
                           "segmenter's folder beside it")

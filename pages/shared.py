@@ -26,10 +26,10 @@ from streamlit import config
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from covid_models.analysis import OUTLINE_COLOR, Analysis, Hold, analyse
-from covid_models.checkpoint import CheckpointError
+from covid_models.checkpoint import CheckpointError, read_card
 from covid_models.data import DataError, allowed_data_roots, confined_folder, default_data_dir
 from covid_models.explain import METHOD_LABELS
-from covid_models.inference import Classifier, ModelFolders, discover_models, find_models
+from covid_models.inference import Classifier, ModelFolders, discover_models, find_models, segmenter_folder
 from covid_models.io import Scan, read_image
 from covid_models.model_card import ModelCard
 from covid_models.overlays import DISPLAY_SIDE, INFECTION_COLOR, LUNG_COLOR, colour_scale, heatmap_overlay, mask_overlay
@@ -87,8 +87,13 @@ def weights_dir() -> Path:
 
 @st.cache_resource(show_spinner="Loading the model...")
 def load_classifier(directory: str) -> Classifier:
-    """One network per model directory for the whole server process."""
-    return Classifier.load(directory)
+    """One network per model directory for the whole server process; a model cropped to a segmenter's lungs
+    shares the page's cached copy of that segmenter."""
+    pinned = read_card(directory).preprocessing.lung_segmenter
+    if pinned is None:
+        return Classifier.load(directory)
+    folder = segmenter_folder(pinned, Path(directory).parent)
+    return Classifier.load(directory, lung_segmenter=load_segmenter(str(folder)))
 
 
 @st.cache_resource(show_spinner="Loading the segmentation model...")

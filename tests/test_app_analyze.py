@@ -81,6 +81,10 @@ def test_a_model_cropped_to_its_segmenters_lungs_shows_what_the_library_computes
     upload(at, ("chest.png", data))
     assert not at.exception
     assert shown_probabilities(at) == pytest.approx(classifier.predict(read_image(data)).probabilities, abs=1e-6)
+    from pages.shared import load_classifier, load_segmenter
+
+    segmenter = load_segmenter(str(weights / "xray-lungs-fixture"))
+    assert load_classifier(str(model)).lung_segmenter is segmenter  # one copy of the segmenter per server
 
 
 def test_the_ensemble_shows_the_mean_of_its_members(weights, monkeypatch):
