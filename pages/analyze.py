@@ -276,17 +276,6 @@ def analysis_for(upload: Upload, classifiers: dict[str, Classifier], method: str
         analyses().put(key, found)
     small_results().put(prediction_key(upload, classifiers), found.prediction)
     return found.prediction, found
-    if method in SLOW_METHODS:
-        found = slow_analysis(upload, classifiers, segmenters, method, prediction, key, masks)
-        if found is None:
-            return prediction, None
-    else:
-        with st.spinner(f"Analysing with {METHOD_LABELS[method]}..."):
-            found = analyse(read_scan(upload.digest, upload.data, upload.name), list(classifiers.values()),
-                            list(segmenters.values()), method=method, hold=hold_for({**classifiers, **segmenters}),
-                            prediction=prediction, masks=masks)
-    analyses().put(key, found)
-    return prediction, found
 
 
 @st.cache_data(show_spinner=False)
