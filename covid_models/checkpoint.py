@@ -79,9 +79,23 @@ def read_card(directory: str | Path) -> ModelCard:
     if not path.is_file():
         raise CheckpointError(f"{path} not found: a model directory holds {WEIGHTS_FILE} and {CARD_FILE}")
     try:
-        return ModelCard.from_dict(_parse_card(path))
+        card = ModelCard.from_dict(_parse_card(path))
+        _check_buildable(card)
     except CardError as error:
         raise CheckpointError(f"{path}: {error}") from error
+    return card
+
+
+def _check_buildable(card: ModelCard) -> None:
+    """CardError unless the card's architecture is one this version registers for its task: a card never names
+    something else to look up, and a model that cannot be built is not offered."""
+    from covid_models.architectures import REGISTRY
+    from covid_models.segmentation import ARCHITECTURES  # here: segmentation imports this module
+
+    known = sorted(REGISTRY) if card.task == "classification" else list(ARCHITECTURES)
+    if card.architecture not in known:
+        raise CardError(f"architecture {card.architecture!r} is not a registered {card.task} architecture "
+                        f"(this version builds: {', '.join(known)})")
 
 
 def _parse_card(path: Path) -> object:

@@ -28,6 +28,10 @@ MAX_TEMPERATURE = 100.0
 MAX_CLASSES = 64
 MAX_TEXT = 500  # characters of a name, an architecture, a class
 MAX_DEPTH = 32  # nesting of JSON objects and lists in a card (real cards use 5)
+# An architecture is a registry key (checked against the registries when a card is read); a name is shown and may
+# end up in file names and selectors, so it holds no path separator, no "..", no control character.
+_ARCHITECTURE = re.compile(r"[a-z][a-z0-9_]*")
+_NOT_IN_A_NAME = re.compile(r"[/\\\x00-\x1f\x7f]|\.\.")
 
 
 class CardError(ValueError):
@@ -188,10 +192,14 @@ def check_card(data: Any) -> None:
     missing = [key for key in REQUIRED if key not in card]
     if missing:
         raise CardError(f"card.json lacks the fields: {', '.join(missing)}")
-    _text(card["name"], "name")
+    if _NOT_IN_A_NAME.search(_text(card["name"], "name")):
+        raise CardError(f"name {card['name']!r} holds a path separator, '..' or a control character: a model name "
+                        "is a plain label")
     _text(card["task"], "task", TASKS)
     _text(card["modality"], "modality", MODALITIES)
-    _text(card["architecture"], "architecture")
+    if not _ARCHITECTURE.fullmatch(_text(card["architecture"], "architecture")):
+        raise CardError(f"architecture {card['architecture']!r} is not an architecture name (lower-case letters, "
+                        "digits and underscores)")
     classes = card["classes"]
     if not isinstance(classes, (list, tuple)) or not 1 <= len(classes) <= MAX_CLASSES:
         raise CardError(f"classes must be a list of 1 to {MAX_CLASSES} names, not {_describe(classes)}")

@@ -332,8 +332,8 @@ def skipped_models_note() -> None:
     if not skipped:
         return
     with st.sidebar:
-        st.warning(f"{len(skipped)} model folder(s) skipped: their card.json does not satisfy the schema, so they "
-                   "are not offered.", icon=":material/rule:")
+        st.warning(f"{len(skipped)} model folder(s) skipped: their card.json does not satisfy the schema (or names an "
+                   "architecture this version cannot build), so they are not offered.", icon=":material/rule:")
         for name, reason in skipped:
             st.text(f"{name}: {reason}")  # as text: a folder name is not Markdown
 

@@ -56,6 +56,15 @@ CASES = {
     "ood-threshold-text": (set_in("extra", {"ood": {"threshold": "x"}}), "extra.ood.threshold must be a number"),
     "sha-not-hex": (set_in("sha256", "../../etc/passwd"), "sha256 must be 64 hexadecimal digits"),
     "a-list": (lambda card: [card], "card.json must be an object, not a list"),
+    "architecture-path": (set_in("architecture", "../../os.system"),
+                          "architecture '../../os.system' is not an architecture name"),
+    "architecture-unknown": (set_in("architecture", "resnet1000"),
+                             "architecture 'resnet1000' is not a registered classification architecture"),
+    "segmenter-architecture-unknown": (lambda card: card.update(task="segmentation", architecture="resnet18"),
+                                       "architecture 'resnet18' is not a registered segmentation architecture"),
+    "name-path": (set_in("name", "../../etc/cron.d/model"), "name .* holds a path separator"),
+    "name-backslash": (set_in("name", "C:\\models\\x"), "name .* holds a path separator"),
+    "name-dots": (set_in("name", ".."), "name '..' holds a path separator, '..'"),
 }
 
 
@@ -89,6 +98,16 @@ def test_a_card_that_breaks_the_schema_is_skipped_with_its_name_and_reason(tmp_p
     assert [d.name for d, _ in discover_models(weights)] == ["good-model"]
     with pytest.raises(CheckpointError, match=str(weights / name)):  # the command line names the file
         read_card(weights / name)
+
+
+def test_predict_refuses_a_card_naming_no_registered_architecture_with_a_message_not_a_traceback(tmp_path, valid):
+    from test_scripts import _script
+
+    folder = crafted(tmp_path / "weights", valid, "architecture-path")
+    result = _script("predict.py", str(folder), str(tmp_path), "--out", str(tmp_path / "preds.csv"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "KeyError" not in result.stderr
+    assert "architecture '../../os.system' is not an architecture name" in result.stderr
 
 
 def test_a_card_file_larger_than_a_megabyte_is_not_parsed(tmp_path, valid):
