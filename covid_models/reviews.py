@@ -21,10 +21,12 @@ migrated in place when the store opens it (``_migrate``). Database faults (disk 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import hashlib
 import hmac
 import io
+import logging
 import math
 import os
 import re
@@ -33,7 +35,7 @@ import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -56,15 +58,19 @@ from sqlalchemy import (
     false,
     func,
     inspect,
+    or_,
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from covid_models.filenames import bare_file_name
 from covid_models.metrics import cohen_kappa
+from covid_models.reviewer_names import admin_token_problem, name_key, skeleton
+from covid_models.sign_in_guard import FORGET_AFTER, SUBJECT_TEXT, lock_seconds, subject, wait_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,6 +86,7 @@ MAX_NAME_CHARS = 255
 MAX_LABEL_CHARS = 64
 MIN_PASSPHRASE_CHARS = 8
 MAX_PASSPHRASE_CHARS = 1024
+MAX_SKELETON_CHARS = 4 * MAX_REVIEWER_CHARS  # NFKC may expand a character into several
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 DEFAULT_DB_PATH = Path("~/.local/share/covid-screening/reviews.sqlite3")
 HELD_BACK_LABEL = "held back (out of distribution)"  # the CSV's model reading of a held-back image
@@ -98,6 +105,11 @@ _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+# One answer for a wrong passphrase, whether the name is registered as typed or only as a look-alike spelling.
+WRONG_PASSPHRASE = ("Not signed in: this name, or one that looks the same, belongs to a reviewer with another "
+                    "passphrase. Check both; a new reviewer chooses a name of their own.")
+WRONG_ADMIN_TOKEN = "The administrator token is wrong; not signed in."
+logger = logging.getLogger(__name__)
 
 
 class ReviewError(ValueError):
@@ -106,6 +118,14 @@ class ReviewError(ValueError):
 
 class NotYoursError(ReviewError):
     """The session exists but belongs to another reviewer (and the caller is no admin)."""
+
+
+class SignInThrottled(ReviewError):
+    """Too many failed sign-ins for this name or from this address: refused without checking, for `retry_after` s."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StaleVerdictError(ReviewError):
@@ -134,8 +154,8 @@ class ReviewDatabaseError(RuntimeError):
 
 @dataclass(frozen=True)
 class Reviewer:
-    """Who is asking: ``key`` identifies the owner of sessions ("oidc:<account>" or "name:<casefolded name>"),
-    ``name`` is shown and exported, ``admin`` may open and export every session."""
+    """Who is asking: ``key`` identifies the owner of sessions ("oidc:<account>" or "name:<name key>", see
+    `reviewer_names.name_key`), ``name`` is shown and exported, ``admin`` may open, export and assign every session."""
 
     key: str
     name: str
@@ -253,8 +273,23 @@ def _passphrase_matches(passphrase: str, stored: str) -> bool:
 
 
 def admin_token_matches(typed: str, configured: str | None) -> bool:
-    """Whether `typed` is the configured admin token (constant-time; never True when none is configured)."""
-    return bool(configured) and hmac.compare_digest(typed.encode(), str(configured).encode())
+    """Whether `typed` is the configured admin token (constant-time; never True when none is configured or the
+    configured one is too weak to be used, see `reviewer_names.admin_token_problem`)."""
+    return (bool(configured) and admin_token_problem(str(configured)) is None
+            and hmac.compare_digest(typed.encode(), str(configured).encode()))
+
+
+def _checked_passphrase(passphrase: object) -> str:
+    """The passphrase as typed, once it is known to be usable: refused alike for every name, before any lookup, so
+    the answer says nothing about the name. Spaces at its ends do not count towards its length."""
+    if not isinstance(passphrase, str) or not passphrase.strip():
+        raise ReviewError("enter your passphrase")
+    if len(passphrase) > MAX_PASSPHRASE_CHARS:
+        raise ReviewError(f"a passphrase is at most {MAX_PASSPHRASE_CHARS} characters")
+    if len(passphrase.strip()) < MIN_PASSPHRASE_CHARS:
+        raise ReviewError(f"a passphrase has at least {MIN_PASSPHRASE_CHARS} characters (spaces at its ends not "
+                          "counted)")
+    return passphrase
 
 
 def _database_errors(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
@@ -351,8 +386,22 @@ class _ReviewerRow(_Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(MAX_OWNER_CHARS), unique=True)
     name: Mapped[str] = mapped_column(String(MAX_REVIEWER_CHARS))
+    # reviewer_names.skeleton(name): a new name with a taken skeleton is a look-alike and refused. Not unique: a
+    # database from before skeletons may hold two look-alikes already (each keeps signing in by its exact key).
+    skeleton: Mapped[str | None] = mapped_column(String(MAX_SKELETON_CHARS), index=True, nullable=True)
     passphrase_hash: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(_UTCDateTime(), default=_now)
+
+
+class _FailureRow(_Base):
+    """Failed sign-ins of one subject (a name's skeleton, a client address, ...), see `sign_in_guard`."""
+
+    __tablename__ = "sign_in_failures"
+
+    subject: Mapped[str] = mapped_column(String(MAX_SKELETON_CHARS + 32), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure: Mapped[datetime] = mapped_column(_UTCDateTime(), default=_now)
+    locked_until: Mapped[datetime | None] = mapped_column(_UTCDateTime(), nullable=True)
 
 
 class _SessionRow(_Base):
@@ -432,11 +481,17 @@ def _migrate(connection: Connection) -> None:
     """Bring a database made by an earlier version up to this schema, in the caller's transaction.
 
     Earlier versions had no session tokens or owners, no blinded flag, no verdict versions, history or
-    'non_diagnostic' verdict, and items were all images, none held back. Old sessions get a token and no owner:
-    ``claim_unowned_sessions`` gives them to the first reviewer who signs in under their reviewer name (admins see
-    them meanwhile).
+    'non_diagnostic' verdict, no name skeletons or sign-in failure counts, and items were all images, none held back.
+    Old sessions get a token and no owner: only administrators see them, and one gives each to its reviewer
+    (``assign_session``); registering a name never claims them. Registered names get their skeleton.
     """
     existing = set(inspect(connection).get_table_names())
+    if "reviewers" in existing and "skeleton" not in {c["name"] for c in inspect(connection).get_columns("reviewers")}:
+        connection.execute(text(f"ALTER TABLE reviewers ADD COLUMN skeleton VARCHAR({MAX_SKELETON_CHARS})"))
+        for row_id, name in connection.execute(text("SELECT id, name FROM reviewers")).all():
+            connection.execute(text("UPDATE reviewers SET skeleton = :s WHERE id = :i"),
+                               {"s": skeleton(name), "i": row_id})
+        connection.execute(text("CREATE INDEX ix_reviewers_skeleton ON reviewers (skeleton)"))
     if "review_sessions" in existing:
         columns = {c["name"] for c in inspect(connection).get_columns("review_sessions")}
         added = {
@@ -643,58 +698,147 @@ class ReviewStore:
     # -- who
 
     @_database_errors("signing in failed")
-    def sign_in(self, name: str, passphrase: str) -> Reviewer:
-        """The reviewer `name` (case-insensitive) if `passphrase` is theirs; a new name is registered with it.
+    def sign_in(self, name: str, passphrase: str, *, client: str | None = None) -> Reviewer:
+        """The reviewer `name` if `passphrase` is theirs; a name not taken, by itself or a look-alike spelling (see
+        `reviewer_names`), is registered with it.
 
-        Registering a name also gives it the sessions an earlier version stored under that name without an
-        owner. A wrong passphrase raises ReviewError, saying no more than that.
+        A blank or short passphrase is refused before the name is looked up; a wrong one, for the name or for a
+        look-alike of it, gets WRONG_PASSPHRASE; each answer costs one scrypt either way. Failures are counted per
+        name and per `client` (its network address, when known) and, past a few, refused with SignInThrottled
+        until the lockout ends; each is logged, without the passphrase. Registering never gives the new reviewer
+        any session: sessions without an owner wait for an administrator (``assign_session``).
         """
         name = _required_text(name, "reviewer name", MAX_REVIEWER_CHARS)
-        if not isinstance(passphrase, str) or not passphrase:
-            raise ReviewError("enter your passphrase")
-        if len(passphrase) > MAX_PASSPHRASE_CHARS:
-            raise ReviewError(f"a passphrase is at most {MAX_PASSPHRASE_CHARS} characters")
-        key = f"name:{name.casefold()}"
+        passphrase = _checked_passphrase(passphrase)
+        key, shape = f"name:{name_key(name)}", skeleton(name)
+        counts = [subject("name", shape)] + ([subject("client", client)] if client else [])
         with self._transaction() as session:
-            row = session.scalars(select(_ReviewerRow).where(_ReviewerRow.key == key)).one_or_none()
-            if row is not None:
-                if not _passphrase_matches(passphrase, row.passphrase_hash):
-                    raise ReviewError(f"wrong passphrase for {name!r} (a name belongs to whoever first used it)")
-                return Reviewer(key=key, name=row.name)
-            if len(passphrase) < MIN_PASSPHRASE_CHARS:
-                raise ReviewError(f"{name!r} is a new reviewer name: choose a passphrase of at least "
-                                  f"{MIN_PASSPHRASE_CHARS} characters to protect its sessions")
-            session.add(_ReviewerRow(key=key, name=name, passphrase_hash=_hash_passphrase(passphrase)))
-            reviewer = Reviewer(key=key, name=name)
-            self._claim(session, reviewer)
-            return reviewer
+            self._refuse_while_locked(session, counts)
+            candidates = session.scalars(select(_ReviewerRow).where(
+                or_(_ReviewerRow.key == key, _ReviewerRow.skeleton == shape)).order_by(_ReviewerRow.id)).all()
+        known = next((row for row in candidates if row.key == key), candidates[0] if candidates else None)
+        if known is None:
+            return self._register(key, name, shape, _hash_passphrase(passphrase))
+        if _passphrase_matches(passphrase, known.passphrase_hash):
+            with self._transaction() as session:
+                session.execute(_FailureRow.__table__.delete().where(_FailureRow.subject == counts[0]))
+            return Reviewer(key=known.key, name=known.name)
+        self._failed(counts, f"sign-in refused: wrong passphrase for reviewer name {name!r}", client)
+        raise ReviewError(WRONG_PASSPHRASE)
 
-    @_database_errors("claiming earlier sessions failed")
-    def claim_unowned_sessions(self, reviewer: Reviewer) -> int:
-        """Give `reviewer` the owner-less sessions (from before access control) stored under their name."""
+    def _register(self, key: str, name: str, shape: str, passphrase_hash: str) -> Reviewer:
+        """A new reviewer row, unless the name or a look-alike was registered meanwhile (then WRONG_PASSPHRASE)."""
+        try:
+            with self._transaction() as session:
+                if session.scalar(select(func.count()).where(
+                        or_(_ReviewerRow.key == key, _ReviewerRow.skeleton == shape))):
+                    raise ReviewError(WRONG_PASSPHRASE)
+                session.add(_ReviewerRow(key=key, name=name, skeleton=shape, passphrase_hash=passphrase_hash))
+        except IntegrityError:  # the same key inserted by a concurrent first sign-in
+            raise ReviewError(WRONG_PASSPHRASE) from None
+        return Reviewer(key=key, name=name)
+
+    @_database_errors("signing in as administrator failed")
+    def sign_in_as_admin(self, reviewer: Reviewer, typed: str, configured: str | None, *,
+                         client: str | None = None) -> Reviewer:
+        """`reviewer` with administrator rights when `typed` is the configured administrator token.
+
+        A configured token too weak to be used (see `reviewer_names.admin_token_problem`) turns administrator
+        sign-in off (ReviewError saying why, never the token). Wrong tokens are counted per reviewer and per
+        `client` like passphrases (SignInThrottled past a few) and logged, without what was typed.
+        """
+        if not configured:
+            raise ReviewError("Administrator sign-in is off: no administrator token is configured.")
+        problem = admin_token_problem(configured)
+        if problem is not None:
+            raise ReviewError(f"Administrator sign-in is off: the configured token is refused ({problem}).")
+        counts = [subject("admin", reviewer.key)] + ([subject("admin-client", client)] if client else [])
         with self._transaction() as session:
-            return self._claim(session, reviewer)
+            self._refuse_while_locked(session, counts)
+        if not isinstance(typed, str) or not admin_token_matches(typed, configured):
+            self._failed(counts, f"administrator sign-in refused: wrong token typed by reviewer {reviewer.key!r}",
+                         client)
+            raise ReviewError(WRONG_ADMIN_TOKEN)
+        with self._transaction() as session:
+            session.execute(_FailureRow.__table__.delete().where(_FailureRow.subject == counts[0]))
+        return dataclasses.replace(reviewer, admin=True)
 
     @staticmethod
-    def _claim(session: Session, reviewer: Reviewer) -> int:
-        rows = session.scalars(select(_SessionRow).where(
-            _SessionRow.owner.is_(None), func.lower(_SessionRow.reviewer) == reviewer.name.lower())).all()
-        for row in rows:
-            row.owner = reviewer.key
-        return len(rows)
+    def _refuse_while_locked(session: Session, counts: list[str]) -> None:
+        now = _now()
+        locked = session.execute(select(_FailureRow.subject, _FailureRow.locked_until).where(
+            _FailureRow.subject.in_(counts), _FailureRow.locked_until > now)
+            .order_by(_FailureRow.locked_until.desc()).limit(1)).one_or_none()
+        if locked is not None:
+            key, until = locked
+            raise SignInThrottled(f"Too many failed sign-ins {SUBJECT_TEXT[key.split(':', 1)[0]]}: "
+                                  f"{wait_text(until, now)}.", max(1, math.ceil((until - now).total_seconds())))
+
+    def _failed(self, counts: list[str], what: str, client: str | None) -> None:
+        """Count one failure against each subject (committed before the caller refuses) and log it."""
+        now = _now()
+        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        with self._transaction() as session:
+            session.execute(_FailureRow.__table__.delete().where(  # the addresses of failures long past go
+                _FailureRow.last_failure < now - FORGET_AFTER,
+                or_(_FailureRow.locked_until.is_(None), _FailureRow.locked_until < now)))
+            locks = []
+            for key in counts:
+                session.execute(insert(_FailureRow).values(subject=key, failures=0, last_failure=now)
+                                .on_conflict_do_nothing(index_elements=["subject"]))
+                row = session.scalars(select(_FailureRow).where(_FailureRow.subject == key).with_for_update()).one()
+                failures = 1 if now - row.last_failure > FORGET_AFTER else row.failures + 1
+                lock = lock_seconds(key, failures)
+                row.failures, row.last_failure = failures, now
+                row.locked_until = now + timedelta(seconds=lock) if lock else None
+                locks.append(f"{key.split(':', 1)[0]} failure {failures}" + (f", locked {lock} s" if lock else ""))
+        logger.warning("%s from client %s (%s)", what, client or "unknown", "; ".join(locks))
+
+    @_database_errors("the reviewer could not be looked up")
+    def registered_reviewer(self, name: str) -> Reviewer:
+        """The reviewer registered under `name` (as typed, else its only look-alike): for an administrator assigning
+        a session, or a script naming its owner. ReviewError when no such reviewer is registered."""
+        name = _required_text(name, "reviewer name", MAX_REVIEWER_CHARS)
+        key, shape = f"name:{name_key(name)}", skeleton(name)
+        with self._transaction() as session:
+            rows = session.scalars(select(_ReviewerRow).where(
+                or_(_ReviewerRow.key == key, _ReviewerRow.skeleton == shape)).order_by(_ReviewerRow.id)).all()
+        exact = [row for row in rows if row.key == key] or rows
+        if len(exact) != 1:
+            raise ReviewError(f"no reviewer is registered under the name {name!r}" if not exact else
+                              f"several reviewers have names that look like {name!r}: type the name exactly")
+        return Reviewer(key=exact[0].key, name=exact[0].name)
+
+    @_database_errors("the session was NOT assigned")
+    def assign_session(self, session_id: int, owner: Reviewer, by: Reviewer) -> SessionInfo:
+        """Give a session without an owner (from an earlier version) to `owner`; only an administrator may.
+
+        NotYoursError for anyone else; ReviewError when the session already has an owner (it is never moved)."""
+        if not by.admin:
+            raise NotYoursError("Only an administrator can give a session without an owner to a reviewer.")
+        owner_key = _required_text(owner.key, "owner", MAX_OWNER_CHARS)
+        with self._transaction() as session:
+            row = self._session_row(session, session_id)
+            if row.owner is not None:
+                raise ReviewError("This session already belongs to a reviewer; it is not moved.")
+            row.owner = owner_key
+            logger.info("session %d assigned to %r by administrator %r", row.id, owner_key, by.key)
+            return _session_info(row)
 
     # -- writing
 
     @_database_errors("the session was NOT created")
-    def start_session(self, reviewer: Reviewer | str, model_name: str, modality: str, items: Sequence[NewItem],
+    def start_session(self, reviewer: Reviewer, model_name: str, modality: str, items: Sequence[NewItem],
                       *, blinded: bool = False) -> int:
-        """Create a session over `items` (positions 0..n-1 in the given order); returns its id.
+        """Create a session over `items` (positions 0..n-1 in the given order), owned by `reviewer`; returns its id.
 
-        A Reviewer owns the session; a bare name (scripts, tests) leaves it without owner until claimed.
+        Every session has an owner: a script names one too (``registered_reviewer``, or ``Reviewer.from_oidc``).
         """
-        owner = reviewer.key if isinstance(reviewer, Reviewer) else None
-        name = _required_text(reviewer.name if isinstance(reviewer, Reviewer) else reviewer, "reviewer name",
-                              MAX_REVIEWER_CHARS)
+        if not isinstance(reviewer, Reviewer):
+            raise ReviewError(f"a review session needs an owner (a Reviewer), not {type(reviewer).__name__}: a "
+                              "session without one could be opened by nobody but an administrator")
+        owner = _required_text(reviewer.key, "owner", MAX_OWNER_CHARS)
+        name = _required_text(reviewer.name, "reviewer name", MAX_REVIEWER_CHARS)
         model_name = _required_text(model_name, "model name", MAX_NAME_CHARS)
         modality = _required_text(modality, "modality", MAX_LABEL_CHARS).lower()
         if not items:

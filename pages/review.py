@@ -25,8 +25,8 @@ again (matched by content, as the CT scan page hashes an upload).
 """
 from __future__ import annotations
 
-import dataclasses
 import io
+import logging
 import os
 import re
 import threading
@@ -45,6 +45,7 @@ from covid_models.inference import Prediction
 from covid_models.io import ImageReadError, content_hash, files_hash, read_image
 from covid_models.model_card import ModelCard
 from covid_models.overlays import DISPLAY_SIDE, display_size, for_display
+from covid_models.reviewer_names import admin_token_problem
 from covid_models.reviews import (
     VERDICT_TEXT,
     ItemView,
@@ -56,7 +57,6 @@ from covid_models.reviews import (
     ReviewStore,
     SessionInfo,
     StaleVerdictError,
-    admin_token_matches,
     session_token,
 )
 from covid_models.scan_analysis import ScanAnalysis
@@ -101,6 +101,7 @@ SESSION_KEY, POSITION_KEY, MESSAGE_KEY = "review-session", "review-position", "r
 IDENTITY_KEY, CSV_KEY, MISSING_KEY = "review-identity", "review-csv", "review-missing"
 REVIEWER_WIDGET = "review-reviewer"
 ADMINS_SETTING, ADMIN_TOKEN_SETTING = "COVID_REVIEW_ADMINS", "COVID_REVIEW_ADMIN_TOKEN"
+logger = logging.getLogger(__name__)
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~<>$:&])")  # inline syntax; text stays on one line
 
 
@@ -275,15 +276,37 @@ def identity(store: ReviewStore) -> Reviewer | None:
             return None
         account = str(st.user.get("email") or st.user.get("sub") or "")
         reviewer = Reviewer.from_oidc(account, str(st.user.get("name") or account), admin=account.lower() in admins)
-        if st.session_state.get(IDENTITY_KEY) != reviewer:
-            store.claim_unowned_sessions(reviewer)
-            st.session_state[IDENTITY_KEY] = reviewer
+        st.session_state[IDENTITY_KEY] = reviewer
         return reviewer
     reviewer = st.session_state.get(IDENTITY_KEY)
     if isinstance(reviewer, Reviewer):
         return reviewer
-    sign_in_form(store, admin_token=setting(ADMIN_TOKEN_SETTING))
+    sign_in_form(store, admin_token=admin_token())
     return None
+
+
+def admin_token() -> str:
+    """The configured administrator token, or "" when none is set or the one set is too weak to be used (then the
+    page says so, and the server log once)."""
+    token = setting(ADMIN_TOKEN_SETTING)
+    problem = admin_token_problem(token) if token else None
+    if problem is None:
+        return token
+    _log_refused_token(problem)
+    st.error(f"Administrator sign-in is off: the token set in {ADMIN_TOKEN_SETTING} is refused ({problem}). Set one "
+             "of at least 16 random characters, e.g. the output of `python -c \"import secrets; "
+             "print(secrets.token_urlsafe(24))\"`, and restart the app.", icon=":material/key_off:")
+    return ""
+
+
+@st.cache_resource(show_spinner=False)
+def _log_refused_token(problem: str) -> None:
+    logger.error("administrator token in %s refused: %s; administrator sign-in is off", ADMIN_TOKEN_SETTING, problem)
+
+
+def client_address() -> str | None:
+    """The browser's network address, for counting failed sign-ins per client (None on localhost)."""
+    return st.context.ip_address
 
 
 def sign_in_form(store: ReviewStore, admin_token: str) -> None:
@@ -294,21 +317,21 @@ def sign_in_form(store: ReviewStore, admin_token: str) -> None:
         name = st.text_input("Your name", key=REVIEWER_WIDGET, max_chars=200,
                              placeholder="as it should appear in the export")
         passphrase = st.text_input("Passphrase", key="review-passphrase", type="password", max_chars=1024,
-                                   help="At least 8 characters; only a salted hash of it is stored")
+                                   help="At least 8 characters besides spaces at its ends; only a salted hash of it "
+                                        "is stored")
         typed_token = st.text_input("Administrator token (optional)", key="review-admin-token",
                                     type="password") if admin_token else ""
         submitted = st.form_submit_button("Sign in", key="review-sign-in", type="primary", icon=":material/login:")
     if not submitted:
         return
     try:
-        reviewer = store.sign_in(name, passphrase)
+        reviewer = store.sign_in(name, passphrase, client=client_address())
+        if typed_token:
+            reviewer = store.sign_in_as_admin(reviewer, typed_token, admin_token, client=client_address())
     except (ReviewError, ReviewDatabaseError) as error:
         show_error(plain(error))
         return
-    if typed_token and not admin_token_matches(typed_token, admin_token):
-        show_error("The administrator token is wrong; not signed in.")
-        return
-    st.session_state[IDENTITY_KEY] = dataclasses.replace(reviewer, admin=bool(typed_token))
+    st.session_state[IDENTITY_KEY] = reviewer
     st.rerun()
 
 
@@ -506,6 +529,36 @@ def session_list(store: ReviewStore, reviewer: Reviewer) -> None:
                                   format_func=lambda token: _session_title(by_token[token]))
     columns[1].button("Resume", key="review-resume", on_click=_resume, args=(store, by_token[chosen]),
                       type="primary", width="stretch", icon=":material/resume:")
+    if reviewer.admin:
+        assign_form(store, reviewer, [s for s in sessions if s.owner is None])
+
+
+def assign_form(store: ReviewStore, admin: Reviewer, unowned: list[SessionInfo]) -> None:
+    """Sessions stored without an owner (by an earlier version) wait here until an administrator gives each to its
+    reviewer: a registered reviewer name, or the sign-in account when the app uses OpenID Connect."""
+    if not unowned:
+        return
+    st.subheader("Sessions without an owner")
+    st.caption("Stored by an earlier version of the app: only administrators see them until you give each to its "
+               "reviewer. Registering the same name does not hand them over.")
+    by_token = {s.token: s for s in unowned}
+    with st.form("review-assign-form", border=False):
+        token = st.selectbox("Session", list(by_token), key="review-assign-session",
+                             format_func=lambda t: _session_title(by_token[t]))
+        whom = st.text_input("Give it to (registered reviewer name" + (", or sign-in e-mail" if _oidc_configured()
+                             else "") + ")", key="review-assign-owner", max_chars=320)
+        submitted = st.form_submit_button("Assign", key="review-assign", icon=":material/person_add:")
+    if not submitted:
+        return
+    try:
+        oidc = _oidc_configured() and "@" in whom
+        owner = Reviewer.from_oidc(whom, whom) if oidc else store.registered_reviewer(whom)
+        info = store.assign_session(by_token[token].id, owner, by=admin)
+    except (ReviewError, ReviewDatabaseError) as error:
+        show_error(plain(error))
+        return
+    st.session_state[MESSAGE_KEY] = ("done", f"The session now belongs to {owner.name}: {_session_title(info)}.")
+    st.rerun()
 
 
 def _session_title(info: SessionInfo) -> str:
@@ -920,6 +973,8 @@ def _show_message() -> None:
                    "Record again to replace the saved one.", icon=":material/sync_problem:")
     elif kind == "error":
         show_error(body)
+    elif kind == "done":
+        st.success(plain(body), icon=":material/task_alt:")
     else:
         st.warning(plain(body))
 

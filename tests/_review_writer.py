@@ -13,7 +13,7 @@ import itertools
 import sys
 
 from covid_models.io import content_hash
-from covid_models.reviews import NewItem, ReviewStore
+from covid_models.reviews import NewItem, Reviewer, ReviewStore
 
 
 def main(argv: list[str]) -> None:
@@ -32,7 +32,8 @@ def main(argv: list[str]) -> None:
                 NewItem(content_hash(f"{args.new_session}/{i}".encode()), f"{i}.png", "covid", 0.75, 0.5)
                 for i in range(args.items)
             ]
-            session_id = store.start_session(args.new_session, "writer-model", "xray", items)
+            owner = Reviewer(f"name:{args.new_session.casefold()}", args.new_session)
+            session_id = store.start_session(owner, "writer-model", "xray", items)
         else:
             session_id = args.session
         n_items = len(store.items(session_id))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from covid_models.filenames import bare_file_name
 from covid_models.report import bare_file_name as report_rule
-from covid_models.reviews import NewItem, ReviewStore
+from covid_models.reviews import NewItem, Reviewer, ReviewStore
 
 
 def test_only_the_last_component_of_either_separator_style_is_kept() -> None:
@@ -24,5 +24,6 @@ def test_the_report_and_the_review_store_use_the_same_rule(tmp_path) -> None:
     name = r"C:\Users\radiology\DOE^JOHN\lateral view.dcm"
     assert report_rule is bare_file_name
     with ReviewStore(f"sqlite:///{tmp_path / 'r.sqlite3'}") as store:
-        session = store.start_session("Dr Kim", "m", "xray", [NewItem("a" * 64, name, "covid", 0.5, 0.5)])
+        kim = Reviewer("name:dr kim", "Dr Kim")
+        session = store.start_session(kim, "m", "xray", [NewItem("a" * 64, name, "covid", 0.5, 0.5)])
         assert store.item(session, 0).display_name == bare_file_name(name, limit=255) == "lateral view.dcm"

@@ -47,6 +47,7 @@ from covid_models.reviews import (
     database_url,
 )
 
+KIM = Reviewer(key="name:dr kim", name="Dr Kim")  # a reviewer as a script names one (no passphrase involved)
 NO_POSTGRES = "no PostgreSQL server: set TEST_POSTGRES_URL (CI starts one)"
 
 
@@ -122,7 +123,8 @@ def all_stored_values(db_url: str) -> dict[str, list[tuple]]:
 
 def test_a_session_round_trips_its_items_in_order_with_predictions_and_verdicts(store: ReviewStore) -> None:
     items = [make_item(0, "covid", 0.91), make_item(1, "non_covid", 0.08), make_item(2, "covid", 0.55)]
-    session_id = store.start_session("  Dr  Ada Lovelace ", "densenet121-xray", "XRay", items)
+    ada = Reviewer("name:dr ada lovelace", "  Dr  Ada Lovelace ")
+    session_id = store.start_session(ada, "densenet121-xray", "XRay", items)
 
     store.record_verdict(session_id, 1, "disagree", note="GGO in the\nleft lower lobe", reviewer_label="covid")
     views = store.items(session_id)
@@ -180,7 +182,7 @@ def test_sessions_are_listed_per_owner_most_recent_first(store: ReviewStore) -> 
 
 
 def test_a_session_can_be_marked_completed_and_still_amended(store: ReviewStore) -> None:
-    session_id = store.start_session("Dr Kim", "m", "ct", [make_item(0)])
+    session_id = store.start_session(KIM, "m", "ct", [make_item(0)])
     store.record_verdict(session_id, 0, "agree")
     store.set_status(session_id, "completed")
     store.record_verdict(session_id, 0, "unsure")
@@ -195,7 +197,7 @@ def test_a_session_can_be_marked_completed_and_still_amended(store: ReviewStore)
 
 
 def test_recording_an_item_again_replaces_its_verdict(store: ReviewStore, db_url: str) -> None:
-    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(0, "covid"), make_item(1, "non_covid")])
+    session_id = store.start_session(KIM, "m", "xray", [make_item(0, "covid"), make_item(1, "non_covid")])
     first = store.record_verdict(session_id, 0, "disagree", note="first look", reviewer_label="normal")
     second = store.record_verdict(session_id, 0, "agree", note="on second look, agree")
 
@@ -210,7 +212,7 @@ def test_recording_an_item_again_replaces_its_verdict(store: ReviewStore, db_url
 
 
 def test_reviewer_label_follows_the_verdict(store: ReviewStore) -> None:
-    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(i, "covid") for i in range(4)])
+    session_id = store.start_session(KIM, "m", "xray", [make_item(i, "covid") for i in range(4)])
 
     assert store.record_verdict(session_id, 0, "agree").reviewer_label == "covid"
     assert store.record_verdict(session_id, 1, "disagree", reviewer_label="pneumonia").reviewer_label == "pneumonia"
@@ -225,14 +227,14 @@ def test_reviewer_label_follows_the_verdict(store: ReviewStore) -> None:
 
 
 def test_notes_keep_line_breaks_but_lose_control_characters(store: ReviewStore) -> None:
-    session_id = store.start_session("Dr Kim", "m", "ct", [make_item(0)])
+    session_id = store.start_session(KIM, "m", "ct", [make_item(0)])
     store.record_verdict(session_id, 0, "unsure", note="  line one\n\tline two\x00\x07 é ✓ ")
 
     assert store.items(session_id)[0].note == "line one\n\tline two é ✓"
 
 
 def test_invalid_input_is_rejected_without_altering_saved_data(store: ReviewStore, db_url: str) -> None:
-    session_id = store.start_session("Dr Kim", "m", "ct", [make_item(0), make_item(1)])
+    session_id = store.start_session(KIM, "m", "ct", [make_item(0), make_item(1)])
     store.record_verdict(session_id, 0, "agree", note="clear consolidation")
     before = all_stored_values(db_url)
 
@@ -257,7 +259,7 @@ def test_a_session_with_one_bad_item_is_not_created_at_all(store: ReviewStore, d
     bad = NewItem(content_hash(b"x"), "x.png", "covid", covid_probability=1.5, operating_threshold=0.5)
 
     with pytest.raises(ReviewError, match="item 1: COVID probability must lie in \\[0, 1\\], got 1.5"):
-        store.start_session("Dr Kim", "m", "ct", [make_item(0), bad])
+        store.start_session(KIM, "m", "ct", [make_item(0), bad])
 
     assert store.sessions() == []
     assert all(rows == [] for rows in all_stored_values(db_url).values())
@@ -265,19 +267,24 @@ def test_a_session_with_one_bad_item_is_not_created_at_all(store: ReviewStore, d
 
 @pytest.mark.parametrize(
     ("reviewer", "message"),
-    [("   ", "reviewer name must not be empty"), ("x" * 201, "reviewer name is 201 characters long; the limit is 200")],
+    [(Reviewer("name:x", "   "), "reviewer name must not be empty"),
+     (Reviewer("name:x", "x" * 201), "reviewer name is 201 characters long; the limit is 200"),
+     (Reviewer(" ", "Dr Kim"), "owner must not be empty"),
+     ("Dr Kim", "a review session needs an owner")],
 )
-def test_reviewer_name_must_be_given_and_short(store: ReviewStore, reviewer: str, message: str) -> None:
+def test_a_session_names_its_owner_and_a_short_reviewer_name(store: ReviewStore, reviewer: Reviewer | str,
+                                                             message: str, db_url: str) -> None:
     with pytest.raises(ReviewError, match=message):
-        store.start_session(reviewer, "m", "ct", [make_item(0)])
+        store.start_session(reviewer, "m", "ct", [make_item(0)])  # type: ignore[arg-type]
+    assert all_stored_values(db_url)["review_sessions"] == []
 
 
 def test_items_must_carry_a_sha256_and_sessions_at_least_one_item(store: ReviewStore) -> None:
     with pytest.raises(ReviewError, match="at least one image"):
-        store.start_session("Dr Kim", "m", "ct", [])
+        store.start_session(KIM, "m", "ct", [])
     not_a_hash = NewItem("patient-1234", "x.png", "covid", 0.5, 0.5)
     with pytest.raises(ReviewError, match="item 0: image_hash must be a SHA-256 hex digest"):
-        store.start_session("Dr Kim", "m", "ct", [not_a_hash])
+        store.start_session(KIM, "m", "ct", [not_a_hash])
 
 
 # ---------------------------------------------------------------- privacy
@@ -293,7 +300,7 @@ def test_no_pixels_directories_or_identifiers_are_stored(store: ReviewStore, db_
         operating_threshold=0.5,
     )
     windows_item = NewItem(content_hash(b"w"), r"C:\Users\radiology\DOE^JOHN\lateral.dcm", "covid", 0.7, 0.5)
-    session_id = store.start_session("Dr Kim", "m", "xray", [item, windows_item])
+    session_id = store.start_session(KIM, "m", "xray", [item, windows_item])
     store.record_verdict(session_id, 0, "agree")
 
     assert [view.display_name for view in store.items(session_id)] == ["chest.png", "lateral.dcm"]
@@ -305,7 +312,8 @@ def test_no_pixels_directories_or_identifiers_are_stored(store: ReviewStore, db_
         }
     finally:
         engine.dispose()
-    assert set(columns) == {"review_sessions", "review_items", "verdicts", "verdict_history", "reviewers"}
+    assert set(columns) == {"review_sessions", "review_items", "verdicts", "verdict_history", "reviewers",
+                            "sign_in_failures"}
     assert set(columns["review_items"]) == {
         "id", "session_id", "position", "image_hash", "display_name", "predicted_label",
         "covid_probability", "operating_threshold", "held_back", "kind",
@@ -322,7 +330,7 @@ def test_no_pixels_directories_or_identifiers_are_stored(store: ReviewStore, db_
 
 def test_csv_export_has_one_row_per_item_with_its_verdict(store: ReviewStore) -> None:
     items = [make_item(0, "covid", 0.875), make_item(1, "non_covid", 0.125, name="=HYPERLINK(evil).png")]
-    session_id = store.start_session("Dr Kim", "resnet50-ct", "ct", items)
+    session_id = store.start_session(KIM, "resnet50-ct", "ct", items)
     store.record_verdict(session_id, 0, "disagree", note='says "normal",\nsee prior', reviewer_label="normal")
 
     rows = list(csv.DictReader(io.StringIO(store.export_csv(session_id))))
@@ -344,7 +352,7 @@ def test_csv_export_has_one_row_per_item_with_its_verdict(store: ReviewStore) ->
 def test_a_held_back_item_keeps_its_status_and_exports_no_probability(store: ReviewStore) -> None:
     """Issue 11, point 5: a held-back image shows no probability anywhere, the CSV included."""
     held = dataclasses.replace(make_item(0, "covid", 0.414), held_back=True)
-    session_id = store.start_session("Dr Kim", "resnet50-ct", "ct", [held, make_item(1, "non_covid", 0.125)])
+    session_id = store.start_session(KIM, "resnet50-ct", "ct", [held, make_item(1, "non_covid", 0.125)])
     store.record_verdict(session_id, 0, "non_diagnostic")
 
     assert store.item(session_id, 0).held_back and not store.item(session_id, 1).held_back
@@ -358,7 +366,7 @@ def test_a_scan_item_is_stored_as_one_scan_and_left_out_of_the_images_to_find(st
     """Issue 10: a whole CT scan is one item of kind 'scan'; its pixels are found again by the scan page's way, not
     among the images the page looks for in the data folder or asks to be re-uploaded."""
     scan = dataclasses.replace(make_item(1, "covid", 0.61, name="chest-ct.zip"), kind="scan")
-    session_id = store.start_session("Dr Kim", "ct-model", "ct", [make_item(0), scan])
+    session_id = store.start_session(KIM, "ct-model", "ct", [make_item(0), scan])
     store.record_verdict(session_id, 1, "agree")
 
     assert [view.kind for view in store.items(session_id)] == ["image", "scan"]
@@ -367,7 +375,7 @@ def test_a_scan_item_is_stored_as_one_scan_and_left_out_of_the_images_to_find(st
     assert (exported["file"], exported["kind"], exported["covid_probability"], exported["verdict"]) == (
         "chest-ct.zip", "scan", "0.61", "agree")
     with pytest.raises(ReviewError, match="kind must be one of image, scan"):
-        store.start_session("Dr Kim", "ct-model", "ct", [dataclasses.replace(make_item(0), kind="series")])
+        store.start_session(KIM, "ct-model", "ct", [dataclasses.replace(make_item(0), kind="series")])
 
 
 def test_summary_reports_agreement_kappa_and_confusion(store: ReviewStore) -> None:
@@ -375,7 +383,7 @@ def test_summary_reports_agreement_kappa_and_confusion(store: ReviewStore) -> No
     #   covid     -> 5 agree, 1 disagree (non_covid)
     #   non_covid -> 2 agree, 2 disagree (covid)
     labels = ["covid"] * 6 + ["non_covid"] * 4 + ["covid", "non_covid"]
-    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(i, label) for i, label in enumerate(labels)])
+    session_id = store.start_session(KIM, "m", "xray", [make_item(i, label) for i, label in enumerate(labels)])
     for position in range(5):
         store.record_verdict(session_id, position, "agree")
     store.record_verdict(session_id, 5, "disagree", reviewer_label="non_covid")
@@ -402,7 +410,7 @@ def test_summary_reports_agreement_kappa_and_confusion(store: ReviewStore) -> No
 
 
 def test_summary_explains_why_kappa_is_undefined(store: ReviewStore) -> None:
-    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(i, "covid") for i in range(3)])
+    session_id = store.start_session(KIM, "m", "xray", [make_item(i, "covid") for i in range(3)])
 
     empty = store.summary(session_id)
     assert empty.kappa is None and "no reviewed image has a reviewer label" in (empty.kappa_explanation or "")
@@ -475,7 +483,7 @@ def test_a_reviewer_name_is_protected_by_its_passphrase(store: ReviewStore, db_u
     with pytest.raises(ReviewError, match="at least 8 characters"):
         store.sign_in("Dr Ada", "short")
     ada = store.sign_in("Dr Ada", "ada's long passphrase")
-    with pytest.raises(ReviewError, match="wrong passphrase for 'dr ada'"):
+    with pytest.raises(ReviewError, match="belongs to a reviewer with another passphrase"):
         store.sign_in("dr ada", "a guess at it")
     assert store.sign_in("DR ADA", "ada's long passphrase") == ada
     (stored,) = all_stored_values(db_url)["reviewers"]
@@ -530,7 +538,8 @@ def _create_version_1_schema(url: str) -> None:
         engine.dispose()
 
 
-def test_a_database_from_before_access_control_is_migrated_and_its_sessions_claimed_by_name(db_url: str) -> None:
+def test_a_database_from_before_access_control_is_migrated_and_its_sessions_wait_for_an_administrator(
+        db_url: str) -> None:
     _create_version_1_schema(db_url)
     with ReviewStore(db_url) as store:
         (info,) = store.sessions()
@@ -545,8 +554,18 @@ def test_a_database_from_before_access_control_is_migrated_and_its_sessions_clai
         someone = store.sign_in("Dr Else", "another passphrase")
         with pytest.raises(NotYoursError):
             store.open_session(info.token, someone)
-        old = store.sign_in("dr old", "the old reviewer's passphrase")
+        old = store.sign_in("dr old", "the old reviewer's passphrase")  # whoever registers the name first
+        with pytest.raises(NotYoursError):
+            store.open_session(info.token, old)
+        assert store.sessions(old) == []
+        chief = Reviewer("oidc:chief@example.org", "Chief", admin=True)
+        assert [s.id for s in store.sessions(chief)] == [info.id]
+        with pytest.raises(NotYoursError, match="Only an administrator"):
+            store.assign_session(info.id, old, by=old)
+        assert store.assign_session(info.id, store.registered_reviewer("Dr Old"), by=chief).owner == old.key
         assert store.open_session(info.token, old).owner == old.key
+        with pytest.raises(ReviewError, match="already belongs to a reviewer"):
+            store.assign_session(info.id, someone, by=chief)
     with ReviewStore(db_url) as reopened:  # a second start migrates nothing twice
         assert reopened.item(info.id, 1).verdict == "non_diagnostic"
 
@@ -555,7 +574,7 @@ def test_a_database_from_before_access_control_is_migrated_and_its_sessions_clai
 
 
 def test_a_stale_write_is_refused_and_kept_in_the_history(store: ReviewStore, db_url: str) -> None:
-    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(0)])
+    session_id = store.start_session(KIM, "m", "xray", [make_item(0)])
     shown_in_both_tabs = store.item(session_id, 0).version
     saved = store.record_verdict(session_id, 0, "unsure", note="small effusion?", expected_version=shown_in_both_tabs)
     assert saved.version == 1
@@ -574,7 +593,7 @@ def test_a_stale_write_is_refused_and_kept_in_the_history(store: ReviewStore, db
 
 def test_non_diagnostic_verdicts_stay_out_of_kappa_and_blinded_readings_become_verdicts(store: ReviewStore) -> None:
     labels = ["covid", "covid", "normal", "normal", "covid"]
-    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(i, label) for i, label in enumerate(labels)],
+    session_id = store.start_session(KIM, "m", "xray", [make_item(i, label) for i, label in enumerate(labels)],
                                      blinded=True)
     assert store.session_info(session_id).blinded
     assert store.record_reading(session_id, 0, "covid").verdict == "agree"
@@ -593,7 +612,7 @@ def test_non_diagnostic_verdicts_stay_out_of_kappa_and_blinded_readings_become_v
 
 
 def test_resuming_looks_for_the_next_gap_after_the_current_image_first(store: ReviewStore) -> None:
-    session_id = store.start_session("Dr Kim", "m", "ct", [make_item(i) for i in range(5)])
+    session_id = store.start_session(KIM, "m", "ct", [make_item(i) for i in range(5)])
     for position in (0, 2, 3):
         store.record_verdict(session_id, position, "agree")
     assert store.next_unreviewed(session_id) == 1
@@ -608,7 +627,7 @@ def test_resuming_looks_for_the_next_gap_after_the_current_image_first(store: Re
 def test_a_full_sqlite_database_refuses_the_verdict_clearly_and_keeps_the_saved_ones(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'full.sqlite3'}"
     with ReviewStore(url) as store:
-        session_id = store.start_session("Dr Kim", "m", "ct", [make_item(i) for i in range(3)])
+        session_id = store.start_session(KIM, "m", "ct", [make_item(i) for i in range(3)])
         store.record_verdict(session_id, 0, "agree", note="saved before the disk filled")
 
         @event.listens_for(store._engine, "connect")  # a page limit stands in for a full disk
@@ -671,7 +690,7 @@ def test_a_stopped_postgresql_server_refuses_the_verdict_clearly(db_url: str) ->
     url = make_url(db_url)
     relay = _Relay(url.host or "127.0.0.1", url.port or 5432)
     with ReviewStore(url.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)) as store:
-        session_id = store.start_session("Dr Kim", "m", "ct", [make_item(0), make_item(1)])
+        session_id = store.start_session(KIM, "m", "ct", [make_item(0), make_item(1)])
         store.record_verdict(session_id, 0, "agree", note="saved while the server ran")
         relay.cut()
         with pytest.raises(ReviewDatabaseError, match="the verdict was NOT saved: .*(refused|closed|terminat)"):

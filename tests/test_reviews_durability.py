@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from covid_models.io import content_hash
-from covid_models.reviews import NewItem, ReviewStore
+from covid_models.reviews import NewItem, Reviewer, ReviewStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("_review_writer.py")
@@ -64,7 +64,7 @@ def test_every_verdict_reported_committed_survives_the_writer_being_killed(tmp_p
     n_items = 12
     with ReviewStore(url) as store:
         items = [NewItem(content_hash(bytes([i])), f"{i}.png", "covid", 0.6, 0.5) for i in range(n_items)]
-        session_id = store.start_session("Dr Kim", "m", "xray", items)
+        session_id = store.start_session(Reviewer("name:dr kim", "Dr Kim"), "m", "xray", items)
 
     writer = start_writer(url, "--session", str(session_id), "--forever")
     seen = read_lines(writer, 150)  # well over one pass: later writes replace earlier ones
