@@ -305,8 +305,9 @@ def _log_refused_token(problem: str) -> None:
 
 
 def client_address() -> str | None:
-    """The browser's network address, for counting failed sign-ins per client (None on localhost)."""
-    return st.context.ip_address
+    """The browser's network address, for counting failed sign-ins per client (None on localhost and in tests)."""
+    address = st.context.ip_address
+    return address if isinstance(address, str) else None
 
 
 def sign_in_form(store: ReviewStore, admin_token: str) -> None:

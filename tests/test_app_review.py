@@ -398,7 +398,7 @@ def test_a_malformed_or_unknown_session_link_gets_a_clear_message(folders, datab
 def test_a_wrong_passphrase_signs_nobody_in(folders, database, monkeypatch) -> None:
     _sign_in(_page(folders, database, monkeypatch))
     again = _sign_in(_page(folders, database, monkeypatch), REVIEWER, "not the passphrase")
-    assert any("wrong passphrase" in e.value for e in again.error)
+    assert any("belongs to a reviewer with another passphrase" in e.value for e in again.error)
     assert "review-identity" not in again.session_state
 
 
