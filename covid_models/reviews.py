@@ -279,6 +279,15 @@ def admin_token_matches(typed: str, configured: str | None) -> bool:
             and hmac.compare_digest(typed.encode(), str(configured).encode()))
 
 
+def _name_identity(name: str) -> tuple[str, str]:
+    """(key, skeleton) of a cleaned reviewer name; ReviewError when normalising makes either too long to store
+    (a few characters expand to many under NFKC or case folding)."""
+    key, shape = f"name:{name_key(name)}", skeleton(name)
+    if len(key) > MAX_OWNER_CHARS or len(shape) > MAX_SKELETON_CHARS:
+        raise ReviewError("this reviewer name is too long once normalised; choose a shorter one")
+    return key, shape
+
+
 def _checked_passphrase(passphrase: object) -> str:
     """The passphrase as typed, once it is known to be usable: refused alike for every name, before any lookup, so
     the answer says nothing about the name. Spaces at its ends do not count towards its length."""
@@ -710,7 +719,7 @@ class ReviewStore:
         """
         name = _required_text(name, "reviewer name", MAX_REVIEWER_CHARS)
         passphrase = _checked_passphrase(passphrase)
-        key, shape = f"name:{name_key(name)}", skeleton(name)
+        key, shape = _name_identity(name)
         counts = [subject("name", shape)] + ([subject("client", client)] if client else [])
         with self._transaction() as session:
             self._refuse_while_locked(session, counts)
@@ -798,8 +807,7 @@ class ReviewStore:
     def registered_reviewer(self, name: str) -> Reviewer:
         """The reviewer registered under `name` (as typed, else its only look-alike): for an administrator assigning
         a session, or a script naming its owner. ReviewError when no such reviewer is registered."""
-        name = _required_text(name, "reviewer name", MAX_REVIEWER_CHARS)
-        key, shape = f"name:{name_key(name)}", skeleton(name)
+        key, shape = _name_identity(_required_text(name, "reviewer name", MAX_REVIEWER_CHARS))
         with self._transaction() as session:
             rows = session.scalars(select(_ReviewerRow).where(
                 or_(_ReviewerRow.key == key, _ReviewerRow.skeleton == shape)).order_by(_ReviewerRow.id)).all()

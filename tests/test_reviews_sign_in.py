@@ -212,6 +212,12 @@ def test_one_name_however_typed_is_one_reviewer(store: ReviewStore, spelling: st
     assert store.sign_in(spelling, "ada's long passphrase") == ada
 
 
+def test_a_name_that_normalising_makes_too_long_to_store_is_refused_clearly(store: ReviewStore, db_url: str) -> None:
+    with pytest.raises(ReviewError, match="too long once normalised"):
+        store.sign_in("\ufdfa" * 200, "a long enough passphrase")  # one character, 18 letters under NFKC
+    assert all_stored_values(db_url)["reviewers"] == []
+
+
 def test_the_skeleton_maps_look_alikes_of_other_scripts_and_accents_to_one_shape() -> None:
     assert skeleton("Dr \u0410da") == skeleton("dr ada") == skeleton("Dr Ad\u00e1") == "dr ada"
     assert skeleton("\u041dill") == skeleton("Hill")  # Cyrillic capital En
