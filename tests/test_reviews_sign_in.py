@@ -44,14 +44,16 @@ def scrypt_runs(monkeypatch) -> list[int]:
     return runs
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def clock(monkeypatch) -> Callable[[float], None]:
-    """Sets the store's clock to `seconds` after the test began (lockouts are stored times, compared with it)."""
+    """The store's clock stands still at the test's start, however slow the machine (lockouts are stored times,
+    compared with it); `clock(seconds)` sets it to that many seconds after the start."""
     start = covid_models.reviews._now()
 
     def at(seconds: float) -> None:
         monkeypatch.setattr(covid_models.reviews, "_now", lambda: start + timedelta(seconds=seconds))
 
+    at(0)
     return at
 
 
