@@ -180,6 +180,15 @@ def _check_preprocessing(value: Any) -> None:
                         "or a lung_segmenter (X-ray: the box of its mask)")
 
 
+def model_name(value: Any) -> str:
+    """`value` if it may name a model (a plain label: the training scripts check --name with it before training);
+    CardError otherwise."""
+    if _NOT_IN_A_NAME.search(_text(value, "name")):
+        raise CardError(f"name {value!r} holds a path separator, '..' or a control character: a model name is a "
+                        "plain label")
+    return value
+
+
 def check_card(data: Any) -> None:
     """Raise CardError unless `data` (parsed card.json) satisfies the schema: types, bounds, cross-references."""
     card = _object(data, "card.json")
@@ -192,9 +201,7 @@ def check_card(data: Any) -> None:
     missing = [key for key in REQUIRED if key not in card]
     if missing:
         raise CardError(f"card.json lacks the fields: {', '.join(missing)}")
-    if _NOT_IN_A_NAME.search(_text(card["name"], "name")):
-        raise CardError(f"name {card['name']!r} holds a path separator, '..' or a control character: a model name "
-                        "is a plain label")
+    model_name(card["name"])
     _text(card["task"], "task", TASKS)
     _text(card["modality"], "modality", MODALITIES)
     if not _ARCHITECTURE.fullmatch(_text(card["architecture"], "architecture")):

@@ -20,6 +20,7 @@ from covid_models.architectures import REGISTRY, PretrainedWeightsUnavailable
 from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, default_data_dir, training_table
 from covid_models.evaluation import format_report
+from covid_models.model_card import model_name
 from covid_models.training import TrainConfig, train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     parser.add_argument("--limit", type=int, help="use at most this many images per split and class (smoke runs)")
     parser.add_argument("--resume", action="store_true", help="continue from the last finished epoch in --out")
-    parser.add_argument("--name", help="model name in the card (default: the output folder's name)")
+    parser.add_argument("--name", type=model_name, help="model name in the card (default: the output folder's name)")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     return parser.parse_args(argv)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from covid_models.data import DataError, LeakageError, load_segmentation_manifest
+from covid_models.model_card import model_name
 from covid_models.segmentation import ARCHITECTURES, ORIENTATIONS, POSTPROCESS_LUNGS, TARGETS
 from covid_models.segmentation_training import SegmentationConfig, train_segmenter
 
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 avoids thrashing on a shared, busy CPU)")
     parser.add_argument("--limit", type=int, help="use at most this many pairs (smoke runs)")
     parser.add_argument("--resume", action="store_true", help="continue from the last finished epoch in --out")
-    parser.add_argument("--name", help="model name in the card (default: the output folder's name)")
+    parser.add_argument("--name", type=model_name, help="model name in the card (default: the output folder's name)")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     return parser.parse_args(argv)
 

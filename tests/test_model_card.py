@@ -110,6 +110,15 @@ def test_predict_refuses_a_card_naming_no_registered_architecture_with_a_message
     assert "architecture '../../os.system' is not an architecture name" in result.stderr
 
 
+@pytest.mark.parametrize("script", ["train.py", "train_segmentation.py"])
+def test_the_training_scripts_refuse_a_model_name_holding_a_path_before_training(tmp_path, script):
+    from test_scripts import _script
+
+    result = _script(script, "--name", "../../etc/model", "--out", str(tmp_path / "model"))
+    assert result.returncode == 2 and "argument --name: invalid model_name value: '../../etc/model'" in result.stderr
+    assert not (tmp_path / "model").exists()
+
+
 def test_a_card_file_larger_than_a_megabyte_is_not_parsed(tmp_path, valid):
     folder = shutil.copytree(valid, tmp_path / "huge")
     card = json.loads((folder / CARD_FILE).read_text())
