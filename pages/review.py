@@ -703,20 +703,30 @@ def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, item: I
             st.markdown(f"Model reading: **{plain(item.predicted_label)}**")
             st.metric("COVID-19 probability", f"{item.covid_probability:.1%}",
                       help=f"Calibrated; {side} the operating threshold {item.operating_threshold:.1%}")
-        if item.verdict is not None:
+        if info.blinded and item.version == 1 and not withheld:  # the reading just recorded, the model's now shown
+            st.info(f"Your blinded reading: **{plain(blinded_reading(item))}**. The model's reading is now shown: "
+                    "agree or disagree with it to go on, or press Next to keep your reading as the verdict.",
+                    icon=":material/visibility:")
+        elif item.verdict is not None:
             label = f" (your reading: {plain(item.reviewer_label)})" if item.verdict == "disagree" and \
                 item.reviewer_label else ""
             when = f" at {item.decided_at:%Y-%m-%d %H:%M} UTC" if item.decided_at else ""
             st.success(f"Your verdict: **{VERDICT_TEXT[item.verdict]}**{label}{when}. Click another to change it.",
                        icon=":material/check_circle:")
-            if info.blinded and item.version == 1 and not withheld:
-                st.info("Your reading is recorded and the model's reading is now shown. Agree or disagree with it "
-                        "to go on (your blinded reading stays in the verdict history), or press Next to keep your "
-                        "reading as the verdict.", icon=":material/visibility:")
         verdict_controls(store, reviewer, item, classes, blinded=not revealed, withheld=withheld,
                          image_missing=missing)
     navigation(position, info.n_items, store.next_unreviewed(info.id, after=position))
     st.caption(key_legend(revealed=revealed, withheld=withheld))
+
+
+def blinded_reading(item: ItemView) -> str:
+    """What a blinded reader recorded: their label (stored as agree with the model's, or disagree with their own), or
+    unsure / non-diagnostic."""
+    if item.verdict == "agree":
+        return item.predicted_label
+    if item.verdict == "disagree" and item.reviewer_label:
+        return item.reviewer_label
+    return VERDICT_TEXT[item.verdict or "unsure"]
 
 
 def item_title(item: ItemView, info: SessionInfo) -> str:

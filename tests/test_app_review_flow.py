@@ -56,7 +56,7 @@ def test_a_blinded_reading_reveals_the_models_reading_on_the_same_item_then_agre
     assert _shown_position(at) == "#### Image 1 of 3"
     assert f"Model reading: **{first.predicted_label}**" in [m.value for m in at.markdown], "revealed here"
     assert {m.label: m.value for m in at.metric}["COVID-19 probability"] == f"{first.covid_probability:.1%}"
-    assert any("model's reading is now shown" in i.value for i in at.info)
+    assert any("Your blinded reading: **normal**. The model's reading is now shown" in i.value for i in at.info)
     legend = _legend(at)
     assert "A agree" in legend and "D disagree" in legend and "your reading" not in legend
     assert not at.button(key="review-agree").disabled

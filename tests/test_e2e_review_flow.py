@@ -12,6 +12,7 @@ from scan_phantoms import dicom_series, phantom, zipped
 from test_e2e_review import ADA, ADA_PASSPHRASE, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+SETTLED = "() => !(document.querySelector('[data-testid=\"stStatusWidget\"]')?.textContent || '').includes('Running')"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_a_blinded_reading_reveals_the_models_reading_on_the_same_image_without_
         page.get_by_role("button", name="My reading: normal").click()
         page.get_by_text("Model reading:").wait_for()
         _heading(page, "Image 1 of 2").wait_for()
-        page.get_by_text("the model's reading is now shown").wait_for()
+        page.get_by_text("The model's reading is now shown").wait_for()
         page.get_by_test_id("stImage").locator("img").first.evaluate("img => img.decode()")
         text = main.inner_text()
         assert "covid-17" not in text and "A agree" in text and "your reading ·" not in text
@@ -77,6 +78,7 @@ def test_a_ct_scan_item_is_scrubbed_and_windowed_in_the_scan_viewer(browser, app
                                ".some(c => c.textContent.startsWith('Axial slice') && c.textContent !== before)",
                                arg=before)
         page.get_by_test_id("stMain").get_by_text("Mediastinum", exact=True).click()
-        page.get_by_text("Infection burden").wait_for()
+        page.get_by_text("Infection burden", exact=True).wait_for()
+        page.wait_for_function(SETTLED, polling=200)
         page.get_by_test_id("stImage").locator("img").first.evaluate("img => img.decode()")
         snapshot(page, "review-ct-scan-item")
