@@ -12,7 +12,8 @@ from scan_phantoms import dicom_series, phantom, zipped
 from test_e2e_review import ADA, ADA_PASSPHRASE, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-SETTLED = "() => !(document.querySelector('[data-testid=\"stStatusWidget\"]')?.textContent || '').includes('Running')"
+# the script run is over: Streamlit's status widget shows neither "Running" nor its "Stop" button
+SETTLED = "() => !/Running|Stop/.test(document.querySelector('[data-testid=\"stStatusWidget\"]')?.textContent || '')"
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def test_a_blinded_reading_reveals_the_models_reading_on_the_same_image_without_
         page.get_by_role("button", name=re.compile("Start session")).click()
         _heading(page, "Image 1 of 2").wait_for()
         page.get_by_text("Keys: 1-9 your reading").wait_for()
+        page.wait_for_function(SETTLED, polling=200)
         main = page.get_by_test_id("stMain")
         assert "covid-17" not in main.inner_text() and "normal-4" not in main.inner_text()
         assert "A agree" not in main.inner_text()
@@ -49,6 +51,8 @@ def test_a_blinded_reading_reveals_the_models_reading_on_the_same_image_without_
         page.get_by_text("Model reading:").wait_for()
         _heading(page, "Image 1 of 2").wait_for()
         page.get_by_text("The model's reading is now shown").wait_for()
+        page.get_by_text("Keys: A agree").wait_for()
+        page.wait_for_function(SETTLED, polling=200)
         page.get_by_test_id("stImage").locator("img").first.evaluate("img => img.decode()")
         text = main.inner_text()
         assert "covid-17" not in text and "A agree" in text and "your reading ·" not in text
@@ -79,6 +83,7 @@ def test_a_ct_scan_item_is_scrubbed_and_windowed_in_the_scan_viewer(browser, app
                                arg=before)
         page.get_by_test_id("stMain").get_by_text("Mediastinum", exact=True).click()
         page.get_by_text("Infection burden", exact=True).wait_for()
+        page.wait_for_timeout(500)  # the window's rerun has begun
         page.wait_for_function(SETTLED, polling=200)
         page.get_by_test_id("stImage").locator("img").first.evaluate("img => img.decode()")
         snapshot(page, "review-ct-scan-item")
