@@ -19,9 +19,14 @@ disagree with, or agree with by a blinded reading, would give the held-back read
 
 In a CT session a whole scan (a zip of a DICOM series, the DICOM files of one series, or a NIfTI volume) can be one
 item: its reading is `covid_models.scan_analysis.analyse_scan`'s scan-level result, shown with the CT scan page's
-blocks (result, key slices with their masks, probability curve, burden). A scan's bytes are never kept: its analysis
-lives in a bounded server cache (`review_scans`), and once gone the stored reading is shown and the scan asked for
-again (matched by content, as the CT scan page hashes an upload).
+blocks (result, the viewer of `pages.scan_viewer` with its slice scrubber, window presets and masks, probability
+curve, burden); scrubbing and windowing redraw from the cached analysis and run no model. A scan's bytes are never
+kept: its analysis lives in a bounded server cache (`review_scans`), and once gone the stored reading is shown and the
+scan asked for again (matched by content, as the CT scan page hashes an upload).
+
+In a blinded session the reader first records their own reading of the image or scan (shown without its file name,
+masks or anything of the model's); the model's reading is then revealed on the same item, where the reader agrees or
+disagrees with it, and only that verdict (or Next) moves on.
 """
 from __future__ import annotations
 
@@ -60,8 +65,8 @@ from covid_models.reviews import (
     session_token,
 )
 from covid_models.scan_analysis import ScanAnalysis
-from covid_models.scan_views import axial_picture, key_slice_pictures, probability_figure
 from covid_models.volumes import VolumeReadError
+from pages.scan_viewer import scan_viewer
 from pages.shared import (
     LruCache,
     analyses,
@@ -677,8 +682,10 @@ def _keep_draft(session_id: int, position: int) -> None:
     st.session_state[_draft_key(session_id, position)] = st.session_state.get(_note_key(session_id, position), "")
 
 
-def _record(store: ReviewStore, reviewer: Reviewer, item: ItemView, verdict: str, reading: str | None = None) -> None:
-    """Commit one verdict (with the note and, for disagree, the reviewer's label), then go to the next image.
+def _record(store: ReviewStore, reviewer: Reviewer, item: ItemView, verdict: str, reading: str | None = None,
+            stay: bool = False) -> None:
+    """Commit one verdict (with the note and, for disagree, the reviewer's label), then go to the next image; with
+    `stay` (a blinded reader's first verdict, which reveals the model's reading) remain on this one.
 
     The write carries the verdict version this tab showed: if another tab changed it since, nothing is
     overwritten and both are shown. If the database fails, the typed note stays in this tab."""
@@ -707,7 +714,7 @@ def _record(store: ReviewStore, reviewer: Reviewer, item: ItemView, verdict: str
         st.session_state[MESSAGE_KEY] = ("error", plain(error))
         return
     st.session_state.pop(_draft_key(session_id, position), None)
-    following = store.next_unreviewed(session_id, after=position)
+    following = None if stay else store.next_unreviewed(session_id, after=position)
     if following is not None:
         _move(following)
 
@@ -730,14 +737,14 @@ def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, item: I
     """One item (`data`: an image's bytes; `scan`: a scan's analysis; None when not on the server), its stored
     reading once the reader may see it, and the verdict controls."""
     position = item.position
-    st.markdown(f"#### {KIND_NAMES[item.kind]} {position + 1} of {info.n_items}: {plain(item.display_name)}")
+    st.markdown(item_title(item, info))
     withheld = held_back(item, data, directory)
     revealed = withheld or not info.blinded or item.verdict is not None  # a held-back image reveals no reading
     missing = scan is None if item.kind == "scan" else data is None
     shown, right = st.columns([8, 3], gap="medium")
     with shown:
         if item.kind == "scan":
-            scan_pictures(item, scan, revealed=revealed, withheld=withheld)
+            scan_pictures(item, scan, directory, revealed=revealed, withheld=withheld)
         else:
             item_images(item, data, info, directory, revealed)
     with right:
@@ -750,7 +757,11 @@ def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, item: I
             st.markdown(f"Model reading: **{plain(item.predicted_label)}**")
             st.metric("COVID-19 probability", f"{item.covid_probability:.1%}",
                       help=f"Calibrated; {side} the operating threshold {item.operating_threshold:.1%}")
-        if item.verdict is not None:
+        if info.blinded and item.version == 1 and not withheld:  # the reading just recorded, the model's now shown
+            st.info(f"Your blinded reading: **{plain(blinded_reading(item))}**. The model's reading is now shown: "
+                    "agree or disagree with it to go on, or press Next to keep your reading as the verdict.",
+                    icon=":material/visibility:")
+        elif item.verdict is not None:
             label = f" (your reading: {plain(item.reviewer_label)})" if item.verdict == "disagree" and \
                 item.reviewer_label else ""
             when = f" at {item.decided_at:%Y-%m-%d %H:%M} UTC" if item.decided_at else ""
@@ -759,10 +770,35 @@ def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, item: I
         verdict_controls(store, reviewer, item, classes, blinded=not revealed, withheld=withheld,
                          image_missing=missing)
     navigation(position, info.n_items, store.next_unreviewed(info.id, after=position))
-    st.caption("Keys: " + " · ".join(f"{SHORTCUTS[k]} {text}" for k, text in (
-        ("agree", "agree"), ("disagree", "disagree"), ("unsure", "unsure"), ("non_diagnostic", "non-diagnostic"),
-        ("previous", "previous"), ("next", "next")) if not (withheld and k in ("agree", "disagree")))
-        + (" · 1-9 your reading" if not revealed else "") + " (not while typing in the note).")
+    st.caption(key_legend(revealed=revealed, withheld=withheld))
+
+
+def blinded_reading(item: ItemView) -> str:
+    """What a blinded reader recorded: their label (stored as agree with the model's, or disagree with their own), or
+    unsure / non-diagnostic."""
+    if item.verdict == "agree":
+        return item.predicted_label
+    if item.verdict == "disagree" and item.reviewer_label:
+        return item.reviewer_label
+    return VERDICT_TEXT[item.verdict or "unsure"]
+
+
+def item_title(item: ItemView, info: SessionInfo) -> str:
+    """The item's title, "Image 3 of 20", and its file name; in a blinded session the name is left out
+    (`covid-17.png` would unblind the reader, and after the reveal bias the verdict on the model's reading); the CSV
+    export keeps it."""
+    title = f"#### {KIND_NAMES[item.kind]} {item.position + 1} of {info.n_items}"
+    return title if info.blinded else f"{title}: {plain(item.display_name)}"
+
+
+def key_legend(*, revealed: bool, withheld: bool) -> str:
+    """The keyboard shortcuts that work in this state: the reader's own reading (1-9) while blinded, agree and
+    disagree once the model's reading is shown, neither for a held-back reading."""
+    verdicts = ("agree", "disagree") if revealed and not withheld else ()
+    keys = [f"{SHORTCUTS[k]} {k.replace('_', '-')}" for k in (*verdicts, "unsure", "non_diagnostic")]
+    keys = ([] if revealed else ["1-9 your reading"]) + keys
+    keys += [f"{SHORTCUTS[k]} {k}" for k in ("previous", "next")]
+    return "Keys: " + " · ".join(keys) + " (not while typing in the note)."
 
 
 def item_images(item: ItemView, data: bytes | None, info: SessionInfo, directory: str | None,
@@ -793,31 +829,25 @@ def item_images(item: ItemView, data: bytes | None, info: SessionInfo, directory
     show_analysis(analysis)
 
 
-def scan_pictures(item: ItemView, scan: ScanAnalysis | None, *, revealed: bool, withheld: bool) -> None:
-    """The slices alone while the reader may not see the model's reading (blinded, not yet read; or held back), else
-    the scan's reading laid out as on the CT scan page: result, key slices with their masks, the probability curve
-    and the burden."""
+def scan_pictures(item: ItemView, scan: ScanAnalysis | None, directory: str | None, *, revealed: bool,
+                  withheld: bool) -> None:
+    """The scan in the CT scan page's viewer (slice scrubber, window presets, masks): the slices alone while the reader
+    may not see the model's reading (blinded, not yet read; or held back), else with the scan's reading laid out as on
+    the CT scan page (result, masks, probability curve, burden)."""
     if scan is None:
         return  # `rescan` says why and asks for the scan
     if withheld:
         st.error(f"{scan.out_of_distribution_share:.0%} of the scored slices do not look like the CT slices the model "
                  "was trained on: its scan-level reading is held back.", icon=":material/block:")
-    if withheld or not revealed:
-        slices = len(scan.slice_probabilities)
-        index = st.slider("Slice (head to feet)", 1, slices, slices // 2 + 1,
-                          key=f"review-scan-slice-{item.session_id}-{item.position}") - 1
-        st.image(axial_picture(scan, index, lungs=False, infection=False), width=DISPLAY_SIDE // 2,
-                 caption=f"Axial slice {index + 1} of {slices}")
-        if not revealed:
-            st.info("Blinded reading: the model's reading, key slices, masks and burden appear once you record yours.",
-                    icon=":material/visibility_off:")
-        return
-    scan_result_block(scan)
-    pictures = key_slice_pictures(scan)
-    for column, (caption, picture) in zip(st.columns(max(len(pictures), 1)), pictures, strict=False):
-        column.image(picture, caption=caption, width="stretch")
-    st.plotly_chart(probability_figure(scan), width="stretch", key="review-scan-curve")
-    burden_block(scan)
+    shown = revealed and not withheld
+    if shown:
+        scan_result_block(scan)
+    scan_viewer(scan, directory, key=f"review-scan-{item.session_id}-{item.position}", revealed=shown)
+    if not revealed:
+        st.info("Blinded reading: the model's reading, masks, probability curve and burden appear once you record "
+                "yours.", icon=":material/visibility_off:")
+    if shown:
+        burden_block(scan)
 
 
 def rescan(reviewer: Reviewer, info: SessionInfo, item: ItemView, directory: str | None) -> ScanAnalysis | None:
@@ -846,7 +876,9 @@ def rescan(reviewer: Reviewer, info: SessionInfo, item: ItemView, directory: str
 
 def verdict_controls(store: ReviewStore, reviewer: Reviewer, item: ItemView, classes: list[str] | None, *,
                      blinded: bool, withheld: bool, image_missing: bool) -> None:
-    """The note and the verdict buttons; `withheld` (a held-back reading): unsure and non-diagnostic only."""
+    """The note and the verdict buttons; `withheld` (a held-back reading): unsure and non-diagnostic only. `blinded`
+    (the model's reading not yet shown): the reader's own reading, unsure and non-diagnostic, each of which reveals
+    the model's reading on this same item rather than moving on."""
     session_id, position = item.session_id, item.position
     note_key, label_key = _note_key(session_id, position), _label_key(session_id, position)
     if note_key not in st.session_state:
@@ -859,7 +891,7 @@ def verdict_controls(store: ReviewStore, reviewer: Reviewer, item: ItemView, cla
         for index, label in enumerate(classes or []):
             st.button(f"My reading: {label}", key=f"review-reading-{label}", width="stretch",
                       type="primary", shortcut=str(index + 1) if index < 9 else None, disabled=image_missing,
-                      on_click=_record, args=(store, reviewer, item, "reading", label))
+                      on_click=_record, args=(store, reviewer, item, "reading", label, True))
     elif not withheld:
         verdict_button(store, reviewer, item, "agree", ":material/thumb_up:", image_missing)
         others = [c for c in (classes or []) if c != item.predicted_label]
@@ -870,17 +902,17 @@ def verdict_controls(store: ReviewStore, reviewer: Reviewer, item: ItemView, cla
             st.segmented_control("If you disagree, your reading", others, key=label_key,
                                  help="Used for the agreement statistics (Cohen's kappa); leave empty if unsure")
         verdict_button(store, reviewer, item, "disagree", ":material/thumb_down:", image_missing)
-    verdict_button(store, reviewer, item, "unsure", ":material/help:", image_missing)
-    verdict_button(store, reviewer, item, "non_diagnostic", ":material/block:", image_missing,
+    verdict_button(store, reviewer, item, "unsure", ":material/help:", image_missing, stay=blinded)
+    verdict_button(store, reviewer, item, "non_diagnostic", ":material/block:", image_missing, stay=blinded,
                    help="Not gradable, or not a chest image: left out of agreement and kappa")
 
 
 def verdict_button(store: ReviewStore, reviewer: Reviewer, item: ItemView, verdict: str, icon: str,
-                   image_missing: bool, help: str | None = None) -> None:  # noqa: A002 (Streamlit's name)
+                   image_missing: bool, help: str | None = None, stay: bool = False) -> None:  # noqa: A002
     """A full-width button with its keyboard shortcut; disabled while the image is not on the server."""
     st.button(VERDICT_TEXT[verdict], key=f"review-{verdict}", icon=icon, width="stretch", help=help,
               type="primary" if verdict in VERDICT_COLOURS else "secondary", shortcut=SHORTCUTS[verdict],
-              disabled=image_missing, on_click=_record, args=(store, reviewer, item, verdict))
+              disabled=image_missing, on_click=_record, args=(store, reviewer, item, verdict, None, stay))
 
 
 def navigation(position: int, n_items: int, next_unreviewed: int | None) -> None:

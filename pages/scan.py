@@ -11,26 +11,18 @@ import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE
 from covid_models.checkpoint import CheckpointError
-from covid_models.explain import METHOD_LABELS
 from covid_models.io import content_hash, files_hash
 from covid_models.report import render_scan_html, render_scan_pdf
-from covid_models.scan_analysis import ScanAnalysis, slice_heatmap
-from covid_models.scan_views import (
-    DISPLAY_WINDOWS,
-    axial_picture,
-    coronal_picture,
-    probability_figure,
-    scan_report_content,
-)
+from covid_models.scan_analysis import ScanAnalysis
+from covid_models.scan_views import scan_report_content
 from covid_models.volumes import SUPPORTED_VOLUMES, VolumeReadError
+from pages.scan_viewer import scan_viewer
 from pages.shared import (
     LruCache,
     burden_block,
     enter_through_app,
     infection_models,
-    load_classifier,
     model_cards,
-    model_lock,
     run_scan_analysis,
     scan_result_block,
     show_error,
@@ -40,7 +32,6 @@ enter_through_app()
 
 KEPT_SCANS = 2
 NO_SEGMENTER = ""
-HEATMAP_METHOD = "gradcam"
 
 
 def session_scans() -> LruCache:
@@ -90,40 +81,6 @@ def analyse(files: list[tuple[str, bytes]], digest: str, series: int | None, cla
     return analysis
 
 
-def viewer(analysis: ScanAnalysis, classifier_dir: str) -> int:
-    """Slice scrubber with overlays, window presets, the probability curve and a coronal view; returns the slice."""
-    slices = len(analysis.slice_probabilities)
-    default = analysis.key_slices.get("highest probability", slices // 2)
-    controls = st.columns([3, 2, 3])
-    index = controls[0].slider("Slice (head to feet)", 1, slices, default + 1, key="scan-slice") - 1
-    window_name = controls[1].radio("Window (display only)", list(DISPLAY_WINDOWS), horizontal=True,
-                                    format_func=str.capitalize, key="scan-window")
-    with controls[2]:
-        show_lungs = st.toggle("Lung mask", value=True, key="scan-lungs")
-        show_infection = st.toggle("Infection", value=analysis.infection is not None, key="scan-infection",
-                                   disabled=analysis.infection is None)
-        show_heatmap = st.toggle(f"Heatmap of this slice ({METHOD_LABELS[HEATMAP_METHOD]})", value=False,
-                                 key="scan-heatmap")
-    window = DISPLAY_WINDOWS[window_name]
-    heat = None
-    if show_heatmap:
-        with model_lock(classifier_dir):
-            heat = slice_heatmap(load_classifier(classifier_dir), analysis.display_hu[index], HEATMAP_METHOD)
-    axial, coronal = st.columns(2)
-    probability = analysis.slice_probabilities[index]
-    caption = f"Axial slice {index + 1} of {slices}: " + \
-        ("not scored (too little lung)" if probability != probability else f"probability {probability:.1%}")
-    axial.image(axial_picture(analysis, index, window, lungs=show_lungs, infection=show_infection, heatmap=heat),
-                caption=caption, width="stretch")
-    rows = analysis.display_hu.shape[1]
-    with coronal:
-        row = st.slider("Coronal plane (anterior to posterior)", 1, rows, rows // 2, key="scan-row") - 1
-        st.image(coronal_picture(analysis, row, window, lungs=show_lungs, infection=show_infection, current=index),
-                 caption="Coronal view (head up); the yellow line is the axial slice", width="stretch")
-    st.plotly_chart(probability_figure(analysis, index), width="stretch", key="scan-curve")
-    return index
-
-
 def report_block(analysis: ScanAnalysis, name: str) -> None:
     content = scan_report_content(analysis, name)
     left, right = st.columns(2)
@@ -170,6 +127,6 @@ if len(labels) > 1 and not known:
 if result.metadata.notes:
     st.caption("Reading notes: " + "; ".join(result.metadata.notes))
 scan_result_block(result)
-viewer(result, classifier_dir)
+scan_viewer(result, classifier_dir)
 burden_block(result)
 report_block(result, name)

@@ -8,10 +8,10 @@ slider move or a click never reloads or recomputes them; no business logic lives
 from __future__ import annotations
 
 import io
-import logging
 import os
 import runpy
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -23,6 +23,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 from streamlit import config
+from streamlit.logger import get_logger
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from covid_models.analysis import OUTLINE_COLOR, Analysis, Hold, analyse
@@ -48,7 +49,7 @@ OPACITY = 0.45  # the heatmap's opacity on screen unless the reader moves the An
 MASK_COLORS = {"lungs": LUNG_COLOR, "infection": INFECTION_COLOR}
 MASK_CAPTIONS = {"lungs": "Lung mask", "infection": "Infection mask (ground glass and consolidation)"}
 _run = threading.local()  # Streamlit runs each script run of a session in one thread
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)  # Streamlit's handler and level: the warm-up's line shows in the server's output
 
 
 @contextmanager
@@ -288,8 +289,10 @@ def _warmed_models(weights: str) -> int:
 
 
 def _warm(weights: str) -> None:
+    started = time.perf_counter()
     try:
-        _log.info("warmed %d classifier(s) of %s", _warmed_models(weights), weights)
+        _log.info("warmed %d classifier(s) of %s in %.1f s", _warmed_models(weights), weights,
+                  time.perf_counter() - started)
     except Exception:  # a broken model directory is reported by the page that uses it, not by this thread
         _log.exception("warming the models of %s failed", weights)
 
@@ -299,9 +302,10 @@ def warm_models_in_background() -> threading.Thread | None:
     """Starts, once per server process, the loading and first run of every shipped model in a thread (not a
     daemon: a process that ends during the warm-up waits for it instead of aborting inside torch).
 
-    Called by the entry script on every run: the first run of the server starts the thread and does not wait
-    for it; an upload that arrives before it is done waits on the same cached loaders and locks, never loads
-    a model twice. Under AppTest (no server, a process that ends with the test) nothing is started.
+    Called by the app's start-up (streamlit_app.py's lifespan, which waits for the thread before the server
+    answers) and by each run of its script, where it is a no-op once started; a run that comes before the warm-up
+    is done waits on the same cached loaders and locks, never loads a model twice. Under AppTest (no server, a
+    process that ends with the test) nothing is started.
     """
     if config.get_option("global.appTest"):  # looked up on the module: AppTest patches it there
         return None

@@ -7,8 +7,9 @@
 Starts `streamlit run streamlit_app.py` on 127.0.0.1 and drives Debian's Chromium (/usr/bin/chromium) through
 Playwright: each of N different real images is uploaded and the time until its complete result is visible
 (probability, heatmap and mask images loaded) is measured in the browser, and the time until its probability
-is shown. The first uploads (the warm-up) are reported on their own: the server loads and runs the models when
-it starts, so the first should be no slower than the second. The server's resident memory
+is shown. The first uploads (the warm-up) are reported on their own, the first after the fresh server start against
+the second: the server loads and runs the models as it starts, before it answers (streamlit_app.py's `st.App`
+lifespan), so the first should be no slower than the second. The server's resident memory
 (streamlit and its children) is read after a warm-up, after the N analyses and after opening every other page
 (the Dataset page with the data folder's live statistics), and its peak is sampled throughout. Then the same
 work is timed in-process through the library (read, chest-image check, `analyse`), to show what the app adds.
@@ -16,7 +17,7 @@ When weights/ holds no classifier of the modality, small untrained fixture model
 work only if their architecture and input size match the real ones: the table says which were used).
 `--busy` keeps a second torch process (matrix products with torch's default settings, as a training run would)
 computing on the same cores during the browser and library runs. The last line of the output is, for scripts:
-`upload-to-probability median N ms; upload-to-result median M ms; library path L ms`.
+`upload-to-probability median N ms; upload-to-result median M ms; library path L ms; first upload F ms, second S ms`.
 """
 from __future__ import annotations
 
@@ -229,7 +230,11 @@ def main() -> None:
     print("| measure | value |\n| --- | ---: |")
     print(f"| browser: upload to probability, median | {browser['probability'] * 1000:.0f} ms |")
     warmup = " / ".join(f"{t * 1000:.0f}" for t in browser["warmup"])
-    print(f"| browser: first {len(browser['warmup'])} uploads (warm-up), upload to complete result | {warmup} ms |")
+    print(f"| browser: first {len(browser['warmup'])} uploads after a fresh server start, upload to complete result "
+          f"| {warmup} ms |")
+    first_second = browser["warmup"][:2]
+    if len(first_second) == 2:
+        print(f"| browser: first upload / second upload after the start | {first_second[0] / first_second[1]:.2f}x |")
     print(f"| browser: upload to complete result, median | {browser['median'] * 1000:.0f} ms |")
     print(f"| browser: upload to complete result, p90 | {browser['p90'] * 1000:.0f} ms |")
     print(f"| server RSS after warm-up ({args.warmup} analyses) | {browser['rss_warm']:.0f} MiB |")
@@ -242,7 +247,8 @@ def main() -> None:
     print(f"| library: read / check / analyse, medians | {library['read'] * 1000:.0f} / "
           f"{library['check'] * 1000:.0f} / {library['analyse'] * 1000:.0f} ms |")
     print(f"\nupload-to-probability median {browser['probability'] * 1000:.0f} ms; upload-to-result median "
-          f"{browser['median'] * 1000:.0f} ms; library path {library['total'] * 1000:.0f} ms")
+          f"{browser['median'] * 1000:.0f} ms; library path {library['total'] * 1000:.0f} ms"
+          + ("; first upload " + ", second ".join(f"{t * 1000:.0f} ms" for t in first_second) if first_second else ""))
 
 
 if __name__ == "__main__":
