@@ -170,3 +170,10 @@ def test_nifti_voxels_converted_slab_by_slab_land_where_nibabel_reorients_them(a
     volume = read_volume(image.to_bytes(), name="ct.nii")
     np.testing.assert_array_equal(volume.hu, np.asarray(reference.dataobj).transpose(2, 1, 0))
     assert volume.spacing == pytest.approx(reference.header.get_zooms()[:3][::-1])
+
+
+def test_a_series_of_deflated_slices_within_the_limits_still_reads():
+    archive = zip_of([(f"s/IM{i}.dcm", deflated_ct_slice(64, 64, position=-2.5 * i)) for i in range(3)])
+    volume = read_volume(archive)
+    assert volume.hu.shape == (3, 64, 64) and (volume.hu == -1024).all()
+    assert volume.spacing == pytest.approx((2.5, 0.7, 0.7))
