@@ -14,8 +14,8 @@ Scaling choices (documented because they change what the model sees):
   MONOCHROME1 is inverted so that dense tissue is always bright.
 
 Memory per file is bounded (several users share one server): files over `MAX_FILE_BYTES` and frames whose decoded
-size exceeds `MAX_DECODED_BYTES` are refused before decoding. A DICOM header is parsed first, from at most
-`MAX_HEADER_BYTES` (inflated, for the deflated transfer syntax) and only up to the pixel data: its declared size
+size exceeds `MAX_DECODED_BYTES` are refused before decoding. A DICOM header is parsed first, reading (or, for the
+deflated transfer syntax, inflating) at most `MAX_HEADER_BYTES` and only up to the pixel data: its declared size
 (rows x columns x frames x samples x bits) is checked before any pixel is read or inflated, and a deflated file is
 then inflated no further than that declared size. Parsing stops at a tag that does not ascend (a run of zero
 bytes would otherwise parse as millions of empty elements), and an image larger than `WORKING_SIDE` on its
@@ -555,6 +555,7 @@ _HEADER_END = 0x7FE00008  # the first pixel data tag: the header is every elemen
 _DATASET_END = 0x7FE00011  # just past PixelData: trailing elements (padding, signatures) are never parsed
 _NATIVE_SYNTAXES = {"", ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
                     DeflatedExplicitVRLittleEndian}  # pixel data stored uncompressed, as large as declared
+_DEFER_BYTES = 256 * 1024  # header values larger than this (private blobs, thumbnails) are skipped while parsing
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
@@ -584,24 +585,25 @@ def looks_like_dicom(head: bytes) -> bool:
 
 
 def read_dicom_header(data: bytes, *, force: bool = False) -> DicomHeader:
-    """The header of a DICOM file (or of the first bytes of one), parsed from at most `MAX_HEADER_BYTES` of its
-    dataset (inflated, for a deflated file) and only up to the pixel data, so that its declared size can be
-    checked before any pixel is read. ImageReadError when the bytes are not DICOM or the header is damaged."""
+    """The header of a DICOM file (or of the first bytes of one), parsed only up to the pixel data and from a
+    size-limited stream: at most `MAX_HEADER_BYTES` are read (values over `_DEFER_BYTES`, such as private blobs, are
+    skipped unread) or, for a deflated file, inflated. Its declared size can then be checked before any pixel is read.
+    ImageReadError when the bytes are not DICOM or the header is damaged."""
     data = _with_preamble(data)
     meta_end, syntax = _file_meta_end(data)
     deflated = syntax == DeflatedExplicitVRLittleEndian
-    body = _inflated(data[meta_end:], MAX_HEADER_BYTES) if deflated else data[meta_end:meta_end + MAX_HEADER_BYTES]
+    body = _inflated(data[meta_end:], MAX_HEADER_BYTES) if deflated else data[meta_end:meta_end + 2]
     if body[:2] == b"\x00\x00":  # group 0000: a network command, or zero bytes (which pydicom parses without end)
         raise ImageReadError(f"This file is not a readable image ({_describe_unknown(data)}). {SUPPORTED}")
-    stream = io.BytesIO(body if deflated else data[:meta_end + MAX_HEADER_BYTES])
-    dataset = _parse(data[:meta_end], stream, deflated, _stops_before(_HEADER_END), force)
+    stream = _ReadBudget(body if deflated else data, MAX_HEADER_BYTES + meta_end)
+    dataset = _parse(data[:meta_end], stream, deflated, _stops_before(_HEADER_END), force, defer=_DEFER_BYTES)
     offset = stream.tell()
     little = dataset.original_encoding[1] is not False
-    tag_bytes = stream.read(4)
+    tag_bytes = (body if deflated else data)[offset:offset + 4]
     tag = (int.from_bytes(tag_bytes[:2], "little" if little else "big") << 16
            | int.from_bytes(tag_bytes[2:], "little" if little else "big")) if len(tag_bytes) == 4 else None
     keyword = _PIXEL_KEYWORDS.get(tag)
-    if keyword is None and len(body) >= MAX_HEADER_BYTES:
+    if keyword is None and (len(body) >= MAX_HEADER_BYTES if deflated else stream.left == 0):
         raise ImageReadError(f"This DICOM file's header (the part before its image) is larger than "
                              f"{MAX_HEADER_BYTES // 2**20} MB, far beyond any scanner's; it was not read. Export it "
                              "again without private data.")
@@ -626,6 +628,21 @@ def read_dicom_dataset(data: bytes, header: DicomHeader, *, force: bool = False)
         return _parse(b"", io.BytesIO(data), False, _stops_before(_DATASET_END), force)
     body = _inflated(data[meta_end:], header.pixel_offset + 12 + header.declared_bytes + 1)  # 12: element header
     return _parse(data[:meta_end], io.BytesIO(body), True, _stops_before(_DATASET_END), force)
+
+
+class _ReadBudget(io.BytesIO):
+    """A stream that gives at most `budget` bytes in all, however they are asked for; seeking past a deferred value
+    costs nothing. A header's parse thus reads, and costs, at most that much."""
+
+    def __init__(self, data: bytes, budget: int):
+        super().__init__(data)
+        self.left = budget
+
+    def read(self, size: int | None = -1) -> bytes:
+        size = self.left if size is None or size < 0 else min(size, self.left)
+        chunk = super().read(size)
+        self.left -= len(chunk)
+        return chunk
 
 
 def _syntax_of(header: DicomHeader) -> str:
@@ -683,15 +700,16 @@ def _stops_before(end: int) -> Callable[[Any, Any, Any], bool]:
 
 
 def _parse(meta: bytes, stream: io.BytesIO, deflated: bool, stop: Callable[[Any, Any, Any], bool],
-           force: bool) -> FileDataset:
-    """The file (`stream`) parsed until `stop`; for a deflated file, `meta` is its file meta information and
-    `stream` its inflated dataset, which pydicom would otherwise inflate whole."""
+           force: bool, defer: int | None = None) -> FileDataset:
+    """The file (`stream`) parsed until `stop`, values over `defer` bytes skipped; for a deflated file, `meta` is
+    its file meta information and `stream` its inflated dataset, which pydicom would otherwise inflate whole."""
     try:
         if not deflated:
-            return read_partial(stream, stop, force=force)
+            return read_partial(stream, stop, defer_size=defer, force=force)
         file_meta = read_partial(io.BytesIO(meta), force=force)
-        dataset = FileDataset(stream, read_dataset(stream, False, True, stop_when=stop), file_meta.preamble,
-                              file_meta.file_meta, is_implicit_VR=False, is_little_endian=True)
+        body = read_dataset(stream, False, True, stop_when=stop, defer_size=defer)
+        dataset = FileDataset(stream, body, file_meta.preamble, file_meta.file_meta, is_implicit_VR=False,
+                              is_little_endian=True)
         dataset.set_original_encoding(False, True, dataset._character_set)
         return dataset
     except ImageReadError:

@@ -177,3 +177,31 @@ def test_a_series_of_deflated_slices_within_the_limits_still_reads():
     volume = read_volume(archive)
     assert volume.hu.shape == (3, 64, 64) and (volume.hu == -1024).all()
     assert volume.spacing == pytest.approx((2.5, 0.7, 0.7))
+
+
+def test_a_large_private_value_before_the_pixels_is_skipped_not_refused():
+    """A 3 MB private blob between the header and the pixel data (some radiograph and CT writers store thumbnails
+    or raw data there): the header's size-limited parse skips it unread, and the image and the series still read."""
+    import io
+
+    from bad_input_corpus import make_dicom
+    from pydicom import dcmread
+
+    from covid_models.io import read_dicom_header, read_image
+
+    def with_blob(data: bytes) -> bytes:
+        ds = dcmread(io.BytesIO(data))
+        block = ds.private_block(0x0029, "BLOB WRITER", create=True)
+        block.add_new(0x10, "OB", bytes(3 * 2**20))
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    stored = np.random.default_rng(0).integers(0, 2000, (64, 64)).astype(np.int16)
+    data = with_blob(make_dicom(stored))
+    assert len(data) > 3 * 2**20
+    header = read_dicom_header(data)
+    assert header.pixel_keyword == "PixelData" and header.declared_bytes == 64 * 64 * 2
+    assert read_image(data, name="blob.dcm").pixels.shape == (64, 64)
+    files = [(name, with_blob(slice_data)) for name, slice_data in dicom_series(HU[:4])]
+    assert read_volume(zip_of(files)).hu.shape == (4, *HU.shape[1:])
