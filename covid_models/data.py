@@ -189,7 +189,9 @@ def import_folder(root: str | Path) -> pd.DataFrame:
     """Import a class-per-folder tree (COVID/, non-COVID/, Normal/, Viral Pneumonia/, ...) as a manifest.
 
     Files carry no patient id, so each file gets its own, with a warning: a folder tree cannot
-    guarantee a patient-level split.
+    guarantee a patient-level split. Entries with an image suffix that are not regular files (a pipe, a link to a
+    device, a dangling link) are listed too, unopened, so that whoever reads them says what each is (`io.read_image`
+    refuses them by type) instead of their silently vanishing from the evaluation.
     """
     root = Path(root)
     rows = []
@@ -200,7 +202,8 @@ def import_folder(root: str | Path) -> pd.DataFrame:
         if label is None:
             continue
         split = next((part.lower() for part in path.relative_to(root).parts[:-1] if part.lower() in SPLITS), None)
-        rows.append({"image": str(path.resolve()), "label": label, "source": root.name,
+        regular = path.is_file()  # a special file keeps its own name: its reader names what it is and skips it
+        rows.append({"image": str(path.resolve() if regular else path.absolute()), "label": label, "source": root.name,
                      "patient_id": f"file:{path.relative_to(root).as_posix()}", "split": split})
     if not rows:
         raise DataError(f"no images found under {root} in folders named like {sorted(set(FOLDER_LABELS.values()))}")
@@ -213,8 +216,9 @@ def import_folder(root: str | Path) -> pd.DataFrame:
 
 
 def _image_files(root: Path) -> list[Path]:
-    """Files with an image suffix under `root`, sorted; DataError beyond WALK_MAX_ENTRIES entries or WALK_MAX_SECONDS
-    (a mistyped folder such as '/' must not walk the whole filesystem). Links to folders are not followed."""
+    """Entries other than folders with an image suffix under `root`, sorted (special files included: only listed,
+    never opened); DataError beyond WALK_MAX_ENTRIES entries or WALK_MAX_SECONDS (a mistyped folder such as '/' must
+    not walk the whole filesystem). Links to folders are not followed."""
     found, seen, start = [], 0, time.monotonic()
     for folder, folders, files in os.walk(root):
         seen += len(folders) + len(files)
@@ -223,7 +227,7 @@ def _image_files(root: Path) -> list[Path]:
                             f"{WALK_MAX_ENTRIES:,} entries, or over {WALK_MAX_SECONDS:g} s to list). Choose the "
                             "folder that holds the class folders (COVID/, non-COVID/, ...) or a manifest.csv.")
         found.extend(Path(folder) / name for name in files if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES)
-    return sorted(p for p in found if p.is_file())
+    return sorted(found)
 
 
 def near_duplicate_pairs(data_root: Path | None) -> list[tuple[str, str]]:

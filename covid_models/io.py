@@ -14,7 +14,11 @@ Scaling choices (documented because they change what the model sees):
   MONOCHROME1 is inverted so that dense tissue is always bright.
 
 Memory per file is bounded (several users share one server): files over `MAX_FILE_BYTES` and frames whose decoded
-size exceeds `MAX_DECODED_BYTES` are refused before decoding, and an image larger than `WORKING_SIDE` on its
+size exceeds `MAX_DECODED_BYTES` are refused before decoding. A DICOM header is parsed first, reading (or, for the
+deflated transfer syntax, inflating) at most `MAX_HEADER_BYTES` and only up to the pixel data: its declared size
+(rows x columns x frames x samples x bits) is checked before any pixel is read or inflated, and a deflated file is
+then inflated no further than that declared size. Parsing stops at a tag that does not ascend (a run of zero
+bytes would otherwise parse as millions of empty elements), and an image larger than `WORKING_SIDE` on its
 longest side is reduced right after decoding (JPEG already while decoding) by averaging blocks of pixels, so that
 only the working size is ever held as float32. The models read at most 512 pixels and the display shows at most
 768, so nothing they use is lost; the metadata gives both sizes and the pixel spacing at the working size.
@@ -27,6 +31,8 @@ import hashlib
 import io
 import os
 import stat
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,18 +40,22 @@ from typing import Any, BinaryIO
 import numpy as np
 import pydicom
 from PIL import Image, features
+from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset, read_partial
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, pixel_array
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 
 MAX_PIXELS = 50_000_000
-MAX_FILE_BYTES = 128 * 1024 * 1024  # a file is read whole; an uploaded one is already capped at 50 MB by Streamlit
+MAX_FILE_BYTES = 128 * 1024 * 1024  # a file is read whole (an upload is first capped by Streamlit's maxUploadSize)
+MAX_HEADER_BYTES = 2 * 1024 * 1024  # a DICOM header (everything before the pixel data) is parsed from at most this
 MAX_DECODED_BYTES = 128 * 1024 * 1024  # one decoded frame before reduction (7000 x 7000 at 16 bits: 93 MiB)
 WORKING_SIDE = 1024  # longest side kept: models read <= 512 px, the display shows <= 768 px (overlays.DISPLAY_SIDE)
 MAX_ABS_VALUE = 1e30  # no scanner or export stores values near float32's limit (3.4e38); such files are damaged
@@ -192,9 +202,7 @@ def read_dicom_identifiers(source: str | os.PathLike | bytes | BinaryIO) -> dict
     try:
         if _sniff(data, name) != "dicom":
             raise ImageReadError("not DICOM")
-        dataset = pydicom.dcmread(
-            io.BytesIO(_with_preamble(data)), stop_before_pixels=True, force=data[128:132] != b"DICM"
-        )
+        dataset = read_dicom_header(data, force=data[128:132] != b"DICM").dataset
         return {kw: _format_value(dataset[kw].value) for kw in _IDENTIFIER_KEYWORDS if dataset.get(kw)}
     except Exception as exc:
         raise ImageReadError("This file is not a readable DICOM file, so it has no DICOM header to show.") from exc
@@ -212,22 +220,42 @@ def files_hash(hashes: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------- input and sniffing
-def _check_stat(info: os.stat_result) -> None:
-    """Refuse what is not a regular file (a pipe or a device would block or never end) or is over MAX_FILE_BYTES."""
-    if stat.S_ISDIR(info.st_mode):
-        raise ImageReadError("This is a folder, not an image file.")
-    if not stat.S_ISREG(info.st_mode):
-        kind = ("a named pipe" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
-                or stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "a special file")
-        raise ImageReadError(f"This is {kind}, not a regular file, so it was not read. {SUPPORTED}")
-    _check_file_size(info.st_size)
+def special_file_kind(mode: int) -> str | None:
+    """What a file that is not a regular file or a folder is ('a named pipe', 'a device', ...), from its `st_mode`;
+    None for a regular file or a folder. Such a file is never read: a pipe blocks, a device never ends."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
 
 
-def _check_file_size(size: int) -> None:
-    if size > MAX_FILE_BYTES:
+def read_regular_file(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of the regular file at `path`, refused (ImageReadError) when it is a folder, a pipe, a device or
+    larger than `max_bytes`.
+
+    The file is opened without blocking (a pipe would wait for a writer) and checked on the open file itself, so
+    that nothing swapped in after a check is read; a file that grows meanwhile is still read only so far. OSError
+    (missing, no permission, a looping link) is left to the caller.
+    """
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageReadError("This is a folder, not a file.")
+        kind = special_file_kind(info.st_mode)
+        if kind is not None:
+            raise ImageReadError(f"This is {kind}, not a regular file, so it was not read.")
+        _check_file_size(info.st_size, max_bytes)
+        return handle.read(max_bytes + 1)
+
+
+def _check_file_size(size: int, limit: int = MAX_FILE_BYTES) -> None:
+    if size > limit:
         raise ImageReadError(
             f"This file is too large to analyse safely ({size / 2**20:,.0f} MB; the limit is "
-            f"{MAX_FILE_BYTES / 2**20:.0f} MB). Export a smaller or compressed version."
+            f"{limit / 2**20:.0f} MB). Export a smaller or compressed version."
         )
 
 
@@ -237,11 +265,7 @@ def _read_source(source: Any, name: str | None) -> tuple[bytes, str | None]:
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
         elif isinstance(source, (str, os.PathLike)):
-            # Opened without blocking (a pipe would wait for a writer) and checked on the open file itself, so that
-            # nothing swapped in after a check is read; a file that grows meanwhile is still read only so far.
-            with os.fdopen(os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
-                _check_stat(os.fstat(handle.fileno()))
-                data = handle.read(MAX_FILE_BYTES + 1)
+            data = read_regular_file(source, MAX_FILE_BYTES)
             name = name or Path(source).name
         elif hasattr(source, "read"):
             if getattr(source, "seekable", lambda: False)():
@@ -526,15 +550,182 @@ def _pillow_to_grey(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, i
 
 
 # -------------------------------------------------------------------------------------------- DICOM
-def _read_dicom(data: bytes, max_pixels: int, notes: list[str], *, force: bool) -> Scan:
-    try:
-        ds = pydicom.dcmread(io.BytesIO(_with_preamble(data)), force=force)
-    except InvalidDicomError as exc:
-        raise ImageReadError(f"This file is not a readable image ({_describe_unknown(data)}). {SUPPORTED}") from exc
-    ds.buffer = None  # for a deflated file, its inflated copy (as large as the pixels): no longer needed once parsed
-    if force and not any(kw in ds for kw in ("PixelData", "SOPClassUID", "Modality")):
+_PIXEL_KEYWORDS = {0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData", 0x7FE00010: "PixelData"}
+_HEADER_END = 0x7FE00008  # the first pixel data tag: the header is every element before it
+_DATASET_END = 0x7FE00011  # just past PixelData: trailing elements (padding, signatures) are never parsed
+_NATIVE_SYNTAXES = {"", ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
+                    DeflatedExplicitVRLittleEndian}  # pixel data stored uncompressed, as large as declared
+_DEFER_BYTES = 256 * 1024  # header values larger than this (private blobs, thumbnails) are skipped while parsing
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """A DICOM file's elements before its pixel data, and what follows them; no pixel was read or inflated."""
+
+    dataset: FileDataset
+    pixel_keyword: str | None  # PixelData, FloatPixelData or DoubleFloatPixelData; None when no pixel data follows
+    pixel_offset: int  # where that element starts in the dataset stream (inflated, for a deflated file)
+    deflated: bool
+
+    @property
+    def declared_bytes(self) -> int:
+        """Rows x Columns x frames x samples x bits allocated, in bytes: the pixel data as stored uncompressed."""
+        ds = self.dataset
+        values = [_header_int(ds, keyword, default) for keyword, default in (
+            ("Rows", 0), ("Columns", 0), ("NumberOfFrames", 1), ("SamplesPerPixel", 1), ("BitsAllocated", 16))]
+        rows, columns, frames, samples, bits = (max(value, 1) for value in values)
+        return -(-rows * columns * frames * samples * bits // 8)
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """'DICM' after the 128-byte preamble or at the start (preamble dropped), or a file without any header that
+    starts with a group 0002 or 0008 tag: the first bytes decide, never the file name."""
+    return head[128:132] == b"DICM" or _looks_like_headerless_dicom(head)
+
+
+def read_dicom_header(data: bytes, *, force: bool = False) -> DicomHeader:
+    """The header of a DICOM file (or of the first bytes of one), parsed only up to the pixel data and from a
+    size-limited stream: at most `MAX_HEADER_BYTES` are read (values over `_DEFER_BYTES`, such as private blobs, are
+    skipped unread) or, for a deflated file, inflated. Its declared size can then be checked before any pixel is read.
+    ImageReadError when the bytes are not DICOM or the header is damaged."""
+    data = _with_preamble(data)
+    meta_end, syntax = _file_meta_end(data)
+    deflated = syntax == DeflatedExplicitVRLittleEndian
+    body = _inflated(data[meta_end:], MAX_HEADER_BYTES) if deflated else data[meta_end:meta_end + 2]
+    if body[:2] == b"\x00\x00":  # group 0000: a network command, or zero bytes (which pydicom parses without end)
         raise ImageReadError(f"This file is not a readable image ({_describe_unknown(data)}). {SUPPORTED}")
-    if not any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    stream = _ReadBudget(body if deflated else data, MAX_HEADER_BYTES + meta_end)
+    dataset = _parse(data[:meta_end], stream, deflated, _stops_before(_HEADER_END), force, defer=_DEFER_BYTES)
+    offset = stream.tell()
+    little = dataset.original_encoding[1] is not False
+    tag_bytes = (body if deflated else data)[offset:offset + 4]
+    tag = (int.from_bytes(tag_bytes[:2], "little" if little else "big") << 16
+           | int.from_bytes(tag_bytes[2:], "little" if little else "big")) if len(tag_bytes) == 4 else None
+    keyword = _PIXEL_KEYWORDS.get(tag)
+    if keyword is None and (len(body) >= MAX_HEADER_BYTES if deflated else stream.left == 0):
+        raise ImageReadError(f"This DICOM file's header (the part before its image) is larger than "
+                             f"{MAX_HEADER_BYTES // 2**20} MB, far beyond any scanner's; it was not read. Export it "
+                             "again without private data.")
+    return DicomHeader(dataset=dataset, pixel_keyword=keyword, pixel_offset=offset, deflated=deflated)
+
+
+def read_dicom_dataset(data: bytes, header: DicomHeader, *, force: bool = False) -> FileDataset:
+    """The whole DICOM file up to its pixel data included, once `header` (from `read_dicom_header`) was checked.
+
+    Pixel data stored uncompressed (deflated or not) whose declared size exceeds `MAX_FILE_BYTES` is refused, and a
+    deflated file is inflated no further than its declared pixel data: what it holds beyond is never inflated.
+    """
+    if _syntax_of(header) in _NATIVE_SYNTAXES and header.declared_bytes > MAX_FILE_BYTES:
+        raise ImageReadError(
+            f"This DICOM image is too large to analyse safely (its pixel data would take "
+            f"{header.declared_bytes / 2**20:,.0f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB). "
+            "Export a smaller version or fewer frames."
+        )
+    data = _with_preamble(data)
+    meta_end, _ = _file_meta_end(data)
+    if not header.deflated:
+        return _parse(b"", io.BytesIO(data), False, _stops_before(_DATASET_END), force)
+    body = _inflated(data[meta_end:], header.pixel_offset + 12 + header.declared_bytes + 1)  # 12: element header
+    return _parse(data[:meta_end], io.BytesIO(body), True, _stops_before(_DATASET_END), force)
+
+
+class _ReadBudget(io.BytesIO):
+    """A stream that gives at most `budget` bytes in all, however they are asked for; seeking past a deferred value
+    costs nothing. A header's parse thus reads, and costs, at most that much."""
+
+    def __init__(self, data: bytes, budget: int):
+        super().__init__(data)
+        self.left = budget
+
+    def read(self, size: int | None = -1) -> bytes:
+        size = self.left if size is None or size < 0 else min(size, self.left)
+        chunk = super().read(size)
+        self.left -= len(chunk)
+        return chunk
+
+
+def _syntax_of(header: DicomHeader) -> str:
+    """The transfer syntax UID of the file ('' for a file without one: its pixel data is then stored uncompressed)."""
+    meta = getattr(header.dataset, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+
+
+def _header_int(ds: pydicom.Dataset, keyword: str, default: int) -> int:
+    try:
+        return int(ds.get(keyword) or default)
+    except (TypeError, ValueError):
+        return default
+
+
+def _file_meta_end(data: bytes) -> tuple[int, str]:
+    """Where the File Meta Information (group 0002, explicit VR little endian by the standard) ends, and the
+    transfer syntax it names ('' when absent)."""
+    position, syntax = (132 if data[128:132] == b"DICM" else 0), ""
+    while len(data) >= position + 8 and data[position:position + 2] == b"\x02\x00":
+        element, vr = int.from_bytes(data[position + 2:position + 4], "little"), data[position + 4:position + 6]
+        if vr in _LONG_VRS:
+            length, start = int.from_bytes(data[position + 8:position + 12], "little"), position + 12
+        else:
+            length, start = int.from_bytes(data[position + 6:position + 8], "little"), position + 8
+        if element == 0x0010:
+            syntax = data[start:start + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        position = start + length
+    return min(position, len(data)), syntax
+
+
+def _inflated(deflated: bytes, limit: int) -> bytes:
+    """At most `limit` bytes of a raw deflate stream: what lies beyond is never inflated."""
+    try:
+        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(deflated, limit)
+    except zlib.error as exc:
+        raise ImageReadError(_damaged_message("dicom", exc)) from exc
+
+
+def _stops_before(end: int) -> Callable[[Any, Any, Any], bool]:
+    """pydicom's stop condition: before `end` or any later tag, and at a tag that does not ascend (a damaged or
+    crafted file; a run of zero bytes would otherwise parse as millions of empty elements). The same tag may come
+    twice in a row: pydicom asks about the first element twice when its VR is not the expected one."""
+    previous, repeats = -1, 0
+
+    def stop(tag: int, _vr: Any, _length: Any) -> bool:
+        nonlocal previous, repeats
+        repeats = repeats + 1 if tag == previous else 0
+        if tag >= end or tag < previous or repeats > 1:
+            return True
+        previous = tag
+        return False
+
+    return stop
+
+
+def _parse(meta: bytes, stream: io.BytesIO, deflated: bool, stop: Callable[[Any, Any, Any], bool],
+           force: bool, defer: int | None = None) -> FileDataset:
+    """The file (`stream`) parsed until `stop`, values over `defer` bytes skipped; for a deflated file, `meta` is
+    its file meta information and `stream` its inflated dataset, which pydicom would otherwise inflate whole."""
+    try:
+        if not deflated:
+            return read_partial(stream, stop, defer_size=defer, force=force)
+        file_meta = read_partial(io.BytesIO(meta), force=force)
+        body = read_dataset(stream, False, True, stop_when=stop, defer_size=defer)
+        dataset = FileDataset(stream, body, file_meta.preamble, file_meta.file_meta, is_implicit_VR=False,
+                              is_little_endian=True)
+        dataset.set_original_encoding(False, True, dataset._character_set)
+        return dataset
+    except ImageReadError:
+        raise
+    except InvalidDicomError as exc:
+        raise ImageReadError(f"This file is not a readable image (it is not DICOM). {SUPPORTED}") from exc
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged header
+        raise ImageReadError(_damaged_message("dicom", exc)) from exc
+
+
+def _read_dicom(data: bytes, max_pixels: int, notes: list[str], *, force: bool) -> Scan:
+    header = read_dicom_header(data, force=force)
+    ds = header.dataset
+    if force and header.pixel_keyword is None and not any(kw in ds for kw in ("SOPClassUID", "Modality")):
+        raise ImageReadError(f"This file is not a readable image ({_describe_unknown(data)}). {SUPPORTED}")
+    if header.pixel_keyword is None:
         sop = UID(str(ds.SOPClassUID)).name if ds.get("SOPClassUID") else ""
         if not sop or "Image Storage" in sop:  # an image object without its pixels was cut short
             raise ImageReadError(_damaged_message("dicom", EOFError()))
@@ -551,6 +742,9 @@ def _read_dicom(data: bytes, max_pixels: int, notes: list[str], *, force: bool) 
     index = (frames - 1) // 2
     samples, bits_allocated = int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 16)
     _check_decoded_bytes(rows * columns * samples * max(1, bits_allocated // 8))
+    ds = read_dicom_dataset(data, header, force=force)
+    ds.buffer = None  # for a deflated file, its inflated copy (as large as the pixels): no longer needed once parsed
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
     if frames > 1:
         notes.append(f"middle frame {index + 1} of {frames} used")
     raw = _decode(ds, transfer_syntax, index if frames > 1 else None)

@@ -6,28 +6,42 @@ patient's right to the patient's left (the usual axial display: anterior up, pat
 right), with its spacing in mm along each axis. That is the orientation the CT models expect.
 
 Every failure is a `VolumeReadError` (an `io.ImageReadError`) whose message says what is wrong and what to do.
-Limits are checked from headers before pixels are decoded, and archives are read one member at a time with
-declared and actual sizes checked while inflating, in memory (nothing is written to disk). The metadata keeps
-technical fields only: study and series UIDs are used to group slices while reading and then dropped.
+Limits are checked from headers before pixels are decoded or inflated: a zip's declared sizes and compression
+ratio before any member is inflated; a member's first bytes (a DICOM signature, else it is ignored) and its DICOM
+header (parsed from at most `io.MAX_HEADER_BYTES`: each slice's declared size) before the member is inflated whole;
+a NIfTI header's shape and data type before its voxels, which are then inflated and converted slab by slab straight
+into the result (never a second copy of the volume). Archives are read one member at a time, in memory (nothing is
+written to disk), and one read stops at `VolumeLimits.max_seconds`. The metadata keeps technical fields only:
+study and series UIDs are used to group slices while reading and then dropped.
 """
 from __future__ import annotations
 
 import gzip
 import io
 import os
+import time
 import zipfile
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 
-from covid_models.io import ImageReadError
+from covid_models.io import (
+    MAX_HEADER_BYTES,
+    ImageReadError,
+    looks_like_dicom,
+    read_dicom_dataset,
+    read_dicom_header,
+    read_regular_file,
+    special_file_kind,
+)
 
 CANONICAL_ORIENTATION = "slices head to feet, rows anterior to posterior, columns patient right to left"
 NIFTI_AXES = ("L", "P", "I")  # nibabel axis codes of (x, y, z) after reorientation; stored as (z, y, x)
@@ -37,6 +51,8 @@ _SUMMARY_KEYWORDS = ("Modality", "Manufacturer", "ManufacturerModelName", "BodyP
 _ORIENTATION_TOLERANCE = 1e-3
 _SPACING_TOLERANCE = 0.1  # relative: slice steps may differ by 10 % (rounding in positions) but not more
 _GAP_FACTOR = 1.5  # a step this many times the usual one means missing slices
+_SIGNATURE_BYTES = 132  # a DICOM file's preamble and 'DICM'
+_META_BYTES = 64 * 1024  # room for the file meta information before the header's MAX_HEADER_BYTES
 
 
 class VolumeReadError(ImageReadError):
@@ -50,8 +66,11 @@ class VolumeLimits:
     max_slices: int = 1500
     max_voxels: int = 200_000_000  # 400 MB as int16; a 512 x 512 series of 760 slices
     max_files: int = 5000
-    max_file_bytes: int = 64 * 1024 * 1024
-    max_total_bytes: int = 2 * 1024**3  # inflated bytes of an archive or folder, all members together
+    max_file_bytes: int = 64 * 1024 * 1024  # one file of a series, and one slice's declared pixel data
+    max_slice_pixels: int = 2048 * 2048  # CT slices are 512 x 512, rarely 1024 x 1024
+    max_total_bytes: int = 2 * 1024**3  # inflated bytes of an archive, folder or NIfTI, all members together
+    max_ratio: float = 50.0  # a zip inflating to more than max_file_bytes may not be compressed more than this
+    max_seconds: float = 180.0  # one read (255 JPEG-lossless 512 x 512 slices: 15 s on a loaded 2-core machine)
     min_slices: int = 3
 
 
@@ -116,7 +135,8 @@ def read_volume(source: Source, *, name: str | None = None, series: int | None =
     `metadata.series` (by its index); by default the largest axial CT series is read.
     """
     try:
-        return _read_volume(source, name, series, limits)
+        return _read_volume(source, name, series, limits, _Deadline(time.monotonic() + limits.max_seconds,
+                                                                    limits.max_seconds))
     except ImageReadError:
         raise
     except MemoryError as exc:
@@ -130,31 +150,59 @@ def read_volume(source: Source, *, name: str | None = None, series: int | None =
 def read_label_volume(source: str | os.PathLike | bytes, *, limits: VolumeLimits = VolumeLimits()) -> np.ndarray:
     """A NIfTI label map (e.g. a reference lung mask) as uint8 in the canonical orientation."""
     data = Path(source).read_bytes() if isinstance(source, (str, os.PathLike)) else bytes(source)
-    array, _ = _nifti_canonical(data, limits)
-    return np.ascontiguousarray(np.rint(array).clip(0, 255).astype(np.uint8))
+    labels, _, _ = _nifti_canonical(data, limits, np.uint8, _Deadline(time.monotonic() + limits.max_seconds,
+                                                                      limits.max_seconds))
+    return labels
 
 
 # ---------------------------------------------------------------------------------------- members of an upload
 @dataclass(frozen=True)
+class _Deadline:
+    """When one read must have ended; checked between files, slices and slabs."""
+
+    at: float
+    seconds: float
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise VolumeReadError(f"Reading this upload took longer than {self.seconds:g} s, the limit for one scan, "
+                                  "so it was stopped. Upload one series (a zip of its folder) or a NIfTI volume.")
+
+
+@dataclass(frozen=True)
 class _Member:
-    """One file of an upload, read on demand so that an archive or folder is never held inflated in memory."""
+    """One file of an upload, read on demand so that an archive or folder is never held inflated in memory;
+    `head(n)` gives its first n bytes (a zip member is inflated only so far)."""
 
     name: str
     read: Callable[[], bytes]
+    head: Callable[[int], bytes]
 
 
-def _read_volume(source: Source, name: str | None, series: int | None, limits: VolumeLimits) -> Volume:
+def _read_volume(source: Source, name: str | None, series: int | None, limits: VolumeLimits,
+                 deadline: _Deadline) -> Volume:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        try:
+            info = path.stat()
+        except OSError as exc:
+            raise VolumeReadError(f"'{path.name}' does not exist or cannot be opened ({exc.strerror or exc}). "
+                                  "Check the path.") from exc
         if path.is_dir():
-            return _read_members(list(_folder_members(path, limits)), series, limits)
-        if not path.is_file():
-            raise VolumeReadError(f"'{path.name}' does not exist. Check the path.")
-        if path.stat().st_size > limits.max_total_bytes:
-            raise VolumeReadError("This file is larger than the upload limit. Export fewer slices.")
-        return _read_volume(path.read_bytes(), name or path.name, series, limits)
+            return _read_members(list(_folder_members(path, limits)), series, limits, deadline)
+        kind = special_file_kind(info.st_mode)
+        if kind is not None:
+            raise VolumeReadError(f"'{path.name}' is {kind}, not a regular file, so it was not read. "
+                                  + SUPPORTED_VOLUMES)
+        try:
+            data = read_regular_file(path, limits.max_total_bytes)
+        except OSError as exc:
+            raise VolumeReadError(f"'{path.name}' could not be opened ({exc.strerror or exc}).") from exc
+        except ImageReadError as exc:
+            raise VolumeReadError(f"'{path.name}': {exc}") from exc
+        return _read_volume(data, name or path.name, series, limits, deadline)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _read_volume([(name or "upload", bytes(source))], None, series, limits)
+        return _read_volume([(name or "upload", bytes(source))], None, series, limits, deadline)
     files = list(source)
     if not files:
         raise VolumeReadError("Nothing was uploaded. " + SUPPORTED_VOLUMES)
@@ -165,10 +213,11 @@ def _read_volume(source: Source, name: str | None, series: int | None, limits: V
         if not data:
             raise VolumeReadError("This file is empty (0 bytes). It may not have finished uploading; try again.")
         if data[:4] == b"PK\x03\x04" or data[:4] == b"PK\x05\x06":
-            return _read_members(list(_zip_members(data, limits)), series, limits)
+            return _read_members(list(_zip_members(data, limits)), series, limits, deadline)
         if _is_nifti(data, file_name):
-            return _read_nifti(data, limits)
-    return _read_members([_Member(n, lambda d=d: d) for n, d in files], series, limits)
+            return _read_nifti(data, limits, deadline)
+    members = [_Member(n, lambda d=d: d, lambda size, d=d: d[:size]) for n, d in files]
+    return _read_members(members, series, limits, deadline)
 
 
 def _folder_members(folder: Path, limits: VolumeLimits) -> Iterator[_Member]:
@@ -179,18 +228,22 @@ def _folder_members(folder: Path, limits: VolumeLimits) -> Iterator[_Member]:
         count += 1
         if count > limits.max_files:
             raise VolumeReadError(f"This folder holds more than {limits.max_files} files. Point at one series.")
-        yield _Member(str(path.relative_to(folder)), lambda p=path: _read_file(p, limits))
+        yield _Member(str(path.relative_to(folder)), lambda p=path: _read_file(p, limits),
+                      lambda size, p=path: _read_file(p, limits, size))
 
 
-def _read_file(path: Path, limits: VolumeLimits) -> bytes:
+def _read_file(path: Path, limits: VolumeLimits, size: int | None = None) -> bytes:
+    """The file, or its first `size` bytes; a file over `limits.max_file_bytes` is refused unread."""
     if path.stat().st_size > limits.max_file_bytes:
         raise VolumeReadError(f"'{path.name}' is larger than {limits.max_file_bytes // 2**20} MB, too large for "
                               "one CT slice.")
-    return path.read_bytes()
+    with open(path, "rb") as handle:
+        return handle.read(limits.max_file_bytes if size is None else size)
 
 
 def _zip_members(data: bytes, limits: VolumeLimits) -> Iterator[_Member]:
-    """Members of a zip, checked before anything is inflated: encryption, paths, declared sizes and counts."""
+    """Members of a zip, checked before anything is inflated: encryption, paths, counts, declared sizes and the
+    compression ratio (no CT series compresses 50:1; zero-filled members do, a thousand to one)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
@@ -200,7 +253,7 @@ def _zip_members(data: bytes, limits: VolumeLimits) -> Iterator[_Member]:
     files = [info for info in infos if not info.is_dir()]
     if len(files) > limits.max_files:
         raise VolumeReadError(f"This zip holds {len(files)} files; at most {limits.max_files} can be read.")
-    declared = 0
+    declared, compressed = 0, 0
     budget = _Budget(limits.max_total_bytes)
     for info in files:
         parts = PurePosixPath(info.filename.replace("\\", "/")).parts
@@ -213,14 +266,20 @@ def _zip_members(data: bytes, limits: VolumeLimits) -> Iterator[_Member]:
             raise VolumeReadError(f"This zip contains a file of {info.file_size / 2**20:.0f} MB, too large for "
                                   "one CT slice or volume.")
         declared += info.file_size
+        compressed += info.compress_size
     if declared > limits.max_total_bytes:
         raise VolumeReadError(f"This zip inflates to {declared / 2**30:.1f} GB, more than the "
                               f"{limits.max_total_bytes / 2**30:.0f} GB limit. Upload one series.")
+    if declared > limits.max_file_bytes and declared > limits.max_ratio * max(compressed, 1):
+        raise VolumeReadError(f"This zip inflates to {declared / 2**20:,.0f} MB from {compressed / 2**20:,.1f} MB, "
+                              f"more than {limits.max_ratio:g} times its size: no CT series compresses so far (it is "
+                              "padding or a 'zip bomb'), so it was not read. Zip the series folder itself.")
     for info in files:
         name = info.filename
         if name.startswith("__MACOSX/") or PurePosixPath(name).name.startswith("."):
             continue
-        yield _Member(name, lambda i=info: _inflate(archive, i, budget, limits))
+        yield _Member(name, lambda i=info: _inflate(archive, i, budget, limits),
+                      lambda size, i=info: _inflate_head(archive, i, size))
 
 
 @dataclass
@@ -247,6 +306,16 @@ def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget, l
                               "decompressed). Create it again and re-upload.") from exc
     budget.left -= total
     return b"".join(chunks)
+
+
+def _inflate_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int) -> bytes:
+    """The first `size` bytes of a member (at most its declared size): the rest is not inflated."""
+    try:
+        with archive.open(info) as stream:
+            return stream.read(min(size, info.file_size))
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError, zlib.error) as exc:
+        raise VolumeReadError("This zip archive is damaged (a member cannot be decompressed). Create it again and "
+                              "re-upload.") from exc
 
 
 # ---------------------------------------------------------------------------------------------- DICOM series
@@ -284,29 +353,31 @@ def _number(value: Any) -> float | None:
     return number if np.isfinite(number) else None
 
 
-def _looks_like_dicom(data: bytes, name: str) -> bool:
-    return data[128:132] == b"DICM" or Path(name).suffix.lower() in (".dcm", ".dicom", ".dic") or \
-        data[:2] in (b"\x02\x00", b"\x08\x00")
-
-
-def _header(member: _Member) -> _Slice | None:
-    """The geometry of one DICOM file, or None when the file is not DICOM (it is then ignored)."""
-    data = member.read()
-    if not data or not _looks_like_dicom(data, member.name):
+def _header(member: _Member, limits: VolumeLimits) -> _Slice | None:
+    """The geometry of one DICOM file, from its first bytes only; None when the file is not DICOM (it is then
+    ignored). A file declaring more pixels than a CT slice has refuses the upload before anything is inflated."""
+    if not looks_like_dicom(member.head(_SIGNATURE_BYTES)):
         return None
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-    except Exception:  # noqa: BLE001 - a file that is not DICOM is ignored, not fatal
-        return None
+        header = read_dicom_header(member.head(MAX_HEADER_BYTES + _META_BYTES), force=True)
+    except ImageReadError:
+        return None  # a file that is not DICOM (or whose header is damaged) is ignored, not fatal
+    ds = header.dataset
     if ds.get("Rows") is None or ds.get("Columns") is None:
         return None  # DICOMDIR, structured reports, presentation states: no image
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if rows * columns > limits.max_slice_pixels or header.declared_bytes > limits.max_file_bytes:
+        side = int(limits.max_slice_pixels ** 0.5)
+        raise VolumeReadError(f"A file of this upload ('{Path(member.name).name}') declares an image of {columns} x "
+                              f"{rows} pixels ({header.declared_bytes / 2**20:,.0f} MB of pixel data); a CT slice has "
+                              f"at most {side} x {side}, so the upload was not read. Upload the CT series itself.")
     spacing = _floats(ds.get("PixelSpacing") or [], 2)
     between = _number(ds.get("SpacingBetweenSlices")) or _number(ds.get("SliceThickness"))
     number = _number(ds.get("InstanceNumber"))
     return _Slice(
         member=member, study=str(ds.get("StudyInstanceUID", "")), series=str(ds.get("SeriesInstanceUID", "")),
         instance=str(ds.get("SOPInstanceUID", "")) or member.name,
-        modality=str(ds.get("Modality", "")).strip().upper() or None, rows=int(ds.Rows), columns=int(ds.Columns),
+        modality=str(ds.get("Modality", "")).strip().upper() or None, rows=rows, columns=columns,
         frames=int(_number(ds.get("NumberOfFrames")) or 1), orientation=_floats(ds.get("ImageOrientationPatient")
                                                                                  or [], 6),
         position=_floats(ds.get("ImagePositionPatient") or [], 3),
@@ -323,12 +394,14 @@ def _is_axial(orientation: np.ndarray | None) -> bool:
     return bool(abs(normal[2]) >= 0.9)
 
 
-def _read_members(members: list[_Member], series: int | None, limits: VolumeLimits) -> Volume:
+def _read_members(members: list[_Member], series: int | None, limits: VolumeLimits, deadline: _Deadline
+                  ) -> Volume:
     if not members:
         raise VolumeReadError("The upload contains no files. " + SUPPORTED_VOLUMES)
     slices, ignored = [], 0
     for member in members:
-        header = _header(member)
+        deadline.check()
+        header = _header(member, limits)
         if header is None:
             ignored += 1
         else:
@@ -336,7 +409,7 @@ def _read_members(members: list[_Member], series: int | None, limits: VolumeLimi
     if not slices:
         niftis = [m for m in members if _is_nifti_name(m.name)]
         if len(niftis) == 1:
-            return _read_nifti(niftis[0].read(), limits)
+            return _read_nifti(niftis[0].read(), limits, deadline)
         raise VolumeReadError("No DICOM image was found in the upload. " + SUPPORTED_VOLUMES)
     groups: dict[tuple[str, str], dict[str, _Slice]] = defaultdict(dict)
     for item in slices:
@@ -354,7 +427,7 @@ def _read_members(members: list[_Member], series: int | None, limits: VolumeLimi
         notes.append(f"{ignored} file(s) that are not DICOM images were ignored")
     if len(ordered) > 1:
         notes.append(f"{len(ordered)} series found; {infos[chosen].label} read")
-    return _read_series(list(ordered[chosen].values()), infos, chosen, notes, limits)
+    return _read_series(list(ordered[chosen].values()), infos, chosen, notes, limits, deadline)
 
 
 def _series_rank(group: list[_Slice]) -> tuple[bool, int]:
@@ -369,7 +442,7 @@ def _series_info(index: int, group: list[_Slice]) -> SeriesInfo:
 
 
 def _read_series(group: list[_Slice], infos: tuple[SeriesInfo, ...], chosen: int, notes: list[str],
-                 limits: VolumeLimits) -> Volume:
+                 limits: VolumeLimits, deadline: _Deadline) -> Volume:
     first = group[0]
     if first.modality != "CT":
         raise VolumeReadError(f"This series is {first.modality or 'of unknown modality'}, not CT: only chest CT "
@@ -401,6 +474,7 @@ def _read_series(group: list[_Slice], infos: tuple[SeriesInfo, ...], chosen: int
     hu = np.empty((len(ordered), first.rows, first.columns), dtype=np.int16)
     summary = dict(first.summary)
     for index, item in enumerate(ordered):
+        deadline.check()
         hu[index] = _decode_hu(item, summary)
     if flips[0]:
         hu = hu[:, ::-1, :]
@@ -475,8 +549,12 @@ def _slice_order(group: list[_Slice], notes: list[str], infos: tuple[SeriesInfo,
 
 def _decode_hu(item: _Slice, summary: dict[str, str]) -> np.ndarray:
     """One slice's HU as int16 (rounded; clipped to int16), decoded through pydicom's plugins."""
+    data = item.member.read()
     try:
-        ds = pydicom.dcmread(io.BytesIO(item.member.read()), force=True)
+        header = read_dicom_header(data, force=True)
+        if (header.dataset.get("Rows"), header.dataset.get("Columns")) != (item.rows, item.columns):
+            raise ValueError("the file changed since its header was read")
+        ds = read_dicom_dataset(data, header, force=True)
         if not hasattr(ds.file_meta, "TransferSyntaxUID"):
             ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
         syntax = ds.file_meta.TransferSyntaxUID
@@ -515,85 +593,114 @@ def _is_nifti(data: bytes, name: str) -> bool:
     return _is_nifti_name(name)
 
 
-def _nifti_bytes(data: bytes, limits: VolumeLimits) -> bytes:
-    """The uncompressed NIfTI file; a gzip is inflated in chunks and stopped at the voxel limit."""
-    if data[:2] != b"\x1f\x8b":
-        return data
-    cap = limits.max_voxels * 8 + 64 * 1024  # the largest voxel type, plus header and extensions
-    chunks, total = [], 0
+_SLAB_BYTES = 16 * 1024 * 1024  # NIfTI voxels are inflated and converted this much at a time
+
+
+def _nifti_stream(data: bytes) -> BinaryIO:
+    """The uncompressed NIfTI file as a stream: a gzip is inflated as it is read, never further."""
+    return gzip.GzipFile(fileobj=io.BytesIO(data)) if data[:2] == b"\x1f\x8b" else io.BytesIO(data)
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
     try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-            while chunk := stream.read(1 << 22):
-                total += len(chunk)
-                if total > cap:
-                    raise VolumeReadError("This compressed volume inflates beyond the size limit; it was not read.")
-                chunks.append(chunk)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        chunk = stream.read(size)
+    except (OSError, EOFError, zlib.error) as exc:
         raise VolumeReadError("This .nii.gz file is damaged or cut short (its compression is broken). "
                               "Export it again.") from exc
-    return b"".join(chunks)
+    if len(chunk) < size:
+        raise VolumeReadError("This NIfTI file is damaged or cut short. Export it again.")
+    return chunk
 
 
-def _nifti_image(data: bytes, limits: VolumeLimits):
+def _nifti_header(stream: BinaryIO, limits: VolumeLimits):
+    """The NIfTI-1 or NIfTI-2 header, checked (shape, voxel count, data type, inflated size) before any voxel."""
     import nibabel as nib
 
-    raw = _nifti_bytes(data, limits)
-    for klass in (nib.Nifti1Image, nib.Nifti2Image):
-        try:
-            header = klass.header_class.from_fileobj(io.BytesIO(raw), check=False)
-        except Exception:  # noqa: BLE001, S112 - try the other NIfTI version
-            continue
-        shape = tuple(int(v) for v in header.get_data_shape())
-        break
-    else:
-        raise VolumeReadError("This file is not a readable NIfTI volume (damaged header). " + SUPPORTED_VOLUMES)
+    head = _read_exactly(stream, 348)
+    sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")}
+    klass = nib.Nifti1Image if 348 in sizes else nib.Nifti2Image if 540 in sizes else None
+    if klass is nib.Nifti2Image:
+        head += _read_exactly(stream, 540 - 348)
+    try:
+        header = klass.header_class.from_fileobj(io.BytesIO(head), check=False) if klass else None
+        shape = tuple(int(v) for v in header.get_data_shape()) if header is not None else ()
+        dtype = header.get_data_dtype() if header is not None else None
+    except Exception as exc:  # noqa: BLE001 - any header nibabel cannot read is a damaged header for the user
+        raise VolumeReadError("This file is not a readable NIfTI volume (damaged header). " + SUPPORTED_VOLUMES) \
+            from exc
+    if header is None or header["magic"].item() not in (b"n+1", b"n+2"):
+        raise VolumeReadError("This file is not a readable NIfTI volume (damaged header, or a separate .hdr/.img "
+                              "pair). " + SUPPORTED_VOLUMES)
     spatial = shape[:3]
     if len(shape) < 3 or any(v < 1 for v in shape) or any(v != 1 for v in shape[3:]):
         raise VolumeReadError(f"This NIfTI image has shape {shape}; a single 3-D CT volume is needed.")
-    if int(np.prod(spatial)) > limits.max_voxels:
-        raise VolumeReadError(f"This NIfTI volume has {np.prod(spatial) / 1e6:.0f} million voxels; the limit is "
+    voxels = int(np.prod(spatial))
+    if voxels > limits.max_voxels:
+        raise VolumeReadError(f"This NIfTI volume has {voxels / 1e6:.0f} million voxels; the limit is "
                               f"{limits.max_voxels / 1e6:.0f} million.")
-    try:
-        image = klass.from_bytes(raw)
-    except Exception as exc:
-        raise VolumeReadError("This NIfTI file is damaged or cut short. Export it again.") from exc
-    return image
+    if dtype.kind not in "iuf" or dtype.fields is not None:
+        raise VolumeReadError("This NIfTI volume does not hold grey values (it is colour or complex).")
+    inflated = int(header.get_data_offset()) + voxels * dtype.itemsize
+    if inflated > limits.max_total_bytes:
+        raise VolumeReadError(f"This NIfTI volume would inflate to {inflated / 2**30:.1f} GB ({voxels / 1e6:.0f} "
+                              f"million voxels of {dtype.itemsize} bytes), more than the "
+                              f"{limits.max_total_bytes / 2**30:.0f} GB limit. Export it as 16-bit integers (HU).")
+    return header, len(head)
 
 
-def _nifti_canonical(data: bytes, limits: VolumeLimits) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Unscaled voxels reoriented to the canonical (head-to-feet, anterior-to-posterior, right-to-left) order."""
+def _nifti_canonical(data: bytes, limits: VolumeLimits, out_dtype: type, deadline: _Deadline
+                     ) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float]]:
+    """Scaled voxels as `out_dtype` (rounded, clipped, NaN as 0) in the canonical (head-to-feet, anterior-to-
+    posterior, right-to-left) order, their spacing, and the lowest and highest scaled values.
+
+    Voxels are inflated and converted slab by slab, each written through a view of the result that has the file's
+    axis order and directions: only the result, one slab and the compressed input are ever held.
+    """
     import nibabel as nib
 
-    image = _nifti_image(data, limits)
-    if len(image.shape) > 3:
-        image = image.slicer[..., 0] if len(image.shape) == 4 else nib.funcs.squeeze_image(image)
-    current = nib.orientations.io_orientation(image.affine)
+    stream = _nifti_stream(data)
+    header, position = _nifti_header(stream, limits)
+    shape, dtype = tuple(int(v) for v in header.get_data_shape()[:3]), header.get_data_dtype()
+    current = nib.orientations.io_orientation(header.get_best_affine())
     target = nib.orientations.axcodes2ornt(NIFTI_AXES)
-    image = image.as_reoriented(nib.orientations.ornt_transform(current, target))
-    zooms = tuple(float(v) for v in image.header.get_zooms()[:3])
+    transform = nib.orientations.ornt_transform(current, target)
+    canonical, zooms = [0, 0, 0], [0.0, 0.0, 0.0]
+    for axis in range(3):
+        canonical[int(transform[axis, 0])] = shape[axis]
+        zooms[int(transform[axis, 0])] = float(header.get_zooms()[axis])
     if not all(np.isfinite(zooms)) or min(zooms) <= 0:
         raise VolumeReadError("This NIfTI volume gives no valid voxel size, so it cannot be measured.")
-    array = np.asanyarray(image.dataobj.get_unscaled() if hasattr(image.dataobj, "get_unscaled") else image.dataobj)
-    slope = getattr(image.dataobj, "slope", 1.0)
-    inter = getattr(image.dataobj, "inter", 0.0)
-    if (slope, inter) != (1.0, 0.0) and np.isfinite([slope, inter]).all():
-        array = array.astype(np.float32) * np.float32(slope) + np.float32(inter)
-    return np.transpose(array, (2, 1, 0)), (zooms[2], zooms[1], zooms[0])
-
-
-def _read_nifti(data: bytes, limits: VolumeLimits) -> Volume:
-    array, spacing = _nifti_canonical(data, limits)
-    if array.shape[0] < limits.min_slices:
-        raise VolumeReadError(f"This NIfTI volume has {array.shape[0]} slice(s); a CT volume needs at least "
-                              f"{limits.min_slices}.")
-    if array.dtype.kind not in "iuf":
-        raise VolumeReadError("This NIfTI volume does not hold grey values (it is colour or complex).")
-    hu = np.empty(array.shape, dtype=np.int16)
+    result = np.empty(canonical[::-1], dtype=out_dtype)  # (z, y, x)
+    as_stored = nib.orientations.apply_orientation(result.transpose(2, 1, 0),
+                                                   nib.orientations.ornt_transform(target, current))
+    slope, inter = header.get_slope_inter()
+    scaled = slope is not None and (slope, inter) != (1.0, 0.0) and np.isfinite([slope, inter]).all()
+    limits_of_type = np.iinfo(out_dtype)
+    offset = int(header.get_data_offset())
+    while position < offset:
+        deadline.check()
+        position += len(_read_exactly(stream, min(offset - position, _SLAB_BYTES)))
+    plane = shape[0] * shape[1] * dtype.itemsize
+    step = max(1, _SLAB_BYTES // plane)
     low, high = np.inf, -np.inf
-    for start in range(0, array.shape[0], 32):  # slabs: never a float64 copy of the whole volume
-        slab = np.nan_to_num(np.asarray(array[start:start + 32], dtype=np.float32))
-        hu[start:start + 32] = np.clip(np.rint(slab), -32768, 32767)
+    for start in range(0, shape[2], step):
+        deadline.check()
+        count = min(step, shape[2] - start)
+        slab = np.frombuffer(_read_exactly(stream, plane * count), dtype=dtype).reshape(
+            (shape[0], shape[1], count), order="F").astype(np.float32)
+        if scaled:
+            slab = slab * np.float32(slope) + np.float32(inter)
+        slab = np.nan_to_num(slab, nan=0.0, posinf=limits_of_type.max, neginf=limits_of_type.min)
         low, high = min(low, float(slab.min())), max(high, float(slab.max()))
+        as_stored[:, :, start:start + count] = np.clip(np.rint(slab), limits_of_type.min, limits_of_type.max)
+    return result, (zooms[2], zooms[1], zooms[0]), (low, high)
+
+
+def _read_nifti(data: bytes, limits: VolumeLimits, deadline: _Deadline) -> Volume:
+    hu, spacing, (low, high) = _nifti_canonical(data, limits, np.int16, deadline)
+    if hu.shape[0] < limits.min_slices:
+        raise VolumeReadError(f"This NIfTI volume has {hu.shape[0]} slice(s); a CT volume needs at least "
+                              f"{limits.min_slices}.")
     if low > -500 or high < -200:
         raise VolumeReadError(f"This NIfTI volume does not look like a CT in Hounsfield units (values {low:g} to "
                               f"{high:g}; air is about -1000 HU). It may be a mask, an MRI or a rescaled image.")
@@ -602,4 +709,3 @@ def _read_nifti(data: bytes, limits: VolumeLimits) -> Volume:
                               notes=("read as NIfTI: no modality tag; taken as CT because its values span air",),
                               summary={"Modality": "CT (assumed)"})
     return Volume(hu=hu, metadata=metadata)
-

@@ -23,6 +23,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 from streamlit import config
+from streamlit.errors import FragmentHandledException
 from streamlit.logger import get_logger
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
@@ -54,10 +55,19 @@ _log = get_logger(__name__)  # Streamlit's handler and level: the warm-up's line
 
 @contextmanager
 def app_navigation() -> Iterator[None]:
-    """Marks the pages run inside it as entered through the app's navigation (used by streamlit_app.py)."""
+    """Marks the pages run inside it as entered through the app's navigation (used by streamlit_app.py), and is
+    the one place where an error no page expected becomes a message: the visitor never sees a traceback (it goes to
+    the server's log), and the session goes on. Streamlit's own stop and rerun signals are not errors and pass."""
     _run.navigated = True
     try:
         yield
+    except FragmentHandledException:
+        raise  # already shown by Streamlit's fragment machinery
+    except Exception as error:  # noqa: BLE001 - the last line of defence: anything a page did not catch
+        _log.exception("a page failed while rendering")
+        st.error(f"This page could not be shown completely: an unexpected error occurred ({type(error).__name__}). "
+                 "It has been logged for the maintainers. Try again, or upload another file; if it happens again, "
+                 "report what you uploaded.", icon=":material/error:")
     finally:
         _run.navigated = False
 
