@@ -2,9 +2,11 @@
 every fault a reader can meet (server down, slow, credentials refused, study deleted, mixed-size series)."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import socket
+import sys
 import threading
 from datetime import date
 from pathlib import Path
@@ -30,6 +32,7 @@ from covid_models.pacs.structured_report import (
 from covid_models.volumes import VolumeLimits, VolumeReadError, read_volume
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+sys.path.insert(0, str(WEIGHTS.parent / "scripts"))
 COPDGENE = "ct-volumes/copdgene-10002k-64/dicom"
 
 
@@ -225,3 +228,46 @@ def test_a_series_with_mixed_image_sizes_gives_the_volume_readers_message(orthan
     with pytest.raises(VolumeReadError) as raised:
         read_volume(screening.fetch_scan(pacs, item))
     assert "different sizes" in str(raised.value)
+
+
+# ------------------------------------------------------------------------------------------------ the batch
+def test_pacs_screen_writes_the_csv_and_the_reports_and_a_second_run_adds_nothing(orthanc, pacs, studies, tmp_path,
+                                                                                  monkeypatch):
+    import pacs_screen
+
+    monkeypatch.setenv("COVID_DICOMWEB_URL", orthanc.dicomweb_url)
+    out = tmp_path / "screen.csv"
+    argv = [str(WEIGHTS / "xray-efficientnet-lite0"), "--from", "2024-01-01", "--to", "2024-03-01", "--store",
+            "--out", str(out)]
+    assert pacs_screen.main(argv) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert {row["file"].split("/")[0] for row in rows} == {studies["dx1"], studies["dx2"], studies["cr1"]}
+    assert all(row["status"] == "ok" and row["positive_probability"] for row in rows)
+    reports = {uid: len(pacs.client.search_for_instances(uid, search_filters={"Modality": "SR"}))
+               for uid in (studies["dx1"], studies["dx2"], studies["cr1"])}
+    assert all(count >= 1 for count in reports.values())
+    assert pacs_screen.main(argv) == 0
+    assert len(list(csv.DictReader(out.open()))) == len(rows)
+    assert reports == {s: len(pacs.client.search_for_instances(s, search_filters={"Modality": "SR"}))
+                       for s in reports}
+
+
+def test_pacs_screen_names_a_failing_study_and_goes_on(orthanc, pacs, studies, tmp_path, monkeypatch):
+    import pacs_screen
+
+    monkeypatch.setenv("COVID_DICOMWEB_URL", orthanc.dicomweb_url)
+    real_fetch = screening.fetch_image
+    broken = studies["dx1"]
+
+    def fetch(pacs_, item):
+        if item.ref.study_uid == broken:
+            raise StudyGoneError("This study is no longer in the PACS (deleted or moved since it was listed).")
+        return real_fetch(pacs_, item)
+
+    monkeypatch.setattr(screening, "fetch_image", fetch)
+    out = tmp_path / "screen.csv"
+    assert pacs_screen.main([str(WEIGHTS / "xray-efficientnet-lite0"), "--from", "2024-01-01", "--to", "2024-03-01",
+                             "--out", str(out)]) == 0
+    rows = {row["file"].split("/")[0]: row for row in csv.DictReader(out.open())}
+    assert rows[broken]["status"] == "error" and "no longer in the PACS" in rows[broken]["error"]
+    assert rows[studies["dx2"]]["status"] == "ok" and rows[studies["cr1"]]["status"] == "ok"
