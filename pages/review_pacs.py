@@ -39,7 +39,7 @@ from pages.shared import LruCache, load_classifier, model_cards, show_error
 
 MAX_STUDIES = 20  # studies per session: each is fetched and analysed when the session starts
 PACS_CACHE_BYTES = 128 * 1024 * 1024  # fetched images of all reviewers together (least recently used dropped)
-RESULTS_KEY, PAGE_KEY, QUERY_KEY = "review-pacs-results", "review-pacs-offset", "review-pacs-query"
+RESULTS_KEY, PAGES_KEY, QUERY_KEY = "review-pacs-results", "review-pacs-offsets", "review-pacs-query"
 
 
 @dataclass(frozen=True)
@@ -170,13 +170,14 @@ def _study_label(study) -> str:
                                         study.description) if part) or "study"
 
 
-def _search(pacs: Pacs, query: StudyQuery, offset: int) -> None:
+def _search(pacs: Pacs, query: StudyQuery, offsets: list[int]) -> None:
+    """Show the page that begins at the last of `offsets` (the pages seen so far, for "Previous")."""
     try:
-        page = pacs.search_studies(query, offset=offset)
+        page = pacs.search_studies(query, offset=offsets[-1])
     except PacsError as error:
         show_error(str(error))
         return
-    st.session_state[RESULTS_KEY], st.session_state[PAGE_KEY], st.session_state[QUERY_KEY] = page, offset, query
+    st.session_state[RESULTS_KEY], st.session_state[PAGES_KEY], st.session_state[QUERY_KEY] = page, offsets, query
 
 
 def _items_of(pacs: Pacs, reviewer: Reviewer, study_uid: str, modality: str, directory: str, card, hooks: PageHooks,
@@ -269,12 +270,12 @@ def pacs_session_form(store: ReviewStore, reviewer: Reviewer, hooks: PageHooks) 
                        modalities=tuple(chosen_modalities) or _modalities(modality), accession=accession,
                        patient_id=patient_id)
     if st.button("Search the PACS", key="review-pacs-search", icon=":material/search:"):
-        _search(pacs, query, 0)
+        _search(pacs, query, [0])
     page = st.session_state.get(RESULTS_KEY)
     if page is None:
         return
-    offset = st.session_state.get(PAGE_KEY, 0)
-    shown = f"Studies {offset + 1}-{offset + len(page.studies)}" + (" (more follow)" if page.more else "") \
+    offsets = st.session_state.get(PAGES_KEY, [0])
+    shown = f"Page {len(offsets)}: {len(page.studies)} studies" + (" (more follow)" if page.more else "") + "." \
         if page.studies else "No study matches."
     st.caption(f"{shown} Pick up to {MAX_STUDIES} studies for one session.")
     by_uid = {study.uid: study for study in page.studies}
@@ -283,14 +284,14 @@ def pacs_session_form(store: ReviewStore, reviewer: Reviewer, hooks: PageHooks) 
                                     "patient ID": s.patient_id, "description": s.description,
                                     "images": s.n_instances} for s in page.studies]), hide_index=True,
                      width="stretch")
-    chosen = st.multiselect("Studies for the session", list(by_uid), key=f"review-pacs-chosen-{offset}",
+    chosen = st.multiselect("Studies for the session", list(by_uid), key=f"review-pacs-chosen-{len(offsets) - 1}",
                             max_selections=MAX_STUDIES, format_func=lambda uid: _study_label(by_uid[uid]))
     columns = st.columns(3)
-    if columns[0].button("Previous page", key="review-pacs-previous", disabled=offset == 0):
-        _search(pacs, st.session_state[QUERY_KEY], max(0, offset - len(page.studies)))
+    if columns[0].button("Previous page", key="review-pacs-previous", disabled=len(offsets) == 1):
+        _search(pacs, st.session_state[QUERY_KEY], offsets[:-1])
         st.rerun()
     if columns[1].button("Next page", key="review-pacs-next", disabled=not page.more):
-        _search(pacs, st.session_state[QUERY_KEY], offset + len(page.studies))
+        _search(pacs, st.session_state[QUERY_KEY], [*offsets, page.next_offset])
         st.rerun()
     blinded = st.checkbox("Blinded reading", key="review-pacs-blinded")
     if st.button("Start session from the PACS", type="primary", key="review-pacs-start",

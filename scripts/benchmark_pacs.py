@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
 from covid_models.io import read_image
@@ -54,7 +54,7 @@ def dx(pixels: np.ndarray, study_date: str = "20240105") -> Dataset:
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    return ds
+    return FileDataset(None, ds, file_meta=meta, preamble=b"\0" * 128)  # a Part 10 file, as STOW-RS sends
 
 
 def timed(action: Callable[[], object], repeats: int) -> tuple[float, float, float]:
@@ -71,9 +71,9 @@ def list_all(pacs: Pacs, query: StudyQuery) -> int:
     while True:
         page = pacs.search_studies(query, offset=offset)
         found += len(page.studies)
-        if not page.more:
+        if page.next_offset is None:
             return found
-        offset += len(page.studies)
+        offset = page.next_offset
 
 
 def run(url: str, n_studies: int, repeats: int) -> None:

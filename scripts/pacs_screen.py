@@ -66,9 +66,9 @@ def query_studies(pacs: Pacs, query: StudyQuery, limit: int) -> list[str]:
     while len(uids) < limit:
         page = pacs.search_studies(query, offset=offset)
         uids += [study.uid for study in page.studies]
-        if not page.more:
+        if page.next_offset is None:
             break
-        offset += len(page.studies)
+        offset = page.next_offset
     return uids[:limit]
 
 

@@ -84,7 +84,7 @@ def test_a_query_lists_the_uploaded_studies_by_modality_date_accession_and_patie
 
 def test_results_come_in_pages_that_say_whether_more_follow(pacs, studies):
     first = pacs.search_studies(StudyQuery(modalities=("CR", "DX")), limit=2)
-    second = pacs.search_studies(StudyQuery(modalities=("CR", "DX")), offset=2, limit=2)
+    second = pacs.search_studies(StudyQuery(modalities=("CR", "DX")), offset=first.next_offset, limit=2)
     assert len(first.studies) == 2 and first.more and len(second.studies) == 1 and not second.more
     assert {s.uid for s in first.studies + second.studies} == {studies["dx1"], studies["dx2"], studies["cr1"]}
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
+from pydicom.errors import InvalidDicomError
 
 from covid_models import io as image_io
 from covid_models.volumes import VolumeLimits
@@ -32,6 +33,7 @@ XRAY_MODALITIES = ("CR", "DX")
 CT_MODALITIES = ("CT",)
 MODALITIES = XRAY_MODALITIES + CT_MODALITIES
 PAGE_SIZE = 50
+SEARCH_BATCH = 100  # studies asked of the server at once while a page is filled
 DEFAULT_LIMITS = VolumeLimits()
 DEFAULT_TIMEOUT = 30.0
 RETRIES = 2  # attempts per request on 429/503/504; each waits the library's exponential back-off
@@ -107,18 +109,22 @@ class StudyQuery:
     patient_id: str = ""
 
     def filters(self) -> dict[str, str]:
+        """The QIDO-RS filters but the modality: ModalitiesInStudy is derived from the series by many servers and
+        filtered after their limit and offset (Orthanc 1.10 returns short or empty pages with it), so `matches`
+        applies it to the studies returned."""
         filters: dict[str, str] = {}
         if self.date_from or self.date_to:
             low = self.date_from.strftime("%Y%m%d") if self.date_from else ""
             high = self.date_to.strftime("%Y%m%d") if self.date_to else ""
             filters["StudyDate"] = low if low == high else f"{low}-{high}"
-        if self.modalities:
-            filters["ModalitiesInStudy"] = ",".join(self.modalities)
         if self.accession.strip():
             filters["AccessionNumber"] = self.accession.strip()
         if self.patient_id.strip():
             filters["PatientID"] = self.patient_id.strip()
         return filters
+
+    def matches(self, modalities: Sequence[str]) -> bool:
+        return not self.modalities or bool(set(modalities) & set(self.modalities))
 
 
 @dataclass(frozen=True)
@@ -138,8 +144,12 @@ class Study:
 @dataclass(frozen=True)
 class StudyPage:
     studies: list[Study]
-    offset: int
-    more: bool  # another page follows
+    offset: int  # where this page began among the server's studies matching all but the modality
+    next_offset: int | None  # where the next page begins; None: this is the last
+
+    @property
+    def more(self) -> bool:
+        return self.next_offset is not None
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,14 @@ def _int_or_none(entry: dict[str, Any], keyword: str) -> int | None:
         return None if value is None else int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _study(entry: dict[str, Any]) -> Study:
+    return Study(uid=str(_value(entry, "StudyInstanceUID")), date=str(_value(entry, "StudyDate")),
+                 modalities=_values(entry, "ModalitiesInStudy"), accession=str(_value(entry, "AccessionNumber")),
+                 patient_id=str(_value(entry, "PatientID")), description=str(_value(entry, "StudyDescription")),
+                 n_series=_int_or_none(entry, "NumberOfStudyRelatedSeries"),
+                 n_instances=_int_or_none(entry, "NumberOfStudyRelatedInstances"))
 
 
 def _values(entry: dict[str, Any], keyword: str) -> tuple[str, ...]:
@@ -232,22 +250,34 @@ class Pacs:
         except requests.exceptions.RequestException as exc:
             raise PacsError(f"The request to the PACS at {host} failed while {action} ({type(exc).__name__}).") \
                 from exc
+        except (InvalidDicomError, ValueError, EOFError) as exc:  # the answer did not parse as DICOM(web)
+            raise PacsError(f"The PACS at {host} sent an answer that is not valid DICOM while {action}; nothing was "
+                            "read from it.") from exc
 
     # -- QIDO-RS
     def search_studies(self, query: StudyQuery, offset: int = 0, limit: int = PAGE_SIZE) -> StudyPage:
-        """One page of the studies matching `query`, newest first as the PACS orders them; asks one more to know
-        whether another page follows."""
+        """Up to `limit` studies matching `query`, in the PACS's order, from `offset` (a page's `next_offset`).
+
+        The server is asked in batches of `SEARCH_BATCH` with every filter but the modality, which is applied here
+        (see `StudyQuery.filters`), until one study more than the page holds is found or the server has no more."""
         fields = ["StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
                   "NumberOfStudyRelatedInstances"]
-        with self._errors("searching for studies"):
-            found = self.client.search_for_studies(offset=offset or None, limit=limit + 1, fields=fields,
-                                                   search_filters=query.filters())
-        studies = [Study(uid=str(_value(e, "StudyInstanceUID")), date=str(_value(e, "StudyDate")),
-                         modalities=_values(e, "ModalitiesInStudy"), accession=str(_value(e, "AccessionNumber")),
-                         patient_id=str(_value(e, "PatientID")), description=str(_value(e, "StudyDescription")),
-                         n_series=_int_or_none(e, "NumberOfStudyRelatedSeries"),
-                         n_instances=_int_or_none(e, "NumberOfStudyRelatedInstances")) for e in found[:limit]]
-        return StudyPage(studies=studies, offset=offset, more=len(found) > limit)
+        found: list[tuple[int, Study]] = []
+        position = offset
+        while len(found) <= limit:
+            with self._errors("searching for studies"):
+                batch = self.client.search_for_studies(offset=position or None, limit=SEARCH_BATCH, fields=fields,
+                                                       search_filters=query.filters())
+            for index, entry in enumerate(batch):
+                study = _study(entry)
+                if query.matches(study.modalities):
+                    found.append((position + index, study))
+            position += len(batch)
+            if len(batch) < SEARCH_BATCH:
+                break
+        more = len(found) > limit
+        return StudyPage(studies=[study for _, study in found[:limit]], offset=offset,
+                         next_offset=found[limit][0] if more else None)
 
     def series(self, study_uid: str) -> list[SeriesEntry]:
         """The series of a study, in series-number order."""
