@@ -7,6 +7,8 @@ by STOW-RS in batches, then times:
 
 * listing them all: the page's paged query (`Pacs.search_studies`, 50 a page, as the Review page and
   pacs_screen.py page through results) and one unpaged request;
+* starting a session from one X-ray study (per item: the study's items, the fetch, the chest-image check and the
+  prediction with the shipped X-ray model);
 * opening the first image of a session: what the Review page does for an image item not yet in its cache
   (`Pacs.fetch_instance`: the series metadata, the size check, the WADO-RS retrieval) and reading it
   (`io.read_image`), for a 2,500 x 2,048 16-bit DX image (10 MB, a typical digital radiograph) and for a real
@@ -31,10 +33,13 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
+from covid_models.inference import Classifier
 from covid_models.io import read_image
+from covid_models.pacs import screening
 from covid_models.pacs.client import InstanceRef, Pacs, PacsSettings, StudyQuery
 from covid_models.pacs.scratch_orthanc import OrthancServer, missing_orthanc
 
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 DATA_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xray" / "images" / "xr-ieee-0001.jpg"
 
 
@@ -76,6 +81,14 @@ def list_all(pacs: Pacs, query: StudyQuery) -> int:
         offset = page.next_offset
 
 
+def session_item(url: str, study_uid: str, classifier: Classifier) -> None:
+    """What starting a Review session from one X-ray study costs per item (pages/review_pacs.py: the study's items,
+    the image fetched, the chest-image check and the prediction; the heatmap comes when the item is shown)."""
+    pacs = Pacs(PacsSettings(url, timeout=120))
+    for item in screening.study_items(pacs, study_uid, "xray"):
+        screening.read_xray(screening.fetch_image(pacs, item), classifier)
+
+
 def run(url: str, n_studies: int, repeats: int) -> None:
     pacs = Pacs(PacsSettings(url, timeout=120))
     rng = np.random.default_rng(0)
@@ -88,6 +101,8 @@ def run(url: str, n_studies: int, repeats: int) -> None:
     assert list_all(pacs, query) == n_studies
     rows = [("list all studies, 50 a page", timed(lambda: list_all(pacs, query), repeats)),
             ("list all studies, one request", timed(lambda: pacs.search_studies(query, limit=n_studies), repeats))]
+    model = WEIGHTS / "xray-efficientnet-lite0"
+    classifier = Classifier.load(model) if model.is_dir() else None
     films = {"DX 2500 x 2048, 16-bit (10 MB)": rng.integers(0, 4095, (2500, 2048), dtype=np.uint16)}
     if DATA_IMAGE.is_file():
         films["real radiograph, 512 px 8-bit"] = np.asarray(Image.open(DATA_IMAGE).convert("L"))
@@ -99,9 +114,12 @@ def run(url: str, n_studies: int, repeats: int) -> None:
         rows.append((f"open first image: fetch, {name}", timed(fresh, repeats)))
         rows.append((f"open first image: fetch + read, {name}",
                      timed(lambda fresh=fresh: read_image(fresh()), repeats)))
-    print(f"\n{'what':58s} {'median s':>9s} {'min s':>7s} {'max s':>7s}")
+        if classifier is not None:
+            rows.append((f"session item: list, fetch, check, predict, {name}",
+                         timed(lambda ds=ds: session_item(url, ds.StudyInstanceUID, classifier), repeats)))
+    print(f"\n{'what':76s} {'median s':>9s} {'min s':>7s} {'max s':>7s}")
     for what, (median, low, high) in rows:
-        print(f"{what:58s} {median:9.3f} {low:7.3f} {high:7.3f}")
+        print(f"{what:76s} {median:9.3f} {low:7.3f} {high:7.3f}")
 
 
 def main() -> int:
