@@ -275,8 +275,9 @@ def pacs_session_form(store: ReviewStore, reviewer: Reviewer, hooks: PageHooks) 
     if page is None:
         return
     offsets = st.session_state.get(PAGES_KEY, [0])
-    shown = f"Page {len(offsets)}: {len(page.studies)} studies" + (" (more follow)" if page.more else "") + "." \
-        if page.studies else "No study matches."
+    count = f"{len(page.studies)} {'study' if len(page.studies) == 1 else 'studies'}"
+    shown = f"Page {len(offsets)}: {count}" + (" (more follow)" if page.more else "") + "." if page.studies \
+        else "No study matches."
     st.caption(f"{shown} Pick up to {MAX_STUDIES} studies for one session.")
     by_uid = {study.uid: study for study in page.studies}
     if page.studies:
