@@ -20,6 +20,7 @@ from datetime import date
 import pandas as pd
 import streamlit as st
 
+from covid_models.checkpoint import CheckpointError
 from covid_models.io import ImageReadError, content_hash, files_hash
 from covid_models.pacs import screening
 from covid_models.pacs.client import (
@@ -31,8 +32,7 @@ from covid_models.pacs.client import (
     PacsSettings,
     StudyQuery,
 )
-from covid_models.pacs.structured_report import Reading, reading_report, store_report, verdict_report
-from covid_models.reviews import ItemView, NewItem, Reviewer, ReviewStore, SessionInfo
+from covid_models.reviews import ItemView, NewItem, Reviewer, ReviewError, ReviewStore, SessionInfo
 from covid_models.scan_analysis import ScanAnalysis
 from covid_models.volumes import VolumeReadError
 from pages.shared import LruCache, load_classifier, model_cards, show_error
@@ -135,6 +135,8 @@ def send_verdict(store: ReviewStore, reviewer: Reviewer, item: ItemView, hooks: 
         return
     if not item.pacs_ref or settings is None or not settings.store_results:
         return
+    from covid_models.pacs.structured_report import store_report, verdict_report  # highdicom: only when storing
+
     saved = store.item(item.session_id, item.position)
     info = store.session_info(item.session_id)
     if saved.verdict is None:
@@ -149,7 +151,7 @@ def send_verdict(store: ReviewStore, reviewer: Reviewer, item: ItemView, hooks: 
         data = pacs_images().get((reviewer.key, saved.image_hash)) if ref.sop_uid else None
         data = data or pacs.fetch_instance(first)
         classifier = load_classifier(cards[info.model_name][0])
-        reading = Reading(item=ref, kind=saved.kind, model_name=classifier.name,
+        reading = screening.Reading(item=ref, kind=saved.kind, model_name=classifier.name,
                                     weights_sha256=screening.weights_sha256(classifier),
                                     probability=None if saved.held_back else saved.covid_probability,
                                     threshold=saved.operating_threshold, operating_point="as stored with the session")
@@ -183,6 +185,8 @@ def _search(pacs: Pacs, query: StudyQuery, offsets: list[int]) -> None:
 def _items_of(pacs: Pacs, reviewer: Reviewer, study_uid: str, modality: str, directory: str, card, hooks: PageHooks,
               store_results: bool) -> list[NewItem]:
     """A study's items, each fetched, checked and analysed; its readings stored back when enabled."""
+    from covid_models.pacs.structured_report import reading_report, store_report  # highdicom: only when storing
+
     classifier = load_classifier(directory)
     items = []
     for item in screening.study_items(pacs, study_uid, modality):
@@ -225,6 +229,10 @@ def _start(store: ReviewStore, reviewer: Reviewer, pacs: Pacs, chosen: list[str]
         except (PacsError, ImageReadError) as error:
             problems.append(f"study {number}: {error}")
             continue
+        except CheckpointError as error:
+            bar.empty()
+            show_error(f"The model could not be loaded: {error}")
+            return
         if not found:
             problems.append(f"study {number}: no {'CT series' if modality == 'ct' else 'CR or DX image'} in it")
         items += found
@@ -234,7 +242,11 @@ def _start(store: ReviewStore, reviewer: Reviewer, pacs: Pacs, chosen: list[str]
     if not items:
         show_error("Nothing could be read from the chosen studies: " + "; ".join(problems))
         return
-    session_id = store.start_session(reviewer, card.name, modality, items, blinded=blinded)
+    try:
+        session_id = store.start_session(reviewer, card.name, modality, items, blinded=blinded)
+    except ReviewError as error:  # the database's own failures are shown by the page
+        show_error(str(error))
+        return
     hooks.open_session(store.session_info(session_id), 0)
     st.rerun()
 

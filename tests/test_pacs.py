@@ -38,11 +38,12 @@ COPDGENE = "ct-volumes/copdgene-10002k-64/dicom"
 
 @pytest.fixture(scope="module")
 def studies(orthanc: OrthancServer, real_data: Path) -> dict[str, str]:
-    """Three X-ray studies (two DX, one CR; real radiographs at 256 rows) and one small real CT series."""
+    """Three X-ray studies of 2019 (two DX, one CR; real radiographs at 256 rows; other test files upload into the
+    same server, never with 2019 dates) and one small real CT series."""
     images = sorted((real_data / "xray" / "images").glob("*.jpg"))[:3]
     uids = {}
-    for index, (name, modality, day) in enumerate([("dx1", "DX", "20240105"), ("dx2", "DX", "20240106"),
-                                                   ("cr1", "CR", "20240220")]):
+    for index, (name, modality, day) in enumerate([("dx1", "DX", "20190105"), ("dx2", "DX", "20190106"),
+                                                   ("cr1", "CR", "20190220")]):
         data = xray_dicom(images[index], accession=f"ACC-{name}", patient_id=f"PAT-{name}", study_date=day,
                           modality=modality, rows=256)
         uids[name] = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID
@@ -77,14 +78,15 @@ def test_a_query_lists_the_uploaded_studies_by_modality_date_accession_and_patie
     assert {studies["dx1"], studies["dx2"], studies["cr1"], studies["ct"]} <= listed(pacs, StudyQuery())
     assert listed(pacs, StudyQuery(modalities=("CT",))) == {studies["ct"]}
     assert listed(pacs, StudyQuery(modalities=("CR",))) == {studies["cr1"]}
-    assert listed(pacs, StudyQuery(date_from=date(2024, 1, 6), date_to=date(2024, 2, 1))) == {studies["dx2"]}
+    assert listed(pacs, StudyQuery(date_from=date(2019, 1, 6), date_to=date(2019, 2, 1))) == {studies["dx2"]}
     assert listed(pacs, StudyQuery(accession="ACC-dx1")) == {studies["dx1"]}
     assert listed(pacs, StudyQuery(patient_id="PAT-cr1")) == {studies["cr1"]}
 
 
 def test_results_come_in_pages_that_say_whether_more_follow(pacs, studies):
-    first = pacs.search_studies(StudyQuery(modalities=("CR", "DX")), limit=2)
-    second = pacs.search_studies(StudyQuery(modalities=("CR", "DX")), offset=first.next_offset, limit=2)
+    query = StudyQuery(modalities=("CR", "DX"), date_from=date(2019, 1, 1), date_to=date(2019, 12, 31))
+    first = pacs.search_studies(query, limit=2)
+    second = pacs.search_studies(query, offset=first.next_offset, limit=2)
     assert len(first.studies) == 2 and first.more and len(second.studies) == 1 and not second.more
     assert {s.uid for s in first.studies + second.studies} == {studies["dx1"], studies["dx2"], studies["cr1"]}
 
@@ -237,7 +239,7 @@ def test_pacs_screen_writes_the_csv_and_the_reports_and_a_second_run_adds_nothin
 
     monkeypatch.setenv("COVID_DICOMWEB_URL", orthanc.dicomweb_url)
     out = tmp_path / "screen.csv"
-    argv = [str(WEIGHTS / "xray-efficientnet-lite0"), "--from", "2024-01-01", "--to", "2024-03-01", "--store",
+    argv = [str(WEIGHTS / "xray-efficientnet-lite0"), "--from", "2019-01-01", "--to", "2019-03-01", "--store",
             "--out", str(out)]
     assert pacs_screen.main(argv) == 0
     rows = list(csv.DictReader(out.open()))
@@ -266,8 +268,21 @@ def test_pacs_screen_names_a_failing_study_and_goes_on(orthanc, pacs, studies, t
 
     monkeypatch.setattr(screening, "fetch_image", fetch)
     out = tmp_path / "screen.csv"
-    assert pacs_screen.main([str(WEIGHTS / "xray-efficientnet-lite0"), "--from", "2024-01-01", "--to", "2024-03-01",
+    assert pacs_screen.main([str(WEIGHTS / "xray-efficientnet-lite0"), "--from", "2019-01-01", "--to", "2019-03-01",
                              "--out", str(out)]) == 0
     rows = {row["file"].split("/")[0]: row for row in csv.DictReader(out.open())}
     assert rows[broken]["status"] == "error" and "no longer in the PACS" in rows[broken]["error"]
     assert rows[studies["dx2"]]["status"] == "ok" and rows[studies["cr1"]]["status"] == "ok"
+
+
+def test_pacs_screen_reads_a_ct_series_as_one_scan(orthanc, studies, tmp_path, monkeypatch):
+    import pacs_screen
+
+    monkeypatch.setenv("COVID_DICOMWEB_URL", orthanc.dicomweb_url)
+    out = tmp_path / "ct.csv"
+    assert pacs_screen.main([str(WEIGHTS / "ct-efficientnet-lite0"), "--modality", "CT", "--from", "2006-01-01",
+                             "--to", "2006-01-01", "--out", str(out)]) == 0
+    (row,) = list(csv.DictReader(out.open()))
+    study, series = row["file"].split("/")  # a scan: study and series, no instance
+    assert study == studies["ct"] and row["status"] == "ok" and row["threshold"]
+    assert row["out_of_distribution"] == "True" or row["positive_probability"]

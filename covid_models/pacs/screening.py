@@ -18,7 +18,6 @@ from covid_models.analysis import operating_point_text, predict
 from covid_models.image_checks import check_image
 from covid_models.io import ImageReadError, Scan, read_image
 from covid_models.pacs.client import CT_MODALITIES, DEFAULT_LIMITS, XRAY_MODALITIES, InstanceRef, Pacs
-from covid_models.pacs.structured_report import Reading
 from covid_models.volumes import Volume, VolumeLimits, read_volume
 
 if TYPE_CHECKING:
@@ -37,6 +36,29 @@ class PacsItem:
     ref: InstanceRef
     kind: str
     label: str
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the analysis of one image or scan says, as the CSV and a report carry it (probability None: held back)."""
+
+    item: InstanceRef  # the image (or, for a scan, the series) read
+    kind: str  # "image" or "scan"
+    model_name: str
+    weights_sha256: str
+    probability: float | None
+    threshold: float
+    operating_point: str  # the card's operating point in words
+    lesion_burden_percent: float | None = None
+    severity_score: int | None = None
+
+    @property
+    def held_back(self) -> bool:
+        return self.probability is None
+
+    @property
+    def positive(self) -> bool | None:
+        return None if self.probability is None else self.probability >= self.threshold
 
 
 def study_items(pacs: Pacs, study_uid: str, modality: str) -> list[PacsItem]:

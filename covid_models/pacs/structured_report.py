@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import highdicom as hd
 import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from covid_models.pacs.client import InstanceRef, Pacs
+from covid_models.pacs.client import Pacs
+from covid_models.pacs.screening import Reading
 
 NOTICE = "Research use only: not for diagnosis. An AI screening reading to be read by a radiologist."
 MANUFACTURER = "covid-screening (open source)"
@@ -41,29 +41,6 @@ UNITS = {"probability": hd.sr.CodedConcept("{probability}", "UCUM", "probability
 POSITIVE, NEGATIVE = hd.sr.CodedConcept("10828004", "SCT", "Positive"), hd.sr.CodedConcept("260385009", "SCT",
                                                                                             "Negative")
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
-
-
-@dataclass(frozen=True)
-class Reading:
-    """What the analysis of one image or scan says, as a report carries it (probability None: held back)."""
-
-    item: InstanceRef  # the image (or, for a scan, the series) read
-    kind: str  # "image" or "scan"
-    model_name: str
-    weights_sha256: str
-    probability: float | None
-    threshold: float
-    operating_point: str  # the card's operating point in words
-    lesion_burden_percent: float | None = None
-    severity_score: int | None = None
-
-    @property
-    def held_back(self) -> bool:
-        return self.probability is None
-
-    @property
-    def positive(self) -> bool | None:
-        return None if self.probability is None else self.probability >= self.threshold
 
 
 def result_uids(study_uid: str, weights_sha256: str, item: str, what: str = "reading") -> tuple[str, str]:
