@@ -12,7 +12,7 @@ With --store (or COVID_DICOMWEB_STORE=1) a DICOM SR of each reading goes back in
 Resumable: a study whose rows in an existing --out are all "ok" is skipped, and rows are appended as they are made,
 so a second run over the same query adds nothing. A study that fails (deleted, unreadable, PACS down) gets one
 "error" row with the reason and is tried again next run; the others go on. Studies are fetched by --workers threads
-(bounded concurrency); the models run one study at a time.
+(bounded concurrency: at most --workers studies are held ahead of the analysis); the models run one study at a time.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ import argparse
 import csv
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -156,13 +157,25 @@ def main(argv: list[str] | None = None) -> int:
                     row.update(status="error", error=f"read, but the report was not stored: {error}")
             yield row
 
+    def fetched_in_order() -> Iterator[tuple[str, list, PacsError | None]]:
+        """Studies fetched by `workers` threads, at most `workers` ahead of the analysis (memory stays bounded)."""
+        workers = max(1, args.workers)
+        with ThreadPoolExecutor(workers) as pool:
+            pending: deque[Future] = deque()
+            for study in todo:
+                pending.append(pool.submit(fetch, study))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
     counts = {"ok": 0, "error": 0}
     new_file = not args.out.is_file()
-    with open(args.out, "a", newline="") as handle, ThreadPoolExecutor(max(1, args.workers)) as pool:
+    with open(args.out, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         if new_file:
             writer.writeheader()
-        for study, fetched, error in tqdm(pool.map(fetch, todo), total=len(todo), desc="screening", unit="study"):
+        for study, fetched, error in tqdm(fetched_in_order(), total=len(todo), desc="screening", unit="study"):
             rows = [{**empty, "file": study, "status": "error", "error": str(error)}] if error else \
                 list(analysed(study, fetched)) or [{**empty, "file": study, "status": "error",
                                                     "error": f"no {modality} image in this study"}]
