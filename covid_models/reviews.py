@@ -91,6 +91,9 @@ SQLITE_BUSY_TIMEOUT_MS = 15_000
 DEFAULT_DB_PATH = Path("~/.local/share/covid-screening/reviews.sqlite3")
 HELD_BACK_LABEL = "held back (out of distribution)"  # the CSV's model reading of a held-back image
 ITEM_KINDS = ("image", "scan")  # one image (X-ray, CT slice), or a whole CT scan read by its scan-level rule
+MAX_PACS_REF_CHARS = 200  # "study/series[/instance]" UIDs (64 characters each at most)
+_UID = r"[0-9]+(?:\.[0-9]+)*"
+_PACS_REF = re.compile(rf"{_UID}/{_UID}(?:/{_UID})?")
 
 CSV_COLUMNS = (
     "session", "reviewer", "model", "position", "file", "image_sha256", "predicted_label",
@@ -181,6 +184,7 @@ class NewItem:
     operating_threshold: float
     held_back: bool = False  # the model's guard held its reading back: no probability is shown or exported
     kind: str = "image"  # one of ITEM_KINDS
+    pacs_ref: str | None = None  # the UIDs that fetch it from the PACS again ("study/series[/instance]"), if from one
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,7 @@ class ItemView:
     version: int = 0
     held_back: bool = False
     kind: str = "image"
+    pacs_ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -450,6 +455,7 @@ class _ItemRow(_Base):
     operating_threshold: Mapped[float] = mapped_column(Float)
     held_back: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     kind: Mapped[str] = mapped_column(String(8), default="image", server_default=text("'image'"))
+    pacs_ref: Mapped[str | None] = mapped_column(String(MAX_PACS_REF_CHARS), nullable=True)
     session: Mapped[_SessionRow] = relationship(back_populates="items")
     verdict: Mapped[_VerdictRow | None] = relationship(back_populates="item", cascade="all, delete-orphan")
 
@@ -523,7 +529,8 @@ def _migrate(connection: Connection) -> None:
                 "JOIN verdicts v ON v.item_id = i.id WHERE i.session_id = review_sessions.id)"))
     if "review_items" in existing:
         columns = {c["name"] for c in inspect(connection).get_columns("review_items")}
-        added = {"held_back": "BOOLEAN NOT NULL DEFAULT false", "kind": "VARCHAR(8) NOT NULL DEFAULT 'image'"}
+        added = {"held_back": "BOOLEAN NOT NULL DEFAULT false", "kind": "VARCHAR(8) NOT NULL DEFAULT 'image'",
+                 "pacs_ref": f"VARCHAR({MAX_PACS_REF_CHARS})"}
         for column, kind in added.items():
             if column not in columns:
                 connection.execute(text(f"ALTER TABLE review_items ADD COLUMN {column} {kind}"))
@@ -593,6 +600,9 @@ def _checked_item(item: NewItem, position: int) -> _ItemRow:
         raise ReviewError(f"{where}: file name must be text, got {type(item.display_name).__name__}")
     if item.kind not in ITEM_KINDS:
         raise ReviewError(f"{where}: kind must be one of {', '.join(ITEM_KINDS)}, got {item.kind!r}")
+    if item.pacs_ref is not None and not (isinstance(item.pacs_ref, str) and len(item.pacs_ref) <= MAX_PACS_REF_CHARS
+                                          and _PACS_REF.fullmatch(item.pacs_ref)):
+        raise ReviewError(f"{where}: a PACS reference is the study, series and instance UIDs joined by '/'")
     return _ItemRow(
         position=position,
         image_hash=image_hash,
@@ -602,6 +612,7 @@ def _checked_item(item: NewItem, position: int) -> _ItemRow:
         operating_threshold=_probability(item.operating_threshold, f"{where}: operating threshold"),
         held_back=bool(item.held_back),
         kind=item.kind,
+        pacs_ref=item.pacs_ref,
     )
 
 
@@ -1008,13 +1019,14 @@ class ReviewStore:
 
     @_database_errors("the session could not be read")
     def image_refs(self, session_id: int) -> list[tuple[int, str, str]]:
-        """(position, image hash, file name) of every image item (scans are read otherwise): to find or ask for the
-        images, without verdicts."""
+        """(position, image hash, file name) of every uploaded image item (scans and PACS images are fetched
+        otherwise): to find or ask for the images, without verdicts."""
         with self._transaction() as session:
             self._session_row(session, session_id)
             return [tuple(row) for row in session.execute(  # type: ignore[misc]
                 select(_ItemRow.position, _ItemRow.image_hash, _ItemRow.display_name)
-                .where(_ItemRow.session_id == session_id, _ItemRow.kind == "image").order_by(_ItemRow.position))]
+                .where(_ItemRow.session_id == session_id, _ItemRow.kind == "image", _ItemRow.pacs_ref.is_(None))
+                .order_by(_ItemRow.position))]
 
     @_database_errors("the verdict history could not be read")
     def history(self, session_id: int, position: int) -> list[VerdictEntry]:
@@ -1165,6 +1177,7 @@ def _item_view(item: _ItemRow, verdict: _VerdictRow | None) -> ItemView:
         version=verdict.version if verdict else 0,
         held_back=item.held_back,
         kind=item.kind,
+        pacs_ref=item.pacs_ref,
     )
 
 

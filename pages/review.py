@@ -66,6 +66,7 @@ from covid_models.reviews import (
 )
 from covid_models.scan_analysis import ScanAnalysis
 from covid_models.volumes import VolumeReadError
+from pages.review_pacs import PageHooks, pacs_image, pacs_scan, pacs_session_form, send_verdict
 from pages.scan_viewer import scan_viewer
 from pages.shared import (
     LruCache,
@@ -600,7 +601,10 @@ def _from_url(store: ReviewStore, reviewer: Reviewer) -> bool:
 
 
 def image_bytes(reviewer: Reviewer, info: SessionInfo, item: ItemView) -> bytes | None:
-    """The item's image: from the reviewer's upload cache, else the data folder (checked against the hash)."""
+    """The item's image: from the reviewer's upload cache, else the data folder (checked against the hash); a PACS
+    image from the PACS."""
+    if item.pacs_ref:
+        return pacs_image(reviewer, item)
     data = upload_cache().get(reviewer.key, item.image_hash)
     if data is not None:
         return data
@@ -714,6 +718,7 @@ def _record(store: ReviewStore, reviewer: Reviewer, item: ItemView, verdict: str
         st.session_state[MESSAGE_KEY] = ("error", plain(error))
         return
     st.session_state.pop(_draft_key(session_id, position), None)
+    send_verdict(store, reviewer, item, pacs_hooks())
     following = None if stay else store.next_unreviewed(session_id, after=position)
     if following is not None:
         _move(following)
@@ -851,7 +856,10 @@ def scan_pictures(item: ItemView, scan: ScanAnalysis | None, directory: str | No
 
 
 def rescan(reviewer: Reviewer, info: SessionInfo, item: ItemView, directory: str | None) -> ScanAnalysis | None:
-    """After a restart (or once evicted) a scan's analysis is gone: ask for the same scan, matched by content."""
+    """After a restart (or once evicted) a scan's analysis is gone: ask for the same scan, matched by content (a PACS
+    scan is fetched again)."""
+    if item.pacs_ref:
+        return pacs_scan(reviewer, info, item, directory, pacs_hooks())
     notice = st.empty()
     uploads = st.file_uploader("Upload this scan again", accept_multiple_files=True,
                                key=f"review-rescan-{info.id}-{item.position}") or []
@@ -981,7 +989,8 @@ def session_view(store: ReviewStore, reviewer: Reviewer, session_id: int) -> Non
             rescan(reviewer, info, item, directory)
     else:
         data = image_bytes(reviewer, info, item)
-    if (item.kind == "image" and data is None) or st.session_state.get(MISSING_KEY):  # only when images are missing
+    uploaded_missing = item.kind == "image" and data is None and not item.pacs_ref  # a PACS image said why already
+    if uploaded_missing or st.session_state.get(MISSING_KEY):  # only when images are missing
         reupload(store, reviewer, info)
         data = data or (image_bytes(reviewer, info, item) if item.kind == "image" else None)
     view = st.segmented_control("View", ["Review", "Summary and export"], default="Review", key="review-view",
@@ -990,6 +999,11 @@ def session_view(store: ReviewStore, reviewer: Reviewer, session_id: int) -> Non
         summary_view(store, info)
     else:
         item_view(store, reviewer, info, item, data, scan, card.classes if card else None, directory)
+
+
+def pacs_hooks() -> PageHooks:
+    """What the "From PACS" source (pages/review_pacs.py) uses of this page."""
+    return PageHooks(review_scan, review_label, scan_label, _open, MESSAGE_KEY)
 
 
 def _show_message() -> None:
@@ -1037,6 +1051,7 @@ def main() -> None:
             return
         session_list(store, reviewer)
         new_session_form(store, reviewer)
+        pacs_session_form(store, reviewer, pacs_hooks())
     except ReviewDatabaseError as error:
         show_error(f"The review database is unavailable: {plain(error)}. Nothing saved is lost, and a note you "
                    "typed stays in this tab until the database is back.")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest_plugins = ["browser_fixtures"]  # the Chromium fixture of the browser tests
+pytest_plugins = ["browser_fixtures", "pacs_fixtures"]  # the Chromium fixture of the browser tests; the Orthanc PACS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

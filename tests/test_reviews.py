@@ -316,7 +316,7 @@ def test_no_pixels_directories_or_identifiers_are_stored(store: ReviewStore, db_
                             "sign_in_failures"}
     assert set(columns["review_items"]) == {
         "id", "session_id", "position", "image_hash", "display_name", "predicted_label",
-        "covid_probability", "operating_threshold", "held_back", "kind",
+        "covid_probability", "operating_threshold", "held_back", "kind", "pacs_ref",
     }
     assert not any(isinstance(kind, LargeBinary) for table in columns.values() for kind in table.values())
     stored = repr(all_stored_values(db_url))
@@ -547,7 +547,7 @@ def test_a_database_from_before_access_control_is_migrated_and_its_sessions_wait
         assert re.fullmatch(r"[A-Za-z0-9_-]{32}", info.token)
         first = store.item(info.id, 0)
         assert (first.verdict, first.note, first.version) == ("unsure", "kept across the upgrade", 1)
-        assert not first.held_back and first.kind == "image"  # the columns added by the upgrade
+        assert not first.held_back and first.kind == "image" and first.pacs_ref is None  # added by the upgrade
         assert [e.note for e in store.history(info.id, 0)] == ["kept across the upgrade"]
         store.record_verdict(info.id, 1, "non_diagnostic", expected_version=0)  # the widened CHECK
 
@@ -707,3 +707,15 @@ def test_a_database_folder_that_cannot_be_created_gives_a_clear_message(monkeypa
     monkeypatch.setenv("COVID_REVIEW_DB", str(blocker / "missing" / "reviews.sqlite3"))
     with pytest.raises(ReviewDatabaseError, match="cannot create the folder of the review database .*COVID_REVIEW_DB"):
         ReviewStore()
+
+
+def test_a_pacs_item_keeps_the_uids_that_fetch_it_again_and_is_not_asked_for_as_an_upload(store: ReviewStore) -> None:
+    from_pacs = dataclasses.replace(make_item(1, "covid", 0.7, name="DX series 1 image 1"),
+                                    pacs_ref="1.2.840.1/1.2.840.2/1.2.840.3")
+    scan = dataclasses.replace(make_item(2, "covid", 0.6, name="CT series 2"), kind="scan", pacs_ref="1.2.840.1/1.2.9")
+    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(0), from_pacs, scan])
+    assert [view.pacs_ref for view in store.items(session_id)] == [None, from_pacs.pacs_ref, scan.pacs_ref]
+    assert [position for position, _, _ in store.image_refs(session_id)] == [0]
+    for bad in ("DOE^JOHN", "1.2/../3", "1.2.3", "1.2/3/4/5"):
+        with pytest.raises(ReviewError, match="PACS reference"):
+            store.start_session("Dr Kim", "m", "xray", [dataclasses.replace(make_item(0), pacs_ref=bad)])
