@@ -13,7 +13,7 @@ import pytest
 from app_fixtures import CT_CLASSES, page_test, with_lung_window, write_classifier
 from scan_phantoms import dicom_series, phantom, zipped
 
-import covid_models.scan_views
+import pages.scan_viewer
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_an_error_while_a_page_renders_is_a_message_not_a_traceback(weights, mon
     def failing_picture(*_args, **_kwargs):
         raise ValueError("height and width must be > 0")
 
-    monkeypatch.setattr(covid_models.scan_views, "axial_picture", failing_picture)
+    monkeypatch.setattr(pages.scan_viewer, "axial_picture", failing_picture)  # where the page draws it; undone after
     at = page_test("streamlit_app.py", weights, monkeypatch)
     at.run()
     at.switch_page("pages/scan.py").run()
