@@ -127,6 +127,12 @@ def multiclass_note(card: ModelCard) -> str | None:
             "is validated.")
 
 
+def held_back_text(modality: str) -> str:
+    """Why a result is held back by the model's out-of-distribution guard: the same words at every door."""
+    return (f"This does not look like a chest {modality_name(modality)} the model was trained on; the prediction is "
+            "held back: no probability, heatmap or mask is shown.")
+
+
 def trust_signals(modality: str, prediction: Prediction, shares: Mapping[str, float],
                   areas: Mapping[str, float] | None = None, multiclass: str | None = None) -> tuple[Signal, ...]:
     """What the reader must know before reading the result: held back, where the heatmap lies, what is missing.
@@ -135,8 +141,7 @@ def trust_signals(modality: str, prediction: Prediction, shares: Mapping[str, fl
     reading among more than two classes. A held-back result gets its error only: nothing about it is to be read.
     """
     if prediction.out_of_distribution:
-        return (Signal("error", f"This does not look like a chest {modality_name(modality)} the model was trained "
-                                "on; the prediction is held back: no probability, heatmap or mask is shown."),)
+        return (Signal("error", held_back_text(modality)),)
     signals = [Signal("note", multiclass)] if multiclass else []
     infection = (areas or {}).get("infection")
     if infection is not None:

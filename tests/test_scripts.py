@@ -83,8 +83,7 @@ def test_predict_survives_the_whole_bad_input_corpus(tmp_path):
     model = write_tiny_classifier(tmp_path / "model")
     files = build_corpus(tmp_path / "corpus")
     assert len(files) >= 500
-    result = _script("predict.py", str(model), *map(str, files), "--out", str(tmp_path / "preds.csv"),
-                     "--batch-size", "64")
+    result = _script("predict.py", str(model), *map(str, files), "--out", str(tmp_path / "preds.csv"))
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "preds.csv") as handle:
         rows = list(csv.DictReader(handle))
