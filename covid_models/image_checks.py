@@ -235,39 +235,53 @@ def refusal_text(check: ImageCheck) -> str:
         ". Nothing is computed or reported for it."
 
 
+@dataclass(frozen=True)
+class CheckModels:
+    """The models that check an image for a classifier: one guard per modality and the X-ray lung segmenter."""
+
+    guards: Mapping[str, Classifier]  # modality -> classifier whose out-of-distribution guard is used
+    lungs: Segmenter | None
+    directories: Mapping[str, Classifier | Segmenter]  # the models loaded from `weights`, by directory (for locks)
+
+    @property
+    def names(self) -> list[str]:
+        """What checked the images, in words."""
+        return sorted(self.guards) + (["X-ray lungs"] if self.lungs is not None else [])
+
+
 def check_models(classifier: Classifier, weights: str | Path,
                  load_classifier: Callable[[str], Classifier] = Classifier.load,
-                 load_segmenter: Callable[[str], Segmenter] = Segmenter.load
-                 ) -> tuple[dict[str, Classifier], Segmenter | None]:
+                 load_segmenter: Callable[[str], Segmenter] = Segmenter.load) -> CheckModels:
     """The guards (`classifier` for its modality, the first installed classifier of each other modality) and the
     X-ray lung segmenter found in `weights`, as the Analyze page checks with them; a model that cannot be loaded
     is left out (a check that is not installed rules nothing out). The loaders may be a server's caches."""
-    guards = {classifier.card.modality: classifier}
+    guards: dict[str, Classifier] = {classifier.card.modality: classifier}
+    loaded: dict[str, Classifier | Segmenter] = {}
     for directory, card in discover_models(weights, "classification"):
         if card.modality not in guards:
             try:
-                guards[card.modality] = load_classifier(str(directory))
+                guards[card.modality] = loaded[str(directory)] = load_classifier(str(directory))
             except CheckpointError:
                 continue
     lungs = None
     for directory, card in discover_models(weights, "segmentation", "xray"):
         if card.classes == ["lungs"]:
             try:
-                lungs = load_segmenter(str(directory))
+                lungs = loaded[str(directory)] = load_segmenter(str(directory))
                 break
             except CheckpointError:
                 continue
-    return guards, lungs
+    return CheckModels(guards, lungs, loaded)
 
 
-def screen(scan: Scan, data: bytes | Path, classifier: Classifier, guards: Mapping[str, Classifier],
-           lungs: Segmenter | None = None, hold: Hold = free) -> Screening:
+def screen(scan: Scan, data: bytes | Path, classifier: Classifier, models: CheckModels, hold: Hold = free
+           ) -> Screening:
     """The Analyze page's checks in one call, for a door that cannot ask: the chest-image check, the modality
     (the DICOM tag, else what the guards say; the page asks the user where a batch refuses), then the model's
-    out-of-distribution guard. `guards`: see `check_models` (`classifier` stands for its own modality)."""
+    out-of-distribution guard. `models`: see `check_models` (`classifier` stands for its own modality)."""
     modality = classifier.card.modality
-    mask = None if lungs is None else lung_mask(lungs, scan, hold)
-    check = check_image(scan, data, {**guards, modality: classifier}, mask, hold)
+    mask = None if models.lungs is None else lung_mask(models.lungs, scan, hold)
+    check = check_image(scan, data, {**models.guards, modality: classifier}, mask, hold)
     prediction = check.predictions[modality]
     if check.refused:
         return Screening(REFUSED, refusal_text(check), check, prediction, mask)

@@ -142,10 +142,10 @@ def screening(classifier: Classifier, frame, probabilities: np.ndarray, weights:
     from covid_models.image_checks import HELD_BACK, REFUSED, check_models, screen
     from covid_models.io import read_image
 
-    guards, lungs = check_models(classifier, weights)
+    models = check_models(classifier, weights)
     statuses, reasons = [], Counter()
     for path in tqdm(frame["image"], desc="image checks", unit="img"):
-        screened = screen(read_image(path), Path(path), classifier, guards, lungs)
+        screened = screen(read_image(path), Path(path), classifier, models)
         statuses.append(screened.status)
         if not screened.answered:
             reasons[screened.reason] += 1
@@ -157,8 +157,8 @@ def screening(classifier: Classifier, frame, probabilities: np.ndarray, weights:
         full = classification_report(rest, probabilities[answered], card.classes, card.positive_class, card.threshold)
         metrics = {key: full[key] for key in ("n", "n_positive", "auc", "auc_ci95", "sensitivity", "specificity")}
     return {"checked": len(statuses), "answered": int(answered.sum()), "refused": statuses.count(REFUSED),
-            "held_back": statuses.count(HELD_BACK), "reasons": dict(reasons), "checked_with": sorted(guards) +
-            (["xray-lungs"] if lungs is not None else []), "metrics_on_answered": metrics}
+            "held_back": statuses.count(HELD_BACK), "reasons": dict(reasons), "checked_with": models.names,
+            "metrics_on_answered": metrics}
 
 
 def print_screening(block: dict) -> None:

@@ -17,7 +17,7 @@ import argparse
 import csv
 import stat
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +25,8 @@ from covid_models import runtime
 from covid_models.io import IMAGE_SUFFIXES, ImageReadError, read_image
 
 if TYPE_CHECKING:
+    from covid_models.image_checks import CheckModels
     from covid_models.inference import Classifier
-    from covid_models.segmentation import Segmenter
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,8 +63,7 @@ def input_files(inputs: list[Path], ignored: list[Path] | None = None) -> Iterat
                 ignored.append(path)
 
 
-def rows(classifier: Classifier, files: Iterator[Path], guards: Mapping[str, Classifier],
-         lungs: Segmenter | None) -> Iterator[dict[str, object]]:
+def rows(classifier: Classifier, files: Iterator[Path], models: CheckModels) -> Iterator[dict[str, object]]:
     """One row per path, in order: unreadable files with their error, the others screened as the Analyze page
     screens them (a probability only for an image that is neither refused nor held back)."""
     from covid_models.image_checks import screen
@@ -81,7 +80,7 @@ def rows(classifier: Classifier, files: Iterator[Path], guards: Mapping[str, Cla
         except MemoryError:
             yield {"file": str(path), "status": "error", "error": "not enough memory to read this file", **empty}
             continue
-        screened = screen(scan, path, classifier, guards, lungs)
+        screened = screen(scan, path, classifier, models)
         if not screened.answered:
             yield {"file": str(path), "status": screened.status, "error": screened.reason, **empty}
             continue
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         classifier = Classifier.load(args.checkpoint)
-        guards, lungs = check_models(classifier, args.weights or args.checkpoint.resolve().parent)
+        models = check_models(classifier, args.weights or args.checkpoint.resolve().parent)
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -117,16 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         files = input_files(args.inputs, ignored)
-        for row in tqdm(rows(classifier, files, guards, lungs), desc="classifying", unit="img"):
+        for row in tqdm(rows(classifier, files, models), desc="classifying", unit="img"):
             counts[str(row["status"])] += 1
             writer.writerow(row)
             handle.flush()  # a run killed later keeps every row made so far
     if not any(counts.values()):
         print(f"error: no input files found ({len(ignored)} files without an image suffix ignored)", file=sys.stderr)
         return 2
-    checks = ", ".join(sorted(guards)) + (", X-ray lungs" if lungs is not None else "")
     print(f"wrote {args.out}: {counts['ok']} classified, {counts['refused']} refused, {counts['held back']} held "
-          f"back, {counts['error']} unreadable, {len(ignored)} other files ignored (checked with: {checks})")
+          f"back, {counts['error']} unreadable, {len(ignored)} other files ignored")
+    print(f"checked with: {', '.join(models.names)}")
     print(f"model {classifier.name}, positive = {classifier.card.positive_class} probability >= "
           f"{classifier.card.threshold:.3f}, operating point {classifier.card.default_operating_point})")
     return 0

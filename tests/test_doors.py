@@ -75,3 +75,38 @@ def test_evaluate_counts_what_it_holds_back_and_states_the_metrics_on_the_rest(t
     assert screening["refused"] >= 1 and any("coloured" in reason for reason in screening["reasons"])
     assert screening["answered"] == report["n"] - screening["refused"] - screening["held_back"]
     assert "refused" in result.stdout and "on the" in result.stdout
+
+
+def test_a_review_upload_leaves_out_a_photograph_and_a_ct_slice_with_the_reason(real_data, tmp_path, monkeypatch):
+    """The review session's upload path screens as the Analyze page does: what it refuses is named with the reason
+    and never enters the session with a probability."""
+    from app_fixtures import page_test
+    from app_fixtures_b import point_app_at
+
+    from covid_models.reviews import ReviewStore
+
+    database = tmp_path / "reviews.sqlite3"
+    point_app_at(monkeypatch, database, None)
+    at = page_test("pages/review.py", WEIGHTS_DIR, monkeypatch)
+    at.run(timeout=300)
+    at.text_input(key="review-reviewer").input("Dr Ada Test")
+    at.text_input(key="review-passphrase").input("ada's test passphrase")
+    at.button(key="review-sign-in").click()
+    at.run(timeout=300)
+    at.radio(key="review-modality").set_value("xray")
+    at.run(timeout=300)
+    photo = photograph(tmp_path / "china.jpg").read_bytes()
+    film = first_test_image(real_data, "xray", "ieee8023").read_bytes()
+    slice_ = first_test_image(real_data, "ct").read_bytes()
+    at.file_uploader(key="review-uploads").set_value(
+        [("china.jpg", photo, "image/jpeg"), ("slice.jpg", slice_, "image/jpeg"), ("film.jpg", film, "image/jpeg")])
+    at.run(timeout=300)
+    at.button(key="review-start").click()
+    at.run(timeout=300)
+    assert not at.exception, [e.value for e in at.exception]
+    left_out = " ".join(w.value.replace("\\", "") for w in at.warning if "Left out of the session" in w.value)
+    assert "china.jpg: This image was refused" in left_out and "coloured" in left_out
+    assert "slice.jpg: This image was refused: it looks like a chest CT" in left_out
+    with ReviewStore(f"sqlite:///{database}") as store:
+        (session,) = store.sessions()
+        assert session.n_items == 1
