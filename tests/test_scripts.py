@@ -177,6 +177,9 @@ def test_an_ensemble_of_a_model_with_itself_scores_as_the_model_and_mirroring_is
     assert rows[name]["test"]["auc"] == pytest.approx(Classifier.load(model).card.metrics["test"]["auc"], abs=2e-3)
     assert {f"{name} + mirror", "mean of 2 + mirror"} <= set(rows)
     assert rows[name]["val"]["n"] > 0 and rows[name]["test"]["n"] == Classifier.load(model).card.metrics["test"]["n"]
+    test = rows[name]["test"]  # screened as at every door: what is not answered is counted, the rest scored apart
+    assert 0 <= test["not_answered"] < test["n"] and 0.0 <= test["auc_answered"] <= 1.0
+    assert "refused or held back" in result.stdout
 
 
 @pytest.mark.real_data
