@@ -25,6 +25,7 @@ from covid_models.io import Scan, ScanMetadata
 from covid_models.model_card import modality_name
 from covid_models.overlays import colour_scale, display_size, for_display, heatmap_overlay, mask_overlay
 from covid_models.segmentation import Segmenter, cam_mass_inside
+from covid_models.trust import single_source, source_warning
 
 if TYPE_CHECKING:
     from covid_models.model_card import ModelCard
@@ -133,16 +134,29 @@ def held_back_text(modality: str) -> str:
             "held back: no probability, heatmap or mask is shown.")
 
 
+def source_signal(classifiers: Sequence[Classifier], prediction: Prediction) -> Signal | None:
+    """The model's within-source figures beside its result (`trust.source_warning`, from its card): a warning
+    where the pooled test AUC mixes sources, a note where all test images came from one source."""
+    if len(classifiers) != 1:
+        return None
+    card = classifiers[0].card
+    text = source_warning(card, prediction.positive)
+    return None if text is None else Signal("note" if single_source(card) else "warning", text)
+
+
 def trust_signals(modality: str, prediction: Prediction, shares: Mapping[str, float],
-                  areas: Mapping[str, float] | None = None, multiclass: str | None = None) -> tuple[Signal, ...]:
+                  areas: Mapping[str, float] | None = None, multiclass: str | None = None,
+                  source: Signal | None = None) -> tuple[Signal, ...]:
     """What the reader must know before reading the result: held back, where the heatmap lies, what is missing.
 
     `areas`: target -> share of the image its mask covers (the infection finding); `multiclass`: the note on a
-    reading among more than two classes. A held-back result gets its error only: nothing about it is to be read.
+    reading among more than two classes; `source`: the model's within-source figures (`source_signal`). A
+    held-back result gets its error only: nothing about it is to be read.
     """
     if prediction.out_of_distribution:
         return (Signal("error", held_back_text(modality)),)
-    signals = [Signal("note", multiclass)] if multiclass else []
+    signals = [source] if source else []
+    signals += [Signal("note", multiclass)] if multiclass else []
     infection = (areas or {}).get("infection")
     if infection is not None:
         signals.append(Signal("note", f"Infection finding: the infection mask covers {percent(infection)} of the "
@@ -247,7 +261,8 @@ def analyse(scan: Scan, classifiers: Sequence[Classifier], segmenters: Sequence[
         operating_point=operating_point_text(classifiers, prediction),
         image=_read_only(_to_uint8(for_display(scan.pixels, shape))), heatmap=_read_only(_to_uint8(cam)),
         masks=MappingProxyType(masks), shares=MappingProxyType(shares),
-        signals=trust_signals(modality, prediction, shares, areas, multiclass_note(classifiers[0].card)))
+        signals=trust_signals(modality, prediction, shares, areas, multiclass_note(classifiers[0].card),
+                              source_signal(classifiers, prediction)))
 
 
 def report_content(analysis: Analysis, file_name: str, explanation: str) -> reports.ReportContent:
