@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -520,9 +521,14 @@ def segmented(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def held_back(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Weights whose guards hold back every image (segmenters installed, so a mask would be there to leak)."""
+    """Weights whose X-ray guards hold back every image (segmenters installed, so a mask would be there to leak).
+    The CT classifier has no guard: were both guards to reject an image without lung fields, the chest-image
+    check would refuse it before any model reading (as the Analyze page does), and nothing would be held back."""
     root = tmp_path_factory.mktemp("review-held-back")
-    return make_weights_dir(root, ood_threshold=-1.0), make_data_dir(root)
+    weights = make_weights_dir(root, ood_threshold=-1.0)
+    shutil.rmtree(weights / "ct-fixture")
+    write_classifier(weights, "ct-fixture", "ct", CT_CLASSES, seed=3)
+    return weights, make_data_dir(root)
 
 
 def _library_analysis(folders: tuple[Path, Path], modality: str, name: str) -> Analysis:
