@@ -241,7 +241,8 @@ def shipped_lung_segmenter(modality: str) -> Path | None:
 def cam_inside_lungs(classifier: Classifier, segmenter_dir: Path, frame, limit: int) -> dict[str, dict[str, float]]:
     """Mean share of the heatmap mass inside the predicted lung mask, per true class and within it per source (the
     shortcut check),
-    from the Analyze page's own analysis (`covid_models.analysis.analyse`); unreadable files are left out."""
+    from the Analyze page's own analysis (`covid_models.analysis.analyse`); unreadable files and films whose lung
+    mask is implausible (no share is given for them) are left out."""
     from tqdm import tqdm
 
     from covid_models.analysis import analyse
@@ -257,8 +258,9 @@ def cam_inside_lungs(classifier: Classifier, segmenter_dir: Path, frame, limit: 
             scan = read_image(path)
         except ImageReadError:
             continue
-        shares.setdefault(label, {}).setdefault(source, []).append(
-            analyse(scan, [classifier], [segmenter]).shares["lungs"])
+        share = analyse(scan, [classifier], [segmenter]).shares.get("lungs")  # None: an implausible lung mask
+        if share is not None:
+            shares.setdefault(label, {}).setdefault(source, []).append(share)
     result = {}
     for label, by_source in shares.items():
         pooled = [share for values in by_source.values() for share in values]
