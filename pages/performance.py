@@ -138,7 +138,7 @@ def _within_source_first(card: ModelCard) -> None:
                    f"{row['interval']}: {_interval(row['auc_ci95'])}."
                    + (f" {flagged} of its {negatives} test images without {positive} were flagged."
                       if negatives else ""))
-    st.caption(FLAGGED.capitalize() + ".")
+    st.caption(FLAGGED[0].upper() + FLAGGED[1:] + ".")
 
 
 def _multiclass(card: ModelCard) -> None:
