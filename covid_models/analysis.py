@@ -22,9 +22,11 @@ from covid_models.explain import CAMS, Progress, heatmap, predict_and_map
 from covid_models.formatting import percent
 from covid_models.inference import Classifier, Ensemble, Prediction
 from covid_models.io import Scan, ScanMetadata
+from covid_models.lung_plausibility import implausible as lung_implausible
 from covid_models.model_card import modality_name
 from covid_models.overlays import colour_scale, display_size, for_display, heatmap_overlay, mask_overlay
 from covid_models.segmentation import Segmenter, cam_mass_inside
+from covid_models.trust import single_source, source_warning
 
 if TYPE_CHECKING:
     from covid_models.model_card import ModelCard
@@ -61,7 +63,8 @@ class Analysis:
     image: np.ndarray  # (h, w) uint8: the image as read (the file's own window)
     heatmap: np.ndarray  # (h, w) uint8: the CAM for the positive class, 0-255 (for an ensemble, the members' mean)
     masks: Mapping[str, np.ndarray]  # target ("lungs", "infection") -> (h, w) bool
-    shares: Mapping[str, float]  # target -> share of the heatmap's mass inside its mask (NaN: empty heatmap)
+    shares: Mapping[str, float]  # target -> share of the heatmap's mass inside its mask (NaN: empty heatmap); none
+    # for an implausible X-ray lung mask (`lung_plausibility`), whose share would reassure wrongly
     signals: tuple[Signal, ...]
 
     @property
@@ -127,17 +130,36 @@ def multiclass_note(card: ModelCard) -> str | None:
             "is validated.")
 
 
+def held_back_text(modality: str) -> str:
+    """Why a result is held back by the model's out-of-distribution guard: the same words at every door."""
+    return (f"This does not look like a chest {modality_name(modality)} the model was trained on; the prediction is "
+            "held back: no probability, heatmap or mask is shown.")
+
+
+def source_signal(classifiers: Sequence[Classifier], prediction: Prediction) -> Signal | None:
+    """The model's within-source figures beside its result (`trust.source_warning`, from its card): a warning
+    where the pooled test AUC mixes sources, a note where all test images came from one source."""
+    if len(classifiers) != 1:
+        return None
+    card = classifiers[0].card
+    text = source_warning(card, prediction.positive)
+    return None if text is None else Signal("note" if single_source(card) else "warning", text)
+
+
 def trust_signals(modality: str, prediction: Prediction, shares: Mapping[str, float],
-                  areas: Mapping[str, float] | None = None, multiclass: str | None = None) -> tuple[Signal, ...]:
+                  areas: Mapping[str, float] | None = None, multiclass: str | None = None,
+                  source: Signal | None = None, implausible: Mapping[str, str] | None = None) -> tuple[Signal, ...]:
     """What the reader must know before reading the result: held back, where the heatmap lies, what is missing.
 
     `areas`: target -> share of the image its mask covers (the infection finding); `multiclass`: the note on a
-    reading among more than two classes. A held-back result gets its error only: nothing about it is to be read.
+    reading among more than two classes; `source`: the model's within-source figures (`source_signal`);
+    `implausible`: target -> why its mask is implausible (no share is given for it). A held-back result gets its
+    error only: nothing about it is to be read.
     """
     if prediction.out_of_distribution:
-        return (Signal("error", f"This does not look like a chest {modality_name(modality)} the model was trained "
-                                "on; the prediction is held back: no probability, heatmap or mask is shown."),)
-    signals = [Signal("note", multiclass)] if multiclass else []
+        return (Signal("error", held_back_text(modality)),)
+    signals = [source] if source else []
+    signals += [Signal("note", multiclass)] if multiclass else []
     infection = (areas or {}).get("infection")
     if infection is not None:
         signals.append(Signal("note", f"Infection finding: the infection mask covers {percent(infection)} of the "
@@ -151,7 +173,10 @@ def trust_signals(modality: str, prediction: Prediction, shares: Mapping[str, fl
             signals.append(Signal("warning", "The classifier and the infection segmenter disagree: the COVID-19 "
                                              "probability is at or above the operating point, yet the segmenter "
                                              "outlines no infection. Read the image yourself."))
-    if not shares:
+    for target, reason in (implausible or {}).items():
+        signals.append(Signal("warning", f"The {target} mask does not look like a pair of lungs: {reason}. No share "
+                                         "of the heatmap inside the lungs is given; read the image yourself."))
+    if not shares and not implausible:
         signals.append(Signal("note", f"No {MASK_KINDS[modality]} segmentation model for {modality_name(modality)} is "
                                       "installed, so no mask and no share of the heatmap inside it can be shown."))
     for target, share in shares.items():
@@ -235,14 +260,17 @@ def analyse(scan: Scan, classifiers: Sequence[Classifier], segmenters: Sequence[
         if segmenter.target not in masks:
             with hold(segmenter):
                 masks[segmenter.target] = _read_only(np.asarray(segmenter.mask(scan, size=shape), dtype=bool))
-    shares = {target: cam_mass_inside(cam, mask) for target, mask in masks.items()}
+    why = lung_implausible(masks["lungs"]) if modality == "xray" and "lungs" in masks else None
+    implausible = {} if why is None else {"lungs": why}
+    shares = {target: cam_mass_inside(cam, mask) for target, mask in masks.items() if target not in implausible}
     areas = {target: float(mask.mean()) for target, mask in masks.items()}
     return Analysis(
         modality=modality, prediction=prediction, method=method,
         operating_point=operating_point_text(classifiers, prediction),
         image=_read_only(_to_uint8(for_display(scan.pixels, shape))), heatmap=_read_only(_to_uint8(cam)),
         masks=MappingProxyType(masks), shares=MappingProxyType(shares),
-        signals=trust_signals(modality, prediction, shares, areas, multiclass_note(classifiers[0].card)))
+        signals=trust_signals(modality, prediction, shares, areas, multiclass_note(classifiers[0].card),
+                              source_signal(classifiers, prediction), implausible))
 
 
 def report_content(analysis: Analysis, file_name: str, explanation: str) -> reports.ReportContent:

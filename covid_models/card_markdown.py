@@ -11,13 +11,15 @@ from typing import Any
 from covid_models import RESEARCH_USE_NOTICE
 from covid_models.model_card import ModelCard
 from covid_models.preprocessing import Preprocessing
+from covid_models.trust import source_warning, within_source_short
 
 
 def _num(value: Any) -> str:
     return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
-def _metrics_section(test: dict[str, Any]) -> list[str]:
+def _metrics_section(card: ModelCard) -> list[str]:
+    test = card.metrics.get("test", {})
     if "auc" in test:
         ci = test.get("auc_ci95") or [None, None]
         lines = [
@@ -25,12 +27,14 @@ def _metrics_section(test: dict[str, Any]) -> list[str]:
             "",
             "| metric | value |", "| --- | --- |",
             f"| AUC (95% CI, patient bootstrap) | {_num(test['auc'])} ({_num(ci[0])}-{_num(ci[1])}) |",
+            f"| AUC within one source (read this first) | {within_source_short(card) or 'none recorded'} |",
         ]
+        if (warning := source_warning(card)) is not None:
+            lines[0:0] = [f"> {warning}", ""]
         for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "ece", "multiclass_accuracy"):
             if key in test:
                 lines.append(f"| {key} | {_num(test[key])} |")
-        lines += ["", f"Confusion matrix (rows true {test.get('classes')}, columns predicted): "
-                  f"`{test.get('confusion_matrix')}`", "", "Per source (read these before trusting the totals):", "",
+        lines += ["", *_confusion_table(test), "", "Per source (read these before trusting the totals):", "",
                   "| source | images | labels | AUC | sensitivity | specificity |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for source, sub in test.get("per_source", {}).items():
@@ -40,6 +44,17 @@ def _metrics_section(test: dict[str, Any]) -> list[str]:
     return ["| metric | value |", "| --- | --- |"] + [
         f"| {key} | {value if not isinstance(value, float) else _num(value)} |" for key, value in test.items()
         if not isinstance(value, (dict, list))]
+
+
+def _confusion_table(test: dict[str, Any]) -> list[str]:
+    """The multi-class confusion matrix as a labelled table (rows: true class, columns: predicted class)."""
+    classes, matrix = test.get("classes"), test.get("confusion_matrix")
+    if not classes or not matrix:
+        return []
+    return ["Confusion matrix on the test split (rows: true class, columns: predicted class, images):", "",
+            "| true \\ predicted | " + " | ".join(classes) + " |", "| --- |" + " ---: |" * len(classes),
+            *[f"| {label} | " + " | ".join(str(n) for n in row) + " |" for label, row in zip(classes, matrix,
+                                                                                             strict=True)]]
 
 
 def _data_section(data: dict[str, Any]) -> list[str]:
@@ -108,7 +123,7 @@ def render_model_card(card: ModelCard) -> str:
     if card.task == "segmentation":
         lines += _segmentation_section(card.metrics)
     else:
-        lines += _metrics_section(card.metrics.get("test", {}))
+        lines += _metrics_section(card)
     if card.extra:
         lines += ["", "## Other facts", "", f"```\n{_compact(card.extra)}\n```"]
     lines += ["", "## Training", "",

@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 
 from covid_models.metrics import threshold_metrics
 from covid_models.model_card import ModelCard
+from covid_models.trust import within_source_short
 
 CHANCE_COLOUR = "#9e9e9e"
 _MARKER_SYMBOLS = ("diamond", "square", "triangle-up", "star", "cross", "x")
@@ -34,12 +35,15 @@ def card_test_report(source: ModelCard | Mapping[str, Any]) -> Mapping[str, Any]
     return source
 
 
-def roc_legend(name: str, metrics: Mapping[str, Any]) -> str:
-    """'name — AUC 0.912 (95% CI 0.871–0.950)': the legend entry of one ROC curve."""
+def roc_legend(name: str, metrics: Mapping[str, Any], within: str = "") -> str:
+    """'name — AUC 0.912 (95% CI 0.871–0.950)': the legend entry of one ROC curve; with `within` (the card's
+    within-source figure, `trust.within_source_short`) beside it: '..., pooled; within ieee8023 0.605 (n=65)'."""
     ci = metrics.get("auc_ci95") or (None, None)
     text = f"{name} — AUC {_fmt(metrics.get('auc'))}"
     if ci[0] is not None and ci[1] is not None:
         text += f" (95% CI {_fmt(ci[0])}–{_fmt(ci[1])})"
+    if within:
+        text += f"; {within}" if within.startswith("all test images") else f", pooled; {within}"
     return text
 
 
@@ -115,7 +119,8 @@ def roc_figure(
     current: Mapping[str, float] | None = None,
     show_operating_points: bool = True,
 ) -> go.Figure:
-    """ROC curves of several models on one chart, AUC and its CI in each legend entry.
+    """ROC curves of several models on one chart, AUC and its CI in each legend entry, with a card's
+    within-source AUC beside its pooled one.
 
     Each curve is (name, card or test report). `current` maps a curve's name to a threshold to mark on it
     (the page's slider); a card's operating points are marked too, at the test ROC point of their threshold.
@@ -134,7 +139,8 @@ def roc_figure(
                                         name=f"{name} — no ROC stored (test split has one class)"))
             continue
         figure.add_trace(go.Scatter(
-            x=roc["fpr"], y=roc["tpr"], mode="lines", name=roc_legend(name, metrics), legendgroup=name,
+            x=roc["fpr"], y=roc["tpr"], mode="lines", legendgroup=name,
+            name=roc_legend(name, metrics, within_source_short(source) if isinstance(source, ModelCard) else ""),
             line={"color": colour, "width": 2, "shape": "hv"}, customdata=roc["thresholds"],
             hovertemplate="threshold %{customdata:.3f}<br>1 − specificity %{x:.3f}<br>sensitivity %{y:.3f}"
                           f"<extra>{name}</extra>"))

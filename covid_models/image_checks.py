@@ -20,17 +20,20 @@ refusals of photographs (README).
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from covid_models.analysis import Hold, free
-from covid_models.inference import Classifier, Prediction
+from covid_models.analysis import Hold, free, held_back_text
+from covid_models.checkpoint import CheckpointError
+from covid_models.inference import Classifier, Prediction, discover_models
 from covid_models.io import Scan
 from covid_models.lung_box import enclosed, otsu_threshold
+from covid_models.model_card import modality_name
 from covid_models.overlays import display_size
 from covid_models.segmentation import Segmenter
 
@@ -64,11 +67,12 @@ class ImageCheck:
         return bool(self.reasons)
 
 
-def coloured_share(data: bytes, mode: str | None) -> float:
-    """Share of clearly coloured pixels in a thumbnail of the file; 0 for greyscale modes (DICOM, L, I;16)."""
+def coloured_share(data: bytes | Path, mode: str | None) -> float:
+    """Share of clearly coloured pixels in a thumbnail of the file (its bytes, or its path once `read_image` has
+    checked it); 0 for greyscale modes (DICOM, L, I;16)."""
     if mode not in COLOUR_MODES:
         return 0.0
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as image:
         image.draft("RGB", (COLOUR_SIDE, COLOUR_SIDE))
         image.thumbnail((COLOUR_SIDE, COLOUR_SIDE))
         hsv = np.asarray(image.convert("RGB").convert("HSV"), dtype=np.float32) / 255
@@ -137,9 +141,9 @@ def detected_modality(ratios: Mapping[str, float]) -> str | None:
     return best if all(accepted[best] < MODALITY_MARGIN * ratio for ratio in others) else None
 
 
-def check_image(scan: Scan, data: bytes, guards: Mapping[str, Classifier], lungs: np.ndarray | None = None,
+def check_image(scan: Scan, data: bytes | Path, guards: Mapping[str, Classifier], lungs: np.ndarray | None = None,
                 hold: Hold = free) -> ImageCheck:
-    """Run the checks on one read image (`data`: its file, for the colour check).
+    """Run the checks on one read image (`data`: its file's bytes or path, for the colour check).
 
     `guards`: one classifier per modality (its OOD guard is used); `lungs`: the X-ray lung segmenter's mask
     (`lung_mask`), if one is installed;
@@ -199,3 +203,94 @@ def choose_modality(tag: str | None, dataset: str | None, detected: str | None, 
     if detected == chosen:
         return ModalityChoice(chosen, "as chosen in the settings, and the models' guards agree")
     return ModalityChoice(chosen, "as chosen in the settings", ask=(detected, chosen))
+
+
+OK, REFUSED, HELD_BACK = "ok", "refused", "held back"  # a screened image's status, as every door writes it
+
+
+@dataclass(frozen=True)
+class Screening:
+    """Whether one image gets a result at a door that cannot ask its user (a CLI, a batch, a review upload).
+
+    `status`: "ok" (the prediction may be shown), "refused" (not a chest image, or not of the model's modality:
+    nothing is computed for it) or "held back" (the model's out-of-distribution guard: no probability is shown);
+    `reason` says why in words, empty when ok. `prediction` is the classifier's own (its guard pass), to be shown
+    only when ok; `lungs` the X-ray lung segmenter's display-size mask, when one ran (for `analysis.analyse`).
+    """
+
+    status: str
+    reason: str
+    check: ImageCheck
+    prediction: Prediction
+    lungs: np.ndarray | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.status == OK
+
+
+def refusal_text(check: ImageCheck) -> str:
+    """Why an image was refused as a chest image, in words (the page's and every CLI's)."""
+    return "This image was refused: it is not a chest X-ray or CT slice, because " + " and ".join(check.reasons) + \
+        ". Nothing is computed or reported for it."
+
+
+@dataclass(frozen=True)
+class CheckModels:
+    """The models that check an image for a classifier: one guard per modality and the X-ray lung segmenter."""
+
+    guards: Mapping[str, Classifier]  # modality -> classifier whose out-of-distribution guard is used
+    lungs: Segmenter | None
+    directories: Mapping[str, Classifier | Segmenter]  # the models loaded from `weights`, by directory (for locks)
+
+    @property
+    def names(self) -> list[str]:
+        """What checked the images, in words."""
+        return sorted(self.guards) + (["X-ray lungs"] if self.lungs is not None else [])
+
+
+def check_models(classifier: Classifier, weights: str | Path,
+                 load_classifier: Callable[[str], Classifier] = Classifier.load,
+                 load_segmenter: Callable[[str], Segmenter] = Segmenter.load) -> CheckModels:
+    """The guards (`classifier` for its modality, the first installed classifier of each other modality) and the
+    X-ray lung segmenter found in `weights`, as the Analyze page checks with them; a model that cannot be loaded
+    is left out (a check that is not installed rules nothing out). The loaders may be a server's caches."""
+    guards: dict[str, Classifier] = {classifier.card.modality: classifier}
+    loaded: dict[str, Classifier | Segmenter] = {}
+    for directory, card in discover_models(weights, "classification"):
+        if card.modality not in guards:
+            try:
+                guards[card.modality] = loaded[str(directory)] = load_classifier(str(directory))
+            except CheckpointError:
+                continue
+    lungs = None
+    for directory, card in discover_models(weights, "segmentation", "xray"):
+        if card.classes == ["lungs"]:
+            try:
+                lungs = loaded[str(directory)] = load_segmenter(str(directory))
+                break
+            except CheckpointError:
+                continue
+    return CheckModels(guards, lungs, loaded)
+
+
+def screen(scan: Scan, data: bytes | Path, classifier: Classifier, models: CheckModels, hold: Hold = free
+           ) -> Screening:
+    """The Analyze page's checks in one call, for a door that cannot ask: the chest-image check, the modality
+    (the DICOM tag, else what the guards say; the page asks the user where a batch refuses), then the model's
+    out-of-distribution guard. `models`: see `check_models` (`classifier` stands for its own modality)."""
+    modality = classifier.card.modality
+    mask = None if models.lungs is None else lung_mask(models.lungs, scan, hold)
+    check = check_image(scan, data, {**models.guards, modality: classifier}, mask, hold)
+    prediction = check.predictions[modality]
+    if check.refused:
+        return Screening(REFUSED, refusal_text(check), check, prediction, mask)
+    seen, origin = (scan.metadata.modality, "its DICOM Modality tag says") if scan.metadata.modality is not None \
+        else (check.modality, "it looks like")
+    if seen is not None and seen != modality:
+        why = f"{origin} a chest {modality_name(seen)}, and this model reads chest {modality_name(modality)} images"
+        return Screening(REFUSED, f"This image was refused: {why}. Nothing is computed or reported for it.",
+                         check, prediction, mask)
+    if prediction.out_of_distribution:
+        return Screening(HELD_BACK, held_back_text(modality), check, prediction, mask)
+    return Screening(OK, "", check, prediction, mask)

@@ -95,14 +95,24 @@ def headline_auc(card: Any) -> str:
     return f"Test {_auc_text(test)} on {test.get('n', '?')} held-out images, {pooled}."
 
 
+FLAGGED = ("flagged: the calibrated probability of the positive class is at or above the model's default operating "
+           "point (the threshold in its card); the same word for an image, a CT slice or a scan")
+POOLED_INTERVAL = "95% CI by patient-level bootstrap over the whole test split"
+SOURCE_INTERVAL = "95% CI by patient-level bootstrap over that source's test images"
+
+
 def within_source(card: Any) -> list[str]:
     """The within-source figures of a card: its cross-validated within-source AUC, else the per-source test AUCs
-    of the sources that hold both classes. Empty when the card has neither."""
+    of the sources that hold both classes (for a card tested on one source, its test AUC with the same interval,
+    so that one AUC never shows two intervals). Empty when the card has none."""
     cv = card.metrics.get("within_source_cv")
     if _has_auc(cv):
         return [f"within {cv.get('source', 'one source')} ({cv.get('n', '?')} images, patient-grouped "
                 f"cross-validation): {_auc_text(cv)}"]
-    per_source = (card.metrics.get("test") or {}).get("per_source") or {}
+    test = card.metrics.get("test") or {}
+    if (source := single_source(card)) is not None and _has_auc(test):
+        return [f"within {source} ({test.get('n', '?')} test images, all of them): {_auc_text(test)}"]
+    per_source = test.get("per_source") or {}
     return [f"within {source} ({block.get('n', '?')} test images): {_auc_text(block)}"
             for source, block in per_source.items() if _has_auc(block)]
 
@@ -112,6 +122,75 @@ def single_source(card: Any) -> str | None:
     within-source figure, and says nothing of images from other sources."""
     per_source = (card.metrics.get("test") or {}).get("per_source") or {}
     return next(iter(per_source)) if len(per_source) == 1 else None
+
+
+def _two_class_sources(card: Any) -> dict[str, dict[str, Any]]:
+    """The per-source test blocks of the sources that hold both classes (those with a within-source AUC)."""
+    per_source = (card.metrics.get("test") or {}).get("per_source") or {}
+    return {source: block for source, block in per_source.items() if _has_auc(block)}
+
+
+def within_source_short(card: Any) -> str:
+    """The within-source AUCs in a few words, for a legend or a table cell beside a pooled AUC ("" when none):
+    "within ieee8023 0.605 (n=65)"; for a card tested on one source, that its AUC is that source's."""
+    cv = card.metrics.get("within_source_cv")
+    if _has_auc(cv):
+        return f"within {cv.get('source', 'one source')} {cv['auc']:.3f} (n={cv.get('n', '?')}, cross-validated)"
+    if (source := single_source(card)) is not None:
+        return f"all test images from {source} (the AUC is within that source)"
+    return "; ".join(f"within {source} {block['auc']:.3f} (n={block.get('n', '?')})"
+                     for source, block in _two_class_sources(card).items())
+
+
+def within_source_figures(card: Any) -> list[dict[str, Any]]:
+    """The figures that hold within one source, to lead with: per source holding both classes, its AUC with its
+    interval and how that was computed, and its sensitivity and specificity at the default operating point; for a
+    card tested on one source, its test figures (with the headline's own interval)."""
+    test = card.metrics.get("test") or {}
+    if (source := single_source(card)) is not None and _has_auc(test):
+        blocks, interval = {source: test}, POOLED_INTERVAL + " (all of it from this source)"
+    else:
+        blocks, interval = _two_class_sources(card), SOURCE_INTERVAL
+    return [{"source": name, "images": block.get("n"), "auc": block["auc"],
+             "auc_ci95": block.get("auc_ci95"), "interval": interval,
+             "sensitivity": block.get("sensitivity"), "specificity": block.get("specificity"),
+             "flagged_negatives": (block.get("fp"), (block.get("fp") or 0) + (block.get("tn") or 0))}
+            for name, block in blocks.items()]
+
+
+def source_warning(card: Any, flagged: bool | None = None) -> str | None:
+    """What must be read beside any result of this model, on the page and in every report: its within-source
+    figures from the card, never the pooled AUC alone. `flagged`: the result is at or above the operating point,
+    so the within-source specificity (how many negatives of that source are flagged too) is spelled out.
+    None when the card records no test metrics."""
+    from covid_models.report import class_name
+
+    test = card.metrics.get("test") or {}
+    if not _has_auc(test):
+        return None
+    if (source := single_source(card)) is not None:
+        return (f"All of this model's test images come from one source ({source}): its test AUC {test['auc']:.3f} "
+                "says nothing of images from other hospitals or scanners.")
+    sources = _two_class_sources(card)
+    if not sources:
+        return (f"This model's test AUC {test['auc']:.3f} pools sources that each hold one label, so it may measure "
+                "where an image comes from, not the disease: no within-source AUC is recorded.")
+    positive = test.get("positive_class") or card.positive_class
+    parts = []
+    for name, block in sources.items():
+        ci = block.get("auc_ci95") or []
+        interval = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if len(ci) == 2 and None not in ci else ""
+        text = f"within {name} ({block.get('n', '?')} test images) AUC {block['auc']:.3f}{interval}"
+        if isinstance(block.get("sensitivity"), float) and isinstance(block.get("specificity"), float):
+            text += (f", sensitivity {block['sensitivity']:.3f} and specificity {block['specificity']:.3f} at the "
+                     "operating point")
+            negatives = block.get("fp", 0) + block.get("tn", 0)
+            if flagged and negatives:
+                text += (f": {block.get('fp')} of its {negatives} test images without {class_name(positive)} were "
+                         "flagged as well")
+        parts.append(text)
+    return (f"Read this model's results with its within-source figures, not its test AUC {test['auc']:.3f} over "
+            f"all sources pooled: {'; '.join(parts)}.")
 
 
 def auc_qualifiers(card: Any) -> list[str]:

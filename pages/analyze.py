@@ -38,7 +38,7 @@ from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, default_data_dir, held_out_images
 from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS
 from covid_models.formatting import percent
-from covid_models.image_checks import ImageCheck, check_image, choose_modality, lung_mask
+from covid_models.image_checks import ImageCheck, check_image, choose_modality, lung_mask, refusal_text
 from covid_models.inference import Classifier, Prediction
 from covid_models.io import (
     WINDOW_PRESETS,
@@ -417,12 +417,6 @@ def result_block(prediction: Prediction, operating_point: str, modality: str, mu
             st.caption(":material/warning: " + multiclass)
 
 
-def refused(check: ImageCheck) -> str:
-    """The refusal in words."""
-    return "This image was refused: it is not a chest X-ray or CT slice, because " + " and ".join(check.reasons) + \
-        ". Nothing is computed or reported for it."
-
-
 def modality_for(upload: Upload, metadata: ScanMetadata, check: ImageCheck, settings: Settings
                  ) -> tuple[str, str] | None:
     """(modality, where it comes from); None while the user has not answered the question the page asks."""
@@ -451,7 +445,7 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
     dicom = metadata.source_format == "dicom"
     check = image_check_for(upload, settings)
     if check.refused:
-        st.error(refused(check), icon=":material/block:")
+        st.error(refusal_text(check), icon=":material/block:")
         return row | {"Result": "refused: not a chest image"}
     chosen = modality_for(upload, metadata, check, settings)
     if chosen is None:

@@ -1,7 +1,9 @@
-"""Model performance: ROC curves of every shipped model, a threshold to explore, calibration, per-source results.
+"""Model performance: what holds within one source first, then the pooled figures, the 3-class confusion matrix,
+ROC curves of every shipped model, a threshold to explore, calibration and the card.
 
 Every number comes from the model cards (test split metrics computed at training time), so the page
-needs neither the test images nor a GPU.
+needs neither the test images nor a GPU. Each AUC shows one interval, with how it was computed, and "flagged"
+is defined once (`trust.FLAGGED`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,15 @@ from covid_models.figures import (
     training_curves_figure,
 )
 from covid_models.model_card import ModelCard
-from covid_models.trust import auc_qualifiers, headline_auc, volume_rows
+from covid_models.report import class_name
+from covid_models.trust import (
+    FLAGGED,
+    POOLED_INTERVAL,
+    auc_qualifiers,
+    headline_auc,
+    volume_rows,
+    within_source_figures,
+)
 from pages.shared import enter_through_app, model_cards, weights_dir
 
 enter_through_app()
@@ -100,9 +110,58 @@ def _per_source_table(test: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _interval(ci: list | None) -> str:
+    return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci and len(ci) == 2 and None not in ci else "n/a"
+
+
+def _within_source_first(card: ModelCard) -> None:
+    """The figures that hold within one source, before any pooled figure: AUC, sensitivity and specificity."""
+    st.subheader("Within one source: the figures to read first")
+    figures = within_source_figures(card)
+    if not figures:
+        st.warning("No within-source figure is recorded for this model: every source of its test split holds one "
+                   "label, so its pooled AUC below may measure where images come from, not the disease.",
+                   icon=":material/warning:")
+        return
+    positive = class_name(card.positive_class or "")
+    for row in figures:
+        columns = st.columns(3)
+        columns[0].metric(f"AUC within {row['source']}", _number(row["auc"]),
+                          help=f"{row['images']} test images; {row['interval']}")
+        columns[1].metric(f"Sensitivity within {row['source']}", _number(row["sensitivity"]),
+                          help=f"share of its {positive} test images flagged, at the default operating point")
+        columns[2].metric(f"Specificity within {row['source']}", _number(row["specificity"]),
+                          help=f"share of its test images without {positive} not flagged, at the default "
+                               "operating point")
+        flagged, negatives = row["flagged_negatives"]
+        st.caption(f"{row['source']}: {row['images']} test images; AUC {_number(row['auc'])}, "
+                   f"{row['interval']}: {_interval(row['auc_ci95'])}."
+                   + (f" {flagged} of its {negatives} test images without {positive} were flagged."
+                      if negatives else ""))
+    st.caption(FLAGGED[0].upper() + FLAGGED[1:] + ".")
+
+
+def _multiclass(card: ModelCard) -> None:
+    """The confusion matrix of the most probable class as a labelled table (3-class models: the weak reading)."""
+    test = card_test_report(card)
+    classes, matrix = test.get("classes"), test.get("confusion_matrix")
+    if not classes or not matrix or len(classes) < 3:
+        return
+    st.subheader(f"The {len(classes)}-class reading")
+    table = pd.DataFrame(matrix, columns=[f"predicted {class_name(c)}" for c in classes])
+    table.insert(0, "true class", [class_name(c) for c in classes])
+    st.dataframe(table, hide_index=True, width="stretch", key=f"performance-multiclass-{card.name}")
+    accuracy = test.get("multiclass_accuracy")
+    st.caption(f"Test images by true class (rows) and most probable class (columns); the most probable class is "
+               f"right for {_number(accuracy)} of them. Only the {class_name(card.positive_class or '')} "
+               "probability against the operating point is validated; the reading among the other classes is not.")
+
+
 def _headline(card: ModelCard) -> None:
-    """The headline AUC with what qualifies it beside it: within-source AUC, source probe, per-source table."""
+    """The pooled AUC with what qualifies it beside it: within-source AUC, source probe, per-source table."""
+    st.subheader("All sources pooled")
     st.markdown("**" + headline_auc(card) + "**")
+    st.caption(f"The interval of this AUC: {POOLED_INTERVAL}.")
     for line in auc_qualifiers(card):
         st.markdown(f"- {line}")
     per_source = _per_source_table(card_test_report(card))
@@ -163,7 +222,9 @@ def main() -> None:
                         key=f"performance-model-{modality}")
     directory, card = by_name[name]
 
+    _within_source_first(card)
     _headline(card)
+    _multiclass(card)
     left, right = st.columns([1, 1], gap="large")
     with right:
         st.subheader(f"{name} at a threshold")
@@ -173,7 +234,8 @@ def main() -> None:
         st.plotly_chart(roc_figure([(c.name, c) for _, c in cards], current={name: threshold}),
                         key="performance-roc")
         st.caption("Markers: each model's operating points (chosen on the validation split), and the open circle "
-                   "at the selected threshold. The 95% CI resamples patients.")
+                   f"at the selected threshold. Each AUC's interval: {POOLED_INTERVAL}; a card's within-source AUC "
+                   "is beside its pooled one.")
     _model_details(directory, card)
 
 

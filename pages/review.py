@@ -46,6 +46,7 @@ from covid_models.analysis import Analysis, analyse, predict
 from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, held_out_images, load_dataset
 from covid_models.figures import confusion_figure
+from covid_models.image_checks import HELD_BACK, REFUSED, check_models, screen
 from covid_models.inference import Prediction
 from covid_models.io import ImageReadError, content_hash, files_hash, read_image
 from covid_models.model_card import ModelCard
@@ -78,6 +79,7 @@ from pages.shared import (
     hold_for,
     infection_models,
     load_classifier,
+    load_segmenter,
     model_cards,
     model_lock,
     review_store,
@@ -86,6 +88,7 @@ from pages.shared import (
     segmenters_for,
     show_analysis,
     show_error,
+    weights_dir,
 )
 
 enter_through_app()
@@ -202,6 +205,17 @@ def display_pixels(data: bytes, name: str) -> np.ndarray:
     """The image as [0, 1] greyscale at display size (aspect kept): all a blinded reader sees before reading."""
     pixels = read_image(data, name=name).pixels
     return for_display(pixels, display_size(pixels.shape, DISPLAY_SIDE))
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def screening(digest: str, directory: str, _data: bytes, _name: str) -> tuple[str, str, Prediction]:
+    """(status, why, prediction) of an upload screened as at every door (`image_checks.screen`: the chest-image and
+    modality checks, then the model's guard); the prediction is stored with the session only when not refused."""
+    classifier = load_classifier(directory)
+    models = check_models(classifier, weights_dir(), load_classifier, load_segmenter)
+    screened = screen(read_image(_data, name=_name), _data, classifier, models,
+                      hold_for({directory: classifier, **models.directories}))
+    return screened.status, screened.reason, screened.prediction
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -384,9 +398,12 @@ def _start(store: ReviewStore, reviewer: Reviewer, modality: str, directory: str
             skipped.append(f"{name}: the same image as another file of this batch")
             continue
         try:
-            predicted = prediction(digest, directory, data, name)
+            status, reason, predicted = screening(digest, directory, data, name)
         except ImageReadError as error:
             skipped.append(f"{name}: {error}")
+            continue
+        if status == REFUSED:
+            skipped.append(f"{name}: {reason}")
             continue
         seen.add(digest)
         if keep_bytes:
@@ -394,7 +411,7 @@ def _start(store: ReviewStore, reviewer: Reviewer, modality: str, directory: str
         items.append(NewItem(image_hash=digest, display_name=name, predicted_label=review_label(predicted),
                              covid_probability=float(predicted.positive_probability),
                              operating_threshold=float(predicted.threshold),
-                             held_back=predicted.out_of_distribution))
+                             held_back=status == HELD_BACK))
     bar.empty()
     for name, files in scans:
         digest = files_hash([content_hash(data) for _, data in files])

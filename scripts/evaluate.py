@@ -9,6 +9,12 @@ model was trained with (with the manifests its card says were added, split the s
 evaluates every image (an external dataset the model never saw). Metrics use the model's calibration and
 default operating point from its card.
 
+Every image is first screened as the Analyze page screens it (`covid_models.image_checks.screen`, with the checking
+models installed beside the checkpoint or in --weights): the headline metrics cover every image, as the card's do
+(what the model does when asked), and the `screening` block counts the images refused (not a chest image, or not
+of the model's modality) and held back (out of distribution), with their reasons, and states the metrics on the
+images that got an answer (what a user is shown).
+
 Besides the metrics: the source probe (can a linear classifier tell the image's source from the network's
 features?), the share of the heatmap inside the lungs per class, and for CT models, with `--volumes`, the
 distribution of slice probabilities on real DICOM scans (`ct-volumes/`). `--write-card` stores these, and
@@ -49,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="CT models: a ct-volumes folder (manifest.csv of DICOM series) for the robustness table")
     parser.add_argument("--write-card", action="store_true",
                         help="store the source probe, heatmap shares, volume table and test scores in the card")
+    parser.add_argument("--weights", type=Path,
+                        help="folder of the models that check each image (the other modality's classifier, the X-ray "
+                             "lung segmenter); default: the checkpoint's own folder")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="leave out files that cannot be read (each named, and counted in the report) instead of "
                              "stopping at the first one")
@@ -100,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                         "source": frame["source"].astype(str).tolist()}
     report["model"], report["data"], report["split"] = card.name, str(args.data), args.split
     report["unreadable_skipped"] = len(skipped or [])
+    report["screening"] = screening(classifier, frame, probabilities, args.weights or args.checkpoint.resolve().parent)
     report["command"] = "python scripts/evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv)
     segmenter = args.lung_segmenter or shipped_lung_segmenter(card.modality)
     if segmenter is not None and not args.no_cam_check:
@@ -107,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.volumes is not None:
         report["volumes"] = volume_table(classifier, args.volumes)
     print(format_report(report))
+    print_screening(report["screening"])
     print_trust(report)
     if args.write_card:
         card.metrics["test"].update({k: report[k] for k in ("source_probe", "scores")})
@@ -119,6 +130,53 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(report, indent=2, default=float))
         print(f"wrote {args.out}")
     return 0
+
+
+def screening(classifier: Classifier, frame, probabilities: np.ndarray, weights: Path) -> dict:
+    """Every image screened as the Analyze page screens it: counts and reasons of the images refused and held back,
+    and the metrics on the images that got an answer (None when fewer than one of each class remain)."""
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from covid_models.image_checks import HELD_BACK, REFUSED, check_models, screen
+    from covid_models.io import read_image
+
+    models = check_models(classifier, weights)
+    statuses, reasons = [], Counter()
+    for path in tqdm(frame["image"], desc="image checks", unit="img"):
+        screened = screen(read_image(path), Path(path), classifier, models)
+        statuses.append(screened.status)
+        if not screened.answered:
+            reasons[screened.reason] += 1
+    answered = np.array([status == "ok" for status in statuses], dtype=bool)
+    card = classifier.card
+    rest = frame[answered].reset_index(drop=True)
+    metrics = None
+    if rest["label"].eq(card.positive_class).any() and rest["label"].ne(card.positive_class).any():
+        full = classification_report(rest, probabilities[answered], card.classes, card.positive_class, card.threshold)
+        metrics = {key: full[key] for key in ("n", "n_positive", "auc", "auc_ci95", "sensitivity", "specificity")}
+    return {"checked": len(statuses), "answered": int(answered.sum()), "refused": statuses.count(REFUSED),
+            "held_back": statuses.count(HELD_BACK), "reasons": dict(reasons), "checked_with": models.names,
+            "metrics_on_answered": metrics}
+
+
+def print_screening(block: dict) -> None:
+    """How many images the page's checks would have refused or held back, and the metrics on the others."""
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None or value != value else f"{value:.3f}"
+
+    print(f"image checks (as on the Analyze page, with {', '.join(block['checked_with'])}): {block['refused']} "
+          f"refused, {block['held_back']} held back, {block['answered']} of {block['checked']} answered")
+    for reason, count in block["reasons"].items():
+        print(f"  {count} x {reason}")
+    metrics = block["metrics_on_answered"]
+    if metrics is None:
+        print("  no metrics on the answered images: they do not hold both classes")
+    else:
+        ci = metrics["auc_ci95"] or [None, None]
+        print(f"  on the {metrics['n']} answered images: AUC {fmt(metrics['auc'])} (95% CI {fmt(ci[0])}-{fmt(ci[1])}), "
+              f"sensitivity {fmt(metrics['sensitivity'])}, specificity {fmt(metrics['specificity'])}")
 
 
 def print_trust(report: dict) -> None:
@@ -183,7 +241,8 @@ def shipped_lung_segmenter(modality: str) -> Path | None:
 def cam_inside_lungs(classifier: Classifier, segmenter_dir: Path, frame, limit: int) -> dict[str, dict[str, float]]:
     """Mean share of the heatmap mass inside the predicted lung mask, per true class and within it per source (the
     shortcut check),
-    from the Analyze page's own analysis (`covid_models.analysis.analyse`); unreadable files are left out."""
+    from the Analyze page's own analysis (`covid_models.analysis.analyse`); unreadable files and films whose lung
+    mask is implausible (no share is given for them) are left out."""
     from tqdm import tqdm
 
     from covid_models.analysis import analyse
@@ -199,8 +258,9 @@ def cam_inside_lungs(classifier: Classifier, segmenter_dir: Path, frame, limit: 
             scan = read_image(path)
         except ImageReadError:
             continue
-        shares.setdefault(label, {}).setdefault(source, []).append(
-            analyse(scan, [classifier], [segmenter]).shares["lungs"])
+        share = analyse(scan, [classifier], [segmenter]).shares.get("lungs")  # None: an implausible lung mask
+        if share is not None:
+            shares.setdefault(label, {}).setdefault(source, []).append(share)
     result = {}
     for label, by_source in shares.items():
         pooled = [share for values in by_source.values() for share in values]

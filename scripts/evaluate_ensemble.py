@@ -8,6 +8,11 @@ For each member, for the mean of the members' calibrated probabilities (`covid_m
 rule) and, with `--mirror`, for the mean over each image and its left-right mirror, the COVID-vs-rest AUC on
 validation and on test (95 % patient-bootstrap interval). Choose on the validation column: the test column is
 what a choice made there gives on images no choice saw.
+
+Every image is also screened as the Analyze page screens it (`covid_models.image_checks.screen` with the first
+member and the checking models beside it, or in --weights; held back too when any member's guard holds it back, as
+the ensemble's rule does): the AUCs above cover every image; each row also states the number of images not
+answered and the AUC on the answered ones (what a user is shown).
 """
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ from covid_models import runtime
 from covid_models.checkpoint import CheckpointError
 from covid_models.data import DataError, LeakageError, training_table
 from covid_models.evaluation import predict_frame
+from covid_models.image_checks import check_models, screen
 from covid_models.inference import Classifier
-from covid_models.io import ImageReadError
+from covid_models.io import ImageReadError, read_image
 from covid_models.metrics import auc, bootstrap_ci
 
 SPLITS = ("val", "test")
@@ -35,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("members", type=Path, nargs="+", help="model directories")
     parser.add_argument("--mirror", action="store_true", help="also score the left-right mirror of every image")
     parser.add_argument("--out", type=Path, help="write the table as JSON here")
+    parser.add_argument("--weights", type=Path,
+                        help="folder of the models that check each image (the other modality's classifier, the X-ray "
+                             "lung segmenter); default: the first member's folder")
     return parser.parse_args(argv)
 
 
@@ -43,6 +52,21 @@ def split_frames(data: Path, classifier: Classifier) -> dict:
     frame = training_table(data, card.modality, card.classes, seed=int(card.training.get("seed", 0)),
                            add_manifests=card.training.get("add_manifests", ()))
     return {split: frame[frame["split"] == split].reset_index(drop=True) for split in SPLITS}
+
+
+def answered(frames: dict, members: list[Classifier], weights: Path) -> dict[str, np.ndarray]:
+    """Per split, whether each image gets an answer at every door: not refused by the image checks and not held
+    back by any member's guard."""
+    models = check_models(members[0], weights)
+    result = {}
+    for split, frame in frames.items():
+        flags = []
+        for path in frame["image"]:
+            scan = read_image(path)
+            flags.append(screen(scan, Path(path), members[0], models).answered
+                         and not any(m.predict(scan).out_of_distribution for m in members[1:]))
+        result[split] = np.array(flags, dtype=bool)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         positive = members[0].card.classes.index(members[0].card.positive_class)
         scores = {(m.name, split, mirrored): predict_frame(m, frames[split], progress=False, mirror=mirrored)[0][
             :, positive] for m in members for split in SPLITS for mirrored in views}
+        answers = answered(frames, members, args.weights or args.members[0].resolve().parent)
     except (CheckpointError, DataError, LeakageError, ImageReadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -76,10 +101,16 @@ def main(argv: list[str] | None = None) -> int:
             truth = (frame["label"] == members[0].card.positive_class).to_numpy()
             score = np.mean([scores[(name, split, mirrored)] for name in names for mirrored in used], axis=0)
             low, high = bootstrap_ci(auc, truth, score, groups=frame["patient_id"].to_numpy())
-            entry[split] = {"auc": auc(truth, score), "auc_ci95": [low, high], "n": int(len(frame))}
+            kept = answers[split]
+            entry[split] = {"auc": auc(truth, score), "auc_ci95": [low, high], "n": int(len(frame)),
+                            "not_answered": int((~kept).sum()),
+                            "auc_answered": auc(truth[kept], score[kept]) if len(set(truth[kept])) == 2 else None}
         table.append(entry)
-        print(f"{label:<55} val AUC {entry['val']['auc']:.3f}   test AUC {entry['test']['auc']:.3f} "
-              f"({entry['test']['auc_ci95'][0]:.3f}-{entry['test']['auc_ci95'][1]:.3f})")
+        test = entry["test"]
+        on_answered = "n/a" if test["auc_answered"] is None else f"{test['auc_answered']:.3f}"
+        print(f"{label:<55} val AUC {entry['val']['auc']:.3f}   test AUC {test['auc']:.3f} "
+              f"({test['auc_ci95'][0]:.3f}-{test['auc_ci95'][1]:.3f}); {test['not_answered']} test images refused or "
+              f"held back, test AUC {on_answered} on the others")
     if args.out:
         command = "python scripts/evaluate_ensemble.py " + " ".join(sys.argv[1:] if argv is None else argv)
         args.out.write_text(json.dumps({"rows": table, "command": command}, indent=2))
