@@ -25,11 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from covid_models import runtime
+from covid_models.adaptation import is_adapted, reproduce
 from covid_models.checkpoint import CheckpointError, save_card
 from covid_models.data import DataError, LeakageError, load_dataset, manifest_hash, training_table
 from covid_models.evaluation import classification_report, format_report, predict_frame
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import ImageReadError
+from covid_models.local_samples import sample_from_folder, sample_from_manifest
+from covid_models.local_validation import ValidationError, score_sample
 from covid_models.trust import source_probes
 
 
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         classifier = Classifier.load(args.checkpoint)
         card = classifier.card
+        if is_adapted(card):
+            return evaluate_adapted(classifier, args)
         own_data = False
         if args.split == "all":
             frame = load_dataset(args.data, card.modality)
@@ -119,6 +124,35 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(report, indent=2, default=float))
         print(f"wrote {args.out}")
     return 0
+
+
+def evaluate_adapted(classifier: Classifier, args: argparse.Namespace) -> int:
+    """A head adapted to a local site: its cross-validation run again on the same sample with the card's recipe
+    (`adaptation.reproduce`), the recorded and recomputed AUC side by side. DATA is the sample the card names: a
+    manifest (its `data.sample.source` kept) or a folder as `scripts/validate_local.py` reads it."""
+    card = classifier.card
+    sample_spec = card.data.get("sample") or {}
+    try:
+        if sample_spec.get("kind") == "manifest":
+            sample = sample_from_manifest(args.data, card.positive_class, source=sample_spec.get("source"))
+        else:
+            sample = sample_from_folder(args.data, card.positive_class)
+        print(f"reproducing {card.name} (adapted to {card.extra.get('adapted_to')}) on {len(sample.frame)} images")
+        scored = score_sample(classifier, sample)
+        result = reproduce(card, scored)
+    except (DataError, ImageReadError, ValidationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    def interval(ci: list | None) -> str:
+        return "n/a" if not ci else f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+    print(f"cross-validated AUC recorded in the card {result['recorded_auc']:.3f} "
+          f"({interval(result['recorded_auc_ci95'])}) on {result['recorded_n']} images; recomputed "
+          f"{result['recomputed_auc']:.3f} ({interval(result['recomputed_auc_ci95'])}) on {result['n']}: "
+          + ("reproduced" if result["matches"] else "NOT reproduced"))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2, default=float))
+    return 0 if result["matches"] else 1
 
 
 def print_trust(report: dict) -> None:
