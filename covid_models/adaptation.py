@@ -34,7 +34,7 @@ from covid_models.local_validation import (
     shortfall,
 )
 from covid_models.metrics import binary_report, youden_threshold
-from covid_models.model_card import ModelCard, modality_name
+from covid_models.model_card import ModelCard
 
 C_DEFAULT = 0.1  # inverse L2 strength on standardised features: 1280 features, a few hundred images
 HEAD_RULE = "maximises sensitivity + specificity on the cross-validated predictions of the local sample"
@@ -55,17 +55,6 @@ class Adaptation:
     out_of_fold: np.ndarray  # calibrated positive probability of each image, from the fold that held it out
     folds: np.ndarray
     report: dict[str, Any]  # the cross-validated report (binary_report on out_of_fold) and the fold figures
-
-
-def is_adapted(card: ModelCard) -> bool:
-    return isinstance(card.extra.get("base_model"), dict)
-
-
-def model_label(card: ModelCard) -> str:
-    """How the pages name a model: "X-ray, adapted to <site>" for an adapted head, else its name."""
-    if is_adapted(card):
-        return f"{modality_name(card.modality)}, adapted to {card.extra.get('adapted_to', 'a local site')}"
-    return card.name
 
 
 def _logistic(features: np.ndarray, labels: np.ndarray, C: float) -> tuple[np.ndarray, float]:

@@ -16,7 +16,7 @@ from covid_models.architectures import build_model, cam_target_layer
 from covid_models.checkpoint import CheckpointError, load_model_dir, load_weights_into, read_card
 from covid_models.io import Scan
 from covid_models.lung_box import Box
-from covid_models.model_card import CardError, ModelCard
+from covid_models.model_card import CardError, ModelCard, is_adapted
 from covid_models.ood import OOD_PREFIX, OodGuard
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class Classifier:
         """The classifier of a model directory. A card whose input is cropped to a segmenter's lung mask gets
         `lung_segmenter` when it is that one, else the pinned segmenter is looked up (see `segmenter_folder`)."""
         card, state = load_model_dir(directory, "classification")
-        if isinstance(card.extra.get("base_model"), dict):
+        if is_adapted(card):
             return cls._load_adapted(directory, card, state, lung_segmenter)
         pinned = card.preprocessing.lung_segmenter
         if pinned is not None and not _is_pinned(lung_segmenter, pinned):

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from covid_models.analysis import Hold, free
 from covid_models.inference import Classifier
 from covid_models.io import ImageReadError
 from covid_models.local_samples import NEGATIVE, LocalSample
@@ -67,10 +68,13 @@ class ScoredSample:
 
 
 def score_sample(classifier: Classifier, sample: LocalSample, *, guards: Mapping[str, Classifier] | None = None,
-                 lung_segmenter: Any = None, batch_size: int = 16, progress: Progress | None = None) -> ScoredSample:
+                 lung_segmenter: Any = None, batch_size: int = 16, progress: Progress | None = None,
+                 hold: Hold = free) -> ScoredSample:
     """Run `classifier` on every image of `sample`; unreadable files are named and left out, never fatal.
 
     `guards` (one classifier per modality) and `lung_segmenter` (the X-ray lung model) turn on the chest-image check.
+    `hold(model)` is entered for each batch or image a shared model runs on (see `analysis.analyse`), never for the
+    whole sample, so that a long validation does not keep other visitors from the model.
     """
     from covid_models.image_checks import check_image, lung_mask
 
@@ -82,7 +86,8 @@ def score_sample(classifier: Classifier, sample: LocalSample, *, guards: Mapping
 
     def flush() -> None:
         if inputs:
-            probs, feats = classifier.forward(torch.stack(inputs))
+            with hold(classifier):
+                probs, feats = classifier.forward(torch.stack(inputs))
             predictions = classifier.predictions(probs, feats)
             probabilities.append(probs.numpy())
             features.append(feats.numpy())
@@ -102,8 +107,8 @@ def score_sample(classifier: Classifier, sample: LocalSample, *, guards: Mapping
         summary = meta.dicom_summary or {}
         check = None
         if guards:
-            lungs = lung_mask(lung_segmenter, scan) if lung_segmenter is not None else None
-            check = check_image(scan, data, guards, lungs)
+            lungs = lung_mask(lung_segmenter, scan, hold) if lung_segmenter is not None else None
+            check = check_image(scan, data, guards, lungs, hold)
         rows.append(index)
         inputs.append(tensor)
         metadata.append({

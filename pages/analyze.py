@@ -50,7 +50,7 @@ from covid_models.io import (
     read_image,
     rewindow,
 )
-from covid_models.model_card import MODALITY_NAMES, ModelCard, modality_name
+from covid_models.model_card import MODALITY_NAMES, ModelCard, display_name, modality_name
 from covid_models.overlays import DISPLAY_SIDE, display_size, for_display
 from covid_models.report import (
     bare_file_name,
@@ -288,7 +288,7 @@ def example_images(root: str, modality: str, per_class: int) -> list[tuple[str, 
 
 # ------------------------------------------------------------------------------------------- settings
 def model_label(directory: str, cards: dict[str, ModelCard]) -> str:
-    return f"Ensemble of all {len(cards)} models" if directory == ENSEMBLE else cards[directory].name
+    return f"Ensemble of all {len(cards)} models" if directory == ENSEMBLE else display_name(cards[directory])
 
 
 def model_caption(model_dirs: tuple[str, ...], cards: dict[str, ModelCard]) -> str:

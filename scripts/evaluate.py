@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from covid_models import runtime
-from covid_models.adaptation import is_adapted, reproduce
+from covid_models.adaptation import reproduce
 from covid_models.checkpoint import CheckpointError, save_card
 from covid_models.data import DataError, LeakageError, load_dataset, manifest_hash, training_table
 from covid_models.evaluation import classification_report, format_report, predict_frame
@@ -33,6 +33,7 @@ from covid_models.inference import Classifier, discover_models
 from covid_models.io import ImageReadError
 from covid_models.local_samples import sample_from_folder, sample_from_manifest
 from covid_models.local_validation import ValidationError, score_sample
+from covid_models.model_card import is_adapted
 from covid_models.trust import source_probes
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from covid_models.adaptation import AdaptationError, adapt, adapted_card, is_adapted, model_label, save_adapted
+from covid_models.adaptation import AdaptationError, adapt, adapted_card, save_adapted
 from covid_models.checkpoint import CheckpointError, read_card
 from covid_models.inference import Classifier, penultimate_layer
 from covid_models.local_samples import SampleError, sample_from_zip
@@ -25,6 +25,7 @@ from covid_models.local_validation import (
     score_sample,
     validate,
 )
+from covid_models.model_card import display_name, is_adapted
 from tests.model_fixtures import write_tiny_classifier
 
 
@@ -127,7 +128,7 @@ def test_an_adapted_card_names_its_base_by_name_and_hash_and_records_its_provena
     base_dir, base = _base(tmp_path)
     folder, _ = _adapted_beside(tmp_path, base_dir, base)
     card = read_card(folder)
-    assert is_adapted(card) and model_label(card) == "X-ray, adapted to St Elsewhere"
+    assert is_adapted(card) and display_name(card) == "X-ray, adapted to St Elsewhere"
     assert card.extra["base_model"] == {"name": "base-xray", "sha256": read_card(base_dir).sha256}
     assert card.data["site"] == "St Elsewhere" and card.data["counts"][0]["patients"] == 15
     assert card.training["command"] == "python scripts/x.py" and len(card.training["date"]) == 10
