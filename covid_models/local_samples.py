@@ -20,8 +20,9 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from covid_models.data import DataError, import_folder, load_manifest
+from covid_models.data import DataError, import_folder, load_manifest, training_table
 from covid_models.io import ImageReadError, Scan, read_dicom_identifiers, read_image
+from covid_models.model_card import ModelCard
 from covid_models.volumes import VolumeLimits, _zip_members
 
 NEGATIVE = "other"
@@ -211,3 +212,16 @@ def sample_from_folder(folder: str | Path, positive_class: str) -> LocalSample:
         raise SampleError("The folder holds no manifest.csv, no labels.csv and no class sub-folders of images.")
     return _finish(frame.assign(name=[Path(p).name for p in frame["image"]]), positive_class, [])
 
+
+
+def unseen_by(card: ModelCard, data_root: str | Path, sample: LocalSample) -> LocalSample:
+    """The rows of `sample` that the model of `card` never trained or was calibrated on: its train and validation
+    splits are rebuilt from `data_root` with the card's recipe (`data.training_table`) and left out."""
+    table = training_table(data_root, card.modality, card.classes, seed=int(card.training.get("seed", 0)),
+                           add_manifests=card.training.get("add_manifests", ()),
+                           extra_train=card.training.get("extra_train", ()))
+    seen = set(table.loc[table["split"] != "test", "image"])
+    keep = ~sample.frame["image"].isin(seen)
+    notes = [*sample.notes, f"{int((~keep).sum())} image(s) that {card.name} was trained or calibrated on were left "
+                            f"out; {int(keep.sum())} remain."]
+    return LocalSample(sample.frame[keep].reset_index(drop=True), sample.positive_class, sample.blobs, notes)

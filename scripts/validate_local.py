@@ -38,6 +38,7 @@ from covid_models.local_samples import (
     sample_from_folder,
     sample_from_manifest,
     sample_from_zip,
+    unseen_by,
 )
 from covid_models.local_validation import ValidationError, confound_check, recalibrate, score_sample, validate
 
@@ -55,6 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     given.add_argument("--manifest", type=Path, help="a manifest.csv (or its folder) in the shared data's format")
     parser.add_argument("--labels", type=Path, help="--dicom: the CSV keyed by SOPInstanceUID or file")
     parser.add_argument("--source", help="--manifest: keep the rows of this source only")
+    parser.add_argument("--unseen-by-model", type=Path, metavar="DATA_ROOT",
+                        help="leave out the images the model was trained or calibrated on (its train and validation "
+                             "splits, rebuilt from DATA_ROOT with the card's recipe): for a sample drawn from its "
+                             "training data")
     parser.add_argument("--site", help="the site's name (default: the source, else 'local')")
     parser.add_argument("--no-image-check", action="store_true",
                         help="skip the chest-image check (it runs the installed guards and lung model on every image)")
@@ -136,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         classifier = Classifier.load(args.model)
         card = classifier.card
         sample = read_sample(args, card.positive_class, card.modality)
+        if args.unseen_by_model is not None:
+            sample = unseen_by(card, args.unseen_by_model, sample)
         for note in sample.notes:
             print(f"note: {note}")
         guards, lungs = ({}, None) if args.no_image_check else guards_and_lungs(card.modality)
