@@ -210,3 +210,15 @@ def _zip_with_csv(text: str) -> bytes:
         archive.writestr("labels.csv", text)
         archive.writestr("a.png", _png(10))
     return buffer.getvalue()
+
+
+def test_an_adapted_model_goes_through_the_pages_analysis_with_a_heatmap(tmp_path):
+    from covid_models.analysis import analyse
+    from covid_models.io import read_image
+
+    base_dir, base = _base(tmp_path)
+    folder, _ = _adapted_beside(tmp_path, base_dir, base)
+    analysis = analyse(read_image(_png(90), name="chest.png"), [Classifier.load(folder)], [])
+    assert analysis.prediction.model == read_card(folder).name and set(analysis.prediction.probabilities) == {
+        "covid", "other"}
+    assert analysis.heat is not None and analysis.heat.shape == analysis.grey.shape[:2]
