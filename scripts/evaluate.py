@@ -136,8 +136,12 @@ def evaluate_adapted(classifier: Classifier, args: argparse.Namespace) -> int:
     try:
         if sample_spec.get("kind") == "manifest":
             sample = sample_from_manifest(args.data, card.positive_class, source=sample_spec.get("source"))
-        else:
+        elif sample_spec.get("kind") == "folder":
             sample = sample_from_folder(args.data, card.positive_class)
+        else:
+            raise DataError(f"{card.name} was fit on an uploaded {sample_spec.get('kind', 'sample')}; unpack it into "
+                            "a folder with a labels.csv and refit with scripts/validate_local.py --folder to reproduce "
+                            "it")
         print(f"reproducing {card.name} (adapted to {card.extra.get('adapted_to')}) on {len(sample.frame)} images")
         scored = score_sample(classifier, sample)
         result = reproduce(card, scored)

@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.write:
                 adapted = adapted_card(card, adaptation, scored, site=site, base_validation=report["validation"],
                                        confounds=report["confounds"], command=command)
-                adapted.data["sample"] = {"kind": "manifest" if args.manifest else "other", "source": args.source}
+                kind = "manifest" if args.manifest else "folder" if args.folder else "zip" if args.zip else "dicom"
+                adapted.data["sample"] = {"kind": kind, "source": args.source}
                 save_adapted(args.write, adapted, adaptation)
                 print(f"wrote {args.write} ({adapted.name}); it loads on {card.name} sha256 {card.sha256[:12]}...")
     except (CheckpointError, DataError, ImageReadError, ValidationError) as error:
