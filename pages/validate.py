@@ -38,6 +38,7 @@ from pages.shared import (
     enter_through_app,
     hold_for,
     load_classifier,
+    load_segmenter,
     model_cards,
     refresh_model_list,
     show_error,
@@ -92,12 +93,30 @@ def read_input(choice: str, positive_class: str) -> LocalSample | None:
     return None if folder is None else sample_from_folder(folder, positive_class)
 
 
+def check_models() -> tuple[dict[str, str], str | None]:
+    """The chest-image check's models, as on the Analyze page: the first shipped classifier of each modality (its
+    out-of-distribution guard) and the X-ray lung segmenter, by directory."""
+    guards: dict[str, str] = {}
+    for directory, card in model_cards("classification"):
+        if not is_adapted(card):
+            guards.setdefault(card.modality, directory)
+    lungs = next((d for d, card in model_cards("segmentation", "xray") if card.classes == ["lungs"]), None)
+    return guards, lungs
+
+
 def run_validation(directory: str, sample: LocalSample, site: str) -> dict:
-    """Score, validate, check confounds and recalibrate, with a progress bar; the result for this session only."""
+    """Score (with the chest-image check), validate, check confounds and recalibrate, with a progress bar; the
+    result for this session only."""
     classifier = load_classifier(directory)
+    guard_dirs, lungs_dir = check_models()
+    models = {directory: classifier, **{d: load_classifier(d) for d in guard_dirs.values()}}
+    lungs = load_segmenter(lungs_dir) if lungs_dir else None
+    if lungs is not None:
+        models[lungs_dir] = lungs
     bar = st.progress(0.0, text="Scoring the sample...")
     try:
-        scored = score_sample(classifier, sample, hold=hold_for({directory: classifier}),
+        scored = score_sample(classifier, sample, guards={m: models[d] for m, d in guard_dirs.items()},
+                              lung_segmenter=lungs, hold=hold_for(models),
                               progress=lambda fraction, text: bar.progress(min(1.0, fraction), text=text))
     finally:
         bar.empty()
