@@ -222,3 +222,32 @@ def test_an_adapted_model_goes_through_the_pages_analysis_with_a_heatmap(tmp_pat
     assert analysis.prediction.model == read_card(folder).name and set(analysis.prediction.probabilities) == {
         "covid", "other"}
     assert analysis.heat is not None and analysis.heat.shape == analysis.grey.shape[:2]
+
+
+def _dicom_with_uid(uid: str, view: str) -> bytes:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    dataset.SOPInstanceUID = uid
+    dataset.ViewPosition = view
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
+def test_dicom_files_are_matched_to_their_labels_by_sop_instance_uid_and_give_their_view(tmp_path):
+    from covid_models.local_samples import sample_from_dicom
+
+    files = [(f"scan/{i}.dcm", _dicom_with_uid(f"1.2.3.{i}", "AP" if i % 2 else "PA")) for i in range(4)]
+    table = "SOPInstanceUID,label,patient_id\n" + "".join(f"1.2.3.{i},{'covid' if i % 2 else 'normal'},p{i}\n"
+                                                          for i in reversed(range(4)))
+    sample = sample_from_dicom(files, table.encode(), "covid")
+    assert dict(zip(sample.frame["name"], sample.frame["positive"], strict=True)) == {
+        "scan/3.dcm": 1, "scan/2.dcm": 0, "scan/1.dcm": 1, "scan/0.dcm": 0}
+    _, base = _base(tmp_path)
+    scored = score_sample(base, sample)
+    assert dict(zip(scored.frame["name"], scored.frame["view"], strict=True))["scan/3.dcm"] == "AP"  # from the tag
+    assert set(scored.frame["bit_depth"]) == {16}
+    with pytest.raises(SampleError, match="match no uploaded DICOM file by sopinstanceuid"):
+        sample_from_dicom(files, b"SOPInstanceUID,label\n9.9.9,covid\n", "covid")
