@@ -297,6 +297,12 @@ def model_caption(model_dirs: tuple[str, ...], cards: dict[str, ModelCard]) -> s
     if len(model_dirs) > 1:
         return "Mean of the members' calibrated probabilities."
     card = cards[model_dirs[0]]
+    if is_adapted(card):
+        test = card.metrics.get("test") or {}
+        ci = test.get("auc_ci95") or [float("nan")] * 2
+        return (f"A head adapted to {card.extra.get('adapted_to')} on {card.extra['base_model'].get('name')}: "
+                f"cross-validated AUC {test.get('auc', float('nan')):.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}) on "
+                f"{test.get('n', '?')} images of that site, a figure for that site only. Details on Model performance.")
     if (source := single_source(card)) is not None:
         return headline_auc(card) + (f" All test images come from one source ({source}): the AUC is a within-source "
                                      "figure and says nothing of images from other hospitals or scanners. Details "

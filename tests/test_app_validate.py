@@ -6,6 +6,7 @@ import io
 import zipfile
 
 import numpy as np
+import pytest
 
 from covid_models.inference import find_models
 from covid_models.model_card import display_name
@@ -94,3 +95,20 @@ def test_another_visitor_sees_none_of_the_results(tmp_path, monkeypatch):
     other = page_test("pages/validate.py", weights, monkeypatch)
     other.run()
     assert not other.metric and not other.get("plotly_chart")
+
+
+def test_the_shipped_adapted_head_is_offered_on_analyze_with_its_cross_validated_figure(monkeypatch):
+    from conftest import WEIGHTS_DIR
+
+    from covid_models.model_card import is_adapted
+
+    if not any(is_adapted(card) for _, card in find_models(WEIGHTS_DIR).found):
+        pytest.skip("no adapted head in weights/")
+    at = page_test("pages/analyze.py", WEIGHTS_DIR, monkeypatch).run()
+    widget = at.selectbox(key="model-xray")
+    assert "X-ray, adapted to ieee8023" in widget.options
+    assert not any(option.startswith("Ensemble") for option in widget.options)  # an adapted head is no member
+    at.selectbox(key="model-xray").set_value(str(WEIGHTS_DIR / "xray-efficientnet-lite0-adapted-ieee8023")).run()
+    assert not at.exception
+    assert any(c.value.startswith("A head adapted to ieee8023 on xray-efficientnet-lite0: cross-validated AUC 0.888")
+               for c in at.sidebar.caption)
