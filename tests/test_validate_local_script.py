@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from covid_models.benchmarking import PROJECT_ROOT, chest_like_png, write_classifier
 from covid_models.checkpoint import read_card
@@ -61,3 +62,18 @@ def test_a_sample_below_the_minimum_is_validated_without_headline_and_adaptation
     assert result.returncode == 2
     assert "no AUC headline: fewer than 10 patients" in result.stdout
     assert "error: Not" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_evaluate_reproduces_the_shipped_adapted_heads_cross_validated_auc(real_data):
+    from covid_models.inference import find_models
+    from covid_models.model_card import is_adapted
+
+    adapted = [d for d, card in find_models(PROJECT_ROOT / "weights").found if is_adapted(card)]
+    if not adapted:
+        pytest.skip("no adapted head in weights/")
+    for directory in adapted:
+        result = _script("evaluate.py", str(directory), str(real_data / "xray"), "--split", "all")
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert ": reproduced" in result.stdout
