@@ -70,10 +70,10 @@ def test_evaluate_reproduces_the_shipped_adapted_heads_cross_validated_auc(real_
     from covid_models.inference import find_models
     from covid_models.model_card import is_adapted
 
-    adapted = [d for d, card in find_models(PROJECT_ROOT / "weights").found if is_adapted(card)]
+    adapted = [(d, card) for d, card in find_models(PROJECT_ROOT / "weights").found if is_adapted(card)]
     if not adapted:
         pytest.skip("no adapted head in weights/")
-    for directory in adapted:
-        result = _script("evaluate.py", str(directory), str(real_data / "xray"), "--split", "all")
+    for directory, card in adapted:
+        result = _script("evaluate.py", str(directory), str(real_data / card.modality), "--split", "all")
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert ": reproduced" in result.stdout
