@@ -29,7 +29,7 @@ NEGATIVE = "other"
 CSV_COLUMNS = ("file", "label", "patient_id", "view", "site")
 POSITIVE_WORDS = {"positive", "1", "true", "yes"}
 MAX_ROWS = 20_000  # a local validation sample is hundreds of images; a CSV of millions of rows is a mistake
-ZIP_LIMITS = VolumeLimits(max_files=MAX_ROWS + 10, max_file_bytes=64 * 1024 * 1024, max_total_bytes=2 * 1024**3)
+ZIP_LIMITS = VolumeLimits(max_files=MAX_ROWS + 10, max_file_bytes=64 * 1024 * 1024, max_total_bytes=1024**3)
 
 
 class SampleError(DataError):
@@ -196,13 +196,16 @@ def sample_from_manifest(manifest: str | Path, positive_class: str, source: str 
 def sample_from_folder(folder: str | Path, positive_class: str) -> LocalSample:
     """A folder: its manifest.csv, else its labels.csv (file,label,... relative to it), else class sub-folders."""
     folder = Path(folder)
+    root = folder.resolve()
     if (folder / "manifest.csv").is_file():
-        return sample_from_manifest(folder / "manifest.csv", positive_class)
+        sample = sample_from_manifest(folder / "manifest.csv", positive_class)
+        if any(not Path(p).resolve().is_relative_to(root) for p in sample.frame["image"]):
+            raise SampleError("manifest.csv names a file outside its folder; only the folder's own images are read.")
+        return sample
     if (folder / "labels.csv").is_file():
         table = _read_label_csv(folder / "labels.csv", "labels.csv")
         if "file" not in table.columns:
             raise SampleError("labels.csv lacks a 'file' column naming each image relative to the folder.")
-        root = folder.resolve()
         paths = [(root / f).resolve() for f in table["file"].astype(str)]
         if any(not p.is_relative_to(root) for p in paths):
             raise SampleError("labels.csv names a file outside its folder.")

@@ -251,3 +251,16 @@ def test_dicom_files_are_matched_to_their_labels_by_sop_instance_uid_and_give_th
     assert set(scored.frame["bit_depth"]) == {16}
     with pytest.raises(SampleError, match="match no uploaded DICOM file by sopinstanceuid"):
         sample_from_dicom(files, b"SOPInstanceUID,label\n9.9.9,covid\n", "covid")
+
+
+def test_a_folder_whose_list_names_files_outside_it_is_refused(tmp_path):
+    from covid_models.local_samples import sample_from_folder
+
+    (tmp_path / "outside.png").write_bytes(_png(10))
+    for listing, text in (("labels.csv", "file,label\n../outside.png,covid\n"),
+                          ("manifest.csv", "image,label,patient_id\n../outside.png,covid,p1\n")):
+        folder = tmp_path / listing.replace(".", "-")
+        folder.mkdir()
+        (folder / listing).write_text(text)
+        with pytest.raises(SampleError, match="outside its folder"):
+            sample_from_folder(folder, "covid")
