@@ -112,3 +112,20 @@ def test_the_shipped_adapted_head_is_offered_on_analyze_with_its_cross_validated
     assert not at.exception
     assert any(c.value.startswith("A head adapted to ieee8023 on xray-efficientnet-lite0: cross-validated AUC 0.888")
                for c in at.sidebar.caption)
+
+
+def test_the_shipped_adapted_head_sits_beside_its_base_on_model_performance(monkeypatch):
+    from conftest import WEIGHTS_DIR
+
+    from covid_models.model_card import is_adapted
+
+    adapted = [card for _, card in find_models(WEIGHTS_DIR).found if is_adapted(card)]
+    if not adapted:
+        pytest.skip("no adapted head in weights/")
+    at = page_test("pages/performance.py", WEIGHTS_DIR, monkeypatch).run()
+    at.selectbox(key="performance-model-xray").set_value(adapted[0].name).run()
+    assert not at.exception
+    assert any("adapted to ieee8023 on the frozen features of xray-efficientnet-lite0" in i.value for i in at.info)
+    side = next(d.value for d in at.dataframe if "on the local sample" in d.value.columns)
+    assert side["on the local sample"].str.startswith("AUC 0.888").any()  # the head, cross-validated
+    assert side["on the local sample"].str.startswith("AUC 0.899").any()  # its base on the same images
