@@ -40,6 +40,7 @@ def main() -> None:
         st.Page("pages/scan.py", title="CT scan", icon=":material/view_in_ar:"),
         st.Page("pages/review.py", title="Review session", icon=":material/fact_check:"),
         st.Page("pages/performance.py", title="Model performance", icon=":material/monitoring:"),
+        st.Page("pages/validate.py", title="Validate locally", icon=":material/fact_check:"),
         st.Page("pages/dataset.py", title="Dataset statistics", icon=":material/bar_chart:"),
         st.Page("pages/about.py", title="About", icon=":material/info:"),
     ])

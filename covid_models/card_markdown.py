@@ -108,6 +108,11 @@ def render_model_card(card: ModelCard) -> str:
         f"replicated to {card.preprocessing.channels} channels, mean {card.preprocessing.mean}, "
         f"std {card.preprocessing.std}",
     ]
+    base = card.extra.get("base_model")
+    if isinstance(base, dict):
+        lines += [f"- Adapted to {card.extra.get('adapted_to')} on base model `{base.get('name')}` (weights sha256 "
+                  f"{str(base.get('sha256'))[:12]}...): {card.training.get('method')}. Its metrics below are "
+                  "cross-validated on the local sample (each image scored by a head that never saw its patient)."]
     if card.task == "classification":
         lines.append(f"- Calibration: temperature {card.temperature:.3f} (fitted on validation)")
         for name, point in card.operating_points.items():

@@ -16,7 +16,7 @@ from covid_models.architectures import build_model, cam_target_layer
 from covid_models.checkpoint import CheckpointError, load_model_dir, load_weights_into, read_card
 from covid_models.io import Scan
 from covid_models.lung_box import Box
-from covid_models.model_card import CardError, ModelCard
+from covid_models.model_card import CardError, ModelCard, is_adapted
 from covid_models.ood import OOD_PREFIX, OodGuard
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ class Classifier:
         """The classifier of a model directory. A card whose input is cropped to a segmenter's lung mask gets
         `lung_segmenter` when it is that one, else the pinned segmenter is looked up (see `segmenter_folder`)."""
         card, state = load_model_dir(directory, "classification")
+        if is_adapted(card):
+            return cls._load_adapted(directory, card, state, lung_segmenter)
         pinned = card.preprocessing.lung_segmenter
         if pinned is not None and not _is_pinned(lung_segmenter, pinned):
             from covid_models.segmentation import Segmenter
@@ -82,6 +84,24 @@ class Classifier:
         except (ValueError, KeyError) as error:
             raise CheckpointError(f"{directory}: {error}") from error
         return cls(model, card, ood, lung_segmenter)
+
+    @classmethod
+    def _load_adapted(cls, directory: str | Path, card: ModelCard, state: dict[str, torch.Tensor],
+                      lung_segmenter: Segmenter | None) -> Classifier:
+        """A head adapted to a local site (`covid_models.adaptation`) on its pinned base model: the base network with
+        its class head replaced; the base's out-of-distribution guard and lung segmenter serve it unchanged."""
+        pin = card.extra["base_model"]
+        base = cls.load(model_folder("classification", (str(pin.get("name")), str(pin.get("sha256"))),
+                                     Path(directory).parent), lung_segmenter)
+        if base.card.preprocessing.to_dict() != card.preprocessing.to_dict() or \
+                base.card.architecture != card.architecture:
+            raise CheckpointError(f"{card.name}: its card's preprocessing or architecture differs from its base model "
+                                  f"{base.name}'s; the head reads that model's features and needs its input")
+        old = penultimate_layer(base.model)
+        head = load_weights_into(nn.Linear(old.in_features, len(card.classes)), state, source=str(directory))
+        parent_name, _, attribute = next(n for n, m in base.model.named_modules() if m is old).rpartition(".")
+        setattr(base.model.get_submodule(parent_name), attribute, head)
+        return cls(base.model, card, base.ood, base.lung_segmenter)
 
     @property
     def name(self) -> str:
@@ -207,17 +227,33 @@ def _is_pinned(segmenter: Segmenter | None, pinned: tuple[str, str]) -> bool:
 
 
 def segmenter_folder(pinned: tuple[str, str], *folders: Path) -> Path:
-    """The folder of the segmenter pinned by a card, (name, weights sha256): the first segmentation model with that
-    name and hash in `folders`, $COVID_WEIGHTS_DIR or the project's `weights/`; CheckpointError if none has it."""
+    """The folder of the segmenter pinned by a card, (name, weights sha256): see `model_folder`."""
+    try:
+        return model_folder("segmentation", pinned, *folders)
+    except CheckpointError as error:
+        raise CheckpointError(f"this classifier crops its input to the lungs found by {error}") from None
+
+
+def model_folder(task: str, pinned: tuple[str, str], *folders: Path) -> Path:
+    """The folder of a model pinned by another's card, (name, weights sha256): the first `task` model with that name
+    and hash in `folders`, $COVID_WEIGHTS_DIR or the project's `weights/`. CheckpointError if none has it, saying
+    when a model of that name is there with other weights (retrained or modified since it was pinned)."""
     name, sha256 = pinned
     environment = [Path(os.environ["COVID_WEIGHTS_DIR"])] if os.environ.get("COVID_WEIGHTS_DIR") else []
+    others = []
     for folder in (*folders, *environment, PROJECT_WEIGHTS):
         for directory, card in find_models(folder).found:
-            if card.task == "segmentation" and card.name == name and card.sha256 == sha256:
-                return directory
-    raise CheckpointError(f"this classifier crops its input to the lungs found by segmenter {name!r} (weights "
-                          f"sha256 {sha256[:12]}...), which is not in its folder nor in weights/: copy that "
-                          "segmenter's folder beside it")
+            if card.task == task and card.name == name:
+                if card.sha256 == sha256:
+                    return directory
+                others.append(card.sha256)
+    what = "segmenter" if task == "segmentation" else f"{task} model"
+    if others:
+        raise CheckpointError(f"{what} {name!r} pinned with weights sha256 {sha256[:12]}..., but the installed "
+                              f"{name!r} has weights sha256 {others[0][:12]}...: it is not the model this one was "
+                              "built on; refusing to load (install the pinned version, or refit on the installed one)")
+    raise CheckpointError(f"{what} {name!r} (weights sha256 {sha256[:12]}...), which is not in its folder nor in "
+                          "weights/: copy that model's folder beside it")
 
 
 @dataclass(frozen=True)

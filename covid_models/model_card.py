@@ -43,6 +43,18 @@ def modality_name(modality: str) -> str:
     return MODALITY_NAMES.get(modality, modality)
 
 
+def is_adapted(card: ModelCard) -> bool:
+    """Whether the card is a head adapted to a local site on a pinned base model (`covid_models.adaptation`)."""
+    return isinstance(card.extra.get("base_model"), dict)
+
+
+def display_name(card: ModelCard) -> str:
+    """How the pages name a model: "X-ray, adapted to <site>" for an adapted head, else its name."""
+    if is_adapted(card):
+        return f"{modality_name(card.modality)}, adapted to {card.extra.get('adapted_to', 'a local site')}"
+    return card.name
+
+
 @dataclass
 class ModelCard:
     """Everything needed to use and judge a model; serialised as card.json."""

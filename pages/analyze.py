@@ -50,7 +50,7 @@ from covid_models.io import (
     read_image,
     rewindow,
 )
-from covid_models.model_card import MODALITY_NAMES, ModelCard, modality_name
+from covid_models.model_card import MODALITY_NAMES, ModelCard, display_name, is_adapted, modality_name
 from covid_models.overlays import DISPLAY_SIDE, display_size, for_display
 from covid_models.report import (
     bare_file_name,
@@ -287,8 +287,8 @@ def example_images(root: str, modality: str, per_class: int) -> list[tuple[str, 
 
 
 # ------------------------------------------------------------------------------------------- settings
-def model_label(directory: str, cards: dict[str, ModelCard]) -> str:
-    return f"Ensemble of all {len(cards)} models" if directory == ENSEMBLE else cards[directory].name
+def model_label(directory: str, cards: dict[str, ModelCard], members: dict[str, ModelCard]) -> str:
+    return f"Ensemble of all {len(members)} models" if directory == ENSEMBLE else display_name(cards[directory])
 
 
 def model_caption(model_dirs: tuple[str, ...], cards: dict[str, ModelCard]) -> str:
@@ -297,6 +297,12 @@ def model_caption(model_dirs: tuple[str, ...], cards: dict[str, ModelCard]) -> s
     if len(model_dirs) > 1:
         return "Mean of the members' calibrated probabilities."
     card = cards[model_dirs[0]]
+    if is_adapted(card):
+        test = card.metrics.get("test") or {}
+        ci = test.get("auc_ci95") or [float("nan")] * 2
+        return (f"A head adapted to {card.extra.get('adapted_to')} on {card.extra['base_model'].get('name')}: "
+                f"cross-validated AUC {test.get('auc', float('nan')):.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}) on "
+                f"{test.get('n', '?')} images of that site, a figure for that site only. Details on Model performance.")
     if (source := single_source(card)) is not None:
         return headline_auc(card) + (f" All test images come from one source ({source}): the AUC is a within-source "
                                      "figure and says nothing of images from other hospitals or scanners. Details "
@@ -306,6 +312,13 @@ def model_caption(model_dirs: tuple[str, ...], cards: dict[str, ModelCard]) -> s
         f"Within-source AUC, {'; '.join(within)}: the number to read, as pooled sources can be told apart by "
         "where the images come from." if within else "No within-source AUC recorded: the headline may measure "
         "the images' source, not the disease.") + " Details on Model performance."
+
+
+def ensemble_members(cards: dict[str, ModelCard]) -> dict[str, ModelCard]:
+    """The models an ensemble averages: the shipped (not site-adapted) ones sharing the first one's classes."""
+    shipped = {d: c for d, c in cards.items() if not is_adapted(c)}
+    classes = next((c.classes for c in shipped.values()), None)
+    return {d: c for d, c in shipped.items() if c.classes == classes}
 
 
 def ensemble_caption(name: str, count: int) -> str | None:
@@ -329,12 +342,13 @@ def settings_sidebar() -> Settings:
             if not cards:
                 st.caption(f"No {name} classifier is installed.")
                 continue
-            options = list(cards) + ([ENSEMBLE] if len(cards) > 1 else [])
-            choice = st.selectbox(f"{name} model", options, format_func=lambda d, c=cards: model_label(d, c),
-                                  key=f"model-{modality}")
-            models[modality] = tuple(cards) if choice == ENSEMBLE else (choice,)
+            members = ensemble_members(cards)
+            options = list(cards) + ([ENSEMBLE] if len(members) > 1 else [])
+            choice = st.selectbox(f"{name} model", options, key=f"model-{modality}",
+                                  format_func=lambda d, c=cards, m=members: model_label(d, c, m))
+            models[modality] = tuple(members) if choice == ENSEMBLE else (choice,)
             st.caption(model_caption(models[modality], cards))
-            if (why := ensemble_caption(name, len(cards))) is not None:
+            if (why := ensemble_caption(name, len(members))) is not None:
                 st.caption(why)
         method = st.selectbox("Heatmap method", METHODS, format_func=METHOD_LABELS.get, key="method",
                               help="Class activation map for the COVID-19 class. Methods marked slow run one "

@@ -22,7 +22,7 @@ from covid_models.figures import (
     roc_figure,
     training_curves_figure,
 )
-from covid_models.model_card import ModelCard
+from covid_models.model_card import ModelCard, display_name, is_adapted
 from covid_models.report import class_name
 from covid_models.trust import (
     FLAGGED,
@@ -178,6 +178,27 @@ def _headline(card: ModelCard) -> None:
                    "no slice AUC.")
 
 
+def _adapted_beside_base(card: ModelCard, by_name: dict[str, tuple[str, ModelCard]]) -> None:
+    """An adapted head's cross-validated figures beside its base model's, on the same local sample and overall."""
+    base_name = card.extra["base_model"].get("name")
+    local = card.metrics.get("test") or {}
+    base_local = card.metrics.get("base_on_local_sample") or {}
+    rows = [{"model": display_name(card), "on the local sample": f"AUC {_number(local.get('auc'))} "
+             f"({_interval(local.get('auc_ci95'))}), cross-validated by patient"},
+            {"model": f"{base_name} (its base)", "on the local sample": f"AUC {_number(base_local.get('auc'))} "
+             f"({_interval(base_local.get('auc_ci95'))}), as shipped"}]
+    st.info(f"A head adapted to {card.extra.get('adapted_to')} on the frozen features of {base_name}: its figures "
+            f"below are cross-validated on {local.get('n', '?')} images of that site (each image scored by a head that "
+            "never saw its patient), not a held-out test split.", icon=":material/tune:")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key=f"performance-adapted-{card.name}")
+    if base_name in by_name:
+        st.caption(f"{base_name} on its own test split: {headline_auc(by_name[base_name][1])}")
+
+
+def _interval(values: list | None) -> str:
+    return "n/a" if not values or None in values else f"95% CI {values[0]:.3f}-{values[1]:.3f}"
+
+
 def _model_details(directory: str, card: ModelCard) -> None:
     test = card_test_report(card)
     st.subheader("Calibration")
@@ -219,8 +240,10 @@ def main() -> None:
     cards = model_cards("classification", modality)
     by_name = {card.name: (directory, card) for directory, card in cards}
     name = st.selectbox("Model to examine (threshold, calibration, card)", list(by_name),
-                        key=f"performance-model-{modality}")
+                        key=f"performance-model-{modality}", format_func=lambda n: display_name(by_name[n][1]))
     directory, card = by_name[name]
+    if is_adapted(card):
+        _adapted_beside_base(card, by_name)
 
     _within_source_first(card)
     _headline(card)

@@ -49,7 +49,7 @@ from covid_models.figures import confusion_figure
 from covid_models.image_checks import HELD_BACK, REFUSED, check_models, screen
 from covid_models.inference import Prediction
 from covid_models.io import ImageReadError, content_hash, files_hash, read_image
-from covid_models.model_card import ModelCard
+from covid_models.model_card import ModelCard, display_name
 from covid_models.overlays import DISPLAY_SIDE, display_size, for_display
 from covid_models.reviewer_names import admin_token_problem
 from covid_models.reviews import (
@@ -461,7 +461,8 @@ def new_session_form(store: ReviewStore, reviewer: Reviewer) -> None:
     modality = columns[0].radio("Modality", modalities, format_func=MODALITY_NAMES.get, horizontal=True,
                                 key="review-modality")
     cards = _cards(modality)
-    name = columns[1].selectbox("Model", list(cards), key=f"review-model-{modality}")
+    name = columns[1].selectbox("Model", list(cards), key=f"review-model-{modality}",
+                                format_func=lambda n: display_name(cards[n][1]))
     directory, card = cards[name]
     root = data_dir()
     sources = [SOURCE_UPLOAD] + ([SOURCE_DATA] if root is not None else [])

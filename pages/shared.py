@@ -329,6 +329,11 @@ def _model_folders(weights: str) -> ModelFolders:
     return find_models(weights)
 
 
+def refresh_model_list() -> None:
+    """Forget the cached model listing (a model folder was just published), so every page lists it at once."""
+    _model_folders.clear()
+
+
 def model_cards(task: str | None = None, modality: str | None = None) -> list[tuple[str, ModelCard]]:
     """(directory, card) of the shipped models matching task and modality, sorted by directory.
 

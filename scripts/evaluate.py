@@ -31,11 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from covid_models import runtime
+from covid_models.adaptation import reproduce
 from covid_models.checkpoint import CheckpointError, save_card
 from covid_models.data import DataError, LeakageError, load_dataset, manifest_hash, training_table
 from covid_models.evaluation import classification_report, format_report, predict_frame
 from covid_models.inference import Classifier, discover_models
 from covid_models.io import ImageReadError
+from covid_models.local_samples import sample_from_folder, sample_from_manifest
+from covid_models.local_validation import ValidationError, score_sample
+from covid_models.model_card import is_adapted
 from covid_models.trust import source_probes
 
 
@@ -70,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         classifier = Classifier.load(args.checkpoint)
         card = classifier.card
+        if is_adapted(card):
+            return evaluate_adapted(classifier, args)
         own_data = False
         if args.split == "all":
             frame = load_dataset(args.data, card.modality)
@@ -177,6 +183,39 @@ def print_screening(block: dict) -> None:
         ci = metrics["auc_ci95"] or [None, None]
         print(f"  on the {metrics['n']} answered images: AUC {fmt(metrics['auc'])} (95% CI {fmt(ci[0])}-{fmt(ci[1])}), "
               f"sensitivity {fmt(metrics['sensitivity'])}, specificity {fmt(metrics['specificity'])}")
+
+
+def evaluate_adapted(classifier: Classifier, args: argparse.Namespace) -> int:
+    """A head adapted to a local site: its cross-validation run again on the same sample with the card's recipe
+    (`adaptation.reproduce`), the recorded and recomputed AUC side by side. DATA is the sample the card names: a
+    manifest (its `data.sample.source` kept) or a folder as `scripts/validate_local.py` reads it."""
+    card = classifier.card
+    sample_spec = card.data.get("sample") or {}
+    try:
+        if sample_spec.get("kind") == "manifest":
+            sample = sample_from_manifest(args.data, card.positive_class, source=sample_spec.get("source"))
+        elif sample_spec.get("kind") == "folder":
+            sample = sample_from_folder(args.data, card.positive_class)
+        else:
+            raise DataError(f"{card.name} was fit on an uploaded {sample_spec.get('kind', 'sample')}; unpack it into "
+                            "a folder with a labels.csv and refit with scripts/validate_local.py --folder to reproduce "
+                            "it")
+        print(f"reproducing {card.name} (adapted to {card.extra.get('adapted_to')}) on {len(sample.frame)} images")
+        scored = score_sample(classifier, sample)
+        result = reproduce(card, scored)
+    except (DataError, ImageReadError, ValidationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    def interval(ci: list | None) -> str:
+        return "n/a" if not ci else f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+    print(f"cross-validated AUC recorded in the card {result['recorded_auc']:.3f} "
+          f"({interval(result['recorded_auc_ci95'])}) on {result['recorded_n']} images; recomputed "
+          f"{result['recomputed_auc']:.3f} ({interval(result['recomputed_auc_ci95'])}) on {result['n']}: "
+          + ("reproduced" if result["matches"] else "NOT reproduced"))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2, default=float))
+    return 0 if result["matches"] else 1
 
 
 def print_trust(report: dict) -> None:

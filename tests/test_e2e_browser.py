@@ -87,7 +87,8 @@ def test_upload_analyse_review_and_find_the_verdict_after_a_reload(browser, weig
         review_and_reload(page, name, data)
 
 
-APP_PAGES = ["Analyze", "CT scan", "Review session", "Model performance", "Dataset statistics", "About"]
+APP_PAGES = ["Analyze", "CT scan", "Review session", "Model performance", "Validate locally", "Dataset statistics",
+             "About"]
 
 
 @pytest.mark.parametrize("path", ["about", "dataset"])

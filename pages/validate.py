@@ -1,0 +1,307 @@
+"""Validate on your own images: a shipped model on a hospital's labelled sample, the confound check, recalibration,
+and an adapted head (`covid_models.local_validation`, `covid_models.adaptation`; the page only lays them out).
+
+Results belong to the visitor who ran them: they live in this browser session's state, and the adapted model folder
+in a temporary folder of this session, offered as a zip download. Only an administrator (the review page's token)
+can publish an adapted folder into the shared weights folder, where the Analyze, Review and Model performance pages
+list it as "X-ray, adapted to <site>".
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from covid_models.adaptation import AdaptationError, adapt, adapted_card, save_adapted
+from covid_models.checkpoint import CheckpointError
+from covid_models.data import DataError, typed_folders_allowed
+from covid_models.figures import calibration_figure, roc_figure
+from covid_models.io import ImageReadError
+from covid_models.local_samples import LocalSample, sample_from_dicom, sample_from_folder, sample_from_zip
+from covid_models.local_validation import (
+    MIN_PATIENTS,
+    ValidationError,
+    confound_check,
+    recalibrate,
+    score_sample,
+    validate,
+)
+from covid_models.model_card import display_name, is_adapted, modality_name
+from covid_models.reviews import admin_token_matches
+from pages.shared import (
+    enter_through_app,
+    hold_for,
+    load_classifier,
+    load_segmenter,
+    model_cards,
+    refresh_model_list,
+    show_error,
+    typed_folder,
+    weights_dir,
+)
+
+enter_through_app()
+
+RESULT_KEY, ADAPTED_KEY = "validate-result", "validate-adapted"
+ADMIN_TOKEN_SETTING = "COVID_REVIEW_ADMIN_TOKEN"  # the review page's administrator token
+INPUTS = {"zip": "A zip of images with a CSV (file,label[,patient_id,view,site])",
+          "dicom": "DICOM files with a CSV keyed by SOPInstanceUID or file",
+          "folder": "A folder on this server (manifest.csv, labels.csv or class sub-folders)"}
+
+
+def admin_token() -> str:
+    """The administrator token: the environment variable, else the same key (lower case) in st.secrets."""
+    value = os.environ.get(ADMIN_TOKEN_SETTING, "").strip()
+    if value:
+        return value
+    try:
+        return str(st.secrets.get(ADMIN_TOKEN_SETTING.lower(), "")).strip()
+    except (FileNotFoundError, KeyError, AttributeError, ValueError):
+        return ""
+
+
+def number(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
+def interval(values: list | None) -> str:
+    return "n/a" if not values or None in values else f"{values[0]:.3f}–{values[1]:.3f}"
+
+
+def read_input(choice: str, positive_class: str) -> LocalSample | None:
+    """The sample the visitor gave, or None while it is incomplete."""
+    if choice == "zip":
+        upload = st.file_uploader("Zip of images and one CSV", type=["zip"], key="validate-zip")
+        return None if upload is None else sample_from_zip(upload.getvalue(), positive_class)
+    if choice == "dicom":
+        files = st.file_uploader("DICOM files", accept_multiple_files=True, key="validate-dicom") or []
+        table = st.file_uploader("CSV of labels", type=["csv"], key="validate-dicom-csv")
+        if not files or table is None:
+            return None
+        return sample_from_dicom([(f.name, f.getvalue()) for f in files], table.getvalue(), positive_class)
+    text = st.text_input("Folder", key="validate-folder", help="Inside the folders this server allows "
+                                                             "(COVID_DATA_ROOTS).")
+    folder, message = typed_folder(text)
+    if message:
+        show_error(message)
+    return None if folder is None else sample_from_folder(folder, positive_class)
+
+
+def check_models() -> tuple[dict[str, str], str | None]:
+    """The chest-image check's models, as on the Analyze page: the first shipped classifier of each modality (its
+    out-of-distribution guard) and the X-ray lung segmenter, by directory."""
+    guards: dict[str, str] = {}
+    for directory, card in model_cards("classification"):
+        if not is_adapted(card):
+            guards.setdefault(card.modality, directory)
+    lungs = next((d for d, card in model_cards("segmentation", "xray") if card.classes == ["lungs"]), None)
+    return guards, lungs
+
+
+def run_validation(directory: str, sample: LocalSample, site: str) -> dict:
+    """Score (with the chest-image check), validate, check confounds and recalibrate, with a progress bar; the
+    result for this session only."""
+    classifier = load_classifier(directory)
+    guard_dirs, lungs_dir = check_models()
+    models = {directory: classifier, **{d: load_classifier(d) for d in guard_dirs.values()}}
+    lungs = load_segmenter(lungs_dir) if lungs_dir else None
+    if lungs is not None:
+        models[lungs_dir] = lungs
+    bar = st.progress(0.0, text="Scoring the sample...")
+    try:
+        scored = score_sample(classifier, sample, guards={m: models[d] for m, d in guard_dirs.items()},
+                              lung_segmenter=lungs, hold=hold_for(models),
+                              progress=lambda fraction, text: bar.progress(min(1.0, fraction), text=text))
+    finally:
+        bar.empty()
+    result = {"directory": directory, "site": site, "scored": scored, "notes": sample.notes,
+              "validation": validate(scored, classifier.card.threshold)}
+    try:
+        result["confounds"] = confound_check(scored)
+    except ValidationError as error:
+        result["confounds_error"] = str(error)
+    try:
+        result["recalibration"] = recalibrate(scored, classifier.card.temperature)
+    except ValidationError as error:
+        result["recalibration_error"] = str(error)
+    return result
+
+
+def show_validation(result: dict, name: str) -> None:
+    report, scored = result["validation"], result["scored"]
+    positive = scored.positive_class
+    st.subheader(f"{name} on your sample")
+    for note in result["notes"]:
+        st.caption(note)
+    if scored.unreadable:
+        st.warning(f"{len(scored.unreadable)} file(s) could not be read and were left out: "
+                   + "; ".join(f"{n}: {r}" for n, r in scored.unreadable[:5]))
+    st.markdown(f"{report['n']} images: {report['patients'][positive]} {positive} patients, "
+                f"{report['patients']['other']} other patients (minimum for an AUC headline: {MIN_PATIENTS} per "
+                "class).")
+    columns = st.columns(5)
+    if report["headline"]:
+        columns[0].metric("AUC", number(report["auc"]),
+                          help=f"95% CI {interval(report['auc_ci95'])}, patient bootstrap")
+    else:
+        columns[0].metric("AUC", "not shown", help="too few patients for a headline")
+        st.warning(f"No AUC headline: {report['no_headline_because']}. Its 95% interval is "
+                   f"{interval(report['auc_ci95'])}.", icon=":material/info:")
+    for column, (label, key) in zip(columns[1:], (("Sensitivity", "sensitivity"), ("Specificity", "specificity"),
+                                                   ("PPV", "precision"), ("NPV", "npv")), strict=True):
+        column.metric(label, number(report[key]), help=f"95% CI {interval(report[key + '_ci95'])} at the card's "
+                                                       f"operating point {report['threshold']:.3f}")
+    st.caption(f"Intervals (patient bootstrap): AUC {interval(report['auc_ci95'])}; "
+               + "; ".join(f"{k} {interval(report[k + '_ci95'])}" for k in ("sensitivity", "specificity"))
+               + f". Out-of-distribution share {report['out_of_distribution_share']:.0%}"
+               + ("" if report["image_check_refused_share"] is None
+                  else f"; refused by the chest-image check {report['image_check_refused_share']:.0%}") + ".")
+    left, right = st.columns(2)
+    if report.get("roc"):
+        left.plotly_chart(roc_figure([(name, report)], current={name: report["threshold"]}), key="validate-roc")
+    right.plotly_chart(calibration_figure(report["reliability"], report.get("ece")), key="validate-calibration")
+    if report["subgroups"]:
+        st.markdown("**By view, manufacturer and site**")
+        st.dataframe(pd.DataFrame([{**row, "auc": number(row["auc"]), "auc_ci95": interval(row["auc_ci95"]),
+                                    "sensitivity": number(row["sensitivity"]),
+                                    "specificity": number(row["specificity"])} for row in report["subgroups"]]),
+                     hide_index=True, key="validate-subgroups")
+    show_confounds(result)
+    recalibration = result.get("recalibration")
+    st.markdown("**Recalibration**")
+    if recalibration is None:
+        st.caption(result.get("recalibration_error", ""))
+    else:
+        cv = recalibration["cross_validated"]
+        st.markdown(f"Temperature {recalibration['previous_temperature']:.3f} → {recalibration['temperature']:.3f}; "
+                    f"operating point {report['threshold']:.3f} → {recalibration['threshold']:.3f}. Cross-validated "
+                    f"({cv['folds']} folds): sensitivity {number(cv['sensitivity'])} "
+                    f"({interval(cv['sensitivity_ci95'])}), specificity {number(cv['specificity'])} "
+                    f"({interval(cv['specificity_ci95'])}).")
+
+
+def show_confounds(result: dict) -> None:
+    st.markdown("**Confound check: can the metadata alone tell the label?**")
+    confounds = result.get("confounds")
+    if confounds is None:
+        st.caption(result.get("confounds_error", ""))
+        return
+    rows = [{"predictor": row["predictor"], "AUC": number(row["auc"]), "95% CI": interval(row["auc_ci95"])}
+            for row in confounds["metadata"]]
+    rows.append({"predictor": "the model", "AUC": number(confounds["model_auc"]),
+                 "95% CI": interval(confounds["model_auc_ci95"])})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="validate-confounds")
+    if confounds["model_within_view"]:
+        st.dataframe(pd.DataFrame([{**row, "model_auc": number(row["model_auc"]),
+                                    "model_auc_ci95": interval(row["model_auc_ci95"])}
+                                   for row in confounds["model_within_view"]]), hide_index=True,
+                     key="validate-within-view")
+    st.caption(confounds["note"])
+
+
+def adapt_section(result: dict) -> None:
+    st.subheader("Adapt: a new head on the model's frozen features")
+    st.caption("A logistic regression on the model's penultimate features, fit with patient-grouped "
+               "cross-validation; the performance shown is the cross-validated one, never the fit's.")
+    if st.button("Fit an adapted head", key="validate-adapt", type="primary"):
+        bar = st.progress(0.0, text="Cross-validating...")
+        try:
+            adaptation = adapt(result["scored"], progress=lambda f, text: bar.progress(min(1.0, f), text=text))
+        except AdaptationError as error:
+            show_error(str(error))
+            return
+        finally:
+            bar.empty()
+        base = load_classifier(result["directory"]).card
+        card = adapted_card(base, adaptation, result["scored"], site=result["site"],
+                            base_validation=result["validation"], confounds=result.get("confounds"),
+                            command=f"Validate page, {len(result['scored'].frame)} images")
+        folder = Path(tempfile.mkdtemp(prefix="adapted-")) / card.name
+        save_adapted(folder, card, adaptation)
+        st.session_state[ADAPTED_KEY] = {"folder": str(folder), "card": card}
+    adapted = st.session_state.get(ADAPTED_KEY)
+    if adapted is None:
+        return
+    card = adapted["card"]
+    test = card.metrics["test"]
+    point = test["cross_validated_operating_point"]
+    st.success(f"{display_name(card)}: cross-validated AUC {number(test['auc'])} (95% CI "
+               f"{interval(test['auc_ci95'])}); sensitivity {number(point['sensitivity'])}, specificity "
+               f"{number(point['specificity'])} at thresholds chosen on the other folds.", icon=":material/tune:")
+    st.download_button("Download the adapted model folder (zip)", folder_zip(Path(adapted["folder"])),
+                       file_name=f"{card.name}.zip", mime="application/zip", key="validate-download")
+    publish_section(Path(adapted["folder"]), card)
+
+
+def folder_zip(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.iterdir()):
+            archive.write(path, f"{folder.name}/{path.name}")
+    return buffer.getvalue()
+
+
+def publish_section(folder: Path, card) -> None:
+    """Copy the adapted folder into the shared weights folder: administrators only."""
+    configured = admin_token()
+    if not configured:
+        st.caption("Publishing into the shared weights folder needs an administrator token, and none is configured.")
+        return
+    typed = st.text_input("Administrator token (to publish for every user)", type="password", key="validate-admin")
+    if not st.button("Publish into the shared weights folder", key="validate-publish"):
+        return
+    if not admin_token_matches(typed, configured):
+        show_error("The administrator token is wrong; nothing was published.")
+        return
+    target = weights_dir() / folder.name
+    if target.exists():
+        show_error(f"A model folder named {folder.name} is already installed; it was left as it is.")
+        return
+    shutil.copytree(folder, target)
+    refresh_model_list()
+    st.success(f"Published: {display_name(card)} is now offered on the Analyze, Review and Model performance pages.")
+
+
+def main() -> None:
+    st.title("Validate on your own images")
+    st.caption("Before using any AI tool, measure it on a labelled sample of your own patients. Results stay in "
+               "your browser session; nothing is shared with other visitors.")
+    cards = {d: c for d, c in model_cards("classification") if c.positive_class and not is_adapted(c)}
+    if not cards:
+        st.info("No classification model is installed.")
+        return
+    directory = st.selectbox("Model", list(cards), key="validate-model",
+                             format_func=lambda d: f"{modality_name(cards[d].modality)}: {cards[d].name}")
+    card = cards[directory]
+    choices = [c for c in INPUTS if c != "folder" or typed_folders_allowed()]
+    choice = st.radio("Your sample", choices, format_func=INPUTS.get, key="validate-input")
+    site = st.text_input("Site name", value="local", key="validate-site", max_chars=60)
+    try:
+        sample = read_input(choice, card.positive_class)
+    except (DataError, ImageReadError) as error:
+        show_error(str(error))
+        return
+    if sample is not None:
+        counts = sample.counts()
+        st.caption(f"{len(sample.frame)} labelled images: " + ", ".join(
+            f"{name} {c['images']} images of {c['patients']} patients" for name, c in counts.items()))
+        if st.button("Validate", key="validate-run", type="primary"):
+            try:
+                st.session_state[RESULT_KEY] = run_validation(directory, sample, site.strip() or "local")
+                st.session_state.pop(ADAPTED_KEY, None)
+            except (ValidationError, CheckpointError, DataError) as error:
+                show_error(str(error))
+    result = st.session_state.get(RESULT_KEY)
+    if result is None or result["directory"] not in cards:
+        return
+    show_validation(result, cards[result["directory"]].name)
+    adapt_section(result)
+
+
+main()
