@@ -713,9 +713,9 @@ def test_a_pacs_item_keeps_the_uids_that_fetch_it_again_and_is_not_asked_for_as_
     from_pacs = dataclasses.replace(make_item(1, "covid", 0.7, name="DX series 1 image 1"),
                                     pacs_ref="1.2.840.1/1.2.840.2/1.2.840.3")
     scan = dataclasses.replace(make_item(2, "covid", 0.6, name="CT series 2"), kind="scan", pacs_ref="1.2.840.1/1.2.9")
-    session_id = store.start_session("Dr Kim", "m", "xray", [make_item(0), from_pacs, scan])
+    session_id = store.start_session(KIM, "m", "xray", [make_item(0), from_pacs, scan])
     assert [view.pacs_ref for view in store.items(session_id)] == [None, from_pacs.pacs_ref, scan.pacs_ref]
     assert [position for position, _, _ in store.image_refs(session_id)] == [0]
     for bad in ("DOE^JOHN", "1.2/../3", "1.2.3", "1.2/3/4/5"):
         with pytest.raises(ReviewError, match="PACS reference"):
-            store.start_session("Dr Kim", "m", "xray", [dataclasses.replace(make_item(0), pacs_ref=bad)])
+            store.start_session(KIM, "m", "xray", [dataclasses.replace(make_item(0), pacs_ref=bad)])
