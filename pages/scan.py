@@ -1,4 +1,4 @@
-"""CT scan: upload a whole series (zip, DICOM files) or a NIfTI volume and see a scan-level result and the burden.
+"""CT scan: upload a whole series (zip, DICOM files) or a NIfTI volume and see its quantitative reading and burden.
 
 The analysis (`covid_models.scan_analysis.analyse_scan`) runs once per upload content, series and models, with a
 progress bar, and is kept in this browser session (the last `KEPT_SCANS` scans, about 70 MB each for a 255-slice
@@ -10,9 +10,11 @@ from __future__ import annotations
 import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE
+from covid_models.analysis import mask_share_signal
 from covid_models.checkpoint import CheckpointError
 from covid_models.explain import METHOD_LABELS
 from covid_models.io import content_hash, files_hash
+from covid_models.overlays import colour_scale
 from covid_models.report import render_scan_html, render_scan_pdf
 from covid_models.scan_analysis import ScanAnalysis, slice_heatmap
 from covid_models.scan_views import (
@@ -22,6 +24,7 @@ from covid_models.scan_views import (
     probability_figure,
     scan_report_content,
 )
+from covid_models.segmentation import cam_mass_inside
 from covid_models.volumes import SUPPORTED_VOLUMES, VolumeReadError
 from pages.shared import (
     LruCache,
@@ -91,36 +94,51 @@ def analyse(files: list[tuple[str, bytes]], digest: str, series: int | None, cla
 
 
 def viewer(analysis: ScanAnalysis, classifier_dir: str) -> int:
-    """Slice scrubber with overlays, window presets, the probability curve and a coronal view; returns the slice."""
+    """Slice scrubber with overlays, window presets, the probability curve and a coronal view; returns the slice.
+
+    A held-back scan shows its slices and lung mask only; the classifier's probabilities and heatmap only where its
+    secondary reading may be shown. A heatmap gets its colour scale and the share of it inside the lungs (a warning
+    when under half, as for X-rays)."""
     slices = len(analysis.slice_probabilities)
-    default = analysis.key_slices.get("highest probability", slices // 2)
+    secondary = not analysis.secondary_held_back
+    findings = not analysis.held_back
+    default = analysis.key_slices.get("largest infection" if findings else "", slices // 2)
     controls = st.columns([3, 2, 3])
     index = controls[0].slider("Slice (head to feet)", 1, slices, default + 1, key="scan-slice") - 1
     window_name = controls[1].radio("Window (display only)", list(DISPLAY_WINDOWS), horizontal=True,
                                     format_func=str.capitalize, key="scan-window")
     with controls[2]:
         show_lungs = st.toggle("Lung mask", value=True, key="scan-lungs")
-        show_infection = st.toggle("Infection", value=analysis.infection is not None, key="scan-infection",
-                                   disabled=analysis.infection is None)
-        show_heatmap = st.toggle(f"Heatmap of this slice ({METHOD_LABELS[HEATMAP_METHOD]})", value=False,
-                                 key="scan-heatmap")
+        show_infection = st.toggle("Infection", value=findings and analysis.infection is not None,
+                                   key="scan-infection", disabled=not findings or analysis.infection is None)
+        show_heatmap = st.toggle(f"Heatmap of this slice ({METHOD_LABELS[HEATMAP_METHOD]}, secondary classifier)",
+                                 value=False, key="scan-heatmap", disabled=not secondary)
     window = DISPLAY_WINDOWS[window_name]
     heat = None
-    if show_heatmap:
+    if show_heatmap and secondary:
         with model_lock(classifier_dir):
             heat = slice_heatmap(load_classifier(classifier_dir), analysis.display_hu[index], HEATMAP_METHOD)
     axial, coronal = st.columns(2)
     probability = analysis.slice_probabilities[index]
-    caption = f"Axial slice {index + 1} of {slices}: " + \
-        ("not scored (too little lung)" if probability != probability else f"probability {probability:.1%}")
-    axial.image(axial_picture(analysis, index, window, lungs=show_lungs, infection=show_infection, heatmap=heat),
-                caption=caption, width="stretch")
+    caption = f"Axial slice {index + 1} of {slices}"
+    if secondary:
+        caption += ": " + ("not scored (too little lung)" if probability != probability else
+                           f"secondary classifier {probability:.1%}")
+    axial.image(axial_picture(analysis, index, window, lungs=show_lungs, infection=show_infection and findings,
+                              heatmap=heat), caption=caption, width="stretch")
+    if heat is not None:
+        axial.image(colour_scale(256, 10), caption="Heatmap colour scale: low (blue, left) to high (red, right) "
+                                                   "contribution to the secondary classifier's score", width="stretch")
+        signal = mask_share_signal("lungs", cam_mass_inside(heat, analysis.lungs.labels[index] > 0))
+        getattr(axial, signal.level if signal.level != "note" else "caption")(signal.text)
     rows = analysis.display_hu.shape[1]
     with coronal:
         row = st.slider("Coronal plane (anterior to posterior)", 1, rows, rows // 2, key="scan-row") - 1
-        st.image(coronal_picture(analysis, row, window, lungs=show_lungs, infection=show_infection, current=index),
+        st.image(coronal_picture(analysis, row, window, lungs=show_lungs, infection=show_infection and findings,
+                                 current=index),
                  caption="Coronal view (head up); the yellow line is the axial slice", width="stretch")
-    st.plotly_chart(probability_figure(analysis, index), width="stretch", key="scan-curve")
+    if secondary:
+        st.plotly_chart(probability_figure(analysis, index), width="stretch", key="scan-curve")
     return index
 
 
