@@ -315,6 +315,7 @@ def covid_pattern(reading: QuantitativeReading, fit: RuleFit | None) -> Quantita
         Criterion("ground glass or consolidation", f"{dense:.0f} % of lesion voxels -700 to +50 HU",
                   f">= {LESION_DENSE_SHARE:.0f} %", reading.lesion_total is not None and reading.lesion_total > 0
                   and dense >= LESION_DENSE_SHARE))
+    criteria = tuple(replace(c, met=bool(c.met)) for c in criteria)
     return replace(reading, criteria=criteria, suggestive=all(c.met for c in criteria), fit_on=fit.fit_on)
 
 
@@ -344,19 +345,19 @@ def read_volume_quantities(hu: np.ndarray, lungs: LungMask, lesion: np.ndarray |
     """A scan's reading. `hu` and `lesion` lie on the lung mask's grid; `lesion` is already inside the lungs and
     without small lesions (`lesion_in_lungs`); `pixel_mm` is the scan's own in-plane pixel size."""
     inside = lungs.labels > 0
-    lung = {side: lungs.volume_ml(label) for label, side in SIDES.items()}
+    lung = {side: float(lungs.volume_ml(label)) for label, side in SIDES.items()}
     bands = band_percents(hu[inside])
     periphery = np.zeros(inside.shape, dtype=bool)
     for index in np.nonzero(inside.any(axis=(1, 2)))[0]:
         periphery[index] = peripheral_mask(lungs.labels[index], lungs.spacing[1:])
-    lung_peripheral = 100.0 * np.count_nonzero(periphery) / max(1, np.count_nonzero(inside))
+    lung_peripheral = 100.0 * int(np.count_nonzero(periphery)) / max(1, int(np.count_nonzero(inside)))
     lesion_ml, lesion_bands, peripheral, zones = None, None, None, ()
     if lesion is not None:
         lesion_ml = {side: float(np.count_nonzero(lesion & (lungs.labels == label))) * lungs.voxel_ml
                      for label, side in SIDES.items()}
-        count = np.count_nonzero(lesion)
+        count = int(np.count_nonzero(lesion))
         lesion_bands = band_percents(hu[lesion]) if count else {band.name: 0.0 for band in DENSITY_BANDS}
-        peripheral = 100.0 * np.count_nonzero(lesion & periphery) / count if count else None
+        peripheral = 100.0 * int(np.count_nonzero(lesion & periphery)) / count if count else None
         zones = zone_burdens(lungs, lesion)
     reading = QuantitativeReading(
         unit="ml", lung=lung, bands=bands, lesion=lesion_ml, lesion_bands=lesion_bands, peripheral=peripheral,
@@ -411,7 +412,7 @@ def read_slice_quantities(hu: np.ndarray, pixel_spacing: tuple[float, float] | N
     inside = labels > 0
     lung = {side: float(np.count_nonzero(labels == label)) * area_cm2 for label, side in SIDES.items()}
     periphery = peripheral_mask(labels, lungs.spacing[1:])
-    lung_peripheral = 100.0 * np.count_nonzero(periphery) / max(1, np.count_nonzero(inside))
+    lung_peripheral = 100.0 * int(np.count_nonzero(periphery)) / max(1, int(np.count_nonzero(inside)))
     lesion, lesion_area, lesion_bands, peripheral = None, None, None, None
     if lesion_probability is not None:
         from covid_models.segmentation import resize_map
@@ -420,9 +421,9 @@ def read_slice_quantities(hu: np.ndarray, pixel_spacing: tuple[float, float] | N
         lesion = drop_small_lesions(raw & inside, lungs.spacing[1:])
         lesion_area = {side: float(np.count_nonzero(lesion & (labels == label))) * area_cm2
                        for label, side in SIDES.items()}
-        count = np.count_nonzero(lesion)
+        count = int(np.count_nonzero(lesion))
         lesion_bands = band_percents(grid[lesion]) if count else {band.name: 0.0 for band in DENSITY_BANDS}
-        peripheral = 100.0 * np.count_nonzero(lesion & periphery) / count if count else None
+        peripheral = 100.0 * int(np.count_nonzero(lesion & periphery)) / count if count else None
     reading = QuantitativeReading(
         unit="cm2", lung=lung, bands=band_percents(grid[inside]), lesion=lesion_area, lesion_bands=lesion_bands,
         peripheral=peripheral, lung_peripheral=lung_peripheral,

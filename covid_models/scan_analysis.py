@@ -209,7 +209,7 @@ def scored_slices(lungs: LungMask) -> np.ndarray:
 def burden(lungs: LungMask, infection: np.ndarray, model: str | None) -> Burden:
     """Infection volume, percent of each lung and zone scores (thirds of each lung's height)."""
     voxel = lungs.voxel_ml
-    lung_ml = {side: lungs.volume_ml(label) for label, side in SIDES.items()}
+    lung_ml = {side: float(lungs.volume_ml(label)) for label, side in SIDES.items()}
     infection_ml = {side: float(np.count_nonzero(infection & (lungs.labels == label))) * voxel
                     for label, side in SIDES.items()}
     percent = {side: 100.0 * infection_ml[side] / lung_ml[side] if lung_ml[side] > 0 else 0.0

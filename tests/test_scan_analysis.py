@@ -11,8 +11,8 @@ import torch
 from app_fixtures import CT_CLASSES, write_classifier
 from scan_phantoms import LESION, RIGHT_LUNG, band_segmenter, box_voxels, dicom_series, phantom
 
-from covid_models.inference import Classifier
 from covid_models.ct_quantitative import severity
+from covid_models.inference import Classifier
 from covid_models.scan_analysis import analyse_scan, burden, scan_probability
 from covid_models.volumes import read_volume
 
