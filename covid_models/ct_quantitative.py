@@ -430,3 +430,15 @@ def read_slice_quantities(hu: np.ndarray, pixel_spacing: tuple[float, float] | N
         held_back=held_back_reason(sum(lung.values()), max(lungs.spacing[1:]) / lungs.factor, whole_scan=False),
         infection_model=infection_model)
     return SliceQuantities(covid_pattern(reading, fit), labels, lesion, lungs.factor)
+
+
+def read_dicom_slice(scan: Any, segmenter: Any | None = None) -> SliceQuantities | None:
+    """The reading of a DICOM CT slice (a `covid_models.io.Scan` with HU values) with the first infection
+    segmenter, if any; None for any other image (no HU to measure)."""
+    if scan.metadata.dicom_modality != "CT" or scan.modality_values is None:
+        return None
+    probability, threshold, fit, name = None, 0.5, None, None
+    if segmenter is not None:
+        probability = segmenter.probability(scan)  # the card's HU window on the HU values
+        threshold, fit, name = segmenter.threshold, RuleFit.from_card(segmenter.card.extra), segmenter.name
+    return read_slice_quantities(scan.modality_values, scan.metadata.pixel_spacing, probability, threshold, fit, name)

@@ -27,7 +27,12 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from covid_models.analysis import OUTLINE_COLOR, Analysis, Hold, analyse
 from covid_models.checkpoint import CheckpointError, read_card
-from covid_models.ct_quantitative import COVID_PATTERN_RULE, MIN_LESION_DIAMETER_MM
+from covid_models.ct_quantitative import (
+    COVID_PATTERN_RULE,
+    MIN_LESION_DIAMETER_MM,
+    SECONDARY_LABEL,
+    QuantitativeReading,
+)
 from covid_models.data import DataError, allowed_data_roots, confined_folder, default_data_dir
 from covid_models.explain import METHOD_LABELS
 from covid_models.inference import Classifier, ModelFolders, discover_models, find_models, segmenter_folder
@@ -263,6 +268,28 @@ def scan_result_block(analysis: ScanAnalysis) -> None:
         st.dataframe(pd.DataFrame(scan_facts(analysis), columns=["", "Value"]), hide_index=True, width="stretch")
     st.caption(secondary_sentence(analysis))
     st.caption(MODEL_LIMITS)
+
+
+def slice_reading_block(reading: QuantitativeReading) -> None:
+    """A DICOM CT slice's quantitative reading in HU, the result of such a slice; the classifier's reading below it is
+    secondary."""
+    st.markdown("**Quantitative reading of this CT slice (HU)**")
+    if reading.held_back:
+        st.error(reading.verdict, icon=":material/block:")
+    elif reading.suggestive is None:
+        st.warning(reading.verdict, icon=":material/help:")
+    elif reading.suggestive:
+        st.markdown(":orange-badge[:material/flag: Pattern suggestive of COVID-19 on this slice]")
+    else:
+        st.markdown(":blue-badge[Pattern not suggestive of COVID-19 on this slice]")
+    criteria = criteria_rows(reading)
+    if criteria and not reading.held_back:
+        st.dataframe(pd.DataFrame(criteria[1:], columns=criteria[0]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(reading_rows(reading), columns=["Quantitative reading (HU)", "Value"]),
+                 hide_index=True, width="stretch")
+    if not reading.held_back:
+        st.caption(COVID_PATTERN_RULE + (f" Threshold fitted on: {reading.fit_on}." if reading.fit_on else ""))
+    st.caption(SECONDARY_LABEL)
 
 
 def burden_block(analysis: ScanAnalysis) -> None:
