@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from covid_models.lung_mask import LEFT, RIGHT, LungMask, segment_lungs, to_grid
+from covid_models.lung_mask import AIR_HU, LEFT, RIGHT, LungMask, segment_lungs, to_grid
 
 SIDES = {RIGHT: "right", LEFT: "left"}
 ZONES = ("upper", "middle", "lower")
@@ -42,6 +42,7 @@ MIN_LESION_ML = math.pi / 6 * MIN_LESION_DIAMETER_MM ** 3 / 1000.0
 MIN_LESION_MM2 = math.pi / 4 * MIN_LESION_DIAMETER_MM ** 2
 MIN_LUNG_ML = 1000.0  # both lungs of an adult chest CT hold more: residual volume alone is about 1.2-1.8 litres
 MAX_PIXEL_MM = 2.0  # a 512 matrix over the widest usual field of view (50 cm) gives 0.98 mm pixels
+MIN_ENCLOSED_AIR_MM2 = 50.0  # a chest CT slice: enclosed air of at least this (a trachea's lumen alone is ~2-3 cm2)
 SEVERITY_BOUNDS = (5.0, 25.0, 50.0, 75.0)  # percent involved: > 0 -> 1, >= 5 -> 2, >= 25 -> 3, >= 50 -> 4, >= 75 -> 5
 SEVERITY_SOURCE = ("Pan F et al., Time course of lung changes on chest CT during recovery from 2019 novel "
                    "coronavirus (COVID-19) pneumonia, Radiology 2020;295:715-721: each lobe 0-5 by percent involved")
@@ -391,6 +392,20 @@ def slice_lungs(hu: np.ndarray, pixel_spacing: tuple[float, float] | None) -> Lu
     one-slice volume). Without a pixel spacing 0.7 mm is assumed, a usual chest CT's."""
     rows, columns = pixel_spacing or (0.7, 0.7)
     return segment_lungs(_int16(hu)[None], (1.0, float(rows), float(columns)))
+
+
+def enclosed_air_mm2(hu: np.ndarray, pixel_spacing: tuple[float, float] | None) -> float:
+    """Area of the air-density regions (below the lung mask's air threshold) that do not reach the image border: the
+    lungs or airways inside a body, what makes a DICOM CT slice a chest slice to the chest-image check."""
+    rows, columns = pixel_spacing or (0.7, 0.7)
+    labels, count = ndimage.label(np.asarray(hu) < AIR_HU)
+    if count == 0:
+        return 0.0
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    inside = np.ones(count + 1, dtype=bool)
+    inside[border] = False
+    inside[0] = False
+    return float(np.count_nonzero(inside[labels])) * rows * columns
 
 
 def _int16(hu: np.ndarray) -> np.ndarray:

@@ -12,8 +12,8 @@ The out-of-distribution guard of one classifier flags only part of the photograp
   reaches the image border; a photograph's dark areas reach its border or are small). Its threshold, a round 5 %
   of the image, was chosen on the CT training and validation slices: with the segmenter's pair it leaves 10 of
   those 543 (1.8 %) without lung fields, the same count for any threshold from 2 % to 10 %.
-- a DICOM whose Modality tag says CT and whose HU values hold lungs (air-density regions enclosed by the body, found in
-  HU by the scan's classical lung mask: `ct_quantitative.slice_lungs`) is a CT slice, whatever the guards say: the
+- a DICOM whose Modality tag says CT and whose HU values hold lungs or airways (air-density regions enclosed by the
+  body, in HU: `ct_quantitative.enclosed_air_mm2`, at least 0.5 cm2) is a CT slice, whatever the guards say: the
   guards were trained on figure crops, and refused most real DICOM slices.
 An image is refused when it is colourful, or when it shows no evidence of either modality.
 The same guards say which modality the image looks like (`ImageCheck.modality`), for a PNG or JPEG whose file does
@@ -31,7 +31,7 @@ from PIL import Image
 from scipy import ndimage
 
 from covid_models.analysis import Hold, free
-from covid_models.ct_quantitative import slice_lungs
+from covid_models.ct_quantitative import MIN_ENCLOSED_AIR_MM2, enclosed_air_mm2
 from covid_models.inference import Classifier, Prediction
 from covid_models.io import Scan
 from covid_models.lung_box import enclosed, otsu_threshold
@@ -168,7 +168,7 @@ def check_image(scan: Scan, data: bytes, guards: Mapping[str, Classifier], lungs
     ct = ct_guard and (bool(plausible) or enclosed_share >= MIN_ENCLOSED_DARK)
     hu_lungs = None
     if scan.metadata.dicom_modality == "CT" and scan.modality_values is not None:
-        hu_lungs = bool(slice_lungs(scan.modality_values, scan.metadata.pixel_spacing).labels.any())
+        hu_lungs = enclosed_air_mm2(scan.modality_values, scan.metadata.pixel_spacing) >= MIN_ENCLOSED_AIR_MM2
         if hu_lungs:
             ct, xray = True, False
     reasons = []
