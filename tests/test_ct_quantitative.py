@@ -153,6 +153,18 @@ def test_bilateral_peripheral_lesions_over_the_threshold_are_a_pattern_suggestiv
     assert reading.fit_on == "a test value" and reading.severity_score >= 6
     above = analyse(bilateral_peripheral(adult_phantom()), classifier, threshold=reading.lesion_percent() + 0.1)
     assert above.reading.suggestive is False and [c.met for c in above.reading.criteria][0] is False
+    from test_report import pdf_text
+
+    from covid_models.ct_quantitative import SECONDARY_LABEL
+    from covid_models.report import render_scan_html, render_scan_pdf
+    from covid_models.scan_views import scan_report_content
+
+    report = scan_report_content(analysis, "scan.zip")
+    page, text = render_scan_html(report), pdf_text(render_scan_pdf(report))
+    for shown in (page, text):
+        assert "Pattern suggestive of COVID-19" in shown and f"{reading.severity_score} / 30" in shown
+        assert "bilateral" in shown and "Ground glass (-700 to -300 HU)" in shown
+    assert SECONDARY_LABEL in page and report.criteria_rows[0] == ("Criterion", "Measured", "Needed", "Met")
     unfitted = analyse(bilateral_peripheral(adult_phantom()), classifier, threshold=None)
     assert unfitted.reading.suggestive is None and unfitted.positive is None and not unfitted.held_back
     assert "no fitted lesion-burden threshold" in unfitted.reading.verdict

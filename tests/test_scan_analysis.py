@@ -106,8 +106,12 @@ def test_a_held_back_scan_report_carries_the_reason_and_no_verdict_burden_or_key
     for word in ("suggestive", "probability", "flag"):
         assert word not in content.result + content.secondary
     assert "/ 30" not in page and "Lesion" not in page
+    from test_report import pdf_text
+
     pdf = render_scan_pdf(content)
-    assert pdf.startswith(b"%PDF")
+    text = pdf_text(pdf)
+    assert pdf.startswith(b"%PDF") and "Held back: too little lung" in text
+    assert "suggestive" not in text and "/ 30" not in text and "Secondary reading: none" in text
     picture, plain = axial_picture(analysis, 22), axial_picture(analysis, 22, infection=False)
     assert picture.shape == (64, 64, 3)
     np.testing.assert_array_equal((picture != plain).any(axis=2), analysis.infection[22])  # the lesion, tinted
