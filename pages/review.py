@@ -376,15 +376,13 @@ def _start(store: ReviewStore, reviewer: Reviewer, modality: str, directory: str
         except VolumeReadError as error:
             skipped.append(f"{name}: {error}")
             continue
-        if not analysis.held_back and analysis.positive is None:
-            skipped.append(f"{name}: {analysis.reading.not_read}")
-            continue
         seen.add(digest)
-        # the stored probability is the secondary classifier's (never shown for a held-back scan); the label is
-        # the quantitative reading's
+        # the label is the quantitative reading's (none to agree with when held back or without a pattern reading);
+        # the stored probability is the secondary classifier's, never shown for a scan
         items.append(NewItem(image_hash=digest, display_name=name, predicted_label=scan_label(analysis, card.classes),
                              covid_probability=0.0 if analysis.secondary_held_back else analysis.scan_probability,
-                             operating_threshold=analysis.threshold, held_back=analysis.held_back, kind="scan"))
+                             operating_threshold=analysis.threshold, held_back=analysis.positive is None,
+                             kind="scan"))
     if skipped:
         st.session_state[MESSAGE_KEY] = ("warning", "Left out of the session: " + "; ".join(skipped))
     if not items:
@@ -752,8 +750,7 @@ def scan_pictures(item: ItemView, scan: ScanAnalysis | None, *, revealed: bool, 
     if scan is None:
         return  # `rescan` says why and asks for the scan
     if withheld:
-        st.error(scan.reading.verdict if scan.held_back else "The scan-level reading is held back.",
-                 icon=":material/block:")
+        st.error(scan.reading.verdict, icon=":material/block:")
     if withheld or not revealed:
         slices = len(scan.slice_probabilities)
         index = st.slider("Slice (head to feet)", 1, slices, slices // 2 + 1,
