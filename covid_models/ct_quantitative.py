@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from covid_models.lung_mask import AIR_HU, LEFT, RIGHT, LungMask, segment_lungs, to_grid
+from covid_models.lung_mask import AIR_HU, LEFT, RIGHT, LungMask, from_grid, segment_lungs, to_grid
 
 SIDES = {RIGHT: "right", LEFT: "left"}
 ZONES = ("upper", "middle", "lower")
@@ -380,11 +380,15 @@ class SliceQuantities:
     lungs: np.ndarray  # uint8 labels (RIGHT, LEFT) on the grid
     lesion: np.ndarray | None  # bool on the grid
     factor: int  # grid = the slice's rows and columns // factor
-    extra: dict[str, Any] = field(default_factory=dict)
+    shape: tuple[int, int]  # the slice's rows and columns
 
     @property
     def has_lungs(self) -> bool:
         return bool(self.lungs.any())
+
+    def lung_mask(self) -> np.ndarray:
+        """Both lungs at the slice's own size: what a heatmap's share inside the lungs is measured against."""
+        return from_grid(self.lungs > 0, self.factor, self.shape)
 
 
 def slice_lungs(hu: np.ndarray, pixel_spacing: tuple[float, float] | None) -> LungMask:
@@ -444,7 +448,7 @@ def read_slice_quantities(hu: np.ndarray, pixel_spacing: tuple[float, float] | N
         peripheral=peripheral, lung_peripheral=lung_peripheral,
         held_back=held_back_reason(sum(lung.values()), max(lungs.spacing[1:]) / lungs.factor, whole_scan=False),
         infection_model=infection_model)
-    return SliceQuantities(covid_pattern(reading, fit), labels, lesion, lungs.factor)
+    return SliceQuantities(covid_pattern(reading, fit), labels, lesion, lungs.factor, tuple(np.shape(hu)))
 
 
 def read_dicom_slice(scan: Any, segmenter: Any | None = None) -> SliceQuantities | None:

@@ -26,6 +26,7 @@ from covid_models.analysis import (
     REPORT_RENDERING,
     Analysis,
     analyse,
+    mask_share_signal,
     multiclass_note,
     operating_point_text,
     predict,
@@ -62,7 +63,7 @@ from covid_models.report import (
     result_sentence,
 )
 from covid_models.scan_views import reading_rows
-from covid_models.segmentation import Segmenter
+from covid_models.segmentation import Segmenter, cam_mass_inside
 from covid_models.trust import headline_auc, single_source, within_source
 from pages.shared import (
     OPACITY,
@@ -513,6 +514,9 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
                   outline_on_heatmap=settings.outline_on_heatmap, shown=shown,
                   image_caption="Image" + (f" (window {window[0]:g} / {window[1]:g})" if window else ""),
                   multiclass=multiclass)
+    if quantities is not None and quantities.has_lungs and not prediction.out_of_distribution:
+        signal = mask_share_signal("lungs", cam_mass_inside(analysis.heat, quantities.lung_mask()))
+        getattr(st, "caption" if signal.level == "note" else signal.level)(f"{signal.text} (HU lung mask)")
     downloads(upload, analysis, settings, None if quantities is None else quantities.reading)
     st.caption(":material/health_and_safety: Research use only: not for diagnosis. Review by a radiologist.")
     return row

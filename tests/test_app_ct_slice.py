@@ -1,5 +1,6 @@
 """A DICOM CT slice on the Analyze page: accepted by the chest-image check because its HU hold lungs, and read first
-by the quantitative reading in HU (the classifier labelled as secondary), the same figures as the library's."""
+by the quantitative reading in HU (the classifier labelled as secondary), the same figures as the library's; its
+heatmap's share inside the HU lung mask is signalled as on the X-ray page."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,3 +30,6 @@ def test_a_dicom_ct_slice_with_lungs_is_accepted_and_read_in_hu_first(weights, m
     expected = read_dicom_slice(read_image(data, name=name)).reading
     assert expected.lung["right"] == pytest.approx(64 * 36 * 1.5 * 1.5 / 100)
     assert f"right {expected.lung['right']:.0f} cm²" in shown
+    assert "lies inside the lungs" in shown and "(HU lung mask)" in shown  # the X-ray page's signal, on HU lungs
+    mask = read_dicom_slice(read_image(data, name=name)).lung_mask()
+    assert mask.shape == (128, 128) and mask.sum() == 2 * 64 * 36
