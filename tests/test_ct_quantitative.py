@@ -239,3 +239,24 @@ def test_enclosed_air_in_hu_is_the_lungs_inside_the_body_not_the_air_around_it()
     below = (12 * 20 + 4 * 88) * 1.5 * 1.5  # below the lungs: bowel gas and the table's channel
     assert enclosed_air_mm2(adult_phantom()[38], (1.5, 1.5)) == pytest.approx(below)
     assert enclosed_air_mm2(np.full((32, 32), -1000.0), (1.0, 1.0)) == 0.0  # air reaching the border
+
+
+def test_the_periphery_of_a_volume_is_that_of_each_of_its_slices():
+    from scipy import ndimage
+
+    from covid_models.ct_quantitative import peripheral_mask
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((6, 48, 48), np.uint8)
+    for index in range(6):
+        blob = ndimage.binary_opening(rng.random((48, 48)) > 0.3, iterations=2)
+        labels[index][blob] = RIGHT
+        labels[index, :, 24:][blob[:, 24:]] = LEFT
+    labels[2] = 0  # a slice without lung
+    each = np.stack([peripheral_mask(labels[index], (0.8, 0.8)) for index in range(6)])
+    np.testing.assert_array_equal(peripheral_mask(labels, (0.8, 0.8)), each)
+    disk = np.zeros((61, 61), np.uint8)
+    yy, xx = np.mgrid[-30:31, -30:31]
+    disk[yy ** 2 + xx ** 2 <= 27 ** 2] = RIGHT
+    outer = peripheral_mask(disk, (1.0, 1.0))
+    assert 0.45 < outer.sum() / (disk > 0).sum() < 0.6  # the outer third of a disk's radius: 5/9 of its area
