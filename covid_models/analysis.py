@@ -179,18 +179,21 @@ def trust_signals(modality: str, prediction: Prediction, shares: Mapping[str, fl
     if not shares and not implausible:
         signals.append(Signal("note", f"No {MASK_KINDS[modality]} segmentation model for {modality_name(modality)} is "
                                       "installed, so no mask and no share of the heatmap inside it can be shown."))
-    for target, share in shares.items():
-        if np.isnan(share):
-            signals.append(Signal("note", "The heatmap is empty, so its share inside the mask is undefined."))
-        elif target != "lungs":
-            signals.append(Signal("note", f"{percent(share, 0)} of the heatmap lies inside the {target} mask."))
-        elif share < LOW_LUNG_SHARE:
-            signals.append(Signal("warning", f"{percent(share, 0)} of the heatmap lies inside the lungs. The model "
-                                             "looked mostly outside the lungs (labels, borders, devices): treat "
-                                             "this prediction with suspicion."))
-        else:
-            signals.append(Signal("success", f"{percent(share, 0)} of the heatmap lies inside the lungs."))
+    signals.extend(mask_share_signal(target, share) for target, share in shares.items())
     return tuple(signals)
+
+
+def mask_share_signal(target: str, share: float) -> Signal:
+    """What the heatmap's share inside a mask says: a warning when less than half of it lies inside the lungs (the
+    X-ray and CT pages, for a film or a scan's slice)."""
+    if np.isnan(share):
+        return Signal("note", "The heatmap is empty, so its share inside the mask is undefined.")
+    if target != "lungs":
+        return Signal("note", f"{percent(share, 0)} of the heatmap lies inside the {target} mask.")
+    if share < LOW_LUNG_SHARE:
+        return Signal("warning", f"{percent(share, 0)} of the heatmap lies inside the lungs. The model looked mostly "
+                                 "outside the lungs (labels, borders, devices): treat this prediction with suspicion.")
+    return Signal("success", f"{percent(share, 0)} of the heatmap lies inside the lungs.")
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:

@@ -12,6 +12,9 @@ The out-of-distribution guard of one classifier flags only part of the photograp
   reaches the image border; a photograph's dark areas reach its border or are small). Its threshold, a round 5 %
   of the image, was chosen on the CT training and validation slices: with the segmenter's pair it leaves 10 of
   those 543 (1.8 %) without lung fields, the same count for any threshold from 2 % to 10 %.
+- a DICOM whose Modality tag says CT and whose HU values hold lungs or airways (air-density regions enclosed by the
+  body, in HU: `ct_quantitative.enclosed_air_mm2`, at least 0.5 cm2) is a CT slice, whatever the guards say: the
+  guards were trained on figure crops, and refused most real DICOM slices.
 An image is refused when it is colourful, or when it shows no evidence of either modality.
 The same guards say which modality the image looks like (`ImageCheck.modality`), for a PNG or JPEG whose file does
 not say. `scripts/evaluate_image_checks.py` measures the false refusals on held-out chest images and the
@@ -30,6 +33,7 @@ from scipy import ndimage
 
 from covid_models.analysis import Hold, free, held_back_text
 from covid_models.checkpoint import CheckpointError
+from covid_models.ct_quantitative import MIN_ENCLOSED_AIR_MM2, enclosed_air_mm2
 from covid_models.inference import Classifier, Prediction, discover_models
 from covid_models.io import Scan
 from covid_models.lung_box import enclosed, otsu_threshold
@@ -61,6 +65,7 @@ class ImageCheck:
     enclosed_dark: float  # share of the image in dark regions enclosed by brighter tissue (a CT slice's lungs)
     modality: str | None  # the modality the guards point to, None when they do not tell
     reasons: tuple[str, ...]  # why the image is refused; empty when it is accepted
+    hu_lungs: bool | None = None  # a DICOM CT's HU hold lungs (None: not a DICOM CT with HU values)
 
     @property
     def refused(self) -> bool:
@@ -165,6 +170,11 @@ def check_image(scan: Scan, data: bytes | Path, guards: Mapping[str, Classifier]
     xray = plausible if plausible is not None else None if "xray" not in ratios else ratios["xray"] <= 1
     ct_guard = None if "ct" not in ratios else ratios["ct"] <= 1
     ct = ct_guard and (bool(plausible) or enclosed_share >= MIN_ENCLOSED_DARK)
+    hu_lungs = None
+    if scan.metadata.dicom_modality == "CT" and scan.modality_values is not None:
+        hu_lungs = enclosed_air_mm2(scan.modality_values, scan.metadata.pixel_spacing) >= MIN_ENCLOSED_AIR_MM2
+        if hu_lungs:
+            ct, xray = True, False
     reasons = []
     if share > MAX_COLOURED_SHARE:
         reasons.append(f"{share:.0%} of its pixels are coloured; chest X-rays and CT slices are greyscale")
@@ -178,7 +188,7 @@ def check_image(scan: Scan, data: bytes | Path, guards: Mapping[str, Classifier]
                 else detected_modality(ratios) if xray and ct else None)
     return ImageCheck(coloured_share=share, guard_ratios=ratios, predictions=predictions, lung_area=area,
                       lungs_plausible=plausible,
-                      enclosed_dark=enclosed_share, modality=modality, reasons=tuple(reasons))
+                      enclosed_dark=enclosed_share, modality=modality, reasons=tuple(reasons), hu_lungs=hu_lungs)
 
 
 @dataclass(frozen=True)

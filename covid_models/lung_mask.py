@@ -50,7 +50,7 @@ class LungMask:
     def volume_ml(self, label: int | None = None) -> float:
         """Volume of one lung, or of both."""
         count = np.count_nonzero(self.labels) if label is None else np.count_nonzero(self.labels == label)
-        return count * self.voxel_ml
+        return int(count) * self.voxel_ml
 
 
 def grid_factor(pixel_spacing: float) -> int:

@@ -222,6 +222,9 @@ class ScanReportContent:
     burden_note: str
     key_slices: list[tuple[str, np.ndarray]]  # (caption, (H, W, 3) uint8 picture)
     limits: str  # what the model cannot do
+    reading_rows: list[tuple[str, str]] = field(default_factory=list)  # the quantitative reading (figure, value)
+    criteria_rows: list[tuple[str, ...]] = field(default_factory=list)  # the COVID-19 pattern rule, header first
+    secondary: str = ""  # the figure-crop classifier's reading, labelled as secondary
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -231,9 +234,8 @@ def scan_result_sentence(probability: float | None, threshold: float, positive_c
         return "No slice with lung was found, so the scan was not scored."
     positive = class_name(positive_class)
     side = "at or above" if probability >= threshold else "below"
-    call = "flagged for review as suggestive of" if probability >= threshold else "not flagged for"
     return (f"Scan-level {positive} probability {probability:.1%} (mean of the top {top_k} slices), {side} the "
-            f"slice operating point {threshold:.1%}: {call} {positive}.")
+            f"slice operating point {threshold:.1%}.")
 
 
 def render_scan_html(content: ScanReportContent) -> str:
@@ -248,9 +250,14 @@ def render_scan_html(content: ScanReportContent) -> str:
     facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in
                     [("File", bare_file_name(content.file_name)), *content.facts,
                      ("Created", content.created.strftime("%Y-%m-%d %H:%M UTC") + f" (covid_models {__version__})")])
-    header, *rows = content.burden_rows or [()]
-    burden = "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    def table(rows_with_header: list[tuple[str, ...]]) -> str:
+        header, *rows = rows_with_header or [()]
+        return "<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr>" + "".join(
+            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
+
+    burden = table(content.burden_rows) if content.burden_rows else "<p>None shown.</p>"
+    reading = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in content.reading_rows)
+    criteria = table(content.criteria_rows) if content.criteria_rows else ""
     figures = "".join(img(picture, caption) for caption, picture in content.key_slices)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>CT scan report: {esc(bare_file_name(content.file_name))}</title>
@@ -266,15 +273,32 @@ figure {{ margin: 0; flex: 1; }} img {{ width: 100%; }}
 <table>{facts}</table>
 <h2>Result</h2>
 <p><strong>{esc(content.result)}</strong></p>
+{criteria}
+<h2>Quantitative reading (HU)</h2>
+<table>{reading}</table>
 <h2>Infection burden</h2>
 <p>{esc(content.burden_note)}</p>
-<table>{burden}</table>
+{burden}
+<p>{esc(content.secondary)}</p>
 <h2>Key slices</h2>
 <div class="images">{figures}</div>
 <p>{esc(content.limits)}</p>
 <p class="notice">{esc(RESEARCH_USE_NOTICE)}</p>
 </body></html>
 """
+
+
+def _pdf_table(pdf, width: float, rows: list[tuple[str, ...]], height: float) -> None:
+    """A bordered table, header row in bold (nothing for no rows)."""
+    if not rows:
+        return
+    columns = len(rows[0])
+    for number, row in enumerate(rows):
+        pdf.set_font("Helvetica", "B" if number == 0 else "", 7.5)
+        for cell in row:
+            pdf.cell(width / columns, height, _latin1(str(cell)), border=1)
+        pdf.ln(height)
+    pdf.ln(1)
 
 
 def render_scan_pdf(content: ScanReportContent) -> bytes:
@@ -293,23 +317,27 @@ def render_scan_pdf(content: ScanReportContent) -> bytes:
     pdf.set_font("Helvetica", "B", 10)
     pdf.multi_cell(width, 5, _latin1(content.result), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(1)
-    pdf.set_font("Helvetica", "I", 8)
-    pdf.multi_cell(width, 4, _latin1(content.burden_note), new_x="LMARGIN", new_y="NEXT")
-    if content.burden_rows:
-        columns = len(content.burden_rows[0])
-        for number, row in enumerate(content.burden_rows):
-            pdf.set_font("Helvetica", "B" if number == 0 else "", 8)
-            for cell in row:
-                pdf.cell(width / columns, 4.5, _latin1(str(cell)), border=1)
-            pdf.ln(4.5)
-    pdf.ln(2)
+    _pdf_table(pdf, width, content.criteria_rows, 4)
+    for key, value in content.reading_rows:
+        pdf.set_font("Helvetica", "B", 7.5)
+        pdf.cell(50, 3.6, _latin1(key))
+        pdf.set_font("Helvetica", "", 7.5)
+        pdf.multi_cell(width - 50, 3.6, _latin1(value), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(1)
+    pdf.set_font("Helvetica", "I", 7.5)
+    pdf.multi_cell(width, 3.6, _latin1(content.burden_note), new_x="LMARGIN", new_y="NEXT")
+    _pdf_table(pdf, width, content.burden_rows, 3.8)
+    pdf.set_font("Helvetica", "", 7.5)
+    pdf.multi_cell(width, 3.6, _latin1(content.secondary), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(1)
     top = pdf.get_y()
     count = max(1, len(content.key_slices))
     side = (width - 6 * (count - 1)) / count
-    for index, (caption, picture_array) in enumerate(content.key_slices):
+    room = pdf.h - top - 50  # the pictures take what is left above the limits and the notice
+    for index, (caption, picture_array) in enumerate(content.key_slices if room > 20 else []):
         x = pdf.l_margin + index * (side + 6)
         picture = Image.open(io.BytesIO(png_bytes(picture_array)))
-        height = min(side * picture.height / picture.width, pdf.h - top - 45)
+        height = min(side * picture.height / picture.width, room)
         pdf.image(picture, x=x, y=top, w=height * picture.width / picture.height, h=height)
         pdf.set_xy(x, top + height + 1)
         pdf.set_font("Helvetica", "I", 8)

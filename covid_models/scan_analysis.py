@@ -1,4 +1,5 @@
-"""Analysis of a CT volume: lung mask, per-slice COVID-19 probability, a scan-level result and infection burden.
+"""Analysis of a CT volume: lung mask, the quantitative reading in HU that leads, infection burden, and the CT
+classifier's per-slice probabilities as a secondary reading.
 
 `analyse_scan(volume, classifier, segmenter)` is the one call the scan page, `scripts/analyze_scan.py` and
 `scripts/benchmark_scan.py` make. The models see each slice through their card's fixed HU window
@@ -6,15 +7,19 @@
 (anterior up, the patient's left on the viewer's right): the usual axial display, which is what the CT classifier
 was trained on and what the infection segmenter's card asks for (its MedSeg training slices were transposed to it).
 
-Scan-level rule (`SCAN_RULE`): the mean of the top-k slice probabilities, k = 10 % of the scored slices (at least
+The result of a scan is its quantitative reading (`covid_models.ct_quantitative`): lung volumes, density bands,
+lesion burden and distribution, the severity score and the COVID-19 pattern rule, or held back with its reason. The
+classifier was trained on figure crops from publications and is shown only as a secondary reading, never as the
+result (`ct_quantitative.SECONDARY_LABEL`).
+
+Secondary reading (`SCAN_RULE`): the mean of the top-k slice probabilities, k = 10 % of the scored slices (at least
 one). Slices whose lung area is under 10 % of the largest slice's are skipped, not scored: apex and base slices
 show little lung and the classifier was never trained on them. The card's operating point was chosen for single
 slices, not for this mean; comparing the two is a convenience that was not validated on scans.
 
-Infection burden: the 2-D infection segmenter on the scored slices, kept inside the lung mask; volume in ml, percent of
-each lung, and a zone severity score (upper, middle and lower third of each lung's height, 0-5 each by percent
-involved as CT severity scores grade lobes: 0 none, 1 under 5 %, 2 5-25 %, 3 25-50 %, 4 50-75 %, 5 over 75 %;
-summed, 0-30). It is an estimate from a 2-D model trained on 48 slices, not a measurement.
+Infection burden: the 2-D infection segmenter on the scored slices, kept inside the lung mask and without lesions
+under the minimum size (`ct_quantitative.lesion_in_lungs`); volume in ml, percent of each lung, and the zone severity
+score (`ct_quantitative.severity`). It is an estimate from a 2-D model, not a measurement.
 """
 from __future__ import annotations
 
@@ -28,9 +33,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from covid_models.ct_quantitative import (
+    SECONDARY_LABEL,
+    SIDES,
+    QuantitativeReading,
+    RuleFit,
+    ZoneBurden,
+    lesion_in_lungs,
+    read_volume_quantities,
+    zone_burdens,
+)
 from covid_models.explain import heatmap
 from covid_models.inference import Classifier, discover_models
-from covid_models.lung_mask import LEFT, RIGHT, LungMask, segment_lungs, to_grid
+from covid_models.lung_mask import LungMask, segment_lungs, to_grid
 from covid_models.segmentation import Segmenter
 from covid_models.volumes import Volume, VolumeMetadata
 
@@ -41,24 +56,9 @@ SEGMENT_BATCH = 4  # slices per segmenter pass: its 224 px decoder held 300 MB m
 SCAN_RULE = ("mean of the top-k slice probabilities, k = 10 % of the slices that contain lung (at least 1); slices "
              "with less than 10 % of the largest slice's lung area are not scored")
 BURDEN_LABEL = "Estimate from a 2-D infection model trained on 48 CT slices (MedSeg); not a measurement."
-ZONES = ("upper", "middle", "lower")
-SIDES = {RIGHT: "right", LEFT: "left"}
-HELD_BACK_SHARE = 0.5  # out-of-distribution share of the scored slices from which the scan-level result is withheld
-SEVERITY_BOUNDS = (5.0, 25.0, 50.0, 75.0)  # percent involved: > 0 -> 1, >= 5 -> 2, >= 25 -> 3, >= 50 -> 4, >= 75 -> 5
+HELD_BACK_SHARE = 0.5  # out-of-distribution share of the scored slices from which the classifier's reading is withheld
 
 Progress = Callable[[float, str], None]  # fraction done in [0, 1], and what is being done
-
-
-@dataclass(frozen=True)
-class ZoneBurden:
-    """Infection in one zone (a third of one lung's height)."""
-
-    lung: str  # "right" or "left" (the patient's)
-    zone: str  # "upper", "middle" or "lower"
-    lung_ml: float
-    infection_ml: float
-    percent: float
-    score: int  # 0-5
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ class ScanAnalysis:
     infection: np.ndarray | None  # bool, the grid's shape; None without a segmenter
     burden: Burden | None
     display_hu: np.ndarray  # int16, the grid's shape: what the page windows for display
+    reading: QuantitativeReading  # the result of the scan
     seconds: dict[str, float] = field(default_factory=dict)
     rule: str = SCAN_RULE
 
@@ -113,7 +114,15 @@ class ScanAnalysis:
 
     @property
     def positive(self) -> bool | None:
-        return None if self.scan_probability is None else self.scan_probability >= self.threshold
+        """The scan's result: a pattern suggestive of COVID-19 (None: held back, or no pattern reading)."""
+        return None if self.held_back else self.reading.suggestive
+
+    @property
+    def classifier_positive(self) -> bool | None:
+        """The secondary reading's call (None when it is withheld)."""
+        if self.secondary_held_back:
+            return None
+        return self.scan_probability >= self.threshold
 
     @property
     def out_of_distribution_share(self) -> float:
@@ -122,8 +131,14 @@ class ScanAnalysis:
 
     @property
     def held_back(self) -> bool:
-        """No scan-level reading to interpret: no lung found, or most scored slices unlike the training slices."""
-        return self.scan_probability is None or self.out_of_distribution_share >= HELD_BACK_SHARE
+        """No result to interpret: no or too little lung, or too coarse (`reading.held_back` says why)."""
+        return self.reading.held_back is not None
+
+    @property
+    def secondary_held_back(self) -> bool:
+        """No classifier reading to show: the scan is held back, no slice has lung, or most scored slices are unlike
+        the classifier's training slices (its out-of-distribution guard)."""
+        return self.held_back or self.scan_probability is None or self.out_of_distribution_share >= HELD_BACK_SHARE
 
     @property
     def nbytes(self) -> int:
@@ -142,19 +157,27 @@ class ScanAnalysis:
         return keys
 
     def summary(self) -> dict:
-        """A JSON-ready record (the script's output)."""
-        burden = self.burden
+        """A JSON-ready record (the script's output). A held-back scan carries no verdict, probability or flag; the
+        classifier's reading is under "secondary", without its probabilities when it is withheld."""
+        burden = None if self.held_back else self.burden
+        shown = not self.secondary_held_back
         return {
             "volume": {"format": self.metadata.source_format, "shape": list(self.metadata.shape),
                        "spacing_mm": list(self.metadata.spacing), "sorted_by": self.metadata.sorted_by,
                        "series": [info.label for info in self.metadata.series], "notes": list(self.metadata.notes)},
-            "classifier": self.classifier, "positive_class": self.positive_class,
-            "scan_probability": self.scan_probability, "rule": self.rule, "top_k": self.top_k,
-            "threshold": self.threshold, "operating_point": self.operating_point, "positive": self.positive,
+            "result": self.reading.verdict, "held_back": self.reading.held_back, "positive": self.positive,
+            "quantitative": self.reading.summary(),
+            "secondary": {
+                "label": SECONDARY_LABEL, "classifier": self.classifier, "positive_class": self.positive_class,
+                "withheld": not shown, "scan_probability": self.scan_probability if shown else None,
+                "positive": self.classifier_positive, "rule": self.rule, "top_k": self.top_k,
+                "threshold": self.threshold, "operating_point": self.operating_point,
+                "out_of_distribution_share": self.out_of_distribution_share,
+                "slice_probabilities": [None if math.isnan(p) else round(float(p), 5)
+                                        for p in self.slice_probabilities] if shown else None},
+            "classifier": self.classifier,
             "slices_scored": int(self.scored.sum()), "slices": int(len(self.slice_probabilities)),
-            "out_of_distribution_share": self.out_of_distribution_share,
-            "slice_probabilities": [None if math.isnan(p) else round(float(p), 5) for p in self.slice_probabilities],
-            "key_slices": self.key_slices,
+            "key_slices": {} if self.held_back else self.key_slices,
             "lung_ml": {side: round(self.lungs.volume_ml(label), 1) for label, side in SIDES.items()},
             "burden": None if burden is None else {
                 "model": burden.model, "label": burden.label, "infection_ml": round(burden.infection_ml, 2),
@@ -162,17 +185,10 @@ class ScanAnalysis:
                 "percent_by_lung": {k: round(v, 3) for k, v in burden.percent_by_lung.items()},
                 "severity_score": burden.severity_score,
                 "zones": [{"lung": z.lung, "zone": z.zone, "lung_ml": round(z.lung_ml, 1),
-                           "infection_ml": round(z.infection_ml, 2), "percent": round(z.percent, 3),
+                           "infection_ml": round(z.lesion_ml, 2), "percent": round(z.percent, 3),
                            "score": z.score} for z in burden.zones]},
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }
-
-
-def severity(percent: float) -> int:
-    """A zone's 0-5 score from its percent involved."""
-    if percent <= 0:
-        return 0
-    return 1 + sum(percent >= bound for bound in SEVERITY_BOUNDS)
 
 
 def scan_probability(probabilities: np.ndarray, share: float = TOP_SHARE) -> tuple[float | None, int]:
@@ -193,26 +209,13 @@ def scored_slices(lungs: LungMask) -> np.ndarray:
 def burden(lungs: LungMask, infection: np.ndarray, model: str | None) -> Burden:
     """Infection volume, percent of each lung and zone scores (thirds of each lung's height)."""
     voxel = lungs.voxel_ml
-    lung_ml, infection_ml, percent, zones = {}, {}, {}, []
-    for label, side in SIDES.items():
-        lung = lungs.labels == label
-        per_slice_lung = np.count_nonzero(lung, axis=(1, 2))
-        per_slice_infection = np.count_nonzero(infection & lung, axis=(1, 2))
-        lung_ml[side] = float(per_slice_lung.sum()) * voxel
-        infection_ml[side] = float(per_slice_infection.sum()) * voxel
-        percent[side] = 100.0 * infection_ml[side] / lung_ml[side] if lung_ml[side] > 0 else 0.0
-        present = np.nonzero(per_slice_lung)[0]
-        if present.size == 0:
-            continue
-        edges = np.linspace(present[0], present[-1] + 1, len(ZONES) + 1)
-        for zone, (start, stop) in zip(ZONES, zip(edges[:-1], edges[1:], strict=True), strict=True):
-            part = slice(int(round(start)), int(round(stop)))
-            zone_lung = float(per_slice_lung[part].sum()) * voxel
-            zone_infection = float(per_slice_infection[part].sum()) * voxel
-            zone_percent = 100.0 * zone_infection / zone_lung if zone_lung > 0 else 0.0
-            zones.append(ZoneBurden(side, zone, zone_lung, zone_infection, zone_percent, severity(zone_percent)))
+    lung_ml = {side: float(lungs.volume_ml(label)) for label, side in SIDES.items()}
+    infection_ml = {side: float(np.count_nonzero(infection & (lungs.labels == label))) * voxel
+                    for label, side in SIDES.items()}
+    percent = {side: 100.0 * infection_ml[side] / lung_ml[side] if lung_ml[side] > 0 else 0.0
+               for side in SIDES.values()}
     return Burden(infection_ml=sum(infection_ml.values()), lung_ml=lung_ml, infection_ml_by_lung=infection_ml,
-                  percent_by_lung=percent, zones=tuple(zones), model=model)
+                  percent_by_lung=percent, zones=zone_burdens(lungs, infection), model=model)
 
 
 def analyse_scan(volume: Volume, classifier: Classifier, segmenter: Segmenter | None = None,
@@ -245,6 +248,13 @@ def analyse_scan(volume: Volume, classifier: Classifier, segmenter: Segmenter | 
                                lambda f: report(0.5 + 0.5 * f, "Segmenting infection"))
         scan_burden = burden(lungs, infection, segmenter.name)
         seconds["infection"] = time.perf_counter() - start
+    display_hu = to_grid(volume.hu, lungs.factor)
+    start = time.perf_counter()
+    reading = read_volume_quantities(
+        display_hu, lungs, infection, min(volume.spacing[1:]),
+        fit=None if segmenter is None else RuleFit.from_card(segmenter.card.extra),
+        infection_model=None if segmenter is None else segmenter.name)
+    seconds["quantitative reading"] = time.perf_counter() - start
     report(1.0, "Done")
     card = classifier.card
     point = card.operating_points.get(card.default_operating_point or "", {})
@@ -253,13 +263,14 @@ def analyse_scan(volume: Volume, classifier: Classifier, segmenter: Segmenter | 
         threshold=card.threshold, operating_point=str(point.get("rule", "no rule recorded in the card")),
         slice_probabilities=probabilities, slice_out_of_distribution=out_of_distribution,
         scan_probability=probability, top_k=top_k, lungs=lungs, infection=infection, burden=scan_burden,
-        display_hu=to_grid(volume.hu, lungs.factor), seconds=seconds)
+        display_hu=display_hu, reading=reading, seconds=seconds)
 
 
 @torch.inference_mode()
 def _infection(volume: Volume, lungs: LungMask, segmenter: Segmenter, with_lung: np.ndarray, batch_size: int,
                progress: Callable[[float], None]) -> np.ndarray:
-    """The segmenter's mask of the scored slices on the grid, kept inside the lungs (other slices stay empty).
+    """The segmenter's mask of the scored slices on the grid, kept inside the lungs and without lesions under the
+    minimum size (other slices stay empty): what is counted, and what the pages outline.
 
     Apex and base slices (under 10 % of the largest lung area) hold a few percent of the lung volume and would cost
     a fifth of the time; their infection is not counted.
@@ -273,9 +284,9 @@ def _infection(volume: Volume, lungs: LungMask, segmenter: Segmenter, with_lung:
         logits = segmenter.model(batch.to(parameter.device, parameter.dtype)).float()
         logits = F.interpolate(logits, size=lungs.labels.shape[1:], mode="bilinear", align_corners=False)
         masks = (torch.sigmoid(logits)[:, 0] >= segmenter.threshold).cpu().numpy()
-        infection[indices] = masks & (lungs.labels[indices] > 0)
+        infection[indices] = masks
         progress((first + len(indices)) / len(with_lung))
-    return infection
+    return lesion_in_lungs(infection, lungs)
 
 
 def slice_heatmap(classifier: Classifier, analysis_hu: np.ndarray, method: str = "gradcam") -> np.ndarray:

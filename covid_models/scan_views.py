@@ -9,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
+from covid_models.ct_quantitative import DENSITY_BANDS, SECONDARY_LABEL, SEVERITY_SOURCE, QuantitativeReading
 from covid_models.io import WINDOW_PRESETS, apply_window
 from covid_models.lung_mask import LEFT, RIGHT
 from covid_models.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, mask_overlay, to_rgb
@@ -17,11 +18,12 @@ from covid_models.scan_analysis import BURDEN_LABEL, ScanAnalysis
 
 DISPLAY_WINDOWS = WINDOW_PRESETS  # display only: the models always get their card's window
 MODEL_LIMITS = (
-    "What the model cannot do: the CT classifier was trained on single slices cropped from figures of published "
-    "papers (the UCSD COVID-CT collection), not on hospital scans, and it scores slices one by one; the scan-level "
-    "rule (mean of the top 10 % of slice probabilities) and the slice operating point have not been validated on "
-    "whole scans. The infection burden is an estimate from a 2-D model trained on 48 slices. Three shared scans "
-    "(one COVID-19, two not) are a smoke test of the pipeline, not an evaluation."
+    "What the models cannot do: the result is a quantitative reading in HU inside a classical lung mask; its lesion "
+    "burden comes from a 2-D infection segmenter (an estimate, not a measurement) and the one fitted threshold of the "
+    "COVID-19 pattern rule was fitted on real non-COVID screening CT slices, not validated on whole scans. The CT "
+    "classifier was trained on single slices cropped from figures of published papers, not on hospital scans: it "
+    "is a secondary reading only. Four shared scans (one COVID-19, three not) are a smoke test of the pipeline, not "
+    "an evaluation."
 )
 
 
@@ -82,7 +84,7 @@ def burden_rows(analysis: ScanAnalysis) -> list[tuple[str, ...]]:
         return []
     rows: list[tuple[str, ...]] = [("Lung", "Zone", "Lung (ml)", "Infection (ml)", "Involved", "Score (0-5)")]
     for zone in burden.zones:
-        rows.append((zone.lung, zone.zone, f"{zone.lung_ml:.0f}", f"{zone.infection_ml:.1f}", f"{zone.percent:.1f} %",
+        rows.append((zone.lung, zone.zone, f"{zone.lung_ml:.0f}", f"{zone.lesion_ml:.1f}", f"{zone.percent:.1f} %",
                      str(zone.score)))
     for label, side in ((RIGHT, "right"), (LEFT, "left")):
         rows.append((side, "whole lung", f"{analysis.lungs.volume_ml(label):.0f}",
@@ -96,30 +98,89 @@ def scan_facts(analysis: ScanAnalysis) -> list[tuple[str, str]]:
     """Model, rule, operating point and scan geometry as (field, value) rows (the page's caption and the report)."""
     metadata = analysis.metadata
     spacing = " x ".join(f"{v:.2f}" for v in metadata.spacing)
-    facts = [("Model", analysis.classifier), ("Scan-level rule", analysis.rule),
-             ("Operating point", f"{analysis.threshold:.1%} per slice, chosen by: {analysis.operating_point}"),
-             ("Volume", f"{metadata.shape[0]} slices of {metadata.shape[2]} x {metadata.shape[1]}, spacing "
+    facts = [("Volume", f"{metadata.shape[0]} slices of {metadata.shape[2]} x {metadata.shape[1]}, spacing "
                         f"{spacing} mm ({metadata.source_format})"),
              ("Slices scored", f"{int(analysis.scored.sum())} of {metadata.shape[0]}"),
              ("Lungs", f"right {analysis.lungs.volume_ml(RIGHT):.0f} ml, left {analysis.lungs.volume_ml(LEFT):.0f} ml"
                        " (classical HU mask)")]
-    if analysis.out_of_distribution_share > 0:
-        facts.append(("Out of distribution", f"{analysis.out_of_distribution_share:.0%} of the scored slices"))
     if analysis.burden is not None and analysis.burden.model:
         facts.append(("Infection model", analysis.burden.model))
+    facts.append(("Secondary classifier", f"{analysis.classifier}; {analysis.rule}; operating point "
+                                          f"{analysis.threshold:.1%} per slice, chosen by: {analysis.operating_point}"))
+    if analysis.out_of_distribution_share > 0:
+        facts.append(("Out of distribution", f"{analysis.out_of_distribution_share:.0%} of the scored slices "
+                                             "(secondary classifier's guard)"))
     return facts
 
 
+def unit_name(reading: QuantitativeReading) -> str:
+    return "ml" if reading.unit == "ml" else "cm²"
+
+
+def reading_rows(reading: QuantitativeReading) -> list[tuple[str, str]]:
+    """The quantitative reading as (figure, value) rows: lungs, density bands, lesion, distribution, severity."""
+    unit = unit_name(reading)
+    rows = [("Lungs", f"right {reading.lung['right']:.0f} {unit}, left {reading.lung['left']:.0f} {unit}, total "
+                      f"{reading.lung_total:.0f} {unit} (classical HU mask)")]
+    rows += [(f"{band.name.capitalize()} ({band.limits})", f"{reading.bands[band.name]:.1f} % of lung")
+             for band in DENSITY_BANDS]
+    if reading.held_back:
+        return rows  # lungs and density say why; no lesion or score of a held-back scan
+    if reading.lesion is None:
+        rows.append(("Lesion", "no infection model: not measured"))
+        return rows
+    digits = 1 if reading.unit == "ml" else 2
+    rows.append(("Lesion", f"right {reading.lesion['right']:.{digits}f} {unit} ({reading.lesion_percent('right'):.2f} "
+                           f"%), left {reading.lesion['left']:.{digits}f} {unit} "
+                           f"({reading.lesion_percent('left'):.2f} %), total {reading.lesion_total:.{digits}f} {unit} "
+                           f"({reading.lesion_percent():.2f} % of lung)"))
+    if reading.lesion_total:
+        dense = ", ".join(f"{name} {value:.0f} %" for name, value in (reading.lesion_bands or {}).items() if value)
+        rows.append(("Lesion density", dense))
+        rows.append(("Distribution", ("bilateral" if reading.bilateral else "one lung") +
+                     f"; {reading.peripheral:.0f} % of the lesion in the outer third (the lungs' own share there: "
+                     f"{reading.lung_peripheral:.0f} %)" + ("; zones: " + ", ".join(
+                         f"{zone} {share:.0f} %" for zone, share in reading.zone_shares.items()) if reading.zones
+                         else "")))
+    if reading.severity_score is not None:
+        rows.append(("Severity score", f"{reading.severity_score} / {5 * len(reading.zones)} ({SEVERITY_SOURCE}; six "
+                                       "zones, thirds of each lung's height, approximate the lobes)"))
+    return rows
+
+
+def criteria_rows(reading: QuantitativeReading) -> list[tuple[str, ...]]:
+    """The COVID-19 pattern rule's criteria, header first; empty when the rule was not applied."""
+    if not reading.criteria:
+        return []
+    return [("Criterion", "Measured", "Needed", "Met"),
+            *((c.name, c.value, c.needed, "yes" if c.met else "no") for c in reading.criteria)]
+
+
+def secondary_sentence(analysis: ScanAnalysis) -> str:
+    """The figure-crop classifier's scan-level reading, labelled as secondary; withheld when it may not be read."""
+    if analysis.held_back:
+        return "Secondary reading: none, the scan is held back."
+    if analysis.secondary_held_back:
+        reason = ("no slice with lung" if analysis.scan_probability is None else
+                  f"{analysis.out_of_distribution_share:.0%} of the scored slices are unlike its training slices")
+        return f"{SECONDARY_LABEL} Withheld: {reason}."
+    return SECONDARY_LABEL + " " + scan_result_sentence(analysis.scan_probability, analysis.threshold,
+                                                        analysis.positive_class, analysis.top_k)
+
+
 def key_slice_pictures(analysis: ScanAnalysis) -> list[tuple[str, np.ndarray]]:
-    """(caption, picture) of each key slice under the lung window with its masks: the report's and the review's."""
+    """(caption, picture) of each key slice under the lung window with its masks: the report's and the review's
+    (none for a held-back scan: a key slice is a finding)."""
+    if analysis.held_back:
+        return []
     return [(f"Slice {index + 1}: {why}", axial_picture(analysis, index)) for why, index in analysis.key_slices.items()]
 
 
 def scan_report_content(analysis: ScanAnalysis, file_name: str) -> ScanReportContent:
     """The report of one analysed scan: result, burden table and the key slices with their masks."""
+    held = analysis.held_back
     return ScanReportContent(
-        file_name=file_name, facts=scan_facts(analysis),
-        result=scan_result_sentence(analysis.scan_probability, analysis.threshold, analysis.positive_class,
-                                    analysis.top_k),
-        burden_rows=burden_rows(analysis), burden_note=BURDEN_LABEL, key_slices=key_slice_pictures(analysis),
-        limits=MODEL_LIMITS)
+        file_name=file_name, facts=scan_facts(analysis), result=analysis.reading.verdict,
+        burden_rows=[] if held else burden_rows(analysis), burden_note=BURDEN_LABEL,
+        key_slices=key_slice_pictures(analysis), limits=MODEL_LIMITS, reading_rows=reading_rows(analysis.reading),
+        criteria_rows=[] if held else criteria_rows(analysis.reading), secondary=secondary_sentence(analysis))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from covid_models.analysis import (
     REPORT_RENDERING,
     Analysis,
     analyse,
+    mask_share_signal,
     multiclass_note,
     operating_point_text,
     predict,
@@ -35,6 +36,7 @@ from covid_models.analysis import (
     window_label,
 )
 from covid_models.checkpoint import CheckpointError
+from covid_models.ct_quantitative import SECONDARY_LABEL, QuantitativeReading, SliceQuantities, read_dicom_slice
 from covid_models.data import DataError, LeakageError, default_data_dir, held_out_images
 from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS
 from covid_models.formatting import percent
@@ -60,7 +62,8 @@ from covid_models.report import (
     render_pdf,
     result_sentence,
 )
-from covid_models.segmentation import Segmenter
+from covid_models.scan_views import reading_rows
+from covid_models.segmentation import Segmenter, cam_mass_inside
 from covid_models.trust import headline_auc, single_source, within_source
 from pages.shared import (
     OPACITY,
@@ -70,12 +73,15 @@ from pages.shared import (
     data_dir,
     enter_through_app,
     hold_for,
+    infection_models,
     load_classifier,
     load_segmenter,
     model_cards,
+    model_lock,
     segmenters_for,
     show_analysis,
     show_error,
+    slice_reading_block,
 )
 
 enter_through_app()
@@ -123,6 +129,16 @@ def scan_facts(digest: str, _data: bytes, name: str) -> tuple[ScanMetadata, bool
     """The file's metadata and whether it can be re-windowed: all a rerun needs when the results are cached."""
     scan = read_scan(digest, _data, name)
     return scan.metadata, scan.modality_values is not None
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def dicom_slice_reading(digest: str, segmenter_dir: str | None, _upload: Upload) -> SliceQuantities | None:
+    """The quantitative reading of a DICOM CT slice in HU, with the first infection model (cached by content)."""
+    scan = read_scan(digest, _upload.data, _upload.name)
+    if segmenter_dir is None:
+        return read_dicom_slice(scan)
+    with model_lock(segmenter_dir):
+        return read_dicom_slice(scan, load_segmenter(segmenter_dir))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -473,6 +489,10 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
     if dicom:
         dicom_header(upload, metadata)
     row["Modality"] = modality_name(modality)
+    quantities = dicom_slice_reading(upload.digest, next(iter(infection_models()), None), upload) \
+        if dicom and modality == "ct" and windowable else None
+    if quantities is not None:
+        slice_reading_block(quantities.reading)
     model_dirs = settings.models.get(modality)
     if not model_dirs:
         st.warning(f"No {modality_name(modality)} classifier is installed, so this image cannot be analysed.")
@@ -492,6 +512,8 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
     row |= {"Model": prediction.model, "COVID-19 probability": probability_cell(prediction),
             "Result": "held back (out of distribution)" if prediction.out_of_distribution
             else "at or above the operating point" if prediction.positive else "below the operating point"}
+    if quantities is not None:  # a DICOM CT slice's result is its quantitative reading; the classifier is secondary
+        row["Result"] = quantities.reading.verdict
     if analysis is None:
         return row
     window = None if prediction.out_of_distribution else window_choice(upload, metadata, windowable)
@@ -500,7 +522,10 @@ def show_upload(upload: Upload, settings: Settings) -> dict:
                   outline_on_heatmap=settings.outline_on_heatmap, shown=shown,
                   image_caption="Image" + (f" (window {window[0]:g} / {window[1]:g})" if window else ""),
                   multiclass=multiclass)
-    downloads(upload, analysis, settings)
+    if quantities is not None and quantities.has_lungs and not prediction.out_of_distribution:
+        signal = mask_share_signal("lungs", cam_mass_inside(analysis.heat, quantities.lung_mask()))
+        getattr(st, "caption" if signal.level == "note" else signal.level)(f"{signal.text} (HU lung mask)")
+    downloads(upload, analysis, settings, None if quantities is None else quantities.reading)
     st.caption(":material/health_and_safety: Research use only: not for diagnosis. Review by a radiologist.")
     return row
 
@@ -510,10 +535,15 @@ def probability_cell(prediction: Prediction) -> str:
     return "held back" if prediction.out_of_distribution else percent(prediction.positive_probability)
 
 
-def downloads(upload: Upload, analysis: Analysis, settings: Settings) -> None:
-    """Annotated PNG and the report, drawn with fixed settings (never the screen's); built only when clicked."""
+def downloads(upload: Upload, analysis: Analysis, settings: Settings, reading: QuantitativeReading | None = None
+              ) -> None:
+    """Annotated PNG and the report, drawn with fixed settings (never the screen's); built only when clicked. A DICOM
+    CT slice's report leads with its quantitative reading."""
     stem = Path(bare_file_name(upload.name)).stem
     content = report_content(analysis, upload.name, METHOD_LABELS[analysis.method])
+    if reading is not None:
+        content = replace(content, warnings=(reading.verdict, *(f"{k}: {v}" for k, v in reading_rows(reading)),
+                                             SECONDARY_LABEL, *content.warnings))
     key = f"{upload.digest[:16]}-{settings.method}"
     first, second, third = st.columns(3)
     if content.overlay is not None:

@@ -262,8 +262,8 @@ def review_scan(reviewer: Reviewer, files: list[tuple[str, bytes]], digest: str,
 
 
 def scan_label(analysis: ScanAnalysis, classes: list[str]) -> str:
-    """The label the reviewer agrees or disagrees with: the positive class at or above the operating point, else the
-    card's other class (the scan-level rule scores the positive class only; a CT card has two)."""
+    """The label the reviewer agrees or disagrees with: the positive class when the quantitative reading finds a
+    pattern suggestive of it, else the card's other class (a CT card has two)."""
     return analysis.positive_class if analysis.positive else next(c for c in classes if c != analysis.positive_class)
 
 
@@ -423,13 +423,13 @@ def _start(store: ReviewStore, reviewer: Reviewer, modality: str, directory: str
         except VolumeReadError as error:
             skipped.append(f"{name}: {error}")
             continue
-        if analysis.scan_probability is None:
-            skipped.append(f"{name}: no lung was found in this scan, so it was not scored")
-            continue
         seen.add(digest)
+        # the label is the quantitative reading's (none to agree with when held back or without a pattern reading);
+        # the stored probability is the secondary classifier's, never shown for a scan
         items.append(NewItem(image_hash=digest, display_name=name, predicted_label=scan_label(analysis, card.classes),
-                             covid_probability=analysis.scan_probability, operating_threshold=analysis.threshold,
-                             held_back=analysis.held_back, kind="scan"))
+                             covid_probability=0.0 if analysis.secondary_held_back else analysis.scan_probability,
+                             operating_threshold=analysis.threshold, held_back=analysis.positive is None,
+                             kind="scan"))
     if skipped:
         st.session_state[MESSAGE_KEY] = ("warning", "Left out of the session: " + "; ".join(skipped))
     if not items:
@@ -775,6 +775,10 @@ def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, item: I
             st.markdown("Model reading: **held back**")
             st.caption("There is no reading to agree or disagree with: record Unsure, or Non-diagnostic if this is "
                        "not a gradable chest image.")
+        elif revealed and item.kind == "scan":
+            st.markdown(f"Model reading: **{plain(item.predicted_label)}** (quantitative CT reading in HU)")
+            st.caption("The figure-crop classifier is a secondary reading (beside the scan, where not withheld); "
+                       "it does not decide the model's reading.")
         elif revealed:
             side = "at or above" if item.covid_probability >= item.operating_threshold else "below"
             st.markdown(f"Model reading: **{plain(item.predicted_label)}**")
@@ -860,8 +864,7 @@ def scan_pictures(item: ItemView, scan: ScanAnalysis | None, directory: str | No
     if scan is None:
         return  # `rescan` says why and asks for the scan
     if withheld:
-        st.error(f"{scan.out_of_distribution_share:.0%} of the scored slices do not look like the CT slices the model "
-                 "was trained on: its scan-level reading is held back.", icon=":material/block:")
+        st.error(scan.reading.verdict, icon=":material/block:")
     shown = revealed and not withheld
     if shown:
         scan_result_block(scan)

@@ -1,4 +1,4 @@
-"""CT scan: upload a whole series (zip, DICOM files) or a NIfTI volume and see a scan-level result and the burden.
+"""CT scan: upload a whole series (zip, DICOM files) or a NIfTI volume and see its quantitative reading and burden.
 
 The analysis (`covid_models.scan_analysis.analyse_scan`) runs once per upload content, series and models, with a
 progress bar, and is kept in this browser session (the last `KEPT_SCANS` scans, about 70 MB each for a 255-slice

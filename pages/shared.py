@@ -29,16 +29,29 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from covid_models.analysis import OUTLINE_COLOR, Analysis, Hold, analyse
 from covid_models.checkpoint import CheckpointError, read_card
+from covid_models.ct_quantitative import (
+    COVID_PATTERN_RULE,
+    MIN_LESION_DIAMETER_MM,
+    SECONDARY_LABEL,
+    QuantitativeReading,
+)
 from covid_models.data import DataError, allowed_data_roots, confined_folder, default_data_dir
 from covid_models.explain import METHOD_LABELS
 from covid_models.inference import Classifier, ModelFolders, discover_models, find_models, segmenter_folder
 from covid_models.io import Scan, read_image
 from covid_models.model_card import ModelCard
 from covid_models.overlays import DISPLAY_SIDE, INFECTION_COLOR, LUNG_COLOR, colour_scale, heatmap_overlay, mask_overlay
-from covid_models.report import class_name, scan_result_sentence
+from covid_models.report import class_name
 from covid_models.reviews import ReviewStore
 from covid_models.scan_analysis import BURDEN_LABEL, ScanAnalysis, analyse_scan
-from covid_models.scan_views import MODEL_LIMITS, burden_rows, scan_facts
+from covid_models.scan_views import (
+    MODEL_LIMITS,
+    burden_rows,
+    criteria_rows,
+    reading_rows,
+    scan_facts,
+    secondary_sentence,
+)
 from covid_models.segmentation import Segmenter
 from covid_models.volumes import read_volume
 
@@ -235,36 +248,73 @@ def run_scan_analysis(files: list[tuple[str, bytes]], series: int | None, classi
 
 
 def scan_result_block(analysis: ScanAnalysis) -> None:
-    """The scan-level probability against the operating point, its rule, the facts and what the model cannot do."""
-    positive = class_name(analysis.positive_class)
+    """The scan's result, its quantitative reading in HU (criteria, density bands, lesion, distribution, severity),
+    the facts, the classifier as a secondary reading and what the models cannot do. A held-back scan shows its
+    reason and no verdict, probability or flag."""
+    reading = analysis.reading
     left, right = st.columns([2, 3])
     with left:
-        if analysis.scan_probability is None:
-            st.warning("No lung was found in this scan, so it was not scored.", icon=":material/block:")
+        if analysis.held_back:
+            st.error(reading.verdict, icon=":material/block:")
+        elif reading.suggestive is None:
+            st.warning(reading.verdict, icon=":material/help:")
         else:
-            st.metric(f"Scan-level {positive} probability", f"{analysis.scan_probability:.1%}")
-            if analysis.positive:
-                st.markdown(":orange-badge[:material/flag: At or above the operating point]")
+            st.metric("Quantitative CT reading", "Suggestive of COVID-19" if reading.suggestive
+                      else "Not suggestive of COVID-19")
+            if reading.suggestive:
+                st.markdown(":orange-badge[:material/flag: Pattern suggestive of COVID-19]")
             else:
-                st.markdown(":blue-badge[Below the operating point]")
-        st.caption(scan_result_sentence(analysis.scan_probability, analysis.threshold, analysis.positive_class,
-                                        analysis.top_k))
-        if analysis.held_back and analysis.scan_probability is not None:
-            st.warning(f"{analysis.out_of_distribution_share:.0%} of the scored slices do not look like the slices "
-                       "the model was trained on: do not interpret this probability.", icon=":material/block:")
+                st.markdown(":blue-badge[Pattern not suggestive of COVID-19]")
+        if not analysis.held_back and reading.lesion is not None:
+            st.metric("Lesion burden", f"{reading.lesion_percent():.1f} % of lung")
+            st.metric("Severity score (6 zones)", f"{reading.severity_score} / {5 * len(reading.zones)}")
+        if not analysis.held_back:
+            st.caption(COVID_PATTERN_RULE + (f" Threshold fitted on: {reading.fit_on}." if reading.fit_on else ""))
     with right:
+        criteria = criteria_rows(reading)
+        if criteria and not analysis.held_back:
+            st.dataframe(pd.DataFrame(criteria[1:], columns=criteria[0]), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame(reading_rows(reading), columns=["Quantitative reading (HU)", "Value"]),
+                     hide_index=True, width="stretch")
         st.dataframe(pd.DataFrame(scan_facts(analysis), columns=["", "Value"]), hide_index=True, width="stretch")
+    st.caption(secondary_sentence(analysis))
     st.caption(MODEL_LIMITS)
 
 
+def slice_reading_block(reading: QuantitativeReading) -> None:
+    """A DICOM CT slice's quantitative reading in HU, the result of such a slice; the classifier's reading below it is
+    secondary."""
+    st.markdown("**Quantitative reading of this CT slice (HU)**")
+    if reading.held_back:
+        st.error(reading.verdict, icon=":material/block:")
+    elif reading.suggestive is None:
+        st.warning(reading.verdict, icon=":material/help:")
+    elif reading.suggestive:
+        st.markdown(":orange-badge[:material/flag: Pattern suggestive of COVID-19 on this slice]")
+    else:
+        st.markdown(":blue-badge[Pattern not suggestive of COVID-19 on this slice]")
+    criteria = criteria_rows(reading)
+    if criteria and not reading.held_back:
+        st.dataframe(pd.DataFrame(criteria[1:], columns=criteria[0]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(reading_rows(reading), columns=["Quantitative reading (HU)", "Value"]),
+                 hide_index=True, width="stretch")
+    if not reading.held_back:
+        st.caption(COVID_PATTERN_RULE + (f" Threshold fitted on: {reading.fit_on}." if reading.fit_on else ""))
+    st.caption(SECONDARY_LABEL)
+
+
 def burden_block(analysis: ScanAnalysis) -> None:
-    """The infection burden table by zone, lung and in total, with how it was estimated."""
+    """The infection burden table by zone, lung and in total, with how it was estimated (none when held back)."""
     st.subheader("Infection burden")
+    if analysis.held_back:
+        st.caption("The scan is held back, so no burden is shown.")
+        return
     if analysis.burden is None:
         st.caption("No infection model was chosen, so no burden was computed.")
         return
-    st.caption(BURDEN_LABEL + " Zones are thirds of each lung's height; 0-5 per zone by percent involved "
-               "(0 none, 1 under 5 %, 2 5-25 %, 3 25-50 %, 4 50-75 %, 5 over 75 %).")
+    st.caption(BURDEN_LABEL + f" Lesions under {MIN_LESION_DIAMETER_MM:g} mm across and outside the lungs are not "
+               "counted. Zones are thirds of each lung's height and approximate the lobes; 0-5 per zone by percent "
+               "involved (Pan et al. 2020: 0 none, 1 under 5 %, 2 5-25 %, 3 25-50 %, 4 50-75 %, 5 over 75 %).")
     header, *rows = burden_rows(analysis)
     st.dataframe(pd.DataFrame(rows, columns=header), hide_index=True, width="stretch")
 

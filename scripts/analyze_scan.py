@@ -1,11 +1,14 @@
-"""Analyse one chest CT scan from the command line: the scan page's result as JSON.
+"""Analyse one chest CT scan from the command line: the scan page's result (the quantitative reading in HU, the
+severity score, the COVID-19 pattern rule; the classifier as a secondary reading) as JSON.
 
     python scripts/analyze_scan.py PATH [--out result.json] [--weights weights] [--series N] [--threads N]
 
 PATH is a folder of DICOM files (nested folders too), a .zip of one, or a NIfTI volume (.nii / .nii.gz). The CT
 classifier and the infection segmenter are the first of each found in the weights folder (by their cards), unless
 --classifier / --segmenter name a model directory. Prints a short summary; --out writes the full record
-(per-slice probabilities, burden by zone, timings). Exit status 2 when the scan cannot be read.
+(quantitative reading, burden by zone, the secondary classifier's per-slice probabilities unless withheld, timings); a
+held-back scan's record carries its reason and no verdict, probability or flag. Exit status 2 when the scan cannot be
+read.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 from covid_models import RESEARCH_USE_NOTICE
 from covid_models.inference import Classifier
 from covid_models.scan_analysis import analyse_scan, scan_models
+from covid_models.scan_views import secondary_sentence
 from covid_models.segmentation import Segmenter
 from covid_models.volumes import VolumeReadError, read_volume
 
@@ -61,16 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     summary = analysis.summary() | {"input": args.path.name, "notice": RESEARCH_USE_NOTICE}
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2))
-    probability = analysis.scan_probability
-    print(f"{args.path.name}: {volume.hu.shape[0]} slices, {analysis.scored.sum()} scored; scan-level "
-          f"{analysis.positive_class} probability "
-          + ("n/a (no lung found)" if probability is None else
-             f"{probability:.3f} (top-{analysis.top_k} mean) vs operating point {analysis.threshold:.3f}"))
-    if analysis.burden is not None:
-        burden = analysis.burden
-        print(f"infection {burden.infection_ml:.1f} ml; right lung {burden.percent_by_lung['right']:.1f} %, "
-              f"left lung {burden.percent_by_lung['left']:.1f} %; zone severity {burden.severity_score}/30 "
-              f"({burden.label})")
+    reading = analysis.reading
+    print(f"{args.path.name}: {volume.hu.shape[0]} slices, {analysis.scored.sum()} with lung; {reading.verdict}")
+    if not analysis.held_back:
+        print(f"lungs right {reading.lung['right']:.0f} ml, left {reading.lung['left']:.0f} ml; "
+              + ", ".join(f"{name} {value:.1f} %" for name, value in reading.bands.items()))
+        if reading.lesion is not None:
+            print(f"lesion {reading.lesion_total:.1f} ml ({reading.lesion_percent():.2f} % of lung; right "
+                  f"{reading.lesion_percent('right'):.2f} %, left {reading.lesion_percent('left'):.2f} %); severity "
+                  f"{reading.severity_score}/{5 * len(reading.zones)}")
+            for criterion in reading.criteria:
+                print(f"  {'met    ' if criterion.met else 'not met'} {criterion.name}: {criterion.value} "
+                      f"(needed {criterion.needed})")
+    print(secondary_sentence(analysis))
     print(RESEARCH_USE_NOTICE)
     return 0
 

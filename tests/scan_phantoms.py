@@ -35,6 +35,13 @@ BOWEL_GAS = (slice(36, 40), slice(30, 36), slice(20, 30))
 TABLE = (slice(0, 40), slice(57, 62), slice(8, 56))  # the scanner table under the body, with a flat air channel
 TABLE_CHANNEL = (slice(0, 40), slice(58, 60), slice(10, 54))
 LUNG_HU, LESION_HU, BODY_HU = -850, -100, 40
+ADULT_SCALE = 2  # `adult_phantom`: twice the in-plane pixels ...
+ADULT_SPACING = (10.0, 1.5, 1.5)  # ... and 10 mm slices: 1.24 litres per lung, over the minimum lung volume to read
+
+
+def adult_phantom() -> np.ndarray:
+    """The phantom with lungs of an adult's volume at `ADULT_SPACING` (the small one is held back: too little lung)."""
+    return phantom(scale=ADULT_SCALE)
 
 
 def box_voxels(box: tuple[slice, ...]) -> int:
@@ -132,6 +139,12 @@ def nifti_ras(hu: np.ndarray, spacing: Sequence[float] = SPACING, *, gz: bool = 
     import gzip
 
     return gzip.compress(raw)
+
+
+def with_fitted_threshold(segmenter: Segmenter, lesion_percent: float = 0.5) -> Segmenter:
+    """A segmenter whose card carries a (test) lesion-burden threshold of the COVID-19 pattern rule."""
+    segmenter.card.extra["ct_reading"] = {"lesion_percent_threshold": lesion_percent, "fit_on": "a test value"}
+    return segmenter
 
 
 class BandSegmenterNet(nn.Module):

@@ -3,6 +3,7 @@ image is shown with its analysis as on the Analyze page (masks, the lung share),
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ from app_fixtures import (
     write_segmenter,
 )
 from app_fixtures_b import clear_streamlit_caches, make_data_dir, point_app_at
-from scan_phantoms import dicom_series, phantom, zipped
+from scan_phantoms import ADULT_SPACING, adult_phantom, dicom_series, phantom, zipped
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
@@ -618,13 +619,16 @@ def ct_only(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, None]:
     """Weights with a CT classifier and infection segmenter that take HU (the scan pipeline's), and no data folder."""
     weights = tmp_path_factory.mktemp("review-scans") / "weights"
     with_lung_window(write_classifier(weights, "ct-fixture", "ct", CT_CLASSES, seed=3))
-    with_lung_window(write_segmenter(weights, "ct-infection-fixture", "ct", "infection", seed=5))
+    segmenter = with_lung_window(write_segmenter(weights, "ct-infection-fixture", "ct", "infection", seed=5))
+    card = json.loads((segmenter / "card.json").read_text())
+    card.setdefault("extra", {})["ct_reading"] = {"lesion_percent_threshold": 1.0, "fit_on": "a test value"}
+    (segmenter / "card.json").write_text(json.dumps(card))
     return weights, None
 
 
 @pytest.fixture(scope="module")
 def scan_zip() -> bytes:
-    return zipped(dicom_series(phantom()))
+    return zipped(dicom_series(adult_phantom(), ADULT_SPACING))
 
 
 def _library_scan(weights: Path, archive: bytes) -> ScanAnalysis:
@@ -653,15 +657,18 @@ def test_a_scan_is_one_item_read_by_its_scan_level_result_and_its_verdict_is_exp
     (item,) = store.items(session)
     assert (item.kind, item.display_name) == ("scan", "phantom.zip")
     assert item.image_hash == files_hash([content_hash(scan_zip)]), "the scan page's hash of the upload"
-    assert item.covid_probability == pytest.approx(expected.scan_probability, abs=1e-6)
-    assert item.predicted_label == ("covid" if expected.positive else "non_covid")
+    assert not expected.secondary_held_back and expected.positive is not None
+    assert item.covid_probability == pytest.approx(expected.scan_probability, abs=1e-6)  # the secondary reading's
+    assert item.predicted_label == ("covid" if expected.positive else "non_covid")  # the quantitative reading's
     assert item.operating_threshold == expected.threshold and not item.held_back
     assert _shown_position(at) == "#### CT scan 1 of 1: phantom.zip"
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Scan-level COVID-19 probability"] == f"{expected.scan_probability:.1%}"
-    highest = expected.key_slices["highest probability"]
-    assert _captions(at)[0] == f"Axial slice {highest + 1} of 40: probability " \
-        f"{expected.slice_probabilities[highest]:.1%}", "the scan page's viewer, on the most suspicious slice"
+    assert metrics["Quantitative CT reading"] == ("Suggestive of COVID-19" if expected.positive
+                                                  else "Not suggestive of COVID-19")
+    assert "largest infection" in expected.key_slices, "the phantom's lesion gives a key slice"
+    largest = expected.key_slices["largest infection"]
+    assert _captions(at)[0] == f"Axial slice {largest + 1} of 40: secondary classifier " \
+        f"{expected.slice_probabilities[largest]:.1%}", "the scan page's viewer, on the largest infection"
     assert at.get("plotly_chart")
     assert any("Zone" in frame.value.columns for frame in at.dataframe), "the burden table"
     _verdict(at, "agree")
@@ -674,10 +681,10 @@ def test_a_scan_is_one_item_read_by_its_scan_level_result_and_its_verdict_is_exp
 def test_after_a_restart_a_scan_shows_its_stored_reading_and_its_slices_once_uploaded_again(
         ct_only, database, store, scan_zip, monkeypatch) -> None:
     session = _start_with_scan(_page(ct_only, database, monkeypatch, data=False), scan_zip)
-    item = store.item(session, 0)
+    assert store.item(session, 0).predicted_label in CT_CLASSES
     restarted = _page(ct_only, database, monkeypatch, data=False, token=store.session_info(session).token)
     _sign_in(restarted)
-    assert {m.label: m.value for m in restarted.metric} == {"COVID-19 probability": f"{item.covid_probability:.1%}"}
+    assert not restarted.metric and any("quantitative CT reading" in m.value for m in restarted.markdown)
     assert any("upload the same scan again" in w.value for w in restarted.warning)
     assert not restarted.image and restarted.button(key="review-agree").disabled
     restarted.file_uploader(key=f"review-rescan-{session}-0").set_value([("renamed.zip", scan_zip, "application/zip")])
@@ -696,4 +703,15 @@ def test_a_blinded_scan_shows_its_slices_alone_until_the_reader_records_a_readin
     at.button(key="review-reading-covid").click()
     _run(at)
     assert store.item(session, 0).verdict == ("agree" if item.predicted_label == "covid" else "disagree")
-    assert any(c.startswith("Axial slice") and "probability" in c for c in _captions(at))
+    assert any(c.startswith("Axial slice") and "secondary classifier" in c for c in _captions(at))
+
+
+def test_a_held_back_scan_is_an_item_with_no_reading_to_agree_with(ct_only, database, store, monkeypatch) -> None:
+    at = _page(ct_only, database, monkeypatch, data=False)
+    session = _start_with_scan(at, zipped(dicom_series(phantom())))  # 155 ml of lung: held back
+    (item,) = store.items(session)
+    assert item.held_back and item.kind == "scan"
+    assert any(e.value.startswith("Held back: too little lung") for e in at.error)
+    assert any("Model reading: **held back**" in m.value for m in at.markdown)
+    assert not at.metric and not at.get("plotly_chart")
+    assert not any("%" in c for c in _captions(at)), "no slice probability under any picture"

@@ -1,5 +1,6 @@
 """End to end in Chromium: the RICORD COVID-19 scan zipped by the test from the shared folder, uploaded to the CT scan
-page of `streamlit run`, ends in a scan-level result under the research-use notice. Screenshot in test-artifacts/."""
+page of `streamlit run`, ends in its quantitative reading under the research-use notice. Screenshot in
+test-artifacts/."""
 from __future__ import annotations
 
 import re
@@ -34,10 +35,10 @@ def test_the_ricord_zip_gives_a_scan_result(browser, real_data, tmp_path):
         page.goto(f"{url}/scan")
         page.wait_for_selector(UPLOAD_INPUT, state="attached")
         page.set_input_files(UPLOAD_INPUT, files=[str(archive)])
-        metric = page.get_by_test_id("stMetric").filter(has_text="Scan-level COVID-19 probability")
+        metric = page.get_by_test_id("stMetric").filter(has_text="Quantitative CT reading")
         metric.wait_for(timeout=SCAN_TIMEOUT_MS)
         value = metric.get_by_test_id("stMetricValue").inner_text().strip()
-        assert re.fullmatch(r"\d{1,3}\.\d%", value)
+        assert re.fullmatch(r"(Not s|S)uggestive of COVID-19", value)
         page.get_by_text("Infection burden").first.wait_for()
         assert page.get_by_test_id("stMain").get_by_text(RESEARCH_USE_NOTICE).is_visible()
         for drawn in ("stImage", "stPlotlyChart"):  # the screenshot shows the slices and the curve, not placeholders

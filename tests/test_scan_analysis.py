@@ -11,8 +11,9 @@ import torch
 from app_fixtures import CT_CLASSES, write_classifier
 from scan_phantoms import LESION, RIGHT_LUNG, band_segmenter, box_voxels, dicom_series, phantom
 
+from covid_models.ct_quantitative import severity
 from covid_models.inference import Classifier
-from covid_models.scan_analysis import analyse_scan, burden, scan_probability, severity
+from covid_models.scan_analysis import analyse_scan, burden, scan_probability
 from covid_models.volumes import read_volume
 
 VOXEL_ML = 2.5 * 1.5 * 1.5 / 1000
@@ -59,7 +60,8 @@ def test_only_slices_with_lung_are_scored_and_the_models_see_the_card_window(cla
     torch.testing.assert_close(inputs, expected)  # the card's lung window, not any display window
     value, k = scan_probability(analysis.slice_probabilities)
     assert analysis.scan_probability == pytest.approx(value) and analysis.top_k == k == 2
-    assert analysis.positive == (value >= classifier.card.threshold)
+    assert analysis.held_back and "too little lung" in analysis.reading.held_back  # 155 ml of lung: a toy, not a chest
+    assert analysis.positive is None and analysis.classifier_positive is None
     assert analysis.burden is None and analysis.infection is None
     assert steps[0][0] == 0.0 and steps[-1] == (1.0, "Done")
     assert [f for f, _ in steps] == sorted(f for f, _ in steps)
@@ -79,7 +81,7 @@ def test_the_lesion_burden_is_exact(classifier, volume):
     assert analysis.key_slices["largest infection"] in range(LESION[0].start, LESION[0].stop)
     summary = analysis.summary()
     json.dumps(summary)
-    assert summary["burden"]["severity_score"] == 1 and summary["slices"] == 40
+    assert summary["burden"] is None and summary["slices"] == 40  # held back (too little lung): no burden shown
     assert analysis.display_hu.shape == analysis.lungs.labels.shape
 
 
@@ -91,19 +93,25 @@ def test_burden_without_infection_is_zero(classifier, volume):
     assert sum(z.lung_ml for z in empty.zones) == pytest.approx(analysis.lungs.volume_ml())
 
 
-def test_the_scan_report_carries_the_result_burden_and_key_slices(classifier, volume):
+def test_a_held_back_scan_report_carries_the_reason_and_no_verdict_burden_or_key_slices(classifier, volume):
     from covid_models.report import render_scan_html, render_scan_pdf
     from covid_models.scan_views import MODEL_LIMITS, axial_picture, coronal_picture, scan_report_content
 
     analysis = analyse_scan(volume, classifier, band_segmenter(64))
     content = scan_report_content(analysis, "/exports/Doe^Janet/scan.zip")
-    assert [caption for caption, _ in content.key_slices] == [
-        f"Slice {analysis.key_slices['highest probability'] + 1}: highest probability",
-        f"Slice {analysis.key_slices['largest infection'] + 1}: largest infection"]
+    assert content.key_slices == [] and content.burden_rows == [] and content.criteria_rows == []
     page = render_scan_html(content)
     assert "Doe^Janet" not in page and "scan.zip" in page
-    assert "1 / 30" in page and MODEL_LIMITS in page and "Research use only" in page
-    assert render_scan_pdf(content).startswith(b"%PDF")
+    assert "Held back: too little lung" in page and MODEL_LIMITS in page and "Research use only" in page
+    for word in ("suggestive", "probability", "flag"):
+        assert word not in content.result + content.secondary
+    assert "/ 30" not in page and "Lesion" not in page
+    from test_report import pdf_text
+
+    pdf = render_scan_pdf(content)
+    text = pdf_text(pdf)
+    assert pdf.startswith(b"%PDF") and "Held back: too little lung" in text
+    assert "suggestive" not in text and "/ 30" not in text and "Secondary reading: none" in text
     picture, plain = axial_picture(analysis, 22), axial_picture(analysis, 22, infection=False)
     assert picture.shape == (64, 64, 3)
     np.testing.assert_array_equal((picture != plain).any(axis=2), analysis.infection[22])  # the lesion, tinted
@@ -133,7 +141,15 @@ def test_analyze_scan_script_writes_the_result(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert result["slices"] == 40 and result["slices_scored"] == 24 and result["classifier"] == "ct-fixture"
-    assert result["burden"]["model"] == "ct-infection-fixture" and "Research use only" in result["notice"]
+    assert "Research use only" in result["notice"]
+    # the phantom's 155 ml of lung is held back: its reason, and no verdict, probability, flag or burden anywhere
+    assert result["held_back"].startswith("too little lung") and result["result"].startswith("Held back")
+    assert result["positive"] is None and result["burden"] is None and result["key_slices"] == {}
+    assert {"pattern", "severity", "lesion"}.isdisjoint(result["quantitative"]) and result["quantitative"]["lung"]
+    secondary = result["secondary"]
+    assert secondary["withheld"] and secondary["scan_probability"] is None and secondary["positive"] is None
+    assert secondary["slice_probabilities"] is None
+    assert "Held back" in done.stdout and "probability" not in done.stdout.split("Secondary")[0]
     bad = subprocess.run([sys.executable, "scripts/analyze_scan.py", str(tmp_path / "result.json"), "--weights",
                           str(weights)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
