@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from covid_models.io import read_image
-from covid_models.lung_mask import segment_lungs
+from covid_models.lung_mask import LungMask, segment_lungs
 from covid_models.metrics import summary_with_ci
 from covid_models.scan_analysis import burden, scored_slices
 from covid_models.segmentation import Segmenter, orient
@@ -42,9 +42,12 @@ def summarise_false_positive_areas(areas: pd.DataFrame) -> dict:
             "slices_over_1_percent": int((values >= LARGE_AREA).sum())}
 
 
-def scan_false_positive_ml(segmenter: Segmenter, volume: Volume) -> dict:
-    """Infection (ml, and percent of the lungs) that `segmenter` calls inside the lung mask of a scan without any."""
-    lungs = segment_lungs(volume.hu, volume.spacing)
+def scan_false_positive_ml(segmenter: Segmenter, volume: Volume, lungs: LungMask | None = None) -> dict:
+    """Infection (ml, and percent of the lungs) that `segmenter` calls inside the lung mask of a scan without any.
+
+    `lungs`: the volume's `segment_lungs` mask when it is already at hand (several models on one scan).
+    """
+    lungs = segment_lungs(volume.hu, volume.spacing) if lungs is None else lungs
     infection = np.zeros(lungs.labels.shape, dtype=bool)
     preprocessing = segmenter.card.preprocessing
     for k in np.nonzero(scored_slices(lungs))[0]:

@@ -32,6 +32,7 @@ from covid_models.infection_false_positives import (
     scan_false_positive_ml,
     summarise_false_positive_areas,
 )
+from covid_models.lung_mask import segment_lungs
 from covid_models.metrics import summary_with_ci
 from covid_models.segmentation import Segmenter
 from covid_models.volumes import read_volume
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         print("| --- | --- | ---: | " + " | ".join("---:" for _ in names) + " |")
         for row in volumes.itertuples():
             volume = read_volume(str(args.data / "ct-volumes" / row.path))
-            figures = [scan_false_positive_ml(segmenter, volume) for segmenter in segmenters]
+            lungs = segment_lungs(volume.hu, volume.spacing)
+            figures = [scan_false_positive_ml(segmenter, volume, lungs) for segmenter in segmenters]
             result["scans"].append({"volume": row.volume, "label": row.label,
                                     "by_model": dict(zip(names, figures, strict=True))})
             cells = " | ".join(f"{f['infection_ml']:.1f} ({f['percent']:.2f} %)" for f in figures)
