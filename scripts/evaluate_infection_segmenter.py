@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="the seed the negatives' held-out part was drawn with")
     parser.add_argument("--negatives-held-out", type=float, default=NEGATIVE_HELD_OUT)
     parser.add_argument("--no-scans", action="store_true", help="skip the ct-volumes scans")
+    parser.add_argument("--scan", action="append", help="only this ct-volumes volume (repeat; default: all)")
+    parser.add_argument("--no-slices", action="store_true", help="skip the Dice and held-out negatives tables")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write every figure here")
     return parser.parse_args(argv)
@@ -80,6 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     names = [str(path) for path in args.model]
     result: dict = {"models": names, "dice": {}, "negatives": {}, "scans": []}
 
+    if not args.no_slices:
+        _slice_tables(args, names, segmenters, held_out, result)
+    if not args.no_scans:
+        _scan_table(args, names, segmenters, result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, default=lambda v: v.item() if isinstance(v, np.generic)
+                                        else str(v)))
+    return 0
+
+
+def _slice_tables(args: argparse.Namespace, names: list[str], segmenters: list[Segmenter], held_out: pd.DataFrame,
+                  result: dict) -> None:
+    """Cross-validated Dice from the cards (paired against the first model) and the held-out negatives' area."""
     print("## MedSeg infection Dice (cross-validated, read from each card)\n")
     print("| model | images | mean Dice (95 % CI) | pooled Dice | paired difference vs first (95 % CI) |")
     print("| --- | ---: | --- | ---: | --- |")
@@ -110,26 +125,25 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['median_area']:.4f} | {summary['max_area']:.4f} | {summary['slices_with_any']} | "
               f"{summary['slices_over_1_percent']} |")
 
-    if not args.no_scans:
-        _, volumes = read_manifest_csv(args.data / "ct-volumes" / "manifest.csv", {"volume", "path", "format"},
-                                       "ct-volumes manifest")
-        volumes = volumes[volumes["format"] == "dicom-series"]
-        print("\n## ml called infection inside the lung mask per shared scan (smoke test; on non_covid scans every "
-              "ml is a false positive)\n")
-        print("| scan | label | lung ml | " + " | ".join(f"{name}: ml (% of lung)" for name in names) + " |")
-        print("| --- | --- | ---: | " + " | ".join("---:" for _ in names) + " |")
-        for row in volumes.itertuples():
-            volume = read_volume(str(args.data / "ct-volumes" / row.path))
-            lungs = segment_lungs(volume.hu, volume.spacing)
-            figures = [scan_false_positive_ml(segmenter, volume, lungs) for segmenter in segmenters]
-            result["scans"].append({"volume": row.volume, "label": row.label,
-                                    "by_model": dict(zip(names, figures, strict=True))})
-            cells = " | ".join(f"{f['infection_ml']:.1f} ({f['percent']:.2f} %)" for f in figures)
-            print(f"| {row.volume} | {row.label} | {figures[0]['lung_ml']:.0f} | {cells} |", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=lambda v: v.item() if isinstance(v, np.generic)
-                                        else str(v)))
-    return 0
+
+def _scan_table(args: argparse.Namespace, names: list[str], segmenters: list[Segmenter], result: dict) -> None:
+    """ml called infection inside each shared scan's lung mask, one lung mask per scan for all models."""
+    _, volumes = read_manifest_csv(args.data / "ct-volumes" / "manifest.csv", {"volume", "path", "format"},
+                                   "ct-volumes manifest")
+    volumes = volumes[(volumes["format"] == "dicom-series")
+                      & (volumes["volume"].isin(args.scan) if args.scan else True)]
+    print("\n## ml called infection inside the lung mask per shared scan (smoke test; on non_covid scans every "
+          "ml is a false positive)\n")
+    print("| scan | label | lung ml | " + " | ".join(f"{name}: ml (% of lung)" for name in names) + " |")
+    print("| --- | --- | ---: | " + " | ".join("---:" for _ in names) + " |")
+    for row in volumes.itertuples():
+        volume = read_volume(str(args.data / "ct-volumes" / row.path))
+        lungs = segment_lungs(volume.hu, volume.spacing)
+        figures = [scan_false_positive_ml(segmenter, volume, lungs) for segmenter in segmenters]
+        result["scans"].append({"volume": row.volume, "label": row.label,
+                                "by_model": dict(zip(names, figures, strict=True))})
+        cells = " | ".join(f"{f['infection_ml']:.1f} ({f['percent']:.2f} %)" for f in figures)
+        print(f"| {row.volume} | {row.label} | {figures[0]['lung_ml']:.0f} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":
