@@ -428,7 +428,8 @@ def _cross_validate_then_train(config: SegmentationConfig, frame: pd.DataFrame, 
     links = near_duplicate_links(frame, config.link_similarity)
     frame["fold"] = grouped_folds(split_groups(frame, links), config.folds, config.seed)
     negative_train, negative_test = _negative_parts(negatives)
-    negative_train["fold"] = grouped_folds(split_groups(negative_train), config.folds, config.seed)
+    negative_train["fold"] = (grouped_folds(split_groups(negative_train), config.folds, config.seed)
+                              if len(negative_train) else np.zeros(0, dtype=int))
     fold_scores, fold_histories, fold_negatives = [], [], []
     for fold in range(config.folds_run or config.folds):
         held, held_negative = frame["fold"] == fold, negative_train["fold"] == fold
