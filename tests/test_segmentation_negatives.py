@@ -1,7 +1,9 @@
 """Infection segmenter training with real negatives: empty masks, patients kept whole, the held-out part never trained
-on, the per-epoch draw, HU window jitter in its limits with masks aligned, a small training run, and the
-false-positive measures (area on slices, ml inside the lungs of a scan)."""
+on, the per-epoch draw, HU window jitter in its limits with masks aligned, a small training run, the false-positive
+measures (area on slices, ml inside the lungs of a scan) and the old-against-new comparison script."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -209,3 +211,59 @@ def test_scan_false_positive_ml_counts_only_what_lies_inside_the_lungs():
     figures = scan_false_positive_ml(band_segmenter(64), volume)
     assert figures["infection_ml"] == pytest.approx(box_voxels(LESION) * 2.5 * 1.5 * 1.5 / 1000)
     assert figures["lung_ml"] > figures["infection_ml"] and figures["scored_slices"] == 24
+
+
+# --- the comparison script ----------------------------------------------------------------------------
+
+
+def _tiny_infection_model(directory, bias: float, per_image_dice: list[float]):
+    from covid_models.checkpoint import save_model_dir
+    from covid_models.model_card import ModelCard
+    from covid_models.segmentation import build_segmentation_model
+
+    model = build_segmentation_model("unet", pretrained=False)
+    with torch.no_grad():
+        for parameter in model.segmentation_head.parameters():
+            parameter.zero_()
+        model.segmentation_head[0].bias.fill_(bias)  # a constant logit: everything or nothing called infection
+    images = [f"s{i}" for i in range(len(per_image_dice))]
+    pooled = {"n": len(images), "dice": {"mean": float(np.mean(per_image_dice)), "std": 0.0, "ci95_low": 0.0,
+                                         "ci95_high": 1.0, "n": len(images)}, "pooled_dice": 0.5}
+    card = ModelCard(name=directory.name, task="segmentation", modality="ct", architecture="unet",
+                     classes=["infection"], positive_class="infection",
+                     preprocessing=segmentation_preprocessing(64, hu_window=LUNG_WINDOW),
+                     operating_points={"fixed": {"threshold": 0.5, "rule": "fixed"}}, default_operating_point="fixed",
+                     metrics={"cross_validation": {"k": 2, "grouped_by": "slice", "threshold": 0.5, "folds": [],
+                                                   "pooled": pooled, "per_image": {
+                         "image": images, "fold": [1] * len(images), "dice": per_image_dice}}},
+                     extra={"encoder": "tu-tf_efficientnet_lite0", "target": "infection", "postprocess": None})
+    save_model_dir(directory, model, card)
+    return directory
+
+
+def test_the_comparison_script_reports_dice_pairs_false_positive_area_and_ml_per_scan(tmp_path, capsys):
+    from scripts.evaluate_infection_segmenter import main
+
+    data = tmp_path / "data"
+    _write_negatives(data / "ct-negatives", patients=10, per_patient=1, size=48)
+    series = data / "ct-volumes" / "phantom" / "dicom"
+    series.mkdir(parents=True)
+    for name, payload in dicom_series(phantom()):
+        (series / name).write_bytes(payload)
+    pd.DataFrame([{"volume": "phantom", "path": "phantom/dicom", "format": "dicom-series", "label": "non_covid"}]
+                 ).to_csv(data / "ct-volumes" / "manifest.csv", index=False)
+    nothing = _tiny_infection_model(tmp_path / "nothing", -20.0, [0.5, 0.6, 0.7])
+    everything = _tiny_infection_model(tmp_path / "everything", 20.0, [0.6, 0.6, 0.8])
+    out = tmp_path / "compare.json"
+    assert main(["--model", str(nothing), "--model", str(everything), "--data", str(data), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out ct-negatives" in printed and "| phantom | non_covid |" in printed
+    result = json.loads(out.read_text())
+    paired = result["dice"][str(everything)]["paired_vs_first"]
+    assert paired["mean"] == pytest.approx(0.2 / 3) and paired["better"] == 2 and paired["n"] == 3
+    assert result["negatives"][str(nothing)]["area"]["mean"] == 0.0
+    assert result["negatives"][str(everything)]["area"]["mean"] == 1.0
+    assert result["negatives"][str(everything)]["n"] == 3  # the held-out 30 % of 10 patients
+    scan = result["scans"][0]["by_model"]
+    assert scan[str(nothing)]["infection_ml"] == 0.0
+    assert scan[str(everything)]["infection_ml"] == pytest.approx(scan[str(everything)]["lung_ml"], rel=0.05)
