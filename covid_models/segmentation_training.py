@@ -92,7 +92,6 @@ class SegmentationConfig:
     postprocess: str | None = None
     orientation: str = "as_is"
     folds: int | None = None  # cross-validate with this many patient-grouped folds, then train on everything
-    folds_run: int | None = None  # train and score only the first this many of the folds (a shorter run), then all
     link_similarity: float = 0.985  # thumbnails this alike are kept on one side of a split or fold
     half: bool = False
     negatives_per_positive: float = 0.5  # negatives drawn each epoch per positive image (when negatives are given)
@@ -115,8 +114,6 @@ class SegmentationConfig:
             raise ValueError(f"postprocess must be None or {POSTPROCESS_LUNGS!r}")
         if self.folds is not None and self.folds < 2:
             raise ValueError("cross-validation needs at least 2 folds")
-        if self.folds_run is not None and not (self.folds and 1 <= self.folds_run <= self.folds):
-            raise ValueError("folds_run needs --folds and must lie between 1 and the number of folds")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError("the threshold must lie strictly between 0 and 1")
         if self.negatives_per_positive <= 0:
@@ -431,7 +428,7 @@ def _cross_validate_then_train(config: SegmentationConfig, frame: pd.DataFrame, 
     negative_train["fold"] = (grouped_folds(split_groups(negative_train), config.folds, config.seed)
                               if len(negative_train) else np.zeros(0, dtype=int))
     fold_scores, fold_histories, fold_negatives = [], [], []
-    for fold in range(config.folds_run or config.folds):
+    for fold in range(config.folds):
         held, held_negative = frame["fold"] == fold, negative_train["fold"] == fold
         train = pd.concat([frame[~held], negative_train[~held_negative]], ignore_index=True).assign(split="train")
         check_no_leakage(pd.concat([train, frame[held].assign(split="val"),
@@ -459,15 +456,12 @@ def _cross_validate_then_train(config: SegmentationConfig, frame: pd.DataFrame, 
     folds = [{"fold": int(f), "n": int(len(s)), "dice_mean": float(s["dice"].mean()),
               "iou_mean": float(s["iou"].mean()), "pooled_dice": summarise_scores(s)["pooled_dice"]}
              for f, s in pooled.groupby("fold")]
-    cv = {"k": config.folds, "folds_run": config.folds_run or config.folds,
+    cv = {"k": config.folds,
           "grouped_by": f"patient_id, and images whose 32x32 thumbnails have cosine similarity >= "
                         f"{config.link_similarity} ({len(links)} linked pairs)",
           "protocol": f"{config.folds}-fold cross-validation by group; each image is scored once, at its own size, "
                       "by the model trained on the other folds (same recipe and epochs); the shipped model is then "
-                      "trained on all images, so it has no held-out score of its own"
-                      + ("" if not config.folds_run or config.folds_run == config.folds else
-                         f"; only the first {config.folds_run} of the {config.folds} folds were trained and scored "
-                         "(a shorter run): the pooled figures cover their images only"),
+                      "trained on all images, so it has no held-out score of its own",
           "folds": folds, "pooled": summarise_scores(pooled), "threshold": config.threshold,
           "per_image": pooled[["image", "fold", "dice", "iou"]].round(5).to_dict(orient="list"),
           "fold_histories": fold_histories}
@@ -493,7 +487,7 @@ def _cross_validate_then_train(config: SegmentationConfig, frame: pd.DataFrame, 
         card.data["negatives_by_fold"] = {str(k): int(v) for k, v in
                                           negative_train["fold"].value_counts().sort_index().items()}
     save_model_dir(out_dir, model, card, half=config.half)
-    for tag in [f"fold{f + 1}" for f in range(config.folds_run or config.folds)] + ["final"]:
+    for tag in [f"fold{f + 1}" for f in range(config.folds)] + ["final"]:
         _resume_path(out_dir, tag).unlink(missing_ok=True)
     return card
 

@@ -57,8 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seeds the split or folds and training")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability cut-off stored in the card")
     parser.add_argument("--folds", type=int, help="cross-validate with k patient-grouped folds, then train on all")
-    parser.add_argument("--folds-run", type=int,
-                        help="with --folds: train and score only the first N folds (a shorter run), then train on all")
     parser.add_argument("--orientation", default="as_is", choices=ORIENTATIONS,
                         help="how the stored images are turned into the display orientation the model will expect")
     parser.add_argument("--link-similarity", type=float, default=0.985,
@@ -126,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         name=args.name or args.out.name, modality=args.modality, target=args.target, architecture=args.arch,
         epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, pretrained=args.pretrained == "imagenet",
-        threshold=args.threshold, folds=args.folds, folds_run=args.folds_run, link_similarity=args.link_similarity,
+        threshold=args.threshold, folds=args.folds, link_similarity=args.link_similarity,
         orientation=args.orientation, half=args.half, negatives_per_positive=args.negatives_per_positive,
         window_jitter=WindowJitter() if args.window_jitter else None,
         postprocess=POSTPROCESS_LUNGS if args.target == "lungs" and not args.no_postprocess else None,
