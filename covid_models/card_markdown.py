@@ -91,6 +91,16 @@ def _segmentation_section(metrics: dict[str, Any]) -> list[str]:
         lines += ["", "| fold | images | mean Dice | mean IoU |", "| --- | --- | --- | --- |"]
         lines += [f"| {f['fold']} | {f['n']} | {_num(f['dice_mean'])} | {_num(f['iou_mean'])} |" for f in cv["folds"]]
         lines += ["", "The shipped model was then trained on all images: it has no held-out score of its own."]
+    for what, record in (("Negatives scored by the fold model that did not see them", (cv or {}).get("negatives")),
+                         ("Held-out negatives (never trained or chosen on), scored by this model",
+                          metrics.get("negatives_held_out"))):
+        if record:
+            area = record["area"]
+            lines += ["", f"{what}: {record['n']} slices without infection; share of pixels called infection "
+                          f"{_num(area['mean'])} (95% CI {_num(area['ci95_low'])}-{_num(area['ci95_high'])}, median "
+                          f"{_num(record['median_area'])}, max {_num(record['max_area'])}); "
+                          f"{record['slices_with_any']} slices with any, {record['slices_over_1_percent']} with 1 % "
+                          "or more."]
     return lines
 
 
@@ -135,6 +145,11 @@ def render_model_card(card: ModelCard) -> str:
               f"- Device: {training.get('device')}; duration: {training.get('duration_s')} s; "
               f"git commit: {training.get('git_commit')}",
               f"- Command: `{training.get('command', 'n/a')}`"]
+    jitter = training.get("window_jitter")
+    if jitter:
+        low, high = jitter["width_scale"]
+        lines.append(f"- HU window jitter: each training slice re-windowed around the card's HU window, level "
+                     f"+-{jitter['level_shift']:g} HU, width x{low:g}-{high:g}")
     if training.get("note"):
         lines.append(f"- Note: {training['note']}")
     lines += ["",

@@ -170,6 +170,35 @@ def load_segmentation_manifest(path: str | Path, target: str) -> pd.DataFrame:
     return frame
 
 
+NEGATIVE_LABEL = "no_infection"  # label of a slice whose infection mask is empty (a real non-COVID CT slice)
+NEGATIVE_HELD_OUT = 0.3  # share of the negative patients kept back: never trained on, never used to choose
+
+
+def load_segmentation_negatives(path: str | Path, held_out: float = NEGATIVE_HELD_OUT, seed: int = 0
+                                ) -> pd.DataFrame:
+    """Real slices without the target (e.g. ../shared/data/ct-negatives) as segmentation rows with an empty mask.
+
+    `mask` is "" (an all-zero mask at the image's size), `label` NEGATIVE_LABEL, `orientation` "as_is" (the slices
+    are stored in display orientation). `split` is "train" or "test" by patient group: a seeded `held_out` share of
+    the patients is "test", kept back to measure false positives on slices no model was trained or chosen on.
+    """
+    if not 0.0 < held_out < 1.0:
+        raise ValueError(f"the held-out share of negatives must lie strictly between 0 and 1, got {held_out}")
+    path, frame = read_manifest_csv(path, {"image", "patient_id"}, "negatives manifest")
+    if frame["patient_id"].isna().any():
+        raise DataError(f"{path}: every row needs a patient_id (the held-out part is chosen per patient)")
+    absent = [p for p in frame["image"] if not Path(p).is_file()]
+    if absent:
+        raise DataError(f"{path}: {len(absent)} listed image(s) do not exist, e.g. {absent[0]}")
+    groups = split_groups(frame)
+    names = np.unique(groups)
+    kept_back = np.random.default_rng(seed).permutation(names)[:max(1, round(held_out * len(names)))]
+    source = frame.get("source", pd.Series(["negatives"] * len(frame))).fillna("negatives").astype(str)
+    return pd.DataFrame({"image": frame["image"], "mask": "", "patient_id": frame["patient_id"], "source": source,
+                         "label": NEGATIVE_LABEL, "orientation": "as_is",
+                         "split": np.where(np.isin(groups, kept_back), "test", "train")})
+
+
 def load_dataset(data: str | Path, modality: str) -> pd.DataFrame:
     """A data argument as users give it: the curated root (with xray/ and ct/), a manifest, or a folder tree."""
     data = Path(data)

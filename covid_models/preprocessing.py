@@ -235,3 +235,35 @@ def _degrade(image: torch.Tensor, factor: float, quality: int) -> torch.Tensor:
     Image.fromarray(grey).save(buffer, format="JPEG", quality=quality)
     decoded = np.asarray(Image.open(buffer), dtype=np.float32) / 255.0
     return torch.from_numpy(decoded)[None].expand_as(image).clone()
+
+
+@dataclass(frozen=True)
+class WindowJitter:
+    """CT window augmentation in HU: the slice is re-windowed as if exported under a window near the card's.
+
+    A training slice is a [0, 1] image under an export window (JPEG/PNG, HU gone); at inference a DICOM slice is
+    windowed with the card's fixed `hu_window`. Source exports differ from that window, so each draw reads the pixels
+    back to HU under the card's window (value v -> level - width / 2 + v * width) and windows them again with a level
+    shifted by up to `level_shift` HU and a width scaled by a factor in `width_scale`, clipped to [0, 1]. Intensity
+    only: a mask is never touched.
+    """
+
+    level_shift: float = 100.0  # HU, either way
+    width_scale: tuple[float, float] = (0.8, 1.25)  # drawn log-uniformly
+
+    def sample(self, generator: torch.Generator | None = None) -> tuple[float, float]:
+        """(level shift in HU, width factor)."""
+        u = torch.rand(2, generator=generator).tolist()
+        low, high = (math.log(s) for s in self.width_scale)
+        return (u[0] * 2 - 1) * self.level_shift, math.exp(low + u[1] * (high - low))
+
+    def apply(self, image: torch.Tensor, window: tuple[float, float], shift: float, scale: float) -> torch.Tensor:
+        """`image` in [0, 1] under `window` (centre, width) -> the same HU under (centre + shift, width * scale)."""
+        level, width = window
+        hu = level - width / 2 + image * width
+        new_level, new_width = level + shift, width * scale
+        return ((hu - (new_level - new_width / 2)) / new_width).clamp(0.0, 1.0)
+
+    def __call__(self, image: torch.Tensor, window: tuple[float, float],
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(image, window, *self.sample(generator))

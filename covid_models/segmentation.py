@@ -58,13 +58,15 @@ def build_segmentation_model(architecture: str, encoder: str = DEFAULT_ENCODER, 
     return model
 
 
-def segmentation_preprocessing(image_size: int, encoder: str = DEFAULT_ENCODER) -> Preprocessing:
-    """The encoder's input normalisation at `image_size` (a multiple of 32, which every decoder needs)."""
+def segmentation_preprocessing(image_size: int, encoder: str = DEFAULT_ENCODER,
+                               hu_window: tuple[float, float] | None = None) -> Preprocessing:
+    """The encoder's input normalisation at `image_size` (a multiple of 32, which every decoder needs); CT models
+    name the HU window (`LUNG_WINDOW`) through which DICOM slices and volumes reach them."""
     if image_size < 32 or image_size % 32:
         raise ValueError(f"segmentation image size must be a positive multiple of 32, got {image_size}")
     if encoder != DEFAULT_ENCODER:
         raise ValueError(f"no input normalisation known for encoder {encoder!r}")
-    return get_architecture("efficientnet_lite0").preprocessing(image_size)
+    return get_architecture("efficientnet_lite0").preprocessing(image_size, hu_window=hu_window)
 
 
 def orient(pixels: np.ndarray, orientation: str) -> np.ndarray:

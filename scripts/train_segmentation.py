@@ -4,6 +4,9 @@
         --target lungs --arch unet --out weights/xray-lungs-unet
     python scripts/train_segmentation.py --data ../shared/data/segmentation/ct-infection --modality ct \
         --target infection --folds 5 --orientation transpose --out weights/ct-infection-unet
+    python scripts/train_segmentation.py --data ../shared/data/segmentation/ct-infection --modality ct \
+        --target infection --folds 3 --orientation transpose --negatives ../shared/data/ct-negatives \
+        --window-jitter --out weights/ct-infection-unet
     torchrun --nproc_per_node 4 scripts/train_segmentation.py ...   # multi-GPU (or multi-process CPU with gloo)
 
 The data argument is a segmentation manifest.csv (image, mask, patient_id, source) or its folder. Without
@@ -11,6 +14,11 @@ The data argument is a segmentation manifest.csv (image, mask, patient_id, sourc
 epoch with the best validation Dice is kept and the test split is scored once. With --folds the images
 are cross-validated by patient and the shipped model is trained on all of them. Lung models get
 post-processing (two largest components, holes filled) unless --no-postprocess.
+
+--negatives adds real slices without the target (a manifest with image and patient_id, e.g. ct-negatives) with empty
+masks: a seeded share of their patients (--negatives-held-out) is kept back and only scored (false-positive area),
+the rest join training (folded by patient with --folds), drawn afresh each epoch (--negatives-per-positive).
+--window-jitter re-windows every CT training slice in HU around the card's lung window (see WindowJitter).
 """
 from __future__ import annotations
 
@@ -22,8 +30,15 @@ from pathlib import Path
 
 import torch
 
-from covid_models.data import DataError, LeakageError, load_segmentation_manifest
+from covid_models.data import (
+    NEGATIVE_HELD_OUT,
+    DataError,
+    LeakageError,
+    load_segmentation_manifest,
+    load_segmentation_negatives,
+)
 from covid_models.model_card import model_name
+from covid_models.preprocessing import WindowJitter
 from covid_models.segmentation import ARCHITECTURES, ORIENTATIONS, POSTPROCESS_LUNGS, TARGETS
 from covid_models.segmentation_training import SegmentationConfig, train_segmenter
 
@@ -50,6 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "of a split or fold (neighbouring slices when volume ids are unknown)")
     parser.add_argument("--no-postprocess", action="store_true", help="lungs: do not keep the two largest components")
     parser.add_argument("--half", action="store_true", help="store the weights as fp16")
+    parser.add_argument("--negatives", type=Path,
+                        help="manifest (or its folder) of slices without the target, trained on with empty masks")
+    parser.add_argument("--negatives-held-out", type=float, default=NEGATIVE_HELD_OUT,
+                        help="share of the negatives' patients kept back for the false-positive figure")
+    parser.add_argument("--negatives-per-positive", type=float, default=0.5,
+                        help="negatives drawn each epoch per positive image")
+    parser.add_argument("--window-jitter", action="store_true",
+                        help="CT: re-window each training slice in HU (level +-100 HU, width x0.8-1.25)")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 avoids thrashing on a shared, busy CPU)")
     parser.add_argument("--limit", type=int, help="use at most this many pairs (smoke runs)")
@@ -72,6 +95,11 @@ def format_summary(metrics: dict) -> str:
     lines.append(f"{'pooled_dice':28s} {block['pooled_dice']:.4f}")
     for fold in metrics.get("cross_validation", {}).get("folds", []):
         lines.append(f"fold {fold['fold']}: n={fold['n']} Dice {fold['dice_mean']:.4f} IoU {fold['iou_mean']:.4f}")
+    for key, what in (("negatives", "cross-validated negatives"), ("negatives_held_out", "held-out negatives")):
+        block = metrics.get(key) or metrics.get("cross_validation", {}).get(key)
+        if block:
+            lines.append(f"{what}: n={block['n']}, mean false-positive area {block['area']['mean']:.5f}, "
+                         f"{block['slices_with_any']} with any, {block['slices_over_1_percent']} over 1 %")
     return "\n".join(lines)
 
 
@@ -84,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.limit:
         frame = frame.head(args.limit)
+    negatives = None
+    if args.negatives is not None:
+        try:
+            negatives = load_segmentation_negatives(args.negatives, args.negatives_held_out, args.seed)
+        except (DataError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     config = SegmentationConfig(
@@ -91,15 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size, lr=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, pretrained=args.pretrained == "imagenet",
         threshold=args.threshold, folds=args.folds, link_similarity=args.link_similarity,
-        orientation=args.orientation, half=args.half,
+        orientation=args.orientation, half=args.half, negatives_per_positive=args.negatives_per_positive,
+        window_jitter=WindowJitter() if args.window_jitter else None,
         postprocess=POSTPROCESS_LUNGS if args.target == "lungs" and not args.no_postprocess else None,
         extra={"command": "python scripts/train_segmentation.py "
                           + shlex.join(argv if argv is not None else sys.argv[1:]),
-               "data_argument": str(args.data)},
+               "data_argument": str(args.data),
+               **({"negatives_argument": str(args.negatives), "negatives_held_out": args.negatives_held_out}
+                  if args.negatives is not None else {})},
     )
     try:
         config.validate()
-        card = train_segmenter(config, frame, args.out, resume=args.resume, device=args.device)
+        card = train_segmenter(config, frame, args.out, resume=args.resume, device=args.device, negatives=negatives)
     except (DataError, LeakageError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
