@@ -689,7 +689,7 @@ def test_after_a_restart_a_scan_shows_its_stored_reading_and_its_slices_once_upl
     assert not restarted.image and restarted.button(key="review-agree").disabled
     restarted.file_uploader(key=f"review-rescan-{session}-0").set_value([("renamed.zip", scan_zip, "application/zip")])
     _run(restarted)
-    assert any(c.startswith("Axial slice") and "probability" in c for c in _captions(restarted))
+    assert any(c.startswith("Axial slice") and "secondary classifier" in c for c in _captions(restarted))
     assert not restarted.button(key="review-agree").disabled
 
 
