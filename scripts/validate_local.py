@@ -219,7 +219,8 @@ def validate_scans_command(args: argparse.Namespace, command: str) -> dict:
     from covid_models.local_scans import scan_table
 
     return {"model": classifier.name, "segmenter": None if segmenter is None else segmenter.name, "command": command,
-            "scans": scan_table(scored).to_dict(orient="records"), "validation": report}
+            "scans": scan_table(scored).astype(object).where(lambda f: f.notna(), None).to_dict(orient="records"),
+            "validation": report}
 
 
 def main(argv: list[str] | None = None) -> int:
