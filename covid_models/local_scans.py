@@ -16,6 +16,8 @@ minimum counts. Manufacturer and slice thickness come from the DICOM header when
 """
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ from covid_models.segmentation import Segmenter
 from covid_models.volumes import Volume, VolumeLimits, _zip_members, read_volume
 
 MAX_SCANS = 2000
+SCAN_LIMITS = VolumeLimits()  # what one scan may cost: `read_volume`'s own limits
 SAMPLE_ZIP_LIMITS = VolumeLimits(max_files=200_000, max_total_bytes=64 * 1024**3)  # inflated one scan at a time
 SCAN_METADATA = ("manufacturer", "site", "slice_thickness", "pixel_spacing")
 FEATURES = ("burden_percent", "severity_score", *(f"band_{band.name}" for band in DENSITY_BANDS), "bilateral",
@@ -67,10 +70,7 @@ class ScanSample:
         image = str(self.frame["image"].iloc[index])
         if image not in self.members:
             return read_volume(image)
-        members = self.members[image]
-        if len(members) == 1 and not members[0].name.endswith("/"):
-            return read_volume([(PurePosixPath(members[0].name).name, members[0].read())])
-        return read_volume([(member.name, member.read()) for member in members])
+        return read_volume([(member.name, member.read()) for member in self.members[image]])
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Scans and patients per binary class."""
@@ -117,6 +117,7 @@ def scan_sample_from_zip(data: bytes, positive_class: str) -> ScanSample:
     except ImageReadError as error:
         raise SampleError(str(error)) from error
     folder = PurePosixPath(csvs[0].name).parent
+    declared = {info.filename: info.file_size for info in zipfile.ZipFile(io.BytesIO(data)).infolist()}
     by_scan: dict[str, list[Any]] = {}
     for scan in table["scan"]:
         path = (folder / scan).as_posix() if str(folder) != "." else scan
@@ -129,6 +130,11 @@ def scan_sample_from_zip(data: bytes, positive_class: str) -> ScanSample:
         else:
             raise SampleError(f"The scan '{scan}' named in the CSV is not in the zip (a folder, a .zip or a NIfTI file "
                               "is expected).")
+        size = sum(declared.get(m.name, 0) for m in by_scan[path])
+        if size > SCAN_LIMITS.max_total_bytes or len(by_scan[path]) > SCAN_LIMITS.max_files:
+            raise SampleError(f"The scan '{scan}' holds {len(by_scan[path])} files of {size / 2**30:.1f} GB, more than "
+                              f"one scan may ({SCAN_LIMITS.max_files} files, "
+                              f"{SCAN_LIMITS.max_total_bytes / 2**30:.0f} GB).")
     return _finish_scans(table, [(folder / s).as_posix() if str(folder) != "." else s for s in table["scan"]],
                          positive_class, by_scan)
 
@@ -211,7 +217,7 @@ def scan_row(analysis: ScanAnalysis) -> dict[str, Any]:
 def score_scans(sample: ScanSample, classifier: Classifier, segmenter: Segmenter | None, *,
                 progress: Progress | None = None, hold: Hold = free) -> ScoredScans:
     """Read and analyse each scan once (`analyse_scan`); unreadable scans are named and left out, never fatal.
-    `hold(model)` is entered per scan for the classifier and the segmenter, never for the whole sample."""
+    `hold(model)` is entered per scan, for the classifier and then the segmenter, never for the whole sample."""
     report = progress or (lambda _fraction, _what: None)
     total = len(sample.frame)
     rows, kept, unreadable = [], [], []

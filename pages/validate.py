@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import pandas as pd
@@ -49,6 +50,7 @@ from covid_models.model_card import ModelCard, display_name, is_adapted, modalit
 from covid_models.reviews import admin_token_matches
 from pages.shared import (
     enter_through_app,
+    held,
     hold_for,
     infection_models,
     load_classifier,
@@ -167,8 +169,17 @@ def run_scan_validation(directory: str, segmenter_dir: str | None, sample: ScanS
     if segmenter is not None:
         models[segmenter_dir] = segmenter
     bar = st.progress(0.0, text="Analysing the scans...")
+
+    def hold(model: object) -> ExitStack:
+        """Both models' locks, in the CT scan page's order (sorted by directory), taken with the classifier's."""
+        stack = ExitStack()
+        if model is classifier:
+            for folder in sorted(models):
+                stack.enter_context(held(folder))
+        return stack
+
     try:
-        scored = score_scans(sample, classifier, segmenter, hold=hold_for(models),
+        scored = score_scans(sample, classifier, segmenter, hold=hold,
                              progress=lambda fraction, text: bar.progress(min(1.0, fraction), text=text))
     finally:
         bar.empty()

@@ -112,6 +112,13 @@ def test_a_sample_naming_a_scan_the_zip_lacks_is_refused_with_its_name():
         scan_sample_from_zip(data, "covid")
 
 
+def test_a_scan_of_more_files_than_one_volume_may_hold_is_refused_before_inflating():
+    files = [(f"big/IM{i:05d}.dcm", b"") for i in range(local_scans.SCAN_LIMITS.max_files + 1)]
+    data = zipped([*files, ("labels.csv", b"scan,label\nbig,covid\n")], folder="")
+    with pytest.raises(SampleError, match="'big' holds 5001 files"):
+        scan_sample_from_zip(data, "covid")
+
+
 def test_a_folder_sample_never_reads_outside_its_folder(tmp_path):
     (tmp_path / "labels.csv").write_text("scan,label\n../elsewhere,covid\n")
     with pytest.raises(SampleError, match="outside the folder"):
