@@ -246,13 +246,14 @@ def grouped_folds(labels: np.ndarray, groups: np.ndarray, k: int = FOLDS, seed: 
 
 
 def metadata_matrix(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray | None:
-    """Design matrix of the named metadata: one-hot categories, log sizes; None when none of them varies."""
+    """Design matrix of the named metadata: one-hot categories, log sizes (numeric columns such as the image size or
+    a scan's slice thickness); None when none of them varies."""
     parts = []
     for column in columns:
         if column not in frame:
             continue
-        if column in NUMERIC_METADATA:
-            values = np.log2(frame[column].to_numpy(dtype=float).clip(1))[:, None]
+        if column in NUMERIC_METADATA or pd.api.types.is_numeric_dtype(frame[column]):
+            values = np.log2(frame[column].to_numpy(dtype=float).clip(1e-3))[:, None]
             if np.ptp(values) > 0:
                 parts.append(values)
         else:
@@ -289,13 +290,15 @@ def cross_validated_auc(design: np.ndarray, labels: np.ndarray, groups: np.ndarr
     return out, auc(labels, out)
 
 
-def confound_check(scored: ScoredSample, seed: int = 0) -> dict[str, Any]:
-    """How well metadata alone predicts the label (patient-grouped CV AUC, each field and all together) beside the
-    model's AUC, and the model's AUC within each view."""
+def confound_check(scored: ScoredSample, seed: int = 0,
+                   metadata: tuple[str, ...] = (*METADATA_COLUMNS, *NUMERIC_METADATA)) -> dict[str, Any]:
+    """How well metadata alone (the `metadata` columns; a scan sample names its own) predicts the label
+    (patient-grouped CV AUC, each field and all together) beside the model's AUC, and the model's AUC within each
+    view."""
     frame, labels, groups, scores = scored.frame, scored.labels, scored.groups, scored.scores
     folds = grouped_folds(labels, groups, seed=seed)
     rows = []
-    available = [c for c in (*METADATA_COLUMNS, *NUMERIC_METADATA) if metadata_matrix(frame, (c,)) is not None]
+    available = [c for c in metadata if metadata_matrix(frame, (c,)) is not None]
     for name, columns in [*((c, (c,)) for c in available), ("all metadata together", tuple(available))]:
         design = metadata_matrix(frame, columns)
         if design is None:

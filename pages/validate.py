@@ -5,6 +5,11 @@ Results belong to the visitor who ran them: they live in this browser session's 
 in a temporary folder of this session, offered as a zip download. Only an administrator (the review page's token)
 can publish an adapted folder into the shared weights folder, where the Analyze, Review and Model performance pages
 list it as "X-ray, adapted to <site>".
+
+Whole CT scans (a zip of scans with a CSV, or a folder of them) are validated by scan-level label through the CT
+scan analysis (`covid_models.local_scans`): the per-scan table, the held-back scans, the burden and the secondary
+probability as scores, the pattern reading as the operating point, the confound check and the cross-validated
+quantitative model.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +30,14 @@ from covid_models.data import DataError, typed_folders_allowed
 from covid_models.figures import calibration_figure, roc_figure
 from covid_models.io import ImageReadError
 from covid_models.local_samples import LocalSample, sample_from_dicom, sample_from_folder, sample_from_zip
+from covid_models.local_scans import (
+    ScanSample,
+    scan_sample_from_folder,
+    scan_sample_from_zip,
+    scan_table,
+    score_scans,
+    validate_scans,
+)
 from covid_models.local_validation import (
     MIN_PATIENTS,
     ValidationError,
@@ -32,11 +46,13 @@ from covid_models.local_validation import (
     score_sample,
     validate,
 )
-from covid_models.model_card import display_name, is_adapted, modality_name
+from covid_models.model_card import ModelCard, display_name, is_adapted, modality_name
 from covid_models.reviews import admin_token_matches
 from pages.shared import (
     enter_through_app,
+    held,
     hold_for,
+    infection_models,
     load_classifier,
     load_segmenter,
     model_cards,
@@ -52,7 +68,12 @@ RESULT_KEY, ADAPTED_KEY = "validate-result", "validate-adapted"
 ADMIN_TOKEN_SETTING = "COVID_REVIEW_ADMIN_TOKEN"  # the review page's administrator token
 INPUTS = {"zip": "A zip of images with a CSV (file,label[,patient_id,view,site])",
           "dicom": "DICOM files with a CSV keyed by SOPInstanceUID or file",
-          "folder": "A folder on this server (manifest.csv, labels.csv or class sub-folders)"}
+          "folder": "A folder on this server (manifest.csv, labels.csv or class sub-folders)",
+          "scans-zip": "Whole CT scans: a zip with one folder, zip or NIfTI file per scan and a CSV "
+                       "(scan,label[,patient_id,site,manufacturer])",
+          "scans-folder": "Whole CT scans: a folder on this server (scan folders or NIfTI files and a labels.csv)"}
+SCAN_INPUTS = ("scans-zip", "scans-folder")
+FOLDER_INPUTS = ("folder", "scans-folder")
 
 
 def admin_token() -> str:
@@ -74,8 +95,11 @@ def interval(values: list | None) -> str:
     return "n/a" if not values or None in values else f"{values[0]:.3f}–{values[1]:.3f}"
 
 
-def read_input(choice: str, positive_class: str) -> LocalSample | None:
+def read_input(choice: str, positive_class: str) -> LocalSample | ScanSample | None:
     """The sample the visitor gave, or None while it is incomplete."""
+    if choice == "scans-zip":
+        upload = st.file_uploader("Zip of CT scans and one CSV", type=["zip"], key="validate-scans-zip")
+        return None if upload is None else scan_sample_from_zip(upload.getvalue(), positive_class)
     if choice == "zip":
         upload = st.file_uploader("Zip of images and one CSV", type=["zip"], key="validate-zip")
         return None if upload is None else sample_from_zip(upload.getvalue(), positive_class)
@@ -90,7 +114,10 @@ def read_input(choice: str, positive_class: str) -> LocalSample | None:
     folder, message = typed_folder(text)
     if message:
         show_error(message)
-    return None if folder is None else sample_from_folder(folder, positive_class)
+    if folder is None:
+        return None
+    return scan_sample_from_folder(folder, positive_class) if choice == "scans-folder" else \
+        sample_from_folder(folder, positive_class)
 
 
 def check_models() -> tuple[dict[str, str], str | None]:
@@ -131,6 +158,87 @@ def run_validation(directory: str, sample: LocalSample, site: str) -> dict:
     except ValidationError as error:
         result["recalibration_error"] = str(error)
     return result
+
+
+def run_scan_validation(directory: str, segmenter_dir: str | None, sample: ScanSample, site: str) -> dict:
+    """Analyse each scan once (as on the CT scan page, under the models' locks scan by scan) and validate by
+    scan-level label; the result for this session only."""
+    classifier = load_classifier(directory)
+    models = {directory: classifier}
+    segmenter = load_segmenter(segmenter_dir) if segmenter_dir else None
+    if segmenter is not None:
+        models[segmenter_dir] = segmenter
+    bar = st.progress(0.0, text="Analysing the scans...")
+
+    def hold(model: object) -> ExitStack:
+        """Both models' locks, in the CT scan page's order (sorted by directory), taken with the classifier's."""
+        stack = ExitStack()
+        if model is classifier:
+            for folder in sorted(models):
+                stack.enter_context(held(folder))
+        return stack
+
+    try:
+        scored = score_scans(sample, classifier, segmenter, hold=hold,
+                             progress=lambda fraction, text: bar.progress(min(1.0, fraction), text=text))
+    finally:
+        bar.empty()
+    return {"kind": "scans", "directory": directory, "site": site, "scored": scored, "notes": sample.notes,
+            "segmenter": None if segmenter is None else segmenter.name, "validation": validate_scans(scored)}
+
+
+def show_scan_validation(result: dict, name: str) -> None:
+    """The per-scan table, the held-back scans and the scan-level figures, laid out like the images' blocks."""
+    report, scored = result["validation"], result["scored"]
+    positive = scored.positive_class
+    st.subheader(f"{name} on your scans")
+    for note in result["notes"]:
+        st.caption(note)
+    if scored.unreadable:
+        st.warning(f"{len(scored.unreadable)} scan(s) could not be read and were left out: "
+                   + "; ".join(f"{n}: {r}" for n, r in scored.unreadable[:5]))
+    st.dataframe(scan_table(scored), hide_index=True, key="validate-scan-table")
+    if report["held_back"]:
+        st.warning(f"{len(report['held_back'])} scan(s) held back (no result; not counted as negative): "
+                   + "; ".join(f"{row['scan']}: {row['reason']}" for row in report["held_back"][:5]))
+    st.markdown(f"{report['read']} scans with a result: {report['patients'][positive]} {positive} patients, "
+                f"{report['patients']['other']} other patients (minimum for an AUC headline: {MIN_PATIENTS} per "
+                "class).")
+    if not report["headline"]:
+        st.warning(f"Too few scans for an AUC: {report['no_headline_because']}. Intervals only.",
+                   icon=":material/info:")
+    columns = st.columns(2)
+    for column, (key, label) in zip(columns, (("burden", "Lesion burden AUC"),
+                                              ("secondary", "Secondary classifier AUC")), strict=True):
+        block = report["scores"].get(key)
+        if block is None:
+            column.metric(label, "n/a", help="no scan has this reading")
+        else:
+            column.metric(label, number(block["auc"]) if report["headline"] else "not shown",
+                          help=f"95% CI {interval(block['auc_ci95'])}, patient bootstrap, {block['n']} scans")
+    pattern = report["pattern"]
+    st.markdown("**Operating point: the pattern reading 'suggestive of COVID-19'**")
+    if pattern is None:
+        st.caption("No scan has a pattern reading (no infection model, or its card has no fitted threshold).")
+    else:
+        columns = st.columns(4)
+        for column, (label, key) in zip(columns, (("Sensitivity", "sensitivity"), ("Specificity", "specificity"),
+                                                  ("PPV", "precision"), ("NPV", "npv")), strict=True):
+            column.metric(label, number(pattern[key]), help=f"95% CI {interval(pattern[key + '_ci95'])}, patient "
+                                                            f"bootstrap, {pattern['scans']} scans")
+    burden = report["scores"].get("burden")
+    if burden and burden["subgroups"]:
+        st.markdown("**Lesion burden by manufacturer and site**")
+        st.dataframe(pd.DataFrame([{**row, "auc": number(row["auc"]), "auc_ci95": interval(row["auc_ci95"])}
+                                   for row in burden["subgroups"]]), hide_index=True, key="validate-subgroups")
+    show_confounds({"confounds": report["confounds"], "confounds_error": report.get("confounds_error", "")})
+    st.markdown("**A logistic model on the quantitative features (patient-grouped cross-validation)**")
+    model = report["quantitative_model"]
+    if model is None:
+        st.caption(report.get("quantitative_model_error", ""))
+    else:
+        st.markdown(f"Cross-validated AUC {number(model['auc'])} (95% CI {interval(model['auc_ci95'])}), "
+                    f"{model['folds']} folds, on {', '.join(model['features'])}.")
 
 
 def show_validation(result: dict, name: str) -> None:
@@ -279,9 +387,51 @@ def main() -> None:
     directory = st.selectbox("Model", list(cards), key="validate-model",
                              format_func=lambda d: f"{modality_name(cards[d].modality)}: {cards[d].name}")
     card = cards[directory]
-    choices = [c for c in INPUTS if c != "folder" or typed_folders_allowed()]
+    choices = [c for c in INPUTS if c not in FOLDER_INPUTS or typed_folders_allowed()]
     choice = st.radio("Your sample", choices, format_func=INPUTS.get, key="validate-input")
     site = st.text_input("Site name", value="local", key="validate-site", max_chars=60)
+    if choice in SCAN_INPUTS:
+        scans_section(directory, card, choice, site)
+    else:
+        images_section(directory, card, choice, site)
+    result = st.session_state.get(RESULT_KEY)
+    if result is None or result["directory"] not in cards:
+        return
+    if result.get("kind") == "scans":
+        show_scan_validation(result, cards[result["directory"]].name)
+        return
+    show_validation(result, cards[result["directory"]].name)
+    adapt_section(result)
+
+
+def scans_section(directory: str, card: ModelCard, choice: str, site: str) -> None:
+    """Whole CT scans: a CT model and an infection model, the scan sample and the Validate button."""
+    if card.modality != "ct":
+        st.info("Whole CT scans are validated with a CT model: choose one above.")
+        return
+    segmenters = infection_models()
+    segmenter = st.selectbox("Infection model", [*segmenters, ""], key="validate-segmenter",
+                             format_func=lambda d: segmenters[d].name if d else "None (no burden)")
+    try:
+        sample = read_input(choice, card.positive_class)
+    except (DataError, ImageReadError) as error:
+        show_error(str(error))
+        return
+    if sample is None:
+        return
+    st.caption(f"{len(sample.frame)} labelled scans: " + ", ".join(
+        f"{name} {c['scans']} scans of {c['patients']} patients" for name, c in sample.counts().items()))
+    if st.button("Validate", key="validate-run", type="primary"):
+        try:
+            st.session_state[RESULT_KEY] = run_scan_validation(directory, segmenter or None, sample,
+                                                               site.strip() or "local")
+            st.session_state.pop(ADAPTED_KEY, None)
+        except (ValidationError, CheckpointError, DataError) as error:
+            show_error(str(error))
+
+
+def images_section(directory: str, card: ModelCard, choice: str, site: str) -> None:
+    """Images: the sample and the Validate button."""
     try:
         sample = read_input(choice, card.positive_class)
     except (DataError, ImageReadError) as error:
@@ -297,11 +447,6 @@ def main() -> None:
                 st.session_state.pop(ADAPTED_KEY, None)
             except (ValidationError, CheckpointError, DataError) as error:
                 show_error(str(error))
-    result = st.session_state.get(RESULT_KEY)
-    if result is None or result["directory"] not in cards:
-        return
-    show_validation(result, cards[result["directory"]].name)
-    adapt_section(result)
 
 
 main()

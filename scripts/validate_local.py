@@ -2,6 +2,7 @@
 
     python scripts/validate_local.py validate --model weights/xray-efficientnet-lite0 --zip sample.zip --site Elsewhere
     python scripts/validate_local.py recalibrate --model weights/xray-efficientnet-lite0 --folder /data/local
+    python scripts/validate_local.py validate --scans /data/local-ct --labels /data/local-ct/labels.csv
     python scripts/validate_local.py adapt --model weights/xray-efficientnet-lite0 \\
         --manifest ../shared/data/xray --source ieee8023 --site ieee8023 \\
         --write weights/xray-efficientnet-lite0-adapted-ieee8023 --out runs/local/ieee8023.json
@@ -9,6 +10,9 @@
 The sample: `--zip` (images + a CSV `file,label[,patient_id,view,site]`), `--dicom DIR --labels CSV` (CSV keyed by
 SOPInstanceUID or file), `--folder` (a manifest.csv, a labels.csv or class sub-folders) or `--manifest` (the shared
 data's format; `--source` keeps one source). Labels are the model's positive class against everything else.
+Whole CT scans: `--scans` (a zip with one folder, nested zip or NIfTI file per scan and a CSV
+`scan,label[,patient_id,site,manufacturer]`, or such a folder with `--labels CSV`, default its labels.csv), validated
+by scan-level label through the CT scan analysis (`--model`/`--segmenter`: default the first CT models found).
 
 `validate`: ROC with a patient-bootstrap interval, sensitivity / specificity / PPV / NPV at the card's operating
 point, calibration, per view / manufacturer / site, the chest-image check and out-of-distribution shares, and the
@@ -48,13 +52,17 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("validate", "recalibrate", "adapt"))
-    parser.add_argument("--model", type=Path, required=True, help="the shipped model folder (weights/<name>)")
+    parser.add_argument("--model", type=Path, help="the shipped model folder (weights/<name>); --scans: the CT "
+                                                   "classifier (default: the first found)")
+    parser.add_argument("--segmenter", type=Path, help="--scans: the CT infection segmenter (default: the first found)")
     given = parser.add_mutually_exclusive_group(required=True)
     given.add_argument("--zip", type=Path, help="a zip of images with one CSV of labels")
     given.add_argument("--dicom", type=Path, help="a folder of DICOM files (with --labels)")
     given.add_argument("--folder", type=Path, help="a folder with manifest.csv, labels.csv or class sub-folders")
     given.add_argument("--manifest", type=Path, help="a manifest.csv (or its folder) in the shared data's format")
-    parser.add_argument("--labels", type=Path, help="--dicom: the CSV keyed by SOPInstanceUID or file")
+    given.add_argument("--scans", type=Path, help="whole CT scans: a zip, or a folder of scan folders / NIfTI files")
+    parser.add_argument("--labels", type=Path, help="--dicom: the CSV keyed by SOPInstanceUID or file; --scans: the "
+                                                    "CSV scan,label[,patient_id,site,manufacturer]")
     parser.add_argument("--source", help="--manifest: keep the rows of this source only")
     parser.add_argument("--unseen-by-model", type=Path, metavar="DATA_ROOT",
                         help="leave out the images the model was trained or calibrated on (its train and validation "
@@ -133,10 +141,106 @@ def print_confounds(confounds: dict) -> None:
               f"AUC {fmt(row['model_auc'])} ({interval(row['model_auc_ci95'])})")
 
 
+def print_scans(scored, report: dict) -> None:
+    """The per-scan table, the held-back scans and the scan-level figures."""
+    from covid_models.local_scans import scan_table
+
+    print(scan_table(scored).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3f}"))
+    print(f"sample: {report['scans']} scans, {report['read']} with a result; patients with a result "
+          f"{report['patients']}; {len(report['unreadable'])} unreadable, {len(report['held_back'])} held back "
+          "(no result: not counted as negative)")
+    for row in report["held_back"]:
+        print(f"  held back {row['scan']} ({row['label']}): {row['reason']}")
+    if not report["headline"]:
+        print(f"  no AUC headline: {report['no_headline_because']}; intervals only")
+    for name, title in (("burden", "lesion burden (% of lung)"), ("secondary", "secondary classifier probability")):
+        block = report["scores"].get(name)
+        if block is None:
+            print(f"  {title}: no scan has one")
+            continue
+        value = f"AUC {fmt(block['auc'])} " if report["headline"] and block["headline"] else "interval only: "
+        print(f"  {title}: {value}95% CI {interval(block['auc_ci95'])} (patient bootstrap, {block['n']} scans)")
+    pattern = report["pattern"]
+    if pattern is None:
+        print(f"  pattern reading: not read on any scan ({report['pattern_not_read']} without a reading)")
+    else:
+        print(f"  pattern reading 'suggestive of COVID-19' ({pattern['scans']} scans): " + ", ".join(
+            f"{name} {fmt(pattern[key])} ({interval(pattern[key + '_ci95'])})" for name, key in (
+                ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("PPV", "precision"),
+                ("NPV", "npv"))))
+    if report["confounds"] is None:
+        print(f"confound check: {report['confounds_error']}")
+    else:
+        print_confounds(report["confounds"])
+    model = report["quantitative_model"]
+    if model is None:
+        print(f"quantitative model: {report['quantitative_model_error']}")
+    else:
+        print(f"quantitative model (logistic on {', '.join(model['features'])}; {model['folds']}-fold "
+              f"patient-grouped CV): AUC {fmt(model['auc'])} (95% CI {interval(model['auc_ci95'])})")
+
+
+def validate_scans_command(args: argparse.Namespace, command: str) -> dict:
+    """`--scans`: every scan analysed once as on the CT scan page, then the scan-level validation."""
+    from covid_models.local_scans import scan_sample_from_folder, scan_sample_from_zip, score_scans, validate_scans
+    from covid_models.scan_analysis import scan_models
+    from covid_models.segmentation import Segmenter
+
+    if args.action != "validate":
+        raise ValidationError("for whole CT scans only 'validate' is offered: it includes the cross-validated "
+                              "quantitative model; there is no classifier head to recalibrate or adapt")
+    classifiers, segmenters = scan_models(WEIGHTS)
+    classifier_dir = args.model or (classifiers[0] if classifiers else None)
+    if classifier_dir is None:
+        raise DataError(f"no CT classifier in {WEIGHTS}")
+    segmenter_dir = args.segmenter or (segmenters[0] if segmenters else None)
+    classifier = Classifier.load(classifier_dir)
+    segmenter = Segmenter.load(segmenter_dir) if segmenter_dir else None
+    if args.scans.is_dir():
+        sample = scan_sample_from_folder(args.scans, classifier.card.positive_class, args.labels)
+    else:
+        sample = scan_sample_from_zip(args.scans.read_bytes(), classifier.card.positive_class)
+    for note in sample.notes:
+        print(f"note: {note}")
+    print(f"analysing {len(sample.frame)} scans with {classifier.name}"
+          + (f" and {segmenter.name}" if segmenter else " (no infection model: no burden)") + "...", flush=True)
+    last = [-1]
+
+    def progress(fraction: float, what: str) -> None:
+        if int(fraction * 20) != last[0]:
+            last[0] = int(fraction * 20)
+            print(f"  {fraction:.0%} {what}", flush=True)
+
+    scored = score_scans(sample, classifier, segmenter, progress=progress)
+    for name, reason in scored.unreadable:
+        print(f"skipped unreadable {name}: {reason}", file=sys.stderr)
+    report = validate_scans(scored, seed=args.seed)
+    print_scans(scored, report)
+    from covid_models.local_scans import scan_table
+
+    return {"model": classifier.name, "segmenter": None if segmenter is None else segmenter.name, "command": command,
+            "scans": scan_table(scored).astype(object).where(lambda f: f.notna(), None).to_dict(orient="records"),
+            "validation": report}
+
+
 def main(argv: list[str] | None = None) -> int:
     runtime.configure()
     args = parse_args(argv)
     command = "python scripts/validate_local.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.scans is not None:
+        try:
+            report = validate_scans_command(args, command)
+        except (CheckpointError, DataError, ImageReadError, ValidationError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2, default=float))
+            print(f"wrote {args.out}")
+        return 0
+    if args.model is None:
+        print("error: --model is needed (the shipped model folder)", file=sys.stderr)
+        return 2
     try:
         classifier = Classifier.load(args.model)
         card = classifier.card

@@ -129,3 +129,38 @@ def test_the_shipped_adapted_head_sits_beside_its_base_on_model_performance(monk
     side = next(d.value for d in at.dataframe if "on the local sample" in d.value.columns)
     assert side["on the local sample"].str.startswith("AUC 0.888").any()  # the head, cross-validated
     assert side["on the local sample"].str.startswith("AUC 0.899").any()  # its base on the same images
+
+
+def test_whole_ct_scans_are_validated_with_their_table_held_back_scans_and_no_auc_below_the_minimum(tmp_path,
+                                                                                                    monkeypatch):
+    import json
+
+    from tests.app_fixtures import CT_CLASSES, with_lung_window, write_classifier, write_segmenter
+    from tests.scan_phantoms import ADULT_SPACING, adult_phantom, dicom_series, phantom
+
+    weights = tmp_path / "weights"
+    classifier = with_lung_window(write_classifier(weights, "ct-fixture", "ct", CT_CLASSES, seed=3))
+    segmenter = with_lung_window(write_segmenter(weights, "ct-infection-fixture", "ct", "infection", seed=5))
+    card = json.loads((segmenter / "card.json").read_text())
+    card.setdefault("extra", {})["ct_reading"] = {"lesion_percent_threshold": 1.0, "fit_on": "a test value"}
+    (segmenter / "card.json").write_text(json.dumps(card))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for scan, hu, spacing in (("adult", adult_phantom(), ADULT_SPACING), ("small", phantom(), (2.5, 1.5, 1.5))):
+            for name, data in dicom_series(hu, spacing, identifiers={"Manufacturer": "Acme"}):
+                archive.writestr(f"{scan}/{name}", data)
+        archive.writestr("labels.csv", "scan,label,patient_id\nadult,covid,a\nsmall,other,b\n")
+    at = page_test("pages/validate.py", weights, monkeypatch)
+    at.run()
+    at.selectbox(key="validate-model").set_value(str(classifier)).run()
+    at.radio(key="validate-input").set_value("scans-zip").run()
+    at.file_uploader(key="validate-scans-zip").set_value(("scans.zip", buffer.getvalue(), "application/zip"))
+    at.run()
+    assert not at.exception and any("2 labelled scans" in c.value for c in at.caption)
+    at.button(key="validate-run").click().run()
+    assert not at.exception and not at.error
+    table = next(d.value for d in at.dataframe if "held_back" in d.value.columns)
+    assert list(table["scan"]) == ["adult", "small"] and list(table["manufacturer"]) == ["Acme", "Acme"]
+    warnings = " ".join(w.value for w in at.warning)
+    assert "1 scan(s) held back" in warnings and "small:" in warnings and "Too few scans for an AUC" in warnings
+    assert {m.label: m.value for m in at.metric}["Lesion burden AUC"] == "not shown"
