@@ -70,16 +70,19 @@ def save_model_dir(
     return directory
 
 
-def read_card(directory: str | Path) -> ModelCard:
+def read_card(directory: str | Path, task: str | None = None) -> ModelCard:
     """The card of a model directory, checked against the schema (`model_card.check_card`).
 
-    CheckpointError names the file; its cause, a CardError, says what is wrong without the path.
+    CheckpointError names the file; its cause, a CardError, says what is wrong without the path. With `task`, a
+    card of another task is refused first (the wrong kind of model, whatever its architecture).
     """
     path = Path(directory) / CARD_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} not found: a model directory holds {WEIGHTS_FILE} and {CARD_FILE}")
     try:
         card = ModelCard.from_dict(_parse_card(path))
+        if task is not None and card.task != task:  # before the architecture: the wrong kind of model is the news
+            raise CardError(f"holds a {card.task} model, not a {task} model")
         _check_buildable(card)
     except CardError as error:
         raise CheckpointError(f"{path}: {error}") from error
@@ -130,9 +133,7 @@ def load_state(directory: str | Path, card: ModelCard) -> dict[str, torch.Tensor
 
 def load_model_dir(directory: str | Path, task: str) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     """The card and the checked tensors of a model directory that must hold a `task` model."""
-    card = read_card(directory)
-    if card.task != task:
-        raise CheckpointError(f"{directory} holds a {card.task} model, not a {task} model")
+    card = read_card(directory, task)
     return card, load_state(directory, card)
 
 

@@ -144,7 +144,7 @@ def test_a_blinded_scan_item_scrubs_and_windows_without_masks_then_reveals_them_
     at.button(key="review-reading-covid").click()
     _run(at)
     assert int(at.session_state["review-position"]) == 0
-    assert {m.label for m in at.metric} >= {"Scan-level COVID-19 probability", "COVID-19 probability"}
+    assert {m.label for m in at.metric} >= {"Quantitative CT reading", "Lesion burden"}
     assert at.toggle(key=f"{prefix}-lungs").value, "the masks appear once the reading is recorded"
     assert at.get("plotly_chart")
     assert calls == [], "the reveal draws the cached analysis"

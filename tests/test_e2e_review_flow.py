@@ -8,7 +8,7 @@ import re
 import pytest
 from app_fixtures import chest_like_png, make_weights_dir, running_app, with_lung_window
 from browser_fixtures import UPLOAD_INPUT, browser_page, snapshot
-from scan_phantoms import dicom_series, phantom, zipped
+from scan_phantoms import ADULT_SPACING, adult_phantom, dicom_series, zipped
 from test_e2e_review import ADA, ADA_PASSPHRASE, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -63,7 +63,7 @@ def test_a_blinded_reading_reveals_the_models_reading_on_the_same_image_without_
 
 
 def test_a_ct_scan_item_is_scrubbed_and_windowed_in_the_scan_viewer(browser, app):
-    archive = zipped(dicom_series(phantom()))
+    archive = zipped(dicom_series(adult_phantom(), ADULT_SPACING))  # lungs enough for a reading and a burden
     with browser_page(browser, "review-ct-scan", height=2200) as page:
         sign_in(page, f"{app}/review", ADA, ADA_PASSPHRASE)
         page.get_by_test_id("stMain").get_by_text("Chest CT", exact=True).click()

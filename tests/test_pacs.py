@@ -8,6 +8,7 @@ import io
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -38,8 +39,8 @@ COPDGENE = "ct-volumes/copdgene-10002k-64/dicom"
 
 @pytest.fixture(scope="module")
 def studies(orthanc: OrthancServer, real_data: Path) -> dict[str, str]:
-    """Three X-ray studies of 2019 (two DX, one CR; real radiographs at 256 rows; other test files upload into the
-    same server, never with 2019 dates) and one small real CT series."""
+    """Three X-ray studies of 2019 (two DX, one CR; real radiographs at 256 rows) and one small real CT series, on
+    this module's own server."""
     images = sorted((real_data / "xray" / "images").glob("*.jpg"))[:3]
     uids = {}
     for index, (name, modality, day) in enumerate([("dx1", "DX", "20190105"), ("dx2", "DX", "20190106"),
@@ -52,6 +53,13 @@ def studies(orthanc: OrthancServer, real_data: Path) -> dict[str, str]:
     orthanc.upload(files)
     uids["ct"] = pydicom.dcmread(io.BytesIO(files[0]), stop_before_pixels=True).StudyInstanceUID
     return uids
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """This module's own server (not the session's, which other test files fill): its queries list exactly what
+    the module uploaded."""
+    yield from started_orthanc(tmp_path_factory.mktemp("orthanc-queries"))
 
 
 @pytest.fixture(scope="module")
