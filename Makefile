@@ -1,5 +1,6 @@
 # `make run`, `make test` and `make test-fast` do all the set-up on a fresh machine: a .venv, the pinned packages,
-# the app or the tests. VENV=/path/to/venv uses an existing environment instead (its stamps must be up to date).
+# the app or the tests. VENV=/path/to/venv uses an existing environment instead; add
+# `-o /path/to/venv/.runtime-installed -o /path/to/venv/.dev-installed` to use it as it is, installing nothing.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

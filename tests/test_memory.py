@@ -97,6 +97,7 @@ def test_the_hook_count_sees_a_hook_that_is_not_released(models):
     assert hooks_left(classifier.model) == (0, 0)
 
 
+@pytest.mark.slow
 def test_forty_analyses_leave_no_hook_no_extra_object_and_no_memory_growth(models):
     classifier, segmenter = models
     for index in range(WARMUP):

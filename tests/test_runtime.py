@@ -37,6 +37,7 @@ def probe(**env: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_importing_the_library_sets_passive_waiting_and_configure_tunes_the_allocator():
     tuned, default = probe(), probe(COVID_RUNTIME="default")

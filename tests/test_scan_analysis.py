@@ -110,6 +110,7 @@ def test_the_scan_report_carries_the_result_burden_and_key_slices(classifier, vo
     assert coronal_picture(analysis, 30).shape == (round(40 * 2.5 / 1.5), 64, 3)  # true proportions
 
 
+@pytest.mark.slow
 def test_analyze_scan_script_writes_the_result(tmp_path):
     import os
     import subprocess

@@ -111,6 +111,7 @@ def _labelled_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_names_an_unreadable_file_and_skips_it_on_request(tmp_path):
     model = write_tiny_classifier(tmp_path / "model")
     data = _labelled_folder(tmp_path / "data")
