@@ -111,6 +111,7 @@ def test_forty_analyses_leave_no_hook_no_extra_object_and_no_memory_growth(model
     assert rss_mb() - rss < RSS_BOUND_MB
 
 
+@pytest.mark.slow
 def test_the_dashboards_library_modules_load_no_heavy_optional_package():
     """The app's share of its 1 GB: what the pages import from the library leaves scikit-learn, matplotlib,
     OpenCV and pytorch-grad-cam (test and script tools) unloaded."""

@@ -47,5 +47,6 @@ def test_importing_the_library_sets_passive_waiting_and_configure_tunes_the_allo
     assert default["kept_mb"] < 50  # glibc's default: unmapped at once
 
 
+@pytest.mark.slow
 def test_a_wait_policy_set_by_the_operator_is_kept():
     assert probe(OMP_WAIT_POLICY="ACTIVE")["policy"] == "ACTIVE"
