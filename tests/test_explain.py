@@ -55,7 +55,8 @@ def assert_same_maps(model: Classifier, method: str, **kwargs) -> None:
 
 
 @pytest.mark.parametrize("method", FAST_METHODS)
-@pytest.mark.parametrize("architecture", ["efficientnet_lite0", "resnet18", "densenet121",
+@pytest.mark.parametrize("architecture", ["efficientnet_lite0", "resnet18",
+                                          pytest.param("densenet121", marks=pytest.mark.slow),
                                           pytest.param("vgg16", marks=pytest.mark.slow)])
 def test_each_method_matches_pytorch_grad_cam(architecture, method):
     """densenet121 applies an in-place ReLU after its target layer; vgg16's target layer is itself one.
