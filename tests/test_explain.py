@@ -70,6 +70,7 @@ def test_slow_methods_match_pytorch_grad_cam(method):
     assert_same_maps(classifier("resnet18", size=64), method)  # 512 channels: one forward pass each
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(SLOW_METHODS))
 def test_slow_methods_report_their_progress_up_to_done(method):
     progress: list[float] = []
