@@ -1,12 +1,16 @@
-# `make run` and `make test` do all the set-up on a fresh machine: a .venv, the pinned packages, the app or the tests.
+# `make run`, `make test` and `make test-fast` do all the set-up on a fresh machine: a .venv, the pinned packages,
+# the app or the tests. VENV=/path/to/venv uses an existing environment instead; add
+# `-o /path/to/venv/.runtime-installed -o /path/to/venv/.dev-installed` to use it as it is, installing nothing.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 PYTEST_ARGS ?=
+# The fast tier's parallel workers (pytest-xdist): one per core.
+FAST_WORKERS ?= auto
 
-.PHONY: run test install benchmark benchmark-threads benchmark-dataset lint clean
+.PHONY: run test test-fast install benchmark benchmark-threads benchmark-dataset lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +31,13 @@ install: $(RUNTIME)
 run: $(RUNTIME)
 	$(BIN)/streamlit run streamlit_app.py
 
+# The whole suite, what CI runs (.ci/run).
 test: $(DEV)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The edit-test loop: every test marked neither `slow` nor `browser`, spread over the cores (docs/testing.md).
+test-fast: $(DEV)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not browser" -n $(FAST_WORKERS) $(PYTEST_ARGS)
 
 benchmark: $(RUNTIME)
 	$(BIN)/python scripts/benchmark.py
@@ -43,4 +52,4 @@ lint: $(DEV)
 	$(BIN)/ruff check covid_models scripts pages tests streamlit_app.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf .venv .pytest_cache test-artifacts  # only the default venv: never one named by VENV=

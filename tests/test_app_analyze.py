@@ -362,6 +362,7 @@ def test_reports_are_the_same_at_every_opacity_and_carry_the_pages_warnings(weig
     assert any("reading is unreliable" in text for text in last.warnings)  # the 3-class note (point 9)
 
 
+@pytest.mark.slow
 def test_a_slow_heatmap_in_one_session_holds_up_no_other_session(weights, monkeypatch):
     """Issue 11, bug 4: while session A computes Score-CAM, session B's upload on the same model shows its
     probability (A's heatmap is made to wait until B is done, so "B first" is no race)."""

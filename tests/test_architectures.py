@@ -25,7 +25,7 @@ def test_registry_holds_every_required_architecture():
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50", "densenet121", "mobilenet_v3_large",
-                                  "inception_v3", "xception", "vgg16"])
+                                  "inception_v3", "xception", pytest.param("vgg16", marks=pytest.mark.slow)])
 def test_architecture_builds_with_the_requested_classes_and_a_spatial_cam_layer(name):
     model = build_model(name, num_classes=3).eval()
     size = get_architecture(name).default_size
@@ -124,6 +124,7 @@ def test_the_plain_efficientnet_lite_is_timms_network_name_for_name_and_output_f
             assert torch.equal(ours(inputs), reference(inputs)), size
 
 
+@pytest.mark.slow
 def test_loading_a_shipped_classifier_imports_neither_timm_nor_torchvision():
     """Both pull in torch's compiler stack (over a second of every process's start) for nothing at inference."""
     import subprocess

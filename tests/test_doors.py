@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import WEIGHTS_DIR
 from PIL import Image
 
@@ -39,6 +40,7 @@ def first_test_image(root: Path, modality: str, source: str | None = None) -> Pa
     return root / modality / manifest["image"].iloc[0]
 
 
+@pytest.mark.slow
 def test_predict_holds_back_a_photograph_and_a_ct_slice_with_the_reason_and_no_probability(real_data, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -57,6 +59,7 @@ def test_predict_holds_back_a_photograph_and_a_ct_slice_with_the_reason_and_no_p
     assert "2 refused" in result.stdout
 
 
+@pytest.mark.slow
 def test_evaluate_counts_what_it_holds_back_and_states_the_metrics_on_the_rest(tmp_path):
     """A folder of chest-like films with a photograph among them: the photograph is counted as refused, the
     metrics on all images stay comparable with the card, and those on the images that got an answer are stated."""

@@ -55,7 +55,9 @@ def assert_same_maps(model: Classifier, method: str, **kwargs) -> None:
 
 
 @pytest.mark.parametrize("method", FAST_METHODS)
-@pytest.mark.parametrize("architecture", ["efficientnet_lite0", "resnet18", "densenet121", "vgg16"])
+@pytest.mark.parametrize("architecture", ["efficientnet_lite0", "resnet18",
+                                          pytest.param("densenet121", marks=pytest.mark.slow),
+                                          pytest.param("vgg16", marks=pytest.mark.slow)])
 def test_each_method_matches_pytorch_grad_cam(architecture, method):
     """densenet121 applies an in-place ReLU after its target layer; vgg16's target layer is itself one.
     Inputs of 128 pixels give 4 x 4 maps: coarser ones magnify the resizing difference."""
@@ -68,6 +70,7 @@ def test_slow_methods_match_pytorch_grad_cam(method):
     assert_same_maps(classifier("resnet18", size=64), method)  # 512 channels: one forward pass each
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(SLOW_METHODS))
 def test_slow_methods_report_their_progress_up_to_done(method):
     progress: list[float] = []

@@ -55,6 +55,7 @@ MEASURE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_7000_pixel_deflated_dicom_stays_within_300_mb_and_is_given_back(tmp_path):
     data = deflated_dicom(7000)
     assert len(data) < 2_000_000  # a small upload...

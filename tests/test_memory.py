@@ -97,6 +97,7 @@ def test_the_hook_count_sees_a_hook_that_is_not_released(models):
     assert hooks_left(classifier.model) == (0, 0)
 
 
+@pytest.mark.slow
 def test_forty_analyses_leave_no_hook_no_extra_object_and_no_memory_growth(models):
     classifier, segmenter = models
     for index in range(WARMUP):
@@ -110,6 +111,7 @@ def test_forty_analyses_leave_no_hook_no_extra_object_and_no_memory_growth(model
     assert rss_mb() - rss < RSS_BOUND_MB
 
 
+@pytest.mark.slow
 def test_the_dashboards_library_modules_load_no_heavy_optional_package():
     """The app's share of its 1 GB: what the pages import from the library leaves scikit-learn, matplotlib,
     OpenCV and pytorch-grad-cam (test and script tools) unloaded."""

@@ -110,6 +110,7 @@ def test_predict_refuses_a_card_naming_no_registered_architecture_with_a_message
     assert "architecture '../../os.system' is not an architecture name" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "train_segmentation.py"])
 def test_the_training_scripts_refuse_a_model_name_holding_a_path_before_training(tmp_path, script):
     from test_scripts import _script

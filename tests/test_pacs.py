@@ -147,6 +147,7 @@ def test_the_report_is_stored_in_the_study_found_by_qido_and_reads_back_and_stor
         "Reviewer verdict on the AI reading"] == "disagree"
 
 
+@pytest.mark.slow
 def test_a_scan_report_carries_the_burden_and_severity_when_given(pacs, studies):
     item = screening.study_items(pacs, studies["ct"], "ct")[0]
     files = screening.fetch_scan(pacs, item)
@@ -283,6 +284,7 @@ def test_pacs_screen_names_a_failing_study_and_goes_on(orthanc, pacs, studies, t
     assert rows[studies["dx2"]]["status"] == "ok" and rows[studies["cr1"]]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_pacs_screen_reads_a_ct_series_as_one_scan(orthanc, studies, tmp_path, monkeypatch):
     import pacs_screen
 

@@ -37,6 +37,7 @@ def probe(**env: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_importing_the_library_sets_passive_waiting_and_configure_tunes_the_allocator():
     tuned, default = probe(), probe(COVID_RUNTIME="default")
@@ -46,5 +47,6 @@ def test_importing_the_library_sets_passive_waiting_and_configure_tunes_the_allo
     assert default["kept_mb"] < 50  # glibc's default: unmapped at once
 
 
+@pytest.mark.slow
 def test_a_wait_policy_set_by_the_operator_is_kept():
     assert probe(OMP_WAIT_POLICY="ACTIVE")["policy"] == "ACTIVE"

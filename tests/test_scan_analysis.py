@@ -118,6 +118,7 @@ def test_a_held_back_scan_report_carries_the_reason_and_no_verdict_burden_or_key
     assert coronal_picture(analysis, 30).shape == (round(40 * 2.5 / 1.5), 64, 3)  # true proportions
 
 
+@pytest.mark.slow
 def test_analyze_scan_script_writes_the_result(tmp_path):
     import os
     import subprocess

@@ -27,6 +27,7 @@ def _script(name: str, *args: str, timeout: float = 1200) -> subprocess.Complete
                           env=env, cwd=ROOT, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_predict_writes_a_row_per_file_and_an_error_row_for_each_bad_one(tmp_path):
     model = write_tiny_classifier(tmp_path / "model")
     images = tmp_path / "in"
@@ -111,6 +112,7 @@ def _labelled_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_names_an_unreadable_file_and_skips_it_on_request(tmp_path):
     model = write_tiny_classifier(tmp_path / "model")
     data = _labelled_folder(tmp_path / "data")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from app_fixtures import CT_CLASSES, write_classifier
 from model_fixtures import write_tiny_classifier
 from PIL import Image
@@ -20,6 +21,7 @@ def _script(name: str, *args: str, timeout: float = 600) -> subprocess.Completed
                           env=env, cwd=ROOT, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_evaluate_names_each_special_file_it_skips_and_why(tmp_path):
     """A pipe and a /dev/zero link inside a class folder: named with their reason, never read (a pipe would block
     the run; /dev/zero never ends), and counted; without --skip-unreadable the run stops at the first, naming it."""

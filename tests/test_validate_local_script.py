@@ -36,6 +36,7 @@ def _folder(root: Path, patients: int) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_adapt_writes_a_pinned_folder_that_evaluate_reproduces(tmp_path):
     weights = tmp_path / "weights"
     base = write_classifier(weights, "xray-base", "xray", CLASSES, seed=1)
@@ -55,6 +56,7 @@ def test_adapt_writes_a_pinned_folder_that_evaluate_reproduces(tmp_path):
     assert "reproduced" in again.stdout and "NOT" not in again.stdout
 
 
+@pytest.mark.slow
 def test_a_sample_below_the_minimum_is_validated_without_headline_and_adaptation_refused(tmp_path):
     base = write_classifier(tmp_path / "weights", "xray-base", "xray", CLASSES, seed=1)
     sample = _folder(tmp_path / "sample", patients=4)
