@@ -51,6 +51,16 @@ def with_lung_window(directory: Path) -> Path:
     return directory
 
 
+def with_ct_reading(directory: Path, lesion_percent: float = 1.0) -> Path:
+    """A fixture infection model's card given the lesion-burden threshold of the COVID-19 pattern rule (the shipped
+    one is fitted by scripts/fit_ct_reading.py; without one a scan gets no pattern reading and is held back)."""
+    card_path = directory / "card.json"
+    card = json.loads(card_path.read_text())
+    card.setdefault("extra", {})["ct_reading"] = {"lesion_percent_threshold": lesion_percent, "fit_on": "a test value"}
+    card_path.write_text(json.dumps(card))
+    return directory
+
+
 def with_lung_crop(directory: Path, segmenter: Path) -> Path:
     """A fixture X-ray model's card cropping its input to the lungs of `segmenter` (pinned by name and hash)."""
     card_path = directory / "card.json"

@@ -3,7 +3,6 @@ image is shown with its analysis as on the Analyze page (masks, the lung share),
 from __future__ import annotations
 
 import io
-import json
 import re
 import shutil
 from pathlib import Path
@@ -15,6 +14,7 @@ from app_fixtures import (
     chest_like_png,
     make_weights_dir,
     page_test,
+    with_ct_reading,
     with_lung_window,
     write_classifier,
     write_segmenter,
@@ -619,10 +619,7 @@ def ct_only(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, None]:
     """Weights with a CT classifier and infection segmenter that take HU (the scan pipeline's), and no data folder."""
     weights = tmp_path_factory.mktemp("review-scans") / "weights"
     with_lung_window(write_classifier(weights, "ct-fixture", "ct", CT_CLASSES, seed=3))
-    segmenter = with_lung_window(write_segmenter(weights, "ct-infection-fixture", "ct", "infection", seed=5))
-    card = json.loads((segmenter / "card.json").read_text())
-    card.setdefault("extra", {})["ct_reading"] = {"lesion_percent_threshold": 1.0, "fit_on": "a test value"}
-    (segmenter / "card.json").write_text(json.dumps(card))
+    with_ct_reading(with_lung_window(write_segmenter(weights, "ct-infection-fixture", "ct", "infection", seed=5)))
     return weights, None
 
 

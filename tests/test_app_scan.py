@@ -3,11 +3,10 @@ moving the sliders or the window reruns no model; a heatmap comes with its colou
 held-back scan shows its reason and no verdict or probability; a bad upload is a message, not a traceback."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from app_fixtures import CT_CLASSES, page_test, with_lung_window, write_classifier, write_segmenter
+from app_fixtures import CT_CLASSES, page_test, with_ct_reading, with_lung_window, write_classifier, write_segmenter
 from scan_phantoms import ADULT_SPACING, adult_phantom, dicom_series, phantom, zipped
 
 import covid_models.scan_analysis
@@ -18,10 +17,7 @@ from covid_models import RESEARCH_USE_NOTICE
 def weights(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("scan-weights") / "weights"
     with_lung_window(write_classifier(root, "ct-fixture", "ct", CT_CLASSES, seed=3))
-    segmenter = with_lung_window(write_segmenter(root, "ct-infection-fixture", "ct", "infection", seed=5))
-    card = json.loads((segmenter / "card.json").read_text())
-    card.setdefault("extra", {})["ct_reading"] = {"lesion_percent_threshold": 1.0, "fit_on": "a test value"}
-    (segmenter / "card.json").write_text(json.dumps(card))
+    with_ct_reading(with_lung_window(write_segmenter(root, "ct-infection-fixture", "ct", "infection", seed=5)))
     return root
 
 

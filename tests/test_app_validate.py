@@ -133,17 +133,13 @@ def test_the_shipped_adapted_head_sits_beside_its_base_on_model_performance(monk
 
 def test_whole_ct_scans_are_validated_with_their_table_held_back_scans_and_no_auc_below_the_minimum(tmp_path,
                                                                                                     monkeypatch):
-    import json
 
-    from tests.app_fixtures import CT_CLASSES, with_lung_window, write_classifier, write_segmenter
+    from tests.app_fixtures import CT_CLASSES, with_ct_reading, with_lung_window, write_classifier, write_segmenter
     from tests.scan_phantoms import ADULT_SPACING, adult_phantom, dicom_series, phantom
 
     weights = tmp_path / "weights"
     classifier = with_lung_window(write_classifier(weights, "ct-fixture", "ct", CT_CLASSES, seed=3))
-    segmenter = with_lung_window(write_segmenter(weights, "ct-infection-fixture", "ct", "infection", seed=5))
-    card = json.loads((segmenter / "card.json").read_text())
-    card.setdefault("extra", {})["ct_reading"] = {"lesion_percent_threshold": 1.0, "fit_on": "a test value"}
-    (segmenter / "card.json").write_text(json.dumps(card))
+    with_ct_reading(with_lung_window(write_segmenter(weights, "ct-infection-fixture", "ct", "infection", seed=5)))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for scan, hu, spacing in (("adult", adult_phantom(), ADULT_SPACING), ("small", phantom(), (2.5, 1.5, 1.5))):

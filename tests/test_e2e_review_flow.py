@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from app_fixtures import chest_like_png, make_weights_dir, running_app, with_lung_window
+from app_fixtures import chest_like_png, make_weights_dir, running_app, with_ct_reading, with_lung_window
 from browser_fixtures import UPLOAD_INPUT, browser_page, snapshot
 from scan_phantoms import ADULT_SPACING, adult_phantom, dicom_series, zipped
 from test_e2e_review import ADA, ADA_PASSPHRASE, sign_in
@@ -22,6 +22,7 @@ def app(tmp_path_factory):
     weights = make_weights_dir(root)
     for name in ("ct-fixture", "ct-infection-fixture"):  # the scan pipeline reads HU
         with_lung_window(weights / name)
+    with_ct_reading(weights / "ct-infection-fixture")  # a pattern reading, so the scan item is not held back
     env = {"COVID_WEIGHTS_DIR": str(weights), "COVID_REVIEW_DB": str(root / "reviews.sqlite3")}
     with running_app(env) as (url, _process):
         yield url
