@@ -288,6 +288,15 @@ figure {{ margin: 0; flex: 1; }} img {{ width: 100%; }}
 """
 
 
+def _pdf_pairs(pdf, width: float, rows, *, key_width: float, size: float, height: float) -> None:
+    """Key (bold) and value rows, the value wrapping beside its key."""
+    for key, value in rows:
+        pdf.set_font("Helvetica", "B", size)
+        pdf.cell(key_width, height, _latin1(key))
+        pdf.set_font("Helvetica", "", size)
+        pdf.multi_cell(width - key_width, height, _latin1(value), new_x="LMARGIN", new_y="NEXT")
+
+
 def _pdf_table(pdf, width: float, rows: list[tuple[str, ...]], height: float) -> None:
     """A bordered table, header row in bold (nothing for no rows)."""
     if not rows:
@@ -308,21 +317,13 @@ def render_scan_pdf(content: ScanReportContent) -> bytes:
     pdf.ln(2)
     facts = [("File", bare_file_name(content.file_name)), *content.facts,
              ("Created", content.created.strftime("%Y-%m-%d %H:%M UTC") + f" (covid_models {__version__})")]
-    for key, value in facts:
-        pdf.set_font("Helvetica", "B", 8.5)
-        pdf.cell(42, 4.5, _latin1(key))
-        pdf.set_font("Helvetica", "", 8.5)
-        pdf.multi_cell(width - 42, 4.5, _latin1(value), new_x="LMARGIN", new_y="NEXT")
+    _pdf_pairs(pdf, width, facts, key_width=42, size=8.5, height=4.5)
     pdf.ln(1)
     pdf.set_font("Helvetica", "B", 10)
     pdf.multi_cell(width, 5, _latin1(content.result), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(1)
     _pdf_table(pdf, width, content.criteria_rows, 4)
-    for key, value in content.reading_rows:
-        pdf.set_font("Helvetica", "B", 7.5)
-        pdf.cell(50, 3.6, _latin1(key))
-        pdf.set_font("Helvetica", "", 7.5)
-        pdf.multi_cell(width - 50, 3.6, _latin1(value), new_x="LMARGIN", new_y="NEXT")
+    _pdf_pairs(pdf, width, content.reading_rows, key_width=50, size=7.5, height=3.6)
     pdf.ln(1)
     pdf.set_font("Helvetica", "I", 7.5)
     pdf.multi_cell(width, 3.6, _latin1(content.burden_note), new_x="LMARGIN", new_y="NEXT")

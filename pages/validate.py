@@ -187,16 +187,22 @@ def run_scan_validation(directory: str, segmenter_dir: str | None, sample: ScanS
             "segmenter": None if segmenter is None else segmenter.name, "validation": validate_scans(scored)}
 
 
+def sample_header(result: dict, title: str, unit: str) -> None:
+    """The title, the reader's notes and the items that could not be read, above either kind of validation."""
+    st.subheader(title)
+    for note in result["notes"]:
+        st.caption(note)
+    unreadable = result["scored"].unreadable
+    if unreadable:
+        st.warning(f"{len(unreadable)} {unit} could not be read and were left out: "
+                   + "; ".join(f"{n}: {r}" for n, r in unreadable[:5]))
+
+
 def show_scan_validation(result: dict, name: str) -> None:
     """The per-scan table, the held-back scans and the scan-level figures, laid out like the images' blocks."""
     report, scored = result["validation"], result["scored"]
     positive = scored.positive_class
-    st.subheader(f"{name} on your scans")
-    for note in result["notes"]:
-        st.caption(note)
-    if scored.unreadable:
-        st.warning(f"{len(scored.unreadable)} scan(s) could not be read and were left out: "
-                   + "; ".join(f"{n}: {r}" for n, r in scored.unreadable[:5]))
+    sample_header(result, f"{name} on your scans", "scan(s)")
     st.dataframe(scan_table(scored), hide_index=True, key="validate-scan-table")
     if report["held_back"]:
         st.warning(f"{len(report['held_back'])} scan(s) held back (no result; not counted as negative): "
@@ -244,12 +250,7 @@ def show_scan_validation(result: dict, name: str) -> None:
 def show_validation(result: dict, name: str) -> None:
     report, scored = result["validation"], result["scored"]
     positive = scored.positive_class
-    st.subheader(f"{name} on your sample")
-    for note in result["notes"]:
-        st.caption(note)
-    if scored.unreadable:
-        st.warning(f"{len(scored.unreadable)} file(s) could not be read and were left out: "
-                   + "; ".join(f"{n}: {r}" for n, r in scored.unreadable[:5]))
+    sample_header(result, f"{name} on your sample", "file(s)")
     st.markdown(f"{report['n']} images: {report['patients'][positive]} {positive} patients, "
                 f"{report['patients']['other']} other patients (minimum for an AUC headline: {MIN_PATIENTS} per "
                 "class).")

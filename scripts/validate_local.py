@@ -223,6 +223,14 @@ def validate_scans_command(args: argparse.Namespace, command: str) -> dict:
             "validation": report}
 
 
+def write_report(path: Path | None, report: dict) -> None:
+    """The JSON report, where --out asks for one."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, default=float))
+        print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     runtime.configure()
     args = parse_args(argv)
@@ -233,10 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         except (CheckpointError, DataError, ImageReadError, ValidationError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=2, default=float))
-            print(f"wrote {args.out}")
+        write_report(args.out, report)
         return 0
     if args.model is None:
         print("error: --model is needed (the shipped model folder)", file=sys.stderr)
@@ -291,10 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DataError, ImageReadError, ValidationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2, default=float))
-        print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

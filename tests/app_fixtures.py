@@ -5,9 +5,12 @@ live in `covid_models.benchmarking`; they are imported here too, so that a page 
 """
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
+import numpy as np
 from streamlit.testing.v1 import AppTest
 
 from covid_models.benchmarking import (  # noqa: F401  (shared with the benchmarks; tests import them from here)
@@ -69,3 +72,19 @@ def with_lung_crop(directory: Path, segmenter: Path) -> Path:
     card["preprocessing"].update(lung_crop=0.1, lung_segmenter=[lungs["name"], lungs["sha256"]])
     card_path.write_text(json.dumps(card))
     return directory
+
+
+def labelled_sample_zip(negative: str, *, patients_per_class: int = 12, seed: int = 0) -> bytes:
+    """A local sample as the Validate page takes it: chest-like PNGs of `covid` and `negative` patients (one film
+    each, a random AP/PA view) with the labels.csv that names file, label, patient and view."""
+    rng = np.random.default_rng(seed)
+    lines = ["file,label,patient_id,view"]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for label in ("covid", negative):
+            for patient in range(patients_per_class):
+                name = f"{label}/{patient}.png"
+                archive.writestr(name, chest_like_png(size=96, seed=int(rng.integers(1 << 30))))
+                lines.append(f"{name},{label},{label}-{patient},{rng.choice(['AP', 'PA'])}")
+        archive.writestr("labels.csv", "\n".join(lines) + "\n")
+    return buffer.getvalue()

@@ -5,29 +5,18 @@ from __future__ import annotations
 import io
 import zipfile
 
-import numpy as np
 import pytest
 
 from covid_models.inference import find_models
 from covid_models.model_card import display_name
-from tests.app_fixtures import chest_like_png, make_weights_dir, page_test
+from tests.app_fixtures import labelled_sample_zip, make_weights_dir, page_test
 
 SITE = "Test Hospital"
 TOKEN = "a-long-administrator-token-for-tests"
 
 
 def sample_zip(patients_per_class: int = 12) -> bytes:
-    rng = np.random.default_rng(0)
-    lines = ["file,label,patient_id,view"]
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for label in ("covid", "normal"):
-            for patient in range(patients_per_class):
-                name = f"{label}/{patient}.png"
-                archive.writestr(name, chest_like_png(size=96, seed=int(rng.integers(1 << 30))))
-                lines.append(f"{name},{label},{label}-{patient},{rng.choice(['AP', 'PA'])}")
-        archive.writestr("labels.csv", "\n".join(lines) + "\n")
-    return buffer.getvalue()
+    return labelled_sample_zip("normal", patients_per_class=patients_per_class, seed=0)
 
 
 def uploaded(at, weights, data: bytes, site: str = SITE):

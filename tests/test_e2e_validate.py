@@ -4,30 +4,17 @@ it. Screenshots go to test-artifacts/ (validate-1-metrics.png, validate-2-adapte
 """
 from __future__ import annotations
 
-import io
 import re
-import zipfile
 
-import numpy as np
 import pytest
-from app_fixtures import chest_like_png, make_weights_dir, running_app
+from app_fixtures import labelled_sample_zip, make_weights_dir, running_app
 from browser_fixtures import UPLOAD_INPUT, browser_page, snapshot, upload
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def sample_zip(patients_per_class: int = 12) -> bytes:
-    rng = np.random.default_rng(1)
-    lines = ["file,label,patient_id,view"]
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for label in ("covid", "non_covid"):
-            for patient in range(patients_per_class):
-                name = f"{label}/{patient}.png"
-                archive.writestr(name, chest_like_png(size=96, seed=int(rng.integers(1 << 30))))
-                lines.append(f"{name},{label},{label}-{patient},{rng.choice(['AP', 'PA'])}")
-        archive.writestr("labels.csv", "\n".join(lines) + "\n")
-    return buffer.getvalue()
+    return labelled_sample_zip("non_covid", patients_per_class=patients_per_class, seed=1)
 
 
 def test_a_visitor_validates_and_adapts_while_another_sees_nothing_of_it(browser, tmp_path):
@@ -42,12 +29,16 @@ def test_a_visitor_validates_and_adapts_while_another_sees_nothing_of_it(browser
         first.get_by_text("24 labelled images").wait_for()
         first.get_by_role("button", name="Validate").click()
         first.get_by_text("Confound check").wait_for()
-        assert first.get_by_test_id("stMetricLabel").filter(has_text="Sensitivity").count() == 1
+        sensitivity = first.get_by_test_id("stMetricLabel").filter(has_text="Sensitivity")
+        sensitivity.first.wait_for()  # the page streams its blocks: wait for the metric before counting
+        assert sensitivity.count() == 1
         first.locator(".js-plotly-plot").nth(1).wait_for()  # ROC and calibration drawn
         snapshot(first, "validate-1-metrics")
         first.get_by_role("button", name="Fit an adapted head").click()
         first.get_by_text(re.compile(r"CT, adapted to local: cross-validated AUC")).wait_for()
-        assert first.get_by_role("button", name=re.compile("Download the adapted model folder")).is_visible()
+        download = first.get_by_role("button", name=re.compile("Download the adapted model folder"))
+        download.wait_for()  # drawn in the same run as the figure, possibly a moment after it
+        assert download.is_visible()
         snapshot(first, "validate-2-adapted")
         second.reload()
         second.wait_for_selector(UPLOAD_INPUT, state="attached")
