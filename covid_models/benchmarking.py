@@ -32,14 +32,14 @@ from PIL import Image
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-from covid_models.architectures import build_model
-from covid_models.checkpoint import save_model_dir
-from covid_models.data import SPLITS
-from covid_models.evaluation import classification_report
-from covid_models.inference import Classifier
-from covid_models.model_card import ModelCard
-from covid_models.ood import OodGuard
-from covid_models.preprocessing import Preprocessing
+from covid_models.imaging.preprocessing import Preprocessing
+from covid_models.models.architectures import build_model
+from covid_models.models.checkpoint import save_model_dir
+from covid_models.models.inference import Classifier
+from covid_models.models.model_card import ModelCard
+from covid_models.models.ood import OodGuard
+from covid_models.training.data import SPLITS
+from covid_models.training.evaluation import classification_report
 
 XRAY_CLASSES = ["covid", "normal", "pneumonia"]
 CT_CLASSES = ["covid", "non_covid"]
@@ -113,7 +113,7 @@ def write_classifier(directory: Path, name: str, modality: str, classes: list[st
 
 def write_segmenter(directory: Path, name: str, modality: str, target: str, seed: int = 0) -> Path:
     """One untrained U-Net segmentation directory at 64 px (lungs get the lung post-processing)."""
-    from covid_models.segmentation import (
+    from covid_models.models.segmentation import (
         DEFAULT_ENCODER,
         POSTPROCESS_LUNGS,
         build_segmentation_model,

@@ -1,6 +1,6 @@
 """Analyze: upload chest images and see calibrated probabilities, a heatmap, masks and a downloadable report.
 
-The page lays out `covid_models.analysis.analyse`, the one analysis every page, script and test runs; its
+The page lays out `covid_models.analysis.image_analysis.analyse`, the one analysis every page, script and test runs; its
 result is cached by the image's content hash with what changes it (model directories, CAM method,
 segmentation models), so moving a slider, toggling a mask or changing the display window reruns the script
 without recomputing or decoding anything. The window is a display setting only: models get their card's
@@ -22,7 +22,15 @@ import pandas as pd
 import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE
-from covid_models.analysis import (
+from covid_models.analysis.ct_quantitative import (
+    SECONDARY_LABEL,
+    QuantitativeReading,
+    SliceQuantities,
+    read_dicom_slice,
+)
+from covid_models.analysis.explain import METHOD_LABELS, METHODS, SLOW_METHODS
+from covid_models.analysis.formatting import percent
+from covid_models.analysis.image_analysis import (
     REPORT_RENDERING,
     Analysis,
     analyse,
@@ -35,14 +43,19 @@ from covid_models.analysis import (
     trust_signals,
     window_label,
 )
-from covid_models.checkpoint import CheckpointError
-from covid_models.ct_quantitative import SECONDARY_LABEL, QuantitativeReading, SliceQuantities, read_dicom_slice
-from covid_models.data import DataError, LeakageError, default_data_dir, held_out_images
-from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS
-from covid_models.formatting import percent
-from covid_models.image_checks import ImageCheck, check_image, choose_modality, lung_mask, refusal_text
-from covid_models.inference import Classifier, Prediction
-from covid_models.io import (
+from covid_models.analysis.image_checks import ImageCheck, check_image, choose_modality, lung_mask, refusal_text
+from covid_models.analysis.overlays import DISPLAY_SIDE, display_size, for_display
+from covid_models.analysis.report import (
+    bare_file_name,
+    class_name,
+    png_bytes,
+    render_html,
+    render_pdf,
+    result_sentence,
+)
+from covid_models.analysis.scan_views import reading_rows
+from covid_models.analysis.trust import headline_auc, single_source, within_source
+from covid_models.imaging.io import (
     WINDOW_PRESETS,
     ImageReadError,
     Scan,
@@ -52,19 +65,11 @@ from covid_models.io import (
     read_image,
     rewindow,
 )
-from covid_models.model_card import MODALITY_NAMES, ModelCard, display_name, is_adapted, modality_name
-from covid_models.overlays import DISPLAY_SIDE, display_size, for_display
-from covid_models.report import (
-    bare_file_name,
-    class_name,
-    png_bytes,
-    render_html,
-    render_pdf,
-    result_sentence,
-)
-from covid_models.scan_views import reading_rows
-from covid_models.segmentation import Segmenter, cam_mass_inside
-from covid_models.trust import headline_auc, single_source, within_source
+from covid_models.models.checkpoint import CheckpointError
+from covid_models.models.inference import Classifier, Prediction
+from covid_models.models.model_card import MODALITY_NAMES, ModelCard, display_name, is_adapted, modality_name
+from covid_models.models.segmentation import Segmenter, cam_mass_inside
+from covid_models.training.data import DataError, LeakageError, default_data_dir, held_out_images
 from pages.shared import (
     OPACITY,
     LruCache,

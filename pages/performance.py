@@ -13,8 +13,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from covid_models.checkpoint import MODEL_CARD_FILE
-from covid_models.figures import (
+from covid_models.analysis.figures import (
     calibration_figure,
     card_test_report,
     confusion_at,
@@ -22,9 +21,8 @@ from covid_models.figures import (
     roc_figure,
     training_curves_figure,
 )
-from covid_models.model_card import ModelCard, display_name, is_adapted
-from covid_models.report import class_name
-from covid_models.trust import (
+from covid_models.analysis.report import class_name
+from covid_models.analysis.trust import (
     FLAGGED,
     POOLED_INTERVAL,
     auc_qualifiers,
@@ -32,6 +30,8 @@ from covid_models.trust import (
     volume_rows,
     within_source_figures,
 )
+from covid_models.models.checkpoint import MODEL_CARD_FILE
+from covid_models.models.model_card import ModelCard, display_name, is_adapted
 from pages.shared import enter_through_app, model_cards, weights_dir
 
 enter_through_app()

@@ -1,6 +1,6 @@
 """Review session: a radiologist works through a batch of images, agreeing or disagreeing with the model.
 
-Verdicts are committed to the review database one by one (covid_models.reviews), so a reload, an app
+Verdicts are committed to the review database one by one (covid_models.reviews.store), so a reload, an app
 restart or a closed laptop loses nothing. A session belongs to the reviewer who started it: signed in
 through the app's OpenID Connect login when one is configured, else by name and passphrase. Its link
 (`?session=<token>&item=<n>`) names it by an unguessable token and reopens it, at the image the reader was
@@ -11,14 +11,16 @@ are found again in the data folder (by file name, checked against the hash) or r
 The page reads only what it shows: the session's counts (SQL aggregates), the current item, and the
 summary or CSV only when asked for, so a rerun costs the same at 100 or 100,000 images.
 Once the reader may see the model's reading (at once, or after their own in a blinded session), the image is shown
-as the Analyze page shows it: `covid_models.analysis.analyse` laid out by `pages.shared.show_analysis` (heatmap,
+as the Analyze page shows it: `covid_models.analysis.image_analysis.analyse` laid out by `pages.shared.show_analysis`
+(heatmap,
 lung or infection mask, the share of the heatmap inside the lungs and its warning), from the analyses cache the two
 pages share. A held-back (out-of-distribution) image shows none of that and no reading, blinded or not: it gets the
 reason, and only the verdicts that need no reading (unsure, non-diagnostic), since the label a reader could
 disagree with, or agree with by a blinded reading, would give the held-back reading away.
 
 In a CT session a whole scan (a zip of a DICOM series, the DICOM files of one series, or a NIfTI volume) can be one
-item: its reading is `covid_models.scan_analysis.analyse_scan`'s scan-level result, shown with the CT scan page's
+item: its reading is `covid_models.analysis.scan_analysis.analyse_scan`'s scan-level result, shown with the CT scan
+page's
 blocks (result, the viewer of `pages.scan_viewer` with its slice scrubber, window presets and masks, probability
 curve, burden); scrubbing and windowing redraw from the cached analysis and run no model. A scan's bytes are never
 kept: its analysis lives in a bounded server cache (`review_scans`), and once gone the stored reading is shown and the
@@ -42,17 +44,18 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from covid_models.analysis import Analysis, analyse, predict
-from covid_models.checkpoint import CheckpointError
-from covid_models.data import DataError, LeakageError, held_out_images, load_dataset
-from covid_models.figures import confusion_figure
-from covid_models.image_checks import HELD_BACK, REFUSED, check_models, screen
-from covid_models.inference import Prediction
-from covid_models.io import ImageReadError, content_hash, files_hash, read_image
-from covid_models.model_card import ModelCard, display_name
-from covid_models.overlays import DISPLAY_SIDE, display_size, for_display
-from covid_models.reviewer_names import admin_token_problem
-from covid_models.reviews import (
+from covid_models.analysis.figures import confusion_figure
+from covid_models.analysis.image_analysis import Analysis, analyse, predict
+from covid_models.analysis.image_checks import HELD_BACK, REFUSED, check_models, screen
+from covid_models.analysis.overlays import DISPLAY_SIDE, display_size, for_display
+from covid_models.analysis.scan_analysis import ScanAnalysis
+from covid_models.imaging.io import ImageReadError, content_hash, files_hash, read_image
+from covid_models.imaging.volumes import VolumeReadError
+from covid_models.models.checkpoint import CheckpointError
+from covid_models.models.inference import Prediction
+from covid_models.models.model_card import ModelCard, display_name
+from covid_models.reviews.names import admin_token_problem
+from covid_models.reviews.store import (
     VERDICT_TEXT,
     ItemView,
     NewItem,
@@ -65,8 +68,7 @@ from covid_models.reviews import (
     StaleVerdictError,
     session_token,
 )
-from covid_models.scan_analysis import ScanAnalysis
-from covid_models.volumes import VolumeReadError
+from covid_models.training.data import DataError, LeakageError, held_out_images, load_dataset
 from pages.review_pacs import PageHooks, pacs_image, pacs_scan, pacs_session_form, send_verdict
 from pages.scan_viewer import scan_viewer
 from pages.shared import (

@@ -20,8 +20,10 @@ from datetime import date
 import pandas as pd
 import streamlit as st
 
-from covid_models.checkpoint import CheckpointError
-from covid_models.io import ImageReadError, content_hash, files_hash
+from covid_models.analysis.scan_analysis import ScanAnalysis
+from covid_models.imaging.io import ImageReadError, content_hash, files_hash
+from covid_models.imaging.volumes import VolumeReadError
+from covid_models.models.checkpoint import CheckpointError
 from covid_models.pacs import screening
 from covid_models.pacs.client import (
     CT_MODALITIES,
@@ -32,9 +34,7 @@ from covid_models.pacs.client import (
     PacsSettings,
     StudyQuery,
 )
-from covid_models.reviews import ItemView, NewItem, Reviewer, ReviewError, ReviewStore, SessionInfo
-from covid_models.scan_analysis import ScanAnalysis
-from covid_models.volumes import VolumeReadError
+from covid_models.reviews.store import ItemView, NewItem, Reviewer, ReviewError, ReviewStore, SessionInfo
 from pages.shared import LruCache, load_classifier, model_cards, show_error
 
 MAX_STUDIES = 20  # studies per session: each is fetched and analysed when the session starts

@@ -1,6 +1,7 @@
 """CT scan: upload a whole series (zip, DICOM files) or a NIfTI volume and see its quantitative reading and burden.
 
-The analysis (`covid_models.scan_analysis.analyse_scan`) runs once per upload content, series and models, with a
+The analysis (`covid_models.analysis.scan_analysis.analyse_scan`) runs once per upload content, series and models, with
+a
 progress bar, and is kept in this browser session (the last `KEPT_SCANS` scans, about 70 MB each for a 255-slice
 512 x 512 scan: masks and display HU on a 256 x 256 grid). Moving the slice or row slider, changing the window
 preset or the overlays only re-draws pictures from it; the heatmap of the current slice is computed on request.
@@ -10,12 +11,12 @@ from __future__ import annotations
 import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE
-from covid_models.checkpoint import CheckpointError
-from covid_models.io import content_hash, files_hash
-from covid_models.report import render_scan_html, render_scan_pdf
-from covid_models.scan_analysis import ScanAnalysis
-from covid_models.scan_views import scan_report_content
-from covid_models.volumes import SUPPORTED_VOLUMES, VolumeReadError
+from covid_models.analysis.report import render_scan_html, render_scan_pdf
+from covid_models.analysis.scan_analysis import ScanAnalysis
+from covid_models.analysis.scan_views import scan_report_content
+from covid_models.imaging.io import content_hash, files_hash
+from covid_models.imaging.volumes import SUPPORTED_VOLUMES, VolumeReadError
+from covid_models.models.checkpoint import CheckpointError
 from pages.scan_viewer import scan_viewer
 from pages.shared import (
     LruCache,

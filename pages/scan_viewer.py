@@ -1,7 +1,8 @@
 """The CT scan viewer the CT scan page and a review session's scan item share: slice scrubber, window presets
 (display only), lung and infection masks, a coronal plane, the per-slice probability curve.
 
-Everything is drawn from an analysed `ScanAnalysis` (`covid_models.scan_views`), so moving a slider, changing the
+Everything is drawn from an analysed `ScanAnalysis` (`covid_models.analysis.scan_views`), so moving a slider, changing
+the
 window or a mask toggle re-windows a small slice and runs no model; only the heatmap of the current slice, asked for
 with its toggle, runs the classifier. A blinded view (`revealed=False`) shows the slices alone: no mask, no slice
 probability, no curve, and it opens on the middle slice rather than on the model's most suspicious one.
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from covid_models.analysis import mask_share_signal
-from covid_models.explain import METHOD_LABELS
-from covid_models.overlays import colour_scale
-from covid_models.scan_analysis import ScanAnalysis, slice_heatmap
-from covid_models.scan_views import DISPLAY_WINDOWS, axial_picture, coronal_picture, probability_figure
-from covid_models.segmentation import cam_mass_inside
+from covid_models.analysis.explain import METHOD_LABELS
+from covid_models.analysis.image_analysis import mask_share_signal
+from covid_models.analysis.overlays import colour_scale
+from covid_models.analysis.scan_analysis import ScanAnalysis, slice_heatmap
+from covid_models.analysis.scan_views import DISPLAY_WINDOWS, axial_picture, coronal_picture, probability_figure
+from covid_models.models.segmentation import cam_mass_inside
 from pages.shared import load_classifier, model_lock
 
 HEATMAP_METHOD = "gradcam"

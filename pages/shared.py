@@ -27,24 +27,25 @@ from streamlit.errors import FragmentHandledException
 from streamlit.logger import get_logger
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from covid_models.analysis import OUTLINE_COLOR, Analysis, Hold, analyse
-from covid_models.checkpoint import CheckpointError, read_card
-from covid_models.ct_quantitative import (
+from covid_models.analysis.ct_quantitative import (
     COVID_PATTERN_RULE,
     MIN_LESION_DIAMETER_MM,
     SECONDARY_LABEL,
     QuantitativeReading,
 )
-from covid_models.data import DataError, allowed_data_roots, confined_folder, default_data_dir
-from covid_models.explain import METHOD_LABELS
-from covid_models.inference import Classifier, ModelFolders, discover_models, find_models, segmenter_folder
-from covid_models.io import Scan, read_image
-from covid_models.model_card import ModelCard
-from covid_models.overlays import DISPLAY_SIDE, INFECTION_COLOR, LUNG_COLOR, colour_scale, heatmap_overlay, mask_overlay
-from covid_models.report import class_name
-from covid_models.reviews import ReviewStore
-from covid_models.scan_analysis import BURDEN_LABEL, ScanAnalysis, analyse_scan
-from covid_models.scan_views import (
+from covid_models.analysis.explain import METHOD_LABELS
+from covid_models.analysis.image_analysis import OUTLINE_COLOR, Analysis, Hold, analyse
+from covid_models.analysis.overlays import (
+    DISPLAY_SIDE,
+    INFECTION_COLOR,
+    LUNG_COLOR,
+    colour_scale,
+    heatmap_overlay,
+    mask_overlay,
+)
+from covid_models.analysis.report import class_name
+from covid_models.analysis.scan_analysis import BURDEN_LABEL, ScanAnalysis, analyse_scan
+from covid_models.analysis.scan_views import (
     MODEL_LIMITS,
     burden_rows,
     criteria_rows,
@@ -52,8 +53,14 @@ from covid_models.scan_views import (
     scan_facts,
     secondary_sentence,
 )
-from covid_models.segmentation import Segmenter
-from covid_models.volumes import read_volume
+from covid_models.imaging.io import Scan, read_image
+from covid_models.imaging.volumes import read_volume
+from covid_models.models.checkpoint import CheckpointError, read_card
+from covid_models.models.inference import Classifier, ModelFolders, discover_models, find_models, segmenter_folder
+from covid_models.models.model_card import ModelCard
+from covid_models.models.segmentation import Segmenter
+from covid_models.reviews.store import ReviewStore
+from covid_models.training.data import DataError, allowed_data_roots, confined_folder, default_data_dir
 
 WEIGHTS_DIR_ENV = "COVID_WEIGHTS_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent

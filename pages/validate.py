@@ -1,5 +1,5 @@
 """Validate on your own images: a shipped model on a hospital's labelled sample, the confound check, recalibration,
-and an adapted head (`covid_models.local_validation`, `covid_models.adaptation`; the page only lays them out).
+and an adapted head (`covid_models.local.validation`, `covid_models.local.adaptation`; the page only lays them out).
 
 Results belong to the visitor who ran them: they live in this browser session's state, and the adapted model folder
 in a temporary folder of this session, offered as a zip download. Only an administrator (the review page's token)
@@ -7,7 +7,7 @@ can publish an adapted folder into the shared weights folder, where the Analyze,
 list it as "X-ray, adapted to <site>".
 
 Whole CT scans (a zip of scans with a CSV, or a folder of them) are validated by scan-level label through the CT
-scan analysis (`covid_models.local_scans`): the per-scan table, the held-back scans, the burden and the secondary
+scan analysis (`covid_models.local.scans`): the per-scan table, the held-back scans, the burden and the secondary
 probability as scores, the pattern reading as the operating point, the confound check and the cross-validated
 quantitative model.
 """
@@ -24,13 +24,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from covid_models.adaptation import AdaptationError, adapt, adapted_card, save_adapted
-from covid_models.checkpoint import CheckpointError
-from covid_models.data import DataError, typed_folders_allowed
-from covid_models.figures import calibration_figure, roc_figure
-from covid_models.io import ImageReadError
-from covid_models.local_samples import LocalSample, sample_from_dicom, sample_from_folder, sample_from_zip
-from covid_models.local_scans import (
+from covid_models.analysis.figures import calibration_figure, roc_figure
+from covid_models.imaging.io import ImageReadError
+from covid_models.local.adaptation import AdaptationError, adapt, adapted_card, save_adapted
+from covid_models.local.samples import LocalSample, sample_from_dicom, sample_from_folder, sample_from_zip
+from covid_models.local.scans import (
     ScanSample,
     scan_sample_from_folder,
     scan_sample_from_zip,
@@ -38,7 +36,7 @@ from covid_models.local_scans import (
     score_scans,
     validate_scans,
 )
-from covid_models.local_validation import (
+from covid_models.local.validation import (
     MIN_PATIENTS,
     ValidationError,
     confound_check,
@@ -46,8 +44,10 @@ from covid_models.local_validation import (
     score_sample,
     validate,
 )
-from covid_models.model_card import ModelCard, display_name, is_adapted, modality_name
-from covid_models.reviews import admin_token_matches
+from covid_models.models.checkpoint import CheckpointError
+from covid_models.models.model_card import ModelCard, display_name, is_adapted, modality_name
+from covid_models.reviews.store import admin_token_matches
+from covid_models.training.data import DataError, typed_folders_allowed
 from pages.shared import (
     enter_through_app,
     held,

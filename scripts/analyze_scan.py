@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from covid_models import RESEARCH_USE_NOTICE
-from covid_models.inference import Classifier
-from covid_models.scan_analysis import analyse_scan, scan_models
-from covid_models.scan_views import secondary_sentence
-from covid_models.segmentation import Segmenter
-from covid_models.volumes import VolumeReadError, read_volume
+from covid_models.analysis.scan_analysis import analyse_scan, scan_models
+from covid_models.analysis.scan_views import secondary_sentence
+from covid_models.imaging.volumes import VolumeReadError, read_volume
+from covid_models.models.inference import Classifier
+from covid_models.models.segmentation import Segmenter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,12 +31,12 @@ configure()  # the CPU policy of the app and predict.py, before torch loads, so 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from covid_models.data import default_data_dir, load_dataset  # noqa: E402
-from covid_models.explain import heatmap, predict_and_map  # noqa: E402
-from covid_models.inference import Classifier, discover_models  # noqa: E402
-from covid_models.io import read_image  # noqa: E402
-from covid_models.overlays import display_size  # noqa: E402
-from covid_models.segmentation import Segmenter, cam_mass_inside  # noqa: E402
+from covid_models.analysis.explain import heatmap, predict_and_map  # noqa: E402
+from covid_models.analysis.overlays import display_size  # noqa: E402
+from covid_models.imaging.io import read_image  # noqa: E402
+from covid_models.models.inference import Classifier, discover_models  # noqa: E402
+from covid_models.models.segmentation import Segmenter, cam_mass_inside  # noqa: E402
+from covid_models.training.data import default_data_dir, load_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,9 +168,9 @@ def gpu_training_rates(classifier: Classifier, files: list[str], batch_size: int
     """Images/s of forward+backward on synthetic tensors, and through the real pipeline (augment + copy) too."""
     import pandas as pd
 
-    from covid_models.data import ImageDataset
-    from covid_models.preprocessing import Augmentation
-    from covid_models.training_loop import make_loader, setup_runtime
+    from covid_models.imaging.preprocessing import Augmentation
+    from covid_models.training.data import ImageDataset
+    from covid_models.training.loop import make_loader, setup_runtime
 
     runtime = setup_runtime("cuda")
     model = classifier.model.cuda().train().to(memory_format=torch.channels_last)

@@ -36,13 +36,13 @@ from pathlib import Path
 
 import psutil
 
-from covid_models.analysis import analyse
+from covid_models.analysis.image_analysis import analyse
+from covid_models.analysis.image_checks import check_image, lung_mask
 from covid_models.benchmarking import CHROMIUM, CHROMIUM_ARGS, make_weights_dir, percentile, running_app, server_rss_mb
-from covid_models.data import DATA_DIR_ENV, load_dataset
-from covid_models.image_checks import check_image, lung_mask
-from covid_models.inference import Classifier, discover_models
-from covid_models.io import read_image
-from covid_models.segmentation import Segmenter
+from covid_models.imaging.io import read_image
+from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.segmentation import Segmenter
+from covid_models.training.data import DATA_DIR_ENV, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

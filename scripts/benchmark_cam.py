@@ -3,7 +3,7 @@
     python scripts/benchmark_cam.py                          # every classifier in weights/, real test images
     python scripts/benchmark_cam.py --runs 10 --slow-runs 2 --weights weights --data ../shared/data
 
-For each classifier and CAM method: the median time of `covid_models.explain.heatmap` on test-split images of
+For each classifier and CAM method: the median time of `covid_models.analysis.explain.heatmap` on test-split images of
 the model's modality (generated chest-like pictures without a data folder), and, when pytorch-grad-cam is
 installed (it is a test tool: requirements-dev.txt), the median time of the same map through it, which
 back-propagates through the whole network. The slow methods (one forward pass per feature channel) run on
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from covid_models.analysis.explain import METHOD_LABELS, METHODS, SLOW_METHODS, heatmap
 from covid_models.benchmarking import chest_like_png, reference_cam
-from covid_models.data import DataError, default_data_dir, held_out_images
-from covid_models.explain import METHOD_LABELS, METHODS, SLOW_METHODS, heatmap
-from covid_models.inference import Classifier, discover_models
-from covid_models.io import read_image
+from covid_models.imaging.io import read_image
+from covid_models.models.inference import Classifier, discover_models
+from covid_models.training.data import DataError, default_data_dir, held_out_images
 
 ROOT = Path(__file__).resolve().parents[1]
 

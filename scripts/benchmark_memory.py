@@ -4,7 +4,8 @@
     python scripts/benchmark_memory.py --n 200 --weights weights --data ../shared/data
 
 One analysis is what the Analyze page computes for one upload, in one process: the file's bytes read by
-`covid_models.io.read_image`, then `covid_models.analysis.analyse` (the page's own call: prediction, a CAM
+`covid_models.imaging.io.read_image`, then `covid_models.analysis.image_analysis.analyse` (the page's own call:
+prediction, a CAM
 heatmap with forward and backward hooks on the shared network, the masks of every segmentation model of the
 same modality in the weights folder, the share of the heatmap inside them, all at display size), then the
 heatmap and mask overlays the page draws. Streamlit's result caches are left out on purpose: they hold results by design
@@ -32,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from covid_models.analysis import analyse
+from covid_models.analysis.image_analysis import analyse
+from covid_models.analysis.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, mask_overlay
 from covid_models.benchmarking import chest_like_png, hooks_left, rss_mb
-from covid_models.data import DataError, default_data_dir, held_out_images
-from covid_models.inference import Classifier, discover_models
-from covid_models.io import read_image
-from covid_models.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, mask_overlay
-from covid_models.segmentation import Segmenter
+from covid_models.imaging.io import read_image
+from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.segmentation import Segmenter
+from covid_models.training.data import DataError, default_data_dir, held_out_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,8 @@ class MemoryRun:
 
 def analyse_upload(classifier: Classifier, segmenters: list[Segmenter], name: str, data: bytes,
                    method: str = "gradcam") -> float | None:
-    """One upload as the Analyze page computes it (`covid_models.analysis.analyse`, then the overlays it draws);
+    """One upload as the Analyze page computes it (`covid_models.analysis.image_analysis.analyse`, then the overlays it
+    draws);
     returns the COVID-19 probability."""
     result = analyse(read_image(data, name=name), [classifier], segmenters, method=method)
     overlay = heatmap_overlay(result.grey, result.heat, OPACITY)

@@ -33,8 +33,8 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-from covid_models.inference import Classifier
-from covid_models.io import read_image
+from covid_models.imaging.io import read_image
+from covid_models.models.inference import Classifier
 from covid_models.pacs import screening
 from covid_models.pacs.client import InstanceRef, Pacs, PacsSettings, StudyQuery
 from covid_models.pacs.scratch_orthanc import OrthancServer, missing_orthanc

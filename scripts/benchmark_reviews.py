@@ -21,8 +21,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from covid_models.benchmarking import percentile
-from covid_models.io import content_hash
-from covid_models.reviews import NewItem, ReviewStore
+from covid_models.imaging.io import content_hash
+from covid_models.reviews.store import NewItem, ReviewStore
 
 
 def _fill(store: ReviewStore, url: str, n: int) -> tuple[int, str]:

@@ -19,10 +19,10 @@ from pathlib import Path
 import psutil
 import torch
 
-from covid_models.inference import Classifier
-from covid_models.scan_analysis import analyse_scan, scan_models
-from covid_models.segmentation import Segmenter
-from covid_models.volumes import read_volume
+from covid_models.analysis.scan_analysis import analyse_scan, scan_models
+from covid_models.imaging.volumes import read_volume
+from covid_models.models.inference import Classifier
+from covid_models.models.segmentation import Segmenter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCAN = PROJECT_ROOT.parent / "shared" / "data" / "ct-volumes" / "ricord-1a-000082" / "dicom"

@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 from covid_models.benchmarking import percentile
-from covid_models.inference import discover_models
-from covid_models.io import read_image
-from covid_models.segmentation import Segmenter
+from covid_models.imaging.io import read_image
+from covid_models.models.inference import discover_models
+from covid_models.models.segmentation import Segmenter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SETS = {"xray": "segmentation/xray-lungs/images", "ct": "segmentation/ct-infection/images"}

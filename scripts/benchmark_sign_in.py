@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from covid_models.benchmarking import percentile
-from covid_models.reviews import ReviewError, ReviewStore, SignInThrottled
+from covid_models.reviews.store import ReviewError, ReviewStore, SignInThrottled
 
 
 def _timed(answer: Callable[[int], object], repeats: int) -> tuple[float, float]:
@@ -38,7 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    logging.getLogger("covid_models.reviews").setLevel(logging.ERROR)  # one warning per failure would drown the table
+    # one warning per failure would drown the table
+    logging.getLogger("covid_models.reviews.store").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as folder, ReviewStore(f"sqlite:///{Path(folder) / 'r.sqlite3'}") as store:
         for index in range(args.repeats):
             store.sign_in(f"Dr Known {index}", "the right passphrase")

@@ -47,7 +47,7 @@ def child(model_dir: str, batch: int, seconds: float) -> None:
         runtime.tune_malloc()
     import torch
 
-    from covid_models.inference import Classifier
+    from covid_models.models.inference import Classifier
 
     classifier = Classifier.load(model_dir)
     size = classifier.card.preprocessing.image_size

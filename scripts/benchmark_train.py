@@ -18,14 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from covid_models.data import default_data_dir, training_table
+from covid_models.training.data import default_data_dir, training_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = """
 import sys, torch
 from covid_models import runtime
 runtime.configure()
-from covid_models.architectures import build_model
+from covid_models.models.architectures import build_model
 images, size, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 model = build_model("{arch}", 2, pretrained="imagenet").train()
 optimiser = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=1e-4)

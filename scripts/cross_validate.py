@@ -25,14 +25,21 @@ import numpy as np
 import pandas as pd
 
 from covid_models import runtime
-from covid_models.architectures import REGISTRY
-from covid_models.checkpoint import read_card, save_card
-from covid_models.data import DataError, LeakageError, default_data_dir, ensure_split, load_dataset, load_manifest
-from covid_models.evaluation import predict_frame
-from covid_models.inference import Classifier
+from covid_models.analysis.trust import patient_folds
 from covid_models.metrics import auc, bootstrap_ci
-from covid_models.training import TrainConfig, train_classifier
-from covid_models.trust import patient_folds
+from covid_models.models.architectures import REGISTRY
+from covid_models.models.checkpoint import read_card, save_card
+from covid_models.models.inference import Classifier
+from covid_models.training.classifier import TrainConfig, train_classifier
+from covid_models.training.data import (
+    DataError,
+    LeakageError,
+    default_data_dir,
+    ensure_split,
+    load_dataset,
+    load_manifest,
+)
+from covid_models.training.evaluation import predict_frame
 
 DEFAULT_CLASSES = {"xray": "covid,normal,pneumonia", "ct": "covid,non_covid"}
 

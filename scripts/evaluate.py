@@ -9,7 +9,8 @@ model was trained with (with the manifests its card says were added, split the s
 evaluates every image (an external dataset the model never saw). Metrics use the model's calibration and
 default operating point from its card.
 
-Every image is first screened as the Analyze page screens it (`covid_models.image_checks.screen`, with the checking
+Every image is first screened as the Analyze page screens it (`covid_models.analysis.image_checks.screen`, with the
+checking
 models installed beside the checkpoint or in --weights): the headline metrics cover every image, as the card's do
 (what the model does when asked), and the `screening` block counts the images refused (not a chest image, or not
 of the model's modality) and held back (out of distribution), with their reasons, and states the metrics on the
@@ -31,16 +32,16 @@ from pathlib import Path
 import numpy as np
 
 from covid_models import runtime
-from covid_models.adaptation import reproduce
-from covid_models.checkpoint import CheckpointError, save_card
-from covid_models.data import DataError, LeakageError, load_dataset, manifest_hash, training_table
-from covid_models.evaluation import classification_report, format_report, predict_frame
-from covid_models.inference import Classifier, discover_models
-from covid_models.io import ImageReadError
-from covid_models.local_samples import sample_from_folder, sample_from_manifest
-from covid_models.local_validation import ValidationError, score_sample
-from covid_models.model_card import is_adapted
-from covid_models.trust import source_probes
+from covid_models.analysis.trust import source_probes
+from covid_models.imaging.io import ImageReadError
+from covid_models.local.adaptation import reproduce
+from covid_models.local.samples import sample_from_folder, sample_from_manifest
+from covid_models.local.validation import ValidationError, score_sample
+from covid_models.models.checkpoint import CheckpointError, save_card
+from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.model_card import is_adapted
+from covid_models.training.data import DataError, LeakageError, load_dataset, manifest_hash, training_table
+from covid_models.training.evaluation import classification_report, format_report, predict_frame
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -145,8 +146,8 @@ def screening(classifier: Classifier, frame, probabilities: np.ndarray, weights:
 
     from tqdm import tqdm
 
-    from covid_models.image_checks import HELD_BACK, REFUSED, check_models, screen
-    from covid_models.io import read_image
+    from covid_models.analysis.image_checks import HELD_BACK, REFUSED, check_models, screen
+    from covid_models.imaging.io import read_image
 
     models = check_models(classifier, weights)
     statuses, reasons = [], Counter()
@@ -249,8 +250,8 @@ def volume_table(classifier: Classifier, folder: Path) -> dict:
     """
     import pandas as pd
 
-    from covid_models.scan_analysis import analyse_scan
-    from covid_models.volumes import read_volume
+    from covid_models.analysis.scan_analysis import analyse_scan
+    from covid_models.imaging.volumes import read_volume
 
     manifest = pd.read_csv(folder / "manifest.csv")
     scans = []
@@ -280,13 +281,14 @@ def shipped_lung_segmenter(modality: str) -> Path | None:
 def cam_inside_lungs(classifier: Classifier, segmenter_dir: Path, frame, limit: int) -> dict[str, dict[str, float]]:
     """Mean share of the heatmap mass inside the predicted lung mask, per true class and within it per source (the
     shortcut check),
-    from the Analyze page's own analysis (`covid_models.analysis.analyse`); unreadable files and films whose lung
+    from the Analyze page's own analysis (`covid_models.analysis.image_analysis.analyse`); unreadable files and films
+    whose lung
     mask is implausible (no share is given for them) are left out."""
     from tqdm import tqdm
 
-    from covid_models.analysis import analyse
-    from covid_models.io import read_image
-    from covid_models.segmentation import Segmenter
+    from covid_models.analysis.image_analysis import analyse
+    from covid_models.imaging.io import read_image
+    from covid_models.models.segmentation import Segmenter
 
     segmenter = Segmenter.load(segmenter_dir)
     sample = frame.groupby("label", group_keys=False).head(limit)

@@ -2,7 +2,8 @@
 
     python scripts/evaluate_ct_slice_checks.py weights ../shared/data/ct-volumes
 
-A slice "has lung" when the scan's 3-D HU lung mask (`covid_models.lung_mask`) holds lung on it. "Without HU" runs
+A slice "has lung" when the scan's 3-D HU lung mask (`covid_models.imaging.lung_mask`) holds lung on it. "Without HU"
+runs
 the same check on the slice with its Modality tag hidden, which is the check before DICOM CT slices were read in HU
 (the guards and the grey-level lung test alone). Prints one row per scan and the totals.
 """
@@ -16,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from covid_models.image_checks import check_image
-from covid_models.inference import Classifier, discover_models
-from covid_models.io import read_image
-from covid_models.lung_mask import segment_lungs
-from covid_models.volumes import read_volume
+from covid_models.analysis.image_checks import check_image
+from covid_models.imaging.io import read_image
+from covid_models.imaging.lung_mask import segment_lungs
+from covid_models.imaging.volumes import read_volume
+from covid_models.models.inference import Classifier, discover_models
 
 
 def main(argv: list[str] | None = None) -> int:

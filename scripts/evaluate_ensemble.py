@@ -4,12 +4,12 @@
         runs/ct-lite0-128-lungcrop --mirror
 
 Every member must have been trained on the same validation and test images (for CT: the official UCSD split).
-For each member, for the mean of the members' calibrated probabilities (`covid_models.inference.Ensemble`'s
+For each member, for the mean of the members' calibrated probabilities (`covid_models.models.inference.Ensemble`'s
 rule) and, with `--mirror`, for the mean over each image and its left-right mirror, the COVID-vs-rest AUC on
 validation and on test (95 % patient-bootstrap interval). Choose on the validation column: the test column is
 what a choice made there gives on images no choice saw.
 
-Every image is also screened as the Analyze page screens it (`covid_models.image_checks.screen` with the first
+Every image is also screened as the Analyze page screens it (`covid_models.analysis.image_checks.screen` with the first
 member and the checking models beside it, or in --weights; held back too when any member's guard holds it back, as
 the ensemble's rule does): the AUCs above cover every image; each row also states the number of images not
 answered and the AUC on the answered ones (what a user is shown).
@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from covid_models import runtime
-from covid_models.checkpoint import CheckpointError
-from covid_models.data import DataError, LeakageError, training_table
-from covid_models.evaluation import predict_frame
-from covid_models.image_checks import check_models, screen
-from covid_models.inference import Classifier
-from covid_models.io import ImageReadError, read_image
+from covid_models.analysis.image_checks import check_models, screen
+from covid_models.imaging.io import ImageReadError, read_image
 from covid_models.metrics import auc, bootstrap_ci
+from covid_models.models.checkpoint import CheckpointError
+from covid_models.models.inference import Classifier
+from covid_models.training.data import DataError, LeakageError, training_table
+from covid_models.training.evaluation import predict_frame
 
 SPLITS = ("val", "test")
 

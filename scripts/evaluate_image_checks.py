@@ -1,4 +1,4 @@
-"""How often the chest-image check (covid_models.image_checks) refuses real chest images, and photographs.
+"""How often the chest-image check (covid_models.analysis.image_checks) refuses real chest images, and photographs.
 
     python scripts/evaluate_image_checks.py weights ../shared/data [--per-group N] [--features out.csv]
 
@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from covid_models.analysis.image_checks import check_image, lung_mask
 from covid_models.benchmarking import jpeg_bytes, photographs
-from covid_models.data import held_out_images
-from covid_models.image_checks import check_image, lung_mask
-from covid_models.inference import Classifier, discover_models
-from covid_models.io import read_image
+from covid_models.imaging.io import read_image
+from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.segmentation import Segmenter
 from covid_models.runtime import configure
-from covid_models.segmentation import Segmenter
+from covid_models.training.data import held_out_images
 
 
 def generated(count: int = 12, seed: int = 0) -> list[tuple[str, bytes]]:

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from covid_models.checkpoint import CheckpointError, save_card
-from covid_models.ct_quantitative import RuleFit, read_slice_quantities
-from covid_models.segmentation import Segmenter, orient
+from covid_models.analysis.ct_quantitative import RuleFit, read_slice_quantities
+from covid_models.models.checkpoint import CheckpointError, save_card
+from covid_models.models.segmentation import Segmenter, orient
 
 PERCENTILE = 95.0
 PIXEL_MM = 0.7

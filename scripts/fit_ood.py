@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from covid_models.checkpoint import CheckpointError, save_model_dir
-from covid_models.data import DataError, LeakageError, ensure_split, load_dataset
-from covid_models.evaluation import predict_frame
-from covid_models.inference import Classifier
-from covid_models.ood import OodGuard
+from covid_models.models.checkpoint import CheckpointError, save_model_dir
+from covid_models.models.inference import Classifier
+from covid_models.models.ood import OodGuard
+from covid_models.training.data import DataError, LeakageError, ensure_split, load_dataset
+from covid_models.training.evaluation import predict_frame
 
 
 def main(argv: list[str] | None = None) -> int:

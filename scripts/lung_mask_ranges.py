@@ -2,7 +2,7 @@
 
     python scripts/lung_mask_ranges.py [--data ../shared/data] [--segmenter weights/xray-lungs-unet]
 
-Measures every hand-drawn mask of `segmentation/xray-lungs` (`covid_models.lung_plausibility.measure`: area,
+Measures every hand-drawn mask of `segmentation/xray-lungs` (`covid_models.analysis.lung_plausibility.measure`: area,
 balance, fill, height, sides) and prints each measure's range, and how many of these masks the library's ranges
 call implausible (none, by construction). Then the segmenter's masks of the held-out X-ray films (the test split,
 as the Analyze page makes them at display size) are judged, per source and label: how often a film gets no
@@ -33,11 +33,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runtime.configure()
-    from covid_models.data import held_out_images
-    from covid_models.image_checks import lung_mask
-    from covid_models.io import read_image
-    from covid_models.lung_plausibility import implausible, measure
-    from covid_models.segmentation import Segmenter
+    from covid_models.analysis.image_checks import lung_mask
+    from covid_models.analysis.lung_plausibility import implausible, measure
+    from covid_models.imaging.io import read_image
+    from covid_models.models.segmentation import Segmenter
+    from covid_models.training.data import held_out_images
 
     folder = args.data / "segmentation" / "xray-lungs"
     masks = [np.asarray(Image.open(folder / path).convert("L")) > 127

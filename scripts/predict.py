@@ -5,9 +5,10 @@
 Every path given, and every image file or special file (pipe, device, broken or looping link) inside a folder,
 gets a row: status "ok" with the prediction; "refused" (not a chest image, or not of the model's modality) or
 "held back" (the model's out-of-distribution guard), with the reason and no probability, as the Analyze page
-holds them back (`covid_models.image_checks.screen`, with the checking models installed beside the checkpoint or
+holds them back (`covid_models.analysis.image_checks.screen`, with the checking models installed beside the checkpoint
+or
 in --weights); or "error" with the reason. Nothing is read before its type and size are checked on the opened file
-(covid_models.io.read_image), and each row is written as soon as it is made, so a run stopped half-way keeps the
+(covid_models.imaging.io.read_image), and each row is written as soon as it is made, so a run stopped half-way keeps the
 rows it made. Probabilities are calibrated; `positive` applies the model's default operating point. Other regular
 files inside folders (a manifest, notes) are counted, not classified.
 """
@@ -22,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from covid_models import runtime
-from covid_models.io import IMAGE_SUFFIXES, ImageReadError, read_image
+from covid_models.imaging.io import IMAGE_SUFFIXES, ImageReadError, read_image
 
 if TYPE_CHECKING:
-    from covid_models.image_checks import CheckModels
-    from covid_models.inference import Classifier
+    from covid_models.analysis.image_checks import CheckModels
+    from covid_models.models.inference import Classifier
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,7 +67,7 @@ def input_files(inputs: list[Path], ignored: list[Path] | None = None) -> Iterat
 def rows(classifier: Classifier, files: Iterator[Path], models: CheckModels) -> Iterator[dict[str, object]]:
     """One row per path, in order: unreadable files with their error, the others screened as the Analyze page
     screens them (a probability only for an image that is neither refused nor held back)."""
-    from covid_models.image_checks import screen
+    from covid_models.analysis.image_checks import screen
 
     classes = classifier.card.classes
     empty = {"label": "", **{f"p_{c}": "" for c in classes}, "positive_probability": "", "threshold": "",
@@ -98,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     runtime.configure()  # before torch is imported (below)
     from tqdm import tqdm
 
-    from covid_models.checkpoint import CheckpointError
-    from covid_models.image_checks import check_models
-    from covid_models.inference import Classifier
+    from covid_models.analysis.image_checks import check_models
+    from covid_models.models.checkpoint import CheckpointError
+    from covid_models.models.inference import Classifier
 
     try:
         classifier = Classifier.load(args.checkpoint)

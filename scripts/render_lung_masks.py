@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from covid_models.io import WINDOW_PRESETS, apply_window
-from covid_models.lung_mask import LEFT, RIGHT, segment_lungs, to_grid
-from covid_models.overlays import LUNG_COLOR, mask_overlay, to_rgb
-from covid_models.volumes import read_volume
+from covid_models.analysis.overlays import LUNG_COLOR, mask_overlay, to_rgb
+from covid_models.imaging.io import WINDOW_PRESETS, apply_window
+from covid_models.imaging.lung_mask import LEFT, RIGHT, segment_lungs, to_grid
+from covid_models.imaging.volumes import read_volume
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCANS = {"ricord": "ricord-1a-000082/dicom", "lung-pet-ct-dx": "lung-pet-ct-dx-a0002/dicom",

@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 from covid_models import runtime
-from covid_models.architectures import REGISTRY, PretrainedWeightsUnavailable
-from covid_models.checkpoint import CheckpointError
-from covid_models.data import DataError, LeakageError, default_data_dir, training_table
-from covid_models.evaluation import format_report
-from covid_models.model_card import model_name
-from covid_models.training import TrainConfig, train_classifier
+from covid_models.models.architectures import REGISTRY, PretrainedWeightsUnavailable
+from covid_models.models.checkpoint import CheckpointError
+from covid_models.models.model_card import model_name
+from covid_models.training.classifier import TrainConfig, train_classifier
+from covid_models.training.data import DataError, LeakageError, default_data_dir, training_table
+from covid_models.training.evaluation import format_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLASSES = {"xray": "covid,normal,pneumonia", "ct": "covid,non_covid"}

@@ -30,17 +30,17 @@ from pathlib import Path
 
 import torch
 
-from covid_models.data import (
+from covid_models.imaging.preprocessing import WindowJitter
+from covid_models.models.model_card import model_name
+from covid_models.models.segmentation import ARCHITECTURES, ORIENTATIONS, POSTPROCESS_LUNGS, TARGETS
+from covid_models.training.data import (
     NEGATIVE_HELD_OUT,
     DataError,
     LeakageError,
     load_segmentation_manifest,
     load_segmentation_negatives,
 )
-from covid_models.model_card import model_name
-from covid_models.preprocessing import WindowJitter
-from covid_models.segmentation import ARCHITECTURES, ORIENTATIONS, POSTPROCESS_LUNGS, TARGETS
-from covid_models.segmentation_training import SegmentationConfig, train_segmenter
+from covid_models.training.segmentation import SegmentationConfig, train_segmenter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -32,11 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from covid_models import runtime
-from covid_models.checkpoint import CheckpointError
-from covid_models.data import DataError
-from covid_models.inference import Classifier, discover_models
-from covid_models.io import ImageReadError
-from covid_models.local_samples import (
+from covid_models.imaging.io import ImageReadError
+from covid_models.local.samples import (
     LocalSample,
     sample_from_dicom,
     sample_from_folder,
@@ -44,7 +41,10 @@ from covid_models.local_samples import (
     sample_from_zip,
     unseen_by,
 )
-from covid_models.local_validation import ValidationError, confound_check, recalibrate, score_sample, validate
+from covid_models.local.validation import ValidationError, confound_check, recalibrate, score_sample, validate
+from covid_models.models.checkpoint import CheckpointError
+from covid_models.models.inference import Classifier, discover_models
+from covid_models.training.data import DataError
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
@@ -92,7 +92,7 @@ def read_sample(args: argparse.Namespace, positive_class: str, modality: str) ->
 
 def guards_and_lungs(modality: str) -> tuple[dict[str, Classifier], object]:
     """One shipped classifier per modality (their OOD guards) and the X-ray lung model: the chest-image check."""
-    from covid_models.segmentation import Segmenter
+    from covid_models.models.segmentation import Segmenter
 
     guards = {}
     for directory, card in discover_models(WEIGHTS, "classification"):
@@ -143,7 +143,7 @@ def print_confounds(confounds: dict) -> None:
 
 def print_scans(scored, report: dict) -> None:
     """The per-scan table, the held-back scans and the scan-level figures."""
-    from covid_models.local_scans import scan_table
+    from covid_models.local.scans import scan_table
 
     print(scan_table(scored).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3f}"))
     print(f"sample: {report['scans']} scans, {report['read']} with a result; patients with a result "
@@ -182,9 +182,9 @@ def print_scans(scored, report: dict) -> None:
 
 def validate_scans_command(args: argparse.Namespace, command: str) -> dict:
     """`--scans`: every scan analysed once as on the CT scan page, then the scan-level validation."""
-    from covid_models.local_scans import scan_sample_from_folder, scan_sample_from_zip, score_scans, validate_scans
-    from covid_models.scan_analysis import scan_models
-    from covid_models.segmentation import Segmenter
+    from covid_models.analysis.scan_analysis import scan_models
+    from covid_models.local.scans import scan_sample_from_folder, scan_sample_from_zip, score_scans, validate_scans
+    from covid_models.models.segmentation import Segmenter
 
     if args.action != "validate":
         raise ValidationError("for whole CT scans only 'validate' is offered: it includes the cross-validated "
@@ -216,7 +216,7 @@ def validate_scans_command(args: argparse.Namespace, command: str) -> dict:
         print(f"skipped unreadable {name}: {reason}", file=sys.stderr)
     report = validate_scans(scored, seed=args.seed)
     print_scans(scored, report)
-    from covid_models.local_scans import scan_table
+    from covid_models.local.scans import scan_table
 
     return {"model": classifier.name, "segmenter": None if segmenter is None else segmenter.name, "command": command,
             "scans": scan_table(scored).astype(object).where(lambda f: f.notna(), None).to_dict(orient="records"),
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{fmt(recalibration['ece_before'])} before, {fmt(recalibration['ece_after_in_sample'])} after "
                   "(in sample)")
         if args.action == "adapt":
-            from covid_models.adaptation import adapt, adapted_card, save_adapted
+            from covid_models.local.adaptation import adapt, adapted_card, save_adapted
 
             site = args.site or args.source or "local"
             adaptation = adapt(scored, seed=args.seed)

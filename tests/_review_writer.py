@@ -12,8 +12,8 @@ import argparse
 import itertools
 import sys
 
-from covid_models.io import content_hash
-from covid_models.reviews import NewItem, Reviewer, ReviewStore
+from covid_models.imaging.io import content_hash
+from covid_models.reviews.store import NewItem, Reviewer, ReviewStore
 
 
 def main(argv: list[str]) -> None:

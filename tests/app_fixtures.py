@@ -26,7 +26,7 @@ from covid_models.benchmarking import (  # noqa: F401  (shared with the benchmar
     write_classifier,
     write_segmenter,
 )
-from covid_models.preprocessing import LUNG_WINDOW
+from covid_models.imaging.preprocessing import LUNG_WINDOW
 
 
 def page_test(page: str, weights: Path, monkeypatch, *, timeout: float = 120) -> AppTest:

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from covid_models.architectures import build_model, get_architecture
-from covid_models.checkpoint import save_model_dir
-from covid_models.evaluation import classification_report
-from covid_models.model_card import ModelCard
+from covid_models.models.architectures import build_model, get_architecture
+from covid_models.models.checkpoint import save_model_dir
+from covid_models.models.model_card import ModelCard
+from covid_models.training.evaluation import classification_report
 
 
 def tiny_card(name: str = "tiny", modality: str = "xray", classes: tuple[str, ...] = ("covid", "normal"),

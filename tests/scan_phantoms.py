@@ -19,9 +19,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from torch import nn
 
-from covid_models.model_card import ModelCard
-from covid_models.preprocessing import LUNG_WINDOW, Preprocessing
-from covid_models.segmentation import Segmenter
+from covid_models.imaging.preprocessing import LUNG_WINDOW, Preprocessing
+from covid_models.models.model_card import ModelCard
+from covid_models.models.segmentation import Segmenter
 
 SHAPE = (40, 64, 64)
 SPACING = (2.5, 1.5, 1.5)  # mm between slices, rows, columns

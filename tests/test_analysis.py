@@ -1,4 +1,5 @@
-"""The one analysis of an image (`covid_models.analysis.analyse`), which the page, the scripts and the tests share."""
+"""The one analysis of an image (`covid_models.analysis.image_analysis.analyse`), which the page, the scripts and the
+tests share."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,14 +8,14 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-import covid_models.analysis
-from covid_models.analysis import LOW_LUNG_SHARE, Signal, analyse, trust_signals
+import covid_models.analysis.image_analysis
+from covid_models.analysis.explain import heatmap
+from covid_models.analysis.image_analysis import LOW_LUNG_SHARE, Signal, analyse, trust_signals
+from covid_models.analysis.overlays import DISPLAY_SIDE
 from covid_models.benchmarking import chest_like_png, make_weights_dir
-from covid_models.explain import heatmap
-from covid_models.inference import Classifier, Ensemble, Prediction
-from covid_models.io import read_image
-from covid_models.overlays import DISPLAY_SIDE
-from covid_models.segmentation import Segmenter, cam_mass_inside
+from covid_models.imaging.io import read_image
+from covid_models.models.inference import Classifier, Ensemble, Prediction
+from covid_models.models.segmentation import Segmenter, cam_mass_inside
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 
@@ -32,7 +33,7 @@ def xray(weights) -> tuple[Classifier, Classifier, Segmenter]:
 
 def test_a_small_image_is_analysed_at_its_own_size_with_the_library_results(xray, monkeypatch):
     # the fixture segmenter is untrained: its mask (most of the film) is implausible, which would hide the share
-    monkeypatch.setattr(covid_models.analysis, "lung_implausible", lambda mask: None)
+    monkeypatch.setattr(covid_models.analysis.image_analysis, "lung_implausible", lambda mask: None)
     classifier, _, segmenter = xray
     scan = read_image(chest_like_png(size=96, seed=1))
     result = analyse(scan, [classifier], [segmenter])
@@ -145,7 +146,7 @@ def test_the_infection_finding_stands_on_its_own_and_a_disagreement_is_said_plai
 
 
 def test_the_three_class_reading_is_labelled_unreliable_with_the_cards_accuracy(xray):
-    from covid_models.analysis import multiclass_note
+    from covid_models.analysis.image_analysis import multiclass_note
 
     classifier = xray[0]
     note = multiclass_note(classifier.card)
@@ -156,7 +157,7 @@ def test_the_three_class_reading_is_labelled_unreliable_with_the_cards_accuracy(
 def test_a_held_back_reports_content_has_no_heatmap_and_reports_use_fixed_rendering(xray, weights):
     import dataclasses
 
-    from covid_models.analysis import REPORT_RENDERING, report_content
+    from covid_models.analysis.image_analysis import REPORT_RENDERING, report_content
 
     classifier, _, segmenter = xray
     result = analyse(read_image(chest_like_png(seed=8)), [classifier], [segmenter])
@@ -168,7 +169,7 @@ def test_a_held_back_reports_content_has_no_heatmap_and_reports_use_fixed_render
 
 
 def test_the_file_window_is_named_only_when_the_file_has_one():
-    from covid_models.analysis import window_label
+    from covid_models.analysis.image_analysis import window_label
 
     metadata = read_image(CT_SMALL).metadata
     label = window_label(metadata)

@@ -10,10 +10,10 @@ from app_fixtures import chest_like_png, make_weights_dir, page_test, with_lung_
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-import covid_models.analysis
+import covid_models.analysis.image_analysis
 from covid_models import RESEARCH_USE_NOTICE
-from covid_models.inference import Classifier, Ensemble
-from covid_models.io import read_dicom_identifiers, read_image
+from covid_models.imaging.io import read_dicom_identifiers, read_image
+from covid_models.models.inference import Classifier, Ensemble
 
 PAGE = "pages/analyze.py"
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
@@ -106,13 +106,13 @@ def test_each_heatmap_method_can_be_chosen(weights, monkeypatch, method):
     at.selectbox(key="method").set_value(method)
     upload(at, ("chest.png", chest_like_png(seed=3)))
     assert not at.exception
-    from covid_models.explain import METHOD_LABELS
+    from covid_models.analysis.explain import METHOD_LABELS
 
     assert any(c.startswith(METHOD_LABELS[method]) for image in at.image for c in image.captions)
 
 
 def test_a_slow_method_shows_progress_while_computing_and_none_once_cached(weights, monkeypatch):
-    from covid_models.explain import METHOD_LABELS
+    from covid_models.analysis.explain import METHOD_LABELS
 
     at = page_test(PAGE, weights, monkeypatch).run()
     at.selectbox(key="method").set_value("ablationcam")
@@ -186,22 +186,23 @@ def counting(monkeypatch, *targets: str) -> list[str]:
     return calls
 
 
-MODEL_CALLS = ("covid_models.analysis.analyse", "covid_models.inference.Classifier.predictions",
-               "covid_models.segmentation.Segmenter.probability", "covid_models.explain.place_map")
+MODEL_CALLS = ("covid_models.analysis.image_analysis.analyse", "covid_models.models.inference.Classifier.predictions",
+               "covid_models.models.segmentation.Segmenter.probability", "covid_models.analysis.explain.place_map")
 
 
 def test_one_upload_runs_no_network_twice_for_the_same_answer(weights, monkeypatch):
     """Issue 13, point 2: the chest-image check's guard pass is the X-ray prediction (one per modality's guard),
     and the check's lung mask is the one the analysis shows (one lung-segmenter pass)."""
     at = page_test(PAGE, weights, monkeypatch).run()
-    calls = counting(monkeypatch, "covid_models.inference.Classifier.predictions",
-                     "covid_models.segmentation.Segmenter.probability", "covid_models.explain.place_map")
+    calls = counting(monkeypatch, "covid_models.models.inference.Classifier.predictions",
+                     "covid_models.models.segmentation.Segmenter.probability",
+                     "covid_models.analysis.explain.place_map")
     data = chest_like_png(seed=12)
     upload(at, ("chest.png", data))
     assert not at.exception and shown_probabilities(at)
-    assert calls.count("covid_models.inference.Classifier.predictions") == 2  # the X-ray and the CT guard
-    assert calls.count("covid_models.segmentation.Segmenter.probability") == 1
-    assert calls.count("covid_models.explain.place_map") == 1  # the heatmap
+    assert calls.count("covid_models.models.inference.Classifier.predictions") == 2  # the X-ray and the CT guard
+    assert calls.count("covid_models.models.segmentation.Segmenter.probability") == 1
+    assert calls.count("covid_models.analysis.explain.place_map") == 1  # the heatmap
     library = Classifier.load(weights / "xray-fixture-a").predict(read_image(data))
     assert shown_probabilities(at) == pytest.approx(library.probabilities, abs=5e-5)  # as the table rounds
 
@@ -251,15 +252,15 @@ def test_dicom_identifiers_are_shown_only_on_request_inside_their_expander(weigh
 
 def recorded_reports(monkeypatch) -> list:
     """Every ReportContent the page builds for its downloads, recorded (and still built)."""
-    import covid_models.report
+    import covid_models.analysis.report
 
-    original, reports = covid_models.report.ReportContent, []
+    original, reports = covid_models.analysis.report.ReportContent, []
 
     def recording(**fields):
         reports.append(original(**fields))
         return reports[-1]
 
-    monkeypatch.setattr(covid_models.report, "ReportContent", recording)
+    monkeypatch.setattr(covid_models.analysis.report, "ReportContent", recording)
     return reports
 
 
@@ -277,7 +278,7 @@ def test_an_out_of_distribution_image_shows_no_probability_heatmap_or_mask_anywh
     """Issue 11, bug 5: page, batch table (and its CSV), PDF and HTML carry nothing to be read of a held-back image."""
     from test_report import pdf_text
 
-    from covid_models.report import HELD_BACK, render_html, render_pdf
+    from covid_models.analysis.report import HELD_BACK, render_html, render_pdf
 
     weights = held_back_weights(tmp_path)
     reports = recorded_reports(monkeypatch)
@@ -325,9 +326,9 @@ def test_a_photograph_is_refused_with_a_reason(weights, monkeypatch):
 
 def test_a_ct_slice_given_as_an_x_ray_makes_the_page_ask(weights, monkeypatch):
     """Issue 11, bug 2: the guards say CT, the setting says X-ray: nothing is analysed until the user answers."""
-    import covid_models.image_checks
+    import covid_models.analysis.image_checks
 
-    monkeypatch.setattr(covid_models.image_checks, "guard_ratio",
+    monkeypatch.setattr(covid_models.analysis.image_checks, "guard_ratio",
                         lambda classifier, scan, hold=None: {"xray": 3.0, "ct": 0.4}[classifier.card.modality])
     at = page_test(PAGE, weights, monkeypatch).run()
     assert at.radio(key="modality").value == "xray"
@@ -346,7 +347,7 @@ def test_reports_are_the_same_at_every_opacity_and_carry_the_pages_warnings(weig
     """Issue 11, bug 6: fixed, stated rendering; every warning and note the page shows goes into the report."""
     import dataclasses
 
-    from covid_models.report import render_html
+    from covid_models.analysis.report import render_html
 
     reports = recorded_reports(monkeypatch)
     at = page_test(PAGE, weights, monkeypatch).run()
@@ -368,7 +369,7 @@ def test_a_slow_heatmap_in_one_session_holds_up_no_other_session(weights, monkey
     probability (A's heatmap is made to wait until B is done, so "B first" is no race)."""
     import threading
 
-    import covid_models.explain as explain
+    import covid_models.analysis.explain as explain
 
     started, release = threading.Event(), threading.Event()
     original = explain.ScoreCAM.weights
@@ -443,9 +444,9 @@ def test_without_models_the_page_explains_instead_of_failing(tmp_path, monkeypat
 
 def test_lung_mask_and_the_share_of_the_heatmap_inside_it_are_shown(weights, monkeypatch):
     # the fixture segmenter is untrained: its mask (most of the film) is implausible, which would hide the share
-    monkeypatch.setattr(covid_models.analysis, "lung_implausible", lambda mask: None)
-    from covid_models.explain import heatmap
-    from covid_models.segmentation import Segmenter, cam_mass_inside
+    monkeypatch.setattr(covid_models.analysis.image_analysis, "lung_implausible", lambda mask: None)
+    from covid_models.analysis.explain import heatmap
+    from covid_models.models.segmentation import Segmenter, cam_mass_inside
 
     data = chest_like_png(seed=7)
     at = page_test(PAGE, weights, monkeypatch).run()

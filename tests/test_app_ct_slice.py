@@ -10,8 +10,8 @@ from app_fixtures import make_weights_dir, page_test
 from scan_phantoms import ADULT_SPACING, adult_phantom, dicom_series
 from test_app_analyze import PAGE, texts, upload
 
-from covid_models.ct_quantitative import SECONDARY_LABEL, read_dicom_slice
-from covid_models.io import read_image
+from covid_models.analysis.ct_quantitative import SECONDARY_LABEL, read_dicom_slice
+from covid_models.imaging.io import read_image
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from app_fixtures import make_weights_dir, page_test
 from app_fixtures_b import point_app_at
 from streamlit.testing.v1 import AppTest
 
-from covid_models.checkpoint import read_card
-from covid_models.figures import threshold_table
+from covid_models.analysis.figures import threshold_table
 from covid_models.metrics import roc_points, threshold_metrics
+from covid_models.models.checkpoint import read_card
 
 PAGE = "pages/performance.py"
 METRIC_KEYS = {"Sensitivity": "sensitivity", "Specificity": "specificity", "PPV": "precision", "NPV": "npv",

@@ -24,15 +24,15 @@ from scan_phantoms import ADULT_SPACING, adult_phantom, dicom_series, phantom, z
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-import covid_models.analysis
-from covid_models.analysis import Analysis, analyse
-from covid_models.data import held_out_images
-from covid_models.inference import Classifier
-from covid_models.io import content_hash, files_hash, read_image
-from covid_models.reviews import ReviewDatabaseError, ReviewStore
-from covid_models.scan_analysis import ScanAnalysis, analyse_scan
-from covid_models.segmentation import Segmenter
-from covid_models.volumes import read_volume
+import covid_models.analysis.image_analysis
+from covid_models.analysis.image_analysis import Analysis, analyse
+from covid_models.analysis.scan_analysis import ScanAnalysis, analyse_scan
+from covid_models.imaging.io import content_hash, files_hash, read_image
+from covid_models.imaging.volumes import read_volume
+from covid_models.models.inference import Classifier
+from covid_models.models.segmentation import Segmenter
+from covid_models.reviews.store import ReviewDatabaseError, ReviewStore
+from covid_models.training.data import held_out_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
@@ -548,9 +548,9 @@ def test_the_review_page_shows_the_lung_mask_and_the_lung_share_warning_of_the_a
         segmented, database, store, monkeypatch) -> None:
     """Issue 11: the reviewer sees what Analyze shows: heatmap, lung mask, and the warning that the model looked
     outside the lungs (every share is made to warn here, so that the warning is what is checked)."""
-    monkeypatch.setattr(covid_models.analysis, "LOW_LUNG_SHARE", 1.01)
+    monkeypatch.setattr(covid_models.analysis.image_analysis, "LOW_LUNG_SHARE", 1.01)
     # the fixture segmenter is untrained: its mask (most of the film) is implausible, which would hide the share
-    monkeypatch.setattr(covid_models.analysis, "lung_implausible", lambda mask: None)
+    monkeypatch.setattr(covid_models.analysis.image_analysis, "lung_implausible", lambda mask: None)
     at = _page(segmented, database, monkeypatch)
     session = _start_from_data(at, n=1)
     expected = _library_analysis(segmented, "xray", store.item(session, 0).display_name)
@@ -575,7 +575,7 @@ def test_a_ct_review_shows_the_infection_mask_and_the_share_inside_it(segmented,
 def test_a_blinded_review_shows_the_masks_and_the_share_only_after_the_reading(segmented, database, store,
                                                                               monkeypatch) -> None:
     # the fixture segmenter is untrained: its mask (most of the film) is implausible, which would hide the share
-    monkeypatch.setattr(covid_models.analysis, "lung_implausible", lambda mask: None)
+    monkeypatch.setattr(covid_models.analysis.image_analysis, "lung_implausible", lambda mask: None)
     at = _page(segmented, database, monkeypatch)
     _start_from_data(at, n=2, blinded=True)
     assert _captions(at) == ["Image"], "the image only: no heatmap and no mask before the reader's own reading"

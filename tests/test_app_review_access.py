@@ -8,8 +8,8 @@ import pytest
 from test_app_review import PASSPHRASE, REVIEWER, _page, _run, _sign_in, database, folders  # noqa: F401
 from test_reviews import _create_version_1_schema
 
-import covid_models.reviews
-from covid_models.sign_in_guard import FREE_FAILURES
+import covid_models.reviews.store
+from covid_models.reviews.sign_in_guard import FREE_FAILURES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
@@ -21,8 +21,8 @@ def _shown(at) -> str:
 
 
 def test_repeated_wrong_passphrases_are_refused_with_the_time_to_wait(folders, database, monkeypatch) -> None:
-    frozen = covid_models.reviews._now()  # the page runs take longer than the first lockout (2 s)
-    monkeypatch.setattr(covid_models.reviews, "_now", lambda: frozen)
+    frozen = covid_models.reviews.store._now()  # the page runs take longer than the first lockout (2 s)
+    monkeypatch.setattr(covid_models.reviews.store, "_now", lambda: frozen)
     _sign_in(_page(folders, database, monkeypatch))
     for attempt in range(FREE_FAILURES["name"] + 1):
         _sign_in(_page(folders, database, monkeypatch), REVIEWER, f"guess number {attempt}")

@@ -22,9 +22,9 @@ from test_app_review import (  # noqa: F401  (the fixtures are used by name)
     store,
 )
 
-import covid_models.inference
-import covid_models.scan_analysis
-import covid_models.segmentation
+import covid_models.analysis.scan_analysis
+import covid_models.models.inference
+import covid_models.models.segmentation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
@@ -84,8 +84,9 @@ def _count_model_calls(monkeypatch) -> list[str]:
     import pages.shared
 
     calls: list[str] = []
-    targets = [(covid_models.inference.Classifier, "predictions"), (covid_models.segmentation.Segmenter, "probability"),
-               (covid_models.scan_analysis, "slice_heatmap"), (pages.shared, "analyse_scan")]
+    targets = [(covid_models.models.inference.Classifier, "predictions"),
+               (covid_models.models.segmentation.Segmenter, "probability"),
+               (covid_models.analysis.scan_analysis, "slice_heatmap"), (pages.shared, "analyse_scan")]
     for owner, name in targets:
         original = getattr(owner, name)
 

@@ -13,7 +13,7 @@ from app_fixtures_b import clear_streamlit_caches, point_app_at
 from pacs_fixtures import series_files, xray_dicom
 from streamlit.testing.v1 import AppTest
 
-from covid_models.reviews import ReviewStore
+from covid_models.reviews.store import ReviewStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PAGE = "pages/review.py"

@@ -9,7 +9,7 @@ import pytest
 from app_fixtures import CT_CLASSES, page_test, with_ct_reading, with_lung_window, write_classifier, write_segmenter
 from scan_phantoms import ADULT_SPACING, adult_phantom, dicom_series, phantom, zipped
 
-import covid_models.scan_analysis
+import covid_models.analysis.scan_analysis
 from covid_models import RESEARCH_USE_NOTICE
 
 
@@ -24,7 +24,7 @@ def weights(tmp_path_factory) -> Path:
 @pytest.fixture
 def counted(monkeypatch) -> list[int]:
     calls: list[int] = []
-    original = covid_models.scan_analysis.analyse_scan
+    original = covid_models.analysis.scan_analysis.analyse_scan
 
     def counting(*args, **kwargs):
         calls.append(1)

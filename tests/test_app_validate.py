@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from covid_models.inference import find_models
-from covid_models.model_card import display_name
+from covid_models.models.inference import find_models
+from covid_models.models.model_card import display_name
 from tests.app_fixtures import labelled_sample_zip, make_weights_dir, page_test
 
 SITE = "Test Hospital"
@@ -89,7 +89,7 @@ def test_another_visitor_sees_none_of_the_results(tmp_path, monkeypatch):
 def test_the_shipped_adapted_head_is_offered_on_analyze_with_its_cross_validated_figure(monkeypatch):
     from conftest import WEIGHTS_DIR
 
-    from covid_models.model_card import is_adapted
+    from covid_models.models.model_card import is_adapted
 
     if not any(is_adapted(card) for _, card in find_models(WEIGHTS_DIR).found):
         pytest.skip("no adapted head in weights/")
@@ -106,7 +106,7 @@ def test_the_shipped_adapted_head_is_offered_on_analyze_with_its_cross_validated
 def test_the_shipped_adapted_head_sits_beside_its_base_on_model_performance(monkeypatch):
     from conftest import WEIGHTS_DIR
 
-    from covid_models.model_card import is_adapted
+    from covid_models.models.model_card import is_adapted
 
     adapted = [card for _, card in find_models(WEIGHTS_DIR).found if is_adapted(card)]
     if not adapted:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.datasets import load_sample_image
 
-from covid_models.architectures import (
+from covid_models.models.architectures import (
     REGISTRY,
     PretrainedWeightsUnavailable,
     build_model,
@@ -61,7 +61,7 @@ def _imagenet_top5(model, image_name: str) -> list[str]:
 def test_efficientnet_lite_loads_real_imagenet_weights_offline(variant):
     """A real ImageNet model recognises scikit-learn's bundled photos; a random init does not."""
     model = build_model(f"efficientnet_lite{variant}", num_classes=1000, pretrained="imagenet").eval()
-    from covid_models.architectures import efficientnet_lite_imagenet_state_dict
+    from covid_models.models.architectures import efficientnet_lite_imagenet_state_dict
 
     model.load_state_dict(efficientnet_lite_imagenet_state_dict(variant))  # keep the ImageNet head for this check
     flower = " ".join(_imagenet_top5(model, "flower.jpg"))
@@ -81,7 +81,7 @@ def test_pretrained_backbone_differs_from_random_init_except_the_new_head():
 
 def test_online_weights_fail_fast_with_a_clear_message_when_offline(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # nothing cached
-    monkeypatch.setattr("covid_models.architectures._host_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr("covid_models.models.architectures._host_reachable", lambda host, timeout=3.0: False)
     started = time.monotonic()
     with pytest.raises(PretrainedWeightsUnavailable, match="offline"):
         build_model("resnet50", 2, pretrained="imagenet")
@@ -106,7 +106,7 @@ def test_the_plain_efficientnet_lite_is_timms_network_name_for_name_and_output_f
     input sizes exercise the asymmetric TF "same" padding of the strided convolutions)."""
     import timm
 
-    from covid_models.efficientnet_lite import EfficientNetLite
+    from covid_models.models.efficientnet_lite import EfficientNetLite
 
     torch.manual_seed(variant)
     reference = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False, num_classes=3).eval()
@@ -132,7 +132,7 @@ def test_loading_a_shipped_classifier_imports_neither_timm_nor_torchvision():
 
     from conftest import WEIGHTS_DIR
 
-    code = ("import sys; from covid_models.inference import Classifier; "
+    code = ("import sys; from covid_models.models.inference import Classifier; "
             f"Classifier.load({str(WEIGHTS_DIR / 'xray-efficientnet-lite0')!r}); "
             "print(sorted(m for m in ('timm', 'torchvision', 'torch._dynamo') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)

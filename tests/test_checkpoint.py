@@ -10,9 +10,9 @@ import pytest
 import torch
 from model_fixtures import tiny_card, write_tiny_classifier
 
-from covid_models.architectures import build_model
-from covid_models.checkpoint import CARD_FILE, WEIGHTS_FILE, CheckpointError, read_card, save_model_dir
-from covid_models.inference import Classifier
+from covid_models.models.architectures import build_model
+from covid_models.models.checkpoint import CARD_FILE, WEIGHTS_FILE, CheckpointError, read_card, save_model_dir
+from covid_models.models.inference import Classifier
 
 
 @pytest.fixture()
@@ -73,7 +73,7 @@ def test_a_malicious_pickle_is_refused_without_running_it(model_dir, tmp_path):
     weights = model_dir / WEIGHTS_FILE
     weights.write_bytes(payload)
     card = json.loads((model_dir / CARD_FILE).read_text())
-    from covid_models.checkpoint import sha256_file
+    from covid_models.models.checkpoint import sha256_file
 
     card["sha256"] = sha256_file(weights)  # an attacker who also edits the card
     (model_dir / CARD_FILE).write_text(json.dumps(card))
@@ -85,7 +85,7 @@ def test_a_malicious_pickle_is_refused_without_running_it(model_dir, tmp_path):
 def test_torch_pickle_checkpoint_is_refused(model_dir, tmp_path):
     torch.save(build_model("efficientnet_lite0", 2).state_dict(), model_dir / WEIGHTS_FILE)
     card = json.loads((model_dir / CARD_FILE).read_text())
-    from covid_models.checkpoint import sha256_file
+    from covid_models.models.checkpoint import sha256_file
 
     card["sha256"] = sha256_file(model_dir / WEIGHTS_FILE)
     (model_dir / CARD_FILE).write_text(json.dumps(card))

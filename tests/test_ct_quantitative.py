@@ -23,8 +23,7 @@ from scan_phantoms import (
     with_fitted_threshold,
 )
 
-from covid_models.analysis import mask_share_signal
-from covid_models.ct_quantitative import (
+from covid_models.analysis.ct_quantitative import (
     DENSITY_BANDS,
     MIN_LESION_ML,
     MIN_LUNG_ML,
@@ -34,10 +33,11 @@ from covid_models.ct_quantitative import (
     severity,
     zone_burdens,
 )
-from covid_models.inference import Classifier
-from covid_models.lung_mask import LEFT, RIGHT, LungMask
-from covid_models.scan_analysis import analyse_scan
-from covid_models.volumes import read_volume
+from covid_models.analysis.image_analysis import mask_share_signal
+from covid_models.analysis.scan_analysis import analyse_scan
+from covid_models.imaging.lung_mask import LEFT, RIGHT, LungMask
+from covid_models.imaging.volumes import read_volume
+from covid_models.models.inference import Classifier
 
 VOXEL_ML = float(np.prod(ADULT_SPACING)) / 1000
 GROUND_GLASS_HU = -500
@@ -155,9 +155,9 @@ def test_bilateral_peripheral_lesions_over_the_threshold_are_a_pattern_suggestiv
     assert above.reading.suggestive is False and [c.met for c in above.reading.criteria][0] is False
     from test_report import pdf_text
 
-    from covid_models.ct_quantitative import SECONDARY_LABEL
-    from covid_models.report import render_scan_html, render_scan_pdf
-    from covid_models.scan_views import scan_report_content
+    from covid_models.analysis.ct_quantitative import SECONDARY_LABEL
+    from covid_models.analysis.report import render_scan_html, render_scan_pdf
+    from covid_models.analysis.scan_views import scan_report_content
 
     report = scan_report_content(analysis, "scan.zip")
     page, text = render_scan_html(report), pdf_text(render_scan_pdf(report))
@@ -204,10 +204,10 @@ def test_every_lung_containing_slice_of_the_shared_scans_passes_the_chest_image_
     import pydicom
     from app_fixtures import PROJECT_ROOT
 
-    from covid_models.image_checks import check_image
-    from covid_models.inference import discover_models
-    from covid_models.io import read_image
-    from covid_models.lung_mask import segment_lungs
+    from covid_models.analysis.image_checks import check_image
+    from covid_models.imaging.io import read_image
+    from covid_models.imaging.lung_mask import segment_lungs
+    from covid_models.models.inference import discover_models
 
     guards = {modality: Classifier.load(next(d for d, _ in discover_models(PROJECT_ROOT / "weights",
                                                                             "classification", modality)))
@@ -230,7 +230,7 @@ def test_every_lung_containing_slice_of_the_shared_scans_passes_the_chest_image_
 
 
 def test_enclosed_air_in_hu_is_the_lungs_inside_the_body_not_the_air_around_it():
-    from covid_models.ct_quantitative import MIN_ENCLOSED_AIR_MM2, enclosed_air_mm2
+    from covid_models.analysis.ct_quantitative import MIN_ENCLOSED_AIR_MM2, enclosed_air_mm2
 
     hu = adult_phantom()[22]
     lungs_mm2 = 2 * 64 * 36 * 1.5 * 1.5  # the lesion and the vessel are not air; the table's air channel is enclosed
@@ -244,7 +244,7 @@ def test_enclosed_air_in_hu_is_the_lungs_inside_the_body_not_the_air_around_it()
 def test_the_periphery_of_a_volume_is_that_of_each_of_its_slices():
     from scipy import ndimage
 
-    from covid_models.ct_quantitative import peripheral_mask
+    from covid_models.analysis.ct_quantitative import peripheral_mask
 
     rng = np.random.default_rng(0)
     labels = np.zeros((6, 48, 48), np.uint8)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from covid_models.data import (
+from covid_models.imaging.preprocessing import Augmentation, Preprocessing
+from covid_models.training.data import (
     BalancedSampler,
     DataError,
     ImageDataset,
@@ -23,7 +24,6 @@ from covid_models.data import (
     load_manifest,
     patient_split,
 )
-from covid_models.preprocessing import Augmentation, Preprocessing
 
 
 def _frame(n_patients: int = 60, images_per_patient: int = 3, seed: int = 0) -> pd.DataFrame:

@@ -1,5 +1,5 @@
 """Same checks at every door: the command-line scripts hold back what the Analyze page holds back, with the reason
-and no probability (`covid_models.image_checks.screen`)."""
+and no probability (`covid_models.analysis.image_checks.screen`)."""
 from __future__ import annotations
 
 import csv
@@ -86,7 +86,7 @@ def test_a_review_upload_leaves_out_a_photograph_and_a_ct_slice_with_the_reason(
     from app_fixtures import page_test
     from app_fixtures_b import point_app_at
 
-    from covid_models.reviews import ReviewStore
+    from covid_models.reviews.store import ReviewStore
 
     database = tmp_path / "reviews.sqlite3"
     point_app_at(monkeypatch, database, None)

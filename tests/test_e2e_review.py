@@ -14,7 +14,7 @@ from app_fixtures import chest_like_png, make_weights_dir, running_app
 from browser_fixtures import TIMEOUT_MS, UPLOAD_INPUT, snapshot
 from playwright.sync_api import expect
 
-from covid_models.reviews import ReviewStore
+from covid_models.reviews.store import ReviewStore
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

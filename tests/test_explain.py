@@ -1,6 +1,6 @@
 """Heatmaps: each CAM method gives the map pytorch-grad-cam (the reference implementation) gives.
 
-covid_models.explain computes the maps itself (gradients through the head only, no heavy imports); these
+covid_models.analysis.explain computes the maps itself (gradients through the head only, no heavy imports); these
 tests hold it to the reference on several architectures, with untrained seeded networks on a chest-like
 image. The two differ only in where the map is resized (the reference resizes to the network input first,
 then to the image), which moves values by under 0.01 on a [0, 1] scale.
@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from model_fixtures import tiny_card
 
-from covid_models.architectures import build_model, get_architecture
+from covid_models.analysis.explain import CAMS, METHODS, SLOW_METHODS, ExplainError, heatmap, predict_and_map
 from covid_models.benchmarking import chest_like_png, reference_cam
-from covid_models.explain import CAMS, METHODS, SLOW_METHODS, ExplainError, heatmap, predict_and_map
-from covid_models.inference import Classifier
-from covid_models.io import read_image
+from covid_models.imaging.io import read_image
+from covid_models.models.architectures import build_model, get_architecture
+from covid_models.models.inference import Classifier
 
 TOLERANCE = 0.01  # largest difference allowed between the two maps, anywhere in the image
 FAST_METHODS = [m for m in METHODS if m not in SLOW_METHODS]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covid_models.figures import (
+from covid_models.analysis.figures import (
     calibration_figure,
     class_balance_figure,
     confusion_figure,
@@ -18,9 +18,9 @@ from covid_models.figures import (
     threshold_table,
     training_curves_figure,
 )
+from covid_models.imaging.preprocessing import Preprocessing
 from covid_models.metrics import binary_report, roc_points, threshold_metrics
-from covid_models.model_card import ModelCard
-from covid_models.preprocessing import Preprocessing
+from covid_models.models.model_card import ModelCard
 
 # Two positives, two negatives; thresholds decrease along the curve as sklearn stores them.
 HAND_ROC = {"fpr": [0.0, 0.0, 0.5, 0.5, 1.0], "tpr": [0.0, 0.5, 0.5, 1.0, 1.0],

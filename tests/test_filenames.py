@@ -1,9 +1,9 @@
 """The one bare-file-name rule shared by the review store and the reports."""
 from __future__ import annotations
 
-from covid_models.filenames import bare_file_name
-from covid_models.report import bare_file_name as report_rule
-from covid_models.reviews import NewItem, Reviewer, ReviewStore
+from covid_models.analysis.report import bare_file_name as report_rule
+from covid_models.imaging.filenames import bare_file_name
+from covid_models.reviews.store import NewItem, Reviewer, ReviewStore
 
 
 def test_only_the_last_component_of_either_separator_style_is_kept() -> None:

@@ -10,9 +10,8 @@ import pytest
 from app_fixtures import chest_like_png
 from PIL import Image
 
-import covid_models.image_checks as image_checks
-from covid_models.benchmarking import photographs
-from covid_models.image_checks import (
+import covid_models.analysis.image_checks as image_checks
+from covid_models.analysis.image_checks import (
     MAX_COLOURED_SHARE,
     MIN_ENCLOSED_DARK,
     ModalityChoice,
@@ -24,7 +23,8 @@ from covid_models.image_checks import (
     lung_fields,
     lung_mask,
 )
-from covid_models.io import read_image
+from covid_models.benchmarking import photographs
+from covid_models.imaging.io import read_image
 
 
 def jpeg(array: np.ndarray) -> bytes:
@@ -131,8 +131,8 @@ def shipped_checks():
     """The shipped classifiers' guards and X-ray lung segmenter, as the Analyze page uses them."""
     from conftest import WEIGHTS_DIR
 
-    from covid_models.inference import Classifier
-    from covid_models.segmentation import Segmenter
+    from covid_models.models.inference import Classifier
+    from covid_models.models.segmentation import Segmenter
 
     guards = {m: Classifier.load(WEIGHTS_DIR / f"{m}-efficientnet-lite0") for m in ("xray", "ct")}
     return guards, Segmenter.load(WEIGHTS_DIR / "xray-lungs-unet")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from model_fixtures import write_tiny_classifier
 
-from covid_models.inference import Classifier, Ensemble, discover_models
+from covid_models.models.inference import Classifier, Ensemble, discover_models
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Specification of covid_models.io: every format and mode becomes a 2-D float32 image in [0, 1]."""
+"""Specification of covid_models.imaging.io: every format and mode becomes a 2-D float32 image in [0, 1]."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +13,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from covid_models.io import (
+from covid_models.imaging.io import (
     MAX_PIXELS,
     WINDOW_PRESETS,
     ImageReadError,

@@ -1,4 +1,4 @@
-"""Limits of covid_models.io: memory per upload is bounded, and values no display can show are refused.
+"""Limits of covid_models.imaging.io: memory per upload is bounded, and values no display can show are refused.
 
 The memory test reads a crafted 7000 x 7000 deflated DICOM (548 KB on disk, 98 MB of pixels once inflated) in a
 fresh process and compares the process's peak resident memory with its level just before the read.
@@ -19,7 +19,7 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from covid_models.io import WORKING_SIDE, ImageReadError, read_image
+from covid_models.imaging.io import WORKING_SIDE, ImageReadError, read_image
 
 PEAK_BOUND_MB = 300.0  # issue 12: at most 300 MB above the level before the upload
 AFTER_BOUND_MB = 30.0  # and back near that level once the Scan is dropped
@@ -40,7 +40,7 @@ MEASURE = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, "tests")
     from covid_models.benchmarking import peak_rss_mb, reset_peak_rss, rss_mb
-    from covid_models.io import read_image
+    from covid_models.imaging.io import read_image
     data = open(sys.argv[1], "rb").read()
     before = rss_mb()
     reset_peak_rss()

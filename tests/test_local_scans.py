@@ -27,10 +27,9 @@ from scan_phantoms import (
     zipped,
 )
 
-from covid_models import local_scans
-from covid_models.inference import Classifier
-from covid_models.local_samples import SampleError
-from covid_models.local_scans import (
+from covid_models.local import scans as local_scans
+from covid_models.local.samples import SampleError
+from covid_models.local.scans import (
     FEATURES,
     ScoredScans,
     scan_sample_from_folder,
@@ -39,6 +38,7 @@ from covid_models.local_scans import (
     score_scans,
     validate_scans,
 )
+from covid_models.models.inference import Classifier
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from covid_models.adaptation import AdaptationError, adapt, adapted_card, save_adapted
-from covid_models.checkpoint import CheckpointError, read_card
-from covid_models.inference import Classifier, penultimate_layer
-from covid_models.local_samples import SampleError, sample_from_zip
-from covid_models.local_validation import (
+from covid_models.local.adaptation import AdaptationError, adapt, adapted_card, save_adapted
+from covid_models.local.samples import SampleError, sample_from_zip
+from covid_models.local.validation import (
     MIN_PATIENTS,
     ScoredSample,
     confound_check,
@@ -25,7 +23,9 @@ from covid_models.local_validation import (
     score_sample,
     validate,
 )
-from covid_models.model_card import display_name, is_adapted
+from covid_models.models.checkpoint import CheckpointError, read_card
+from covid_models.models.inference import Classifier, penultimate_layer
+from covid_models.models.model_card import display_name, is_adapted
 from tests.model_fixtures import write_tiny_classifier
 
 
@@ -213,8 +213,8 @@ def _zip_with_csv(text: str) -> bytes:
 
 
 def test_an_adapted_model_goes_through_the_pages_analysis_with_a_heatmap(tmp_path):
-    from covid_models.analysis import analyse
-    from covid_models.io import read_image
+    from covid_models.analysis.image_analysis import analyse
+    from covid_models.imaging.io import read_image
 
     base_dir, base = _base(tmp_path)
     folder, _ = _adapted_beside(tmp_path, base_dir, base)
@@ -237,7 +237,7 @@ def _dicom_with_uid(uid: str, view: str) -> bytes:
 
 
 def test_dicom_files_are_matched_to_their_labels_by_sop_instance_uid_and_give_their_view(tmp_path):
-    from covid_models.local_samples import sample_from_dicom
+    from covid_models.local.samples import sample_from_dicom
 
     files = [(f"scan/{i}.dcm", _dicom_with_uid(f"1.2.3.{i}", "AP" if i % 2 else "PA")) for i in range(4)]
     table = "SOPInstanceUID,label,patient_id\n" + "".join(f"1.2.3.{i},{'covid' if i % 2 else 'normal'},p{i}\n"
@@ -254,7 +254,7 @@ def test_dicom_files_are_matched_to_their_labels_by_sop_instance_uid_and_give_th
 
 
 def test_a_folder_whose_list_names_files_outside_it_is_refused(tmp_path):
-    from covid_models.local_samples import sample_from_folder
+    from covid_models.local.samples import sample_from_folder
 
     (tmp_path / "outside.png").write_bytes(_png(10))
     for listing, text in (("labels.csv", "file,label\n../outside.png,covid\n"),

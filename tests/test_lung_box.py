@@ -9,14 +9,14 @@ import pytest
 import torch
 from model_fixtures import tiny_card
 
-from covid_models.architectures import build_model
+from covid_models.analysis.explain import place_map, predict_and_map
 from covid_models.benchmarking import write_segmenter
-from covid_models.checkpoint import CheckpointError, save_model_dir
-from covid_models.explain import place_map, predict_and_map
-from covid_models.inference import Classifier
-from covid_models.lung_box import lung_box, mask_box, widen
-from covid_models.model_card import CardError
-from covid_models.preprocessing import LUNG_WINDOW, Preprocessing
+from covid_models.imaging.lung_box import lung_box, mask_box, widen
+from covid_models.imaging.preprocessing import LUNG_WINDOW, Preprocessing
+from covid_models.models.architectures import build_model
+from covid_models.models.checkpoint import CheckpointError, save_model_dir
+from covid_models.models.inference import Classifier
+from covid_models.models.model_card import CardError
 
 CROPPED = Preprocessing(image_size=64, hu_window=LUNG_WINDOW, lung_crop=0.1)
 
@@ -160,7 +160,7 @@ def test_loading_finds_the_pinned_segmenter_beside_the_classifier_by_name_and_ha
     monkeypatch.delenv("COVID_WEIGHTS_DIR", raising=False)
     weights = tmp_path / "weights"
     segmenter_dir = write_segmenter(weights, "xray-lungs-fixture", "xray", "lungs", seed=4)
-    from covid_models.checkpoint import read_card
+    from covid_models.models.checkpoint import read_card
 
     pinned = ("xray-lungs-fixture", read_card(segmenter_dir).sha256)
     model, card = segmented_classifier()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scan_phantoms import LEFT_LUNG, RIGHT_LUNG, SPACING, box_voxels, phantom
 
-from covid_models.lung_mask import LEFT, RIGHT, from_grid, grid_factor, segment_lungs, to_grid
-from covid_models.volumes import read_label_volume, read_volume
+from covid_models.imaging.lung_mask import LEFT, RIGHT, from_grid, grid_factor, segment_lungs, to_grid
+from covid_models.imaging.volumes import read_label_volume, read_volume
 
 
 def expected_labels(shape=(40, 64, 64)) -> np.ndarray:

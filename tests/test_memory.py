@@ -1,6 +1,6 @@
 """A long session does not accumulate: every CAM call releases its hooks, and repeated analyses keep no objects.
 
-The Analyze page runs every upload through one shared network per model (`covid_models.analysis.analyse`:
+The Analyze page runs every upload through one shared network per model (`covid_models.analysis.image_analysis.analyse`:
 predict, heatmap, masks, share inside, at display size; then the overlays). A heatmap registers a forward
 hook on that network; a hook left behind would keep capturing every later forward pass's activations, so
 memory would grow with each image. These tests run that same analysis 40 times on small untrained models and
@@ -18,14 +18,14 @@ import pytest
 import torch
 from model_fixtures import write_tiny_classifier
 
-from covid_models.analysis import Analysis, analyse
+from covid_models.analysis.explain import heatmap
+from covid_models.analysis.image_analysis import Analysis, analyse
+from covid_models.analysis.overlays import heatmap_overlay, mask_overlay
 from covid_models.benchmarking import chest_like_png, hooks_left, rss_mb
-from covid_models.explain import heatmap
-from covid_models.inference import Classifier
-from covid_models.io import read_image
-from covid_models.model_card import ModelCard
-from covid_models.overlays import heatmap_overlay, mask_overlay
-from covid_models.segmentation import (
+from covid_models.imaging.io import read_image
+from covid_models.models.inference import Classifier
+from covid_models.models.model_card import ModelCard
+from covid_models.models.segmentation import (
     POSTPROCESS_LUNGS,
     Segmenter,
     build_segmentation_model,
@@ -116,9 +116,10 @@ def test_the_dashboards_library_modules_load_no_heavy_optional_package():
     """The app's share of its 1 GB: what the pages import from the library leaves scikit-learn, matplotlib,
     OpenCV and pytorch-grad-cam (test and script tools) unloaded."""
     code = ("import sys\n"
-            "import covid_models.explain, covid_models.figures, covid_models.inference, covid_models.io\n"
-            "import covid_models.data, covid_models.overlays, covid_models.report, covid_models.reviews\n"
-            "import covid_models.segmentation, covid_models.checkpoint, covid_models.metrics, covid_models.analysis\n"
+            "import covid_models.analysis.explain, covid_models.analysis.figures, covid_models.models.inference\n"
+            "import covid_models.imaging.io, covid_models.training.data, covid_models.analysis.overlays\n"
+            "import covid_models.analysis.report, covid_models.reviews.store, covid_models.models.segmentation\n"
+            "import covid_models.models.checkpoint, covid_models.metrics, covid_models.analysis.image_analysis\n"
             "heavy = {'sklearn', 'matplotlib', 'cv2', 'pytorch_grad_cam'}\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)

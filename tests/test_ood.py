@@ -7,10 +7,10 @@ import torch
 from conftest import WEIGHTS_DIR, require_or_skip
 
 from covid_models.benchmarking import grey_photographs
-from covid_models.data import ensure_split, load_dataset
-from covid_models.inference import Classifier
-from covid_models.io import read_image
-from covid_models.ood import OodGuard
+from covid_models.imaging.io import read_image
+from covid_models.models.inference import Classifier
+from covid_models.models.ood import OodGuard
+from covid_models.training.data import ensure_split, load_dataset
 
 
 def test_guard_flags_features_unlike_the_training_ones():

@@ -18,8 +18,9 @@ import pytest
 from pacs_fixtures import OrthancServer, series_files, started_orthanc, xray_dicom
 from scan_phantoms import dicom_series
 
-from covid_models.inference import Classifier
-from covid_models.io import read_image
+from covid_models.imaging.io import read_image
+from covid_models.imaging.volumes import VolumeLimits, VolumeReadError, read_volume
+from covid_models.models.inference import Classifier
 from covid_models.pacs import screening
 from covid_models.pacs.client import InstanceRef, Pacs, PacsError, PacsSettings, StudyGoneError, StudyQuery
 from covid_models.pacs.structured_report import (
@@ -30,7 +31,6 @@ from covid_models.pacs.structured_report import (
     store_report,
     verdict_report,
 )
-from covid_models.volumes import VolumeLimits, VolumeReadError, read_volume
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 sys.path.insert(0, str(WEIGHTS.parent / "scripts"))

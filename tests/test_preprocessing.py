@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from covid_models.preprocessing import Augmentation, Preprocessing
+from covid_models.imaging.preprocessing import Augmentation, Preprocessing
 
 
 def test_preprocessing_round_trips_through_the_card_dict():
@@ -74,7 +74,7 @@ def test_dicom_ct_in_hu_and_the_same_slice_as_a_lung_windowed_png_give_the_same_
     from bad_input_corpus import encode, make_dicom
     from PIL import Image
 
-    from covid_models.io import apply_window, read_image
+    from covid_models.imaging.io import apply_window, read_image
 
     stored = _ct_slice()
     dicom = read_image(make_dicom(stored, rescale=(1.0, -1024.0), window=(40, 400)))  # a mediastinal file window
@@ -88,7 +88,7 @@ def test_dicom_ct_in_hu_and_the_same_slice_as_a_lung_windowed_png_give_the_same_
 def test_padding_outside_the_scan_field_reads_as_air():
     from bad_input_corpus import make_dicom
 
-    from covid_models.io import read_image
+    from covid_models.imaging.io import read_image
 
     pixels = CT_PREPROCESSING.model_pixels(read_image(make_dicom(_ct_slice(), rescale=(1.0, -1024.0))))
     assert np.all(pixels[:6] == 0.0)
@@ -97,7 +97,7 @@ def test_padding_outside_the_scan_field_reads_as_air():
 def test_a_display_window_preset_never_changes_the_model_input():
     from bad_input_corpus import make_dicom
 
-    from covid_models.io import WINDOW_PRESETS, read_image, rewindow
+    from covid_models.imaging.io import WINDOW_PRESETS, read_image, rewindow
 
     scan = read_image(make_dicom(_ct_slice(), rescale=(1.0, -1024.0)))
     reference = CT_PREPROCESSING(scan)
@@ -109,7 +109,7 @@ def test_a_display_window_preset_never_changes_the_model_input():
 def test_xray_models_take_the_file_as_read():
     from bad_input_corpus import make_dicom
 
-    from covid_models.io import read_image
+    from covid_models.imaging.io import read_image
 
     scan = read_image(make_dicom(_ct_slice(), modality="DX", rescale=None))
     np.testing.assert_array_equal(Preprocessing(image_size=64).model_pixels(scan), scan.pixels)
@@ -137,7 +137,7 @@ def test_gamma_and_degradation_keep_range_and_change_the_image():
 
 
 def test_histogram_equalisation_spreads_grey_levels_evenly_and_keeps_their_order():
-    from covid_models.preprocessing import equalise_histogram
+    from covid_models.imaging.preprocessing import equalise_histogram
 
     image = np.random.default_rng(0).beta(2, 8, size=(128, 128)).astype(np.float32)  # a dark, skewed film
     equalised = equalise_histogram(image)

@@ -34,9 +34,9 @@ from app_fixtures_b import point_app_at
 from pydicom.data import get_testdata_file
 from sqlalchemy import create_engine, inspect, text
 
-import covid_models.report
-from covid_models.io import read_dicom_identifiers, read_image
-from covid_models.report import render_html, render_pdf
+import covid_models.analysis.report
+from covid_models.analysis.report import render_html, render_pdf
+from covid_models.imaging.io import read_dicom_identifiers, read_image
 
 IDENTIFIERS = {
     "PatientName": "Doe^Janet",
@@ -179,13 +179,14 @@ class Sinks:
 def analyze_page(weights: Path, data: bytes, monkeypatch: pytest.MonkeyPatch, reports: list
                  ) -> tuple[list[bytes], list[bytes], list[bytes]]:
     """Upload on the Analyze page, open the identifier expander; returns what was sent before and after."""
-    original = covid_models.report.ReportContent
+    original = covid_models.analysis.report.ReportContent
 
     def recording(**fields):
         reports.append(original(**fields))
         return reports[-1]
 
-    monkeypatch.setattr(covid_models.report, "ReportContent", recording)  # what the page's downloads would hold
+    # what the page's downloads would hold
+    monkeypatch.setattr(covid_models.analysis.report, "ReportContent", recording)
     at = page_test("pages/analyze.py", weights, monkeypatch).run()
     at.file_uploader(key="uploads").set_value([(UPLOAD_NAME, data, "application/dicom")])
     at.run()
@@ -222,7 +223,7 @@ def review_page(weights: Path, data: bytes, database: Path, monkeypatch: pytest.
 
 def database_contents(database: Path) -> tuple[dict[str, bytes], dict[str, list[str]], str]:
     """The database's files (main file, WAL, journal), every row of every table, and the session's CSV."""
-    from covid_models.reviews import ReviewStore
+    from covid_models.reviews.store import ReviewStore
 
     files = {path.name: path.read_bytes() for path in database.parent.glob(database.name + "*")}
     engine = create_engine(f"sqlite:///{database}")

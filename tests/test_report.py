@@ -10,9 +10,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from covid_models import RESEARCH_USE_NOTICE
-from covid_models.inference import Prediction
-from covid_models.io import read_dicom_identifiers, read_image
-from covid_models.report import HELD_BACK, ReportContent, bare_file_name, png_bytes, render_html, render_pdf
+from covid_models.analysis.report import HELD_BACK, ReportContent, bare_file_name, png_bytes, render_html, render_pdf
+from covid_models.imaging.io import read_dicom_identifiers, read_image
+from covid_models.models.inference import Prediction
 
 PREDICTION = Prediction(model="xray-test-model", probabilities={"covid": 0.734, "normal": 0.166, "pneumonia": 0.1},
                         label="covid", positive_class="covid", positive_probability=0.734, threshold=0.42,

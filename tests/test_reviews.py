@@ -33,8 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from covid_models.io import content_hash
-from covid_models.reviews import (
+from covid_models.imaging.io import content_hash
+from covid_models.reviews.store import (
     CSV_COLUMNS,
     HELD_BACK_LABEL,
     NewItem,

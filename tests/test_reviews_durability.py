@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from covid_models.io import content_hash
-from covid_models.reviews import NewItem, Reviewer, ReviewStore
+from covid_models.imaging.io import content_hash
+from covid_models.reviews.store import NewItem, Reviewer, ReviewStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("_review_writer.py")

@@ -12,9 +12,10 @@ import pytest
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, create_engine, inspect
 from test_reviews import all_stored_values, db_url, make_item, open_store, store  # noqa: F401
 
-import covid_models.reviews
-from covid_models.reviewer_names import admin_token_problem, name_key, skeleton
-from covid_models.reviews import (
+import covid_models.reviews.store
+from covid_models.reviews.names import admin_token_problem, name_key, skeleton
+from covid_models.reviews.sign_in_guard import FREE_FAILURES, MAX_LOCK_S
+from covid_models.reviews.store import (
     WRONG_ADMIN_TOKEN,
     WRONG_PASSPHRASE,
     Reviewer,
@@ -24,7 +25,6 @@ from covid_models.reviews import (
     _hash_passphrase,
     database_url,
 )
-from covid_models.sign_in_guard import FREE_FAILURES, MAX_LOCK_S
 
 ADMIN_TOKEN = "Zq7-ward-Fx2m-Lo9p-Ts4k"
 ATTACKER, COLLEAGUE = "203.0.113.66", "198.51.100.7"
@@ -48,10 +48,10 @@ def scrypt_runs(monkeypatch) -> list[int]:
 def clock(monkeypatch) -> Callable[[float], None]:
     """The store's clock stands still at the test's start, however slow the machine (lockouts are stored times,
     compared with it); `clock(seconds)` sets it to that many seconds after the start."""
-    start = covid_models.reviews._now()
+    start = covid_models.reviews.store._now()
 
     def at(seconds: float) -> None:
-        monkeypatch.setattr(covid_models.reviews, "_now", lambda: start + timedelta(seconds=seconds))
+        monkeypatch.setattr(covid_models.reviews.store, "_now", lambda: start + timedelta(seconds=seconds))
 
     at(0)
     return at
@@ -128,7 +128,7 @@ def test_a_lockout_is_seen_by_every_server_process(open_store: Callable[[], Revi
 
 def test_each_failed_sign_in_is_logged_with_name_and_address_but_never_the_secret(store: ReviewStore, caplog) -> None:
     chief = store.sign_in("Dr Chief", "chief's long passphrase")
-    with caplog.at_level(logging.WARNING, logger="covid_models.reviews"):
+    with caplog.at_level(logging.WARNING, logger="covid_models.reviews.store"):
         fail(store, "Dr Chief", 2)
         with pytest.raises(ReviewError, match=WRONG_ADMIN_TOKEN):
             store.sign_in_as_admin(chief, "a-typed-token-guess-123", ADMIN_TOKEN, client=ATTACKER)

@@ -11,10 +11,10 @@ import torch
 from app_fixtures import CT_CLASSES, write_classifier
 from scan_phantoms import LESION, RIGHT_LUNG, band_segmenter, box_voxels, dicom_series, phantom
 
-from covid_models.ct_quantitative import severity
-from covid_models.inference import Classifier
-from covid_models.scan_analysis import analyse_scan, burden, scan_probability
-from covid_models.volumes import read_volume
+from covid_models.analysis.ct_quantitative import severity
+from covid_models.analysis.scan_analysis import analyse_scan, burden, scan_probability
+from covid_models.imaging.volumes import read_volume
+from covid_models.models.inference import Classifier
 
 VOXEL_ML = 2.5 * 1.5 * 1.5 / 1000
 
@@ -94,8 +94,8 @@ def test_burden_without_infection_is_zero(classifier, volume):
 
 
 def test_a_held_back_scan_report_carries_the_reason_and_no_verdict_burden_or_key_slices(classifier, volume):
-    from covid_models.report import render_scan_html, render_scan_pdf
-    from covid_models.scan_views import MODEL_LIMITS, axial_picture, coronal_picture, scan_report_content
+    from covid_models.analysis.report import render_scan_html, render_scan_pdf
+    from covid_models.analysis.scan_views import MODEL_LIMITS, axial_picture, coronal_picture, scan_report_content
 
     analysis = analyse_scan(volume, classifier, band_segmenter(64))
     content = scan_report_content(analysis, "/exports/Doe^Janet/scan.zip")
@@ -166,8 +166,8 @@ def test_the_shared_scans_with_the_shipped_models(real_data):
     """
     from app_fixtures import PROJECT_ROOT
 
-    from covid_models.scan_analysis import scan_models
-    from covid_models.segmentation import Segmenter
+    from covid_models.analysis.scan_analysis import scan_models
+    from covid_models.models.segmentation import Segmenter
 
     classifiers, segmenters = scan_models(PROJECT_ROOT / "weights")
     if not classifiers or not segmenters:

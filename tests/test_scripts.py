@@ -15,8 +15,8 @@ from conftest import WEIGHTS_DIR, require_or_skip
 from model_fixtures import write_tiny_classifier
 from PIL import Image
 
-from covid_models.inference import Classifier, discover_models
-from covid_models.io import read_image
+from covid_models.imaging.io import read_image
+from covid_models.models.inference import Classifier, discover_models
 
 ROOT = Path(__file__).resolve().parents[1]
 

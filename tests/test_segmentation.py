@@ -14,12 +14,7 @@ import torch.nn.functional as F
 from conftest import WEIGHTS_DIR
 from PIL import Image
 
-from covid_models.checkpoint import CheckpointError, save_model_dir
-from covid_models.data import DataError, grouped_folds, load_segmentation_manifest
-from covid_models.inference import discover_models
-from covid_models.metrics import dice, iou
-from covid_models.model_card import ModelCard
-from covid_models.overlays import (
+from covid_models.analysis.overlays import (
     INFECTION_COLOR,
     LUNG_COLOR,
     colormap_lut,
@@ -28,8 +23,12 @@ from covid_models.overlays import (
     mask_overlay,
     to_rgb,
 )
-from covid_models.preprocessing import Augmentation
-from covid_models.segmentation import (
+from covid_models.imaging.preprocessing import Augmentation
+from covid_models.metrics import dice, iou
+from covid_models.models.checkpoint import CheckpointError, save_model_dir
+from covid_models.models.inference import discover_models
+from covid_models.models.model_card import ModelCard
+from covid_models.models.segmentation import (
     ARCHITECTURES,
     POSTPROCESS_LUNGS,
     Segmenter,
@@ -39,7 +38,8 @@ from covid_models.segmentation import (
     postprocess_lungs,
     segmentation_preprocessing,
 )
-from covid_models.segmentation_training import SegmentationConfig, SegmentationDataset, train_segmenter
+from covid_models.training.data import DataError, grouped_folds, load_segmentation_manifest
+from covid_models.training.segmentation import SegmentationConfig, SegmentationDataset, train_segmenter
 
 
 def _card(architecture: str = "unet", image_size: int = 64, postprocess: str | None = None) -> ModelCard:
@@ -319,7 +319,7 @@ def test_one_epoch_on_real_lung_pairs_writes_a_loadable_model_directory(real_dat
     assert "dice_postprocessed" in test and len(card.training["history"]) == 1
     assert not list((tmp_path / "out").glob("resume_state*"))
     segmenter = Segmenter.load(tmp_path / "out")
-    from covid_models.io import read_image
+    from covid_models.imaging.io import read_image
     scan = read_image(frame["image"][8])
     assert segmenter.mask(scan).shape == scan.pixels.shape
 

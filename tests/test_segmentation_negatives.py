@@ -12,23 +12,28 @@ import torch
 from PIL import Image
 from scan_phantoms import LESION, band_segmenter, box_voxels, dicom_series, phantom
 
-from covid_models.data import NEGATIVE_LABEL, DataError, load_segmentation_manifest, load_segmentation_negatives
-from covid_models.infection_false_positives import (
+from covid_models.imaging.preprocessing import LUNG_WINDOW, Augmentation, WindowJitter
+from covid_models.imaging.volumes import read_volume
+from covid_models.metrics import dice
+from covid_models.models.segmentation import Segmenter, segmentation_preprocessing
+from covid_models.training.data import (
+    NEGATIVE_LABEL,
+    DataError,
+    load_segmentation_manifest,
+    load_segmentation_negatives,
+)
+from covid_models.training.infection_false_positives import (
     false_positive_areas,
     scan_false_positive_ml,
     summarise_false_positive_areas,
 )
-from covid_models.metrics import dice
-from covid_models.preprocessing import LUNG_WINDOW, Augmentation, WindowJitter
-from covid_models.segmentation import Segmenter, segmentation_preprocessing
-from covid_models.segmentation_training import (
+from covid_models.training.segmentation import (
     NegativeSampler,
     SegmentationConfig,
     SegmentationDataset,
     read_pair,
     train_segmenter,
 )
-from covid_models.volumes import read_volume
 
 
 def _write_negatives(folder, patients: int = 10, per_patient: int = 2, size: int = 40) -> None:
@@ -162,7 +167,7 @@ def test_training_with_negatives_records_their_false_positives_and_never_trains_
     negatives = load_segmentation_negatives(tmp_path / "neg", held_out=0.25)
     if folds is None:
         positives["split"] = ["train", "train", "val", "val", "test", "test"]
-    import covid_models.segmentation_training as training
+    import covid_models.training.segmentation as training
 
     trained_on = []
     original = training.SegmentationDataset.__init__
@@ -217,9 +222,9 @@ def test_scan_false_positive_ml_counts_only_what_lies_inside_the_lungs():
 
 
 def _tiny_infection_model(directory, bias: float, per_image_dice: list[float]):
-    from covid_models.checkpoint import save_model_dir
-    from covid_models.model_card import ModelCard
-    from covid_models.segmentation import build_segmentation_model
+    from covid_models.models.checkpoint import save_model_dir
+    from covid_models.models.model_card import ModelCard
+    from covid_models.models.segmentation import build_segmentation_model
 
     model = build_segmentation_model("unet", pretrained=False)
     with torch.no_grad():

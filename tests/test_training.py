@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from covid_models.inference import Classifier
-from covid_models.training import fit_temperature
+from covid_models.models.inference import Classifier
+from covid_models.training.classifier import fit_temperature
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--modality", "ct", "--limit", "3", "--image-size", "64", "--batch-size", "4", "--lr", "1e-3"]
@@ -47,10 +47,10 @@ def test_one_epoch_on_real_images_writes_a_loadable_checkpoint(real_data, tmp_pa
 @pytest.mark.slow
 def test_an_xray_lung_crop_model_pins_its_segmenter_and_scores_its_test_images_as_at_training(real_data, tmp_path):
     from covid_models.benchmarking import write_segmenter
-    from covid_models.checkpoint import read_card
-    from covid_models.data import training_table
-    from covid_models.evaluation import predict_frame
     from covid_models.metrics import auc
+    from covid_models.models.checkpoint import read_card
+    from covid_models.training.data import training_table
+    from covid_models.training.evaluation import predict_frame
 
     weights = tmp_path / "weights"
     segmenter = write_segmenter(weights, "xray-lungs-fixture", "xray", "lungs", seed=4)
@@ -83,8 +83,8 @@ def test_interrupted_training_resumes_from_the_last_epoch(real_data, tmp_path):
 
 def _resume_state(directory: Path) -> dict:
     """Rebuild the resume file an interrupted 2-epoch run would have left after its first epoch."""
-    from covid_models.architectures import build_model
-    from covid_models.checkpoint import load_state, read_card
+    from covid_models.models.architectures import build_model
+    from covid_models.models.checkpoint import load_state, read_card
 
     card = read_card(directory)
     model = build_model(card.architecture, len(card.classes))
@@ -128,7 +128,7 @@ def test_trainer_reports_missing_data_without_a_traceback(tmp_path):
 
 
 def test_gradient_reversal_is_identity_forward_and_flips_the_gradient_sign():
-    from covid_models.training import reverse_gradient
+    from covid_models.training.classifier import reverse_gradient
 
     features = torch.randn(4, 3, requires_grad=True)
     out = reverse_gradient(features, 0.5)
@@ -138,8 +138,8 @@ def test_gradient_reversal_is_identity_forward_and_flips_the_gradient_sign():
 
 
 def test_source_adversary_outputs_class_then_source_logits_and_its_loss_trains_both_heads():
-    from covid_models.architectures import build_model
-    from covid_models.training import AdversarialLoss, SourceAdversary
+    from covid_models.models.architectures import build_model
+    from covid_models.training.classifier import AdversarialLoss, SourceAdversary
 
     model = build_model("resnet18", 3)
     adversary = SourceAdversary(model, num_classes=3, num_sources=2, weight=1.0)

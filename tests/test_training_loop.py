@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from covid_models.training_loop import Fit, Runtime, Selection, fit_epochs
+from covid_models.training.loop import Fit, Runtime, Selection, fit_epochs
 
 CPU = Runtime(torch.device("cpu"))
 

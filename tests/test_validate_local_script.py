@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from covid_models.benchmarking import PROJECT_ROOT, chest_like_png, write_classifier
-from covid_models.checkpoint import read_card
+from covid_models.models.checkpoint import read_card
 
 CLASSES = ["covid", "normal", "pneumonia"]
 
@@ -69,8 +69,8 @@ def test_a_sample_below_the_minimum_is_validated_without_headline_and_adaptation
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_evaluate_reproduces_the_shipped_adapted_heads_cross_validated_auc(real_data):
-    from covid_models.inference import find_models
-    from covid_models.model_card import is_adapted
+    from covid_models.models.inference import find_models
+    from covid_models.models.model_card import is_adapted
 
     adapted = [(d, card) for d, card in find_models(PROJECT_ROOT / "weights").found if is_adapted(card)]
     if not adapted:

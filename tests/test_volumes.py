@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scan_phantoms import SPACING, dicom_series, nifti_ras, phantom, zipped
 
-from covid_models.io import ImageReadError
-from covid_models.volumes import VolumeLimits, VolumeReadError, read_label_volume, read_volume
+from covid_models.imaging.io import ImageReadError
+from covid_models.imaging.volumes import VolumeLimits, VolumeReadError, read_label_volume, read_volume
 
 HU = phantom()
 

@@ -1,6 +1,6 @@
 """What holds within one source goes wherever a result or a headline figure goes: the page's signals, the PDF and
 HTML reports, the model card's table, the ROC legend and the Model performance page, which leads with it. Every
-figure is read from the card (`covid_models.trust`), never written here."""
+figure is read from the card (`covid_models.analysis.trust`), never written here."""
 from __future__ import annotations
 
 import re
@@ -12,15 +12,15 @@ from app_fixtures_b import point_app_at
 from conftest import WEIGHTS_DIR
 from test_report import pdf_text
 
-from covid_models.analysis import analyse, report_content
-from covid_models.card_markdown import render_model_card
-from covid_models.checkpoint import read_card
-from covid_models.data import held_out_images
-from covid_models.figures import roc_figure
-from covid_models.inference import Classifier
-from covid_models.io import read_image
-from covid_models.report import render_html, render_pdf
-from covid_models.segmentation import Segmenter
+from covid_models.analysis.figures import roc_figure
+from covid_models.analysis.image_analysis import analyse, report_content
+from covid_models.analysis.report import render_html, render_pdf
+from covid_models.imaging.io import read_image
+from covid_models.models.card_markdown import render_model_card
+from covid_models.models.checkpoint import read_card
+from covid_models.models.inference import Classifier
+from covid_models.models.segmentation import Segmenter
+from covid_models.training.data import held_out_images
 
 XRAY = WEIGHTS_DIR / "xray-efficientnet-lite0"
 CT = WEIGHTS_DIR / "ct-efficientnet-lite0"

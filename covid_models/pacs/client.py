@@ -3,7 +3,8 @@
 Every failure of the network or the server becomes a `PacsError` whose message a reader can act on (down, slow,
 credentials refused, study gone), so that a page or a batch shows it and goes on with the next study. Retrieval is
 bounded like an upload: the sizes a series' metadata declares are checked against the readers' limits
-(`covid_models.io`, `covid_models.volumes.VolumeLimits`) before a pixel is fetched, and the readers check the
+(`covid_models.imaging.io`, `covid_models.imaging.volumes.VolumeLimits`) before a pixel is fetched, and the readers
+check the
 fetched files again before decoding.
 """
 from __future__ import annotations
@@ -22,8 +23,8 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.errors import InvalidDicomError
 
-from covid_models import io as image_io
-from covid_models.volumes import VolumeLimits
+from covid_models.imaging import io as image_io
+from covid_models.imaging.volumes import VolumeLimits
 
 URL_SETTING = "COVID_DICOMWEB_URL"
 USER_SETTING, PASSWORD_SETTING, TOKEN_SETTING = "COVID_DICOMWEB_USER", "COVID_DICOMWEB_PASSWORD", "COVID_DICOMWEB_TOKEN"

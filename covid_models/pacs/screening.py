@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING
 
 import pydicom
 
-from covid_models.analysis import operating_point_text, predict
-from covid_models.image_checks import check_image
-from covid_models.io import ImageReadError, Scan, read_image
+from covid_models.analysis.image_analysis import operating_point_text, predict
+from covid_models.analysis.image_checks import check_image
+from covid_models.imaging.io import ImageReadError, Scan, read_image
+from covid_models.imaging.volumes import Volume, VolumeLimits, read_volume
 from covid_models.pacs.client import CT_MODALITIES, DEFAULT_LIMITS, XRAY_MODALITIES, InstanceRef, Pacs
-from covid_models.volumes import Volume, VolumeLimits, read_volume
 
 if TYPE_CHECKING:
-    from covid_models.inference import Classifier, Prediction
-    from covid_models.scan_analysis import ScanAnalysis
-    from covid_models.segmentation import Segmenter
+    from covid_models.analysis.scan_analysis import ScanAnalysis
+    from covid_models.models.inference import Classifier, Prediction
+    from covid_models.models.segmentation import Segmenter
 
 KINDS = {"xray": "image", "ct": "scan"}
 
@@ -91,7 +91,7 @@ def fetch_scan(pacs: Pacs, item: PacsItem, limits: VolumeLimits = DEFAULT_LIMITS
 def read_xray(data: bytes, classifier: Classifier, lungs: Segmenter | None = None) -> tuple[Scan, Prediction]:
     """The image read and checked as the Analyze page checks it, then predicted; an image the checks refuse raises
     ImageReadError with their reasons."""
-    from covid_models.image_checks import lung_mask
+    from covid_models.analysis.image_checks import lung_mask
 
     scan = read_image(data, name="image.dcm")
     mask = None if lungs is None else lung_mask(lungs, scan)
@@ -104,7 +104,7 @@ def read_xray(data: bytes, classifier: Classifier, lungs: Segmenter | None = Non
 def read_ct(files: list[tuple[str, bytes]], classifier: Classifier, segmenter: Segmenter | None = None
             ) -> tuple[Volume, ScanAnalysis]:
     """The series read as the CT scan page reads an upload (the largest axial series), then analysed."""
-    from covid_models.scan_analysis import analyse_scan
+    from covid_models.analysis.scan_analysis import analyse_scan
 
     volume = read_volume(files)
     return volume, analyse_scan(volume, classifier, segmenter)
