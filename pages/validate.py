@@ -1,10 +1,10 @@
 """Validate on your own images: a shipped model on a hospital's labelled sample, the confound check, recalibration,
 and an adapted head (`covid_models.local.validation`, `covid_models.local.adaptation`; the page only lays them out).
 
-Results belong to the visitor who ran them: they live in this browser session's state, and the adapted model folder
-in a temporary folder of this session, offered as a zip download. Only an administrator (the review page's token)
-can publish an adapted folder into the shared weights folder, where the Analyze, Review and Model performance pages
-list it as "X-ray, adapted to <site>".
+Results belong to the visitor who ran them: they live in this browser session's state, the adapted model folder's
+files too (nothing is left on the server's disk), offered as a zip download. Only an administrator (the review
+page's token) can publish an adapted folder into the shared weights folder, where the Analyze, Review and Model
+performance pages list it as "X-ray, adapted to <site>".
 
 Whole CT scans (a zip of scans with a CSV, or a folder of them) are validated by scan-level label through the CT
 scan analysis (`covid_models.local.scans`): the per-scan table, the held-back scans, the burden and the secondary
@@ -331,9 +331,7 @@ def adapt_section(result: dict) -> None:
         card = adapted_card(base, adaptation, result["scored"], site=result["site"],
                             base_validation=result["validation"], confounds=result.get("confounds"),
                             command=f"Validate page, {len(result['scored'].frame)} images")
-        folder = Path(tempfile.mkdtemp(prefix="adapted-")) / card.name
-        save_adapted(folder, card, adaptation)
-        st.session_state[ADAPTED_KEY] = {"folder": str(folder), "card": card}
+        st.session_state[ADAPTED_KEY] = {"files": adapted_files(card, adaptation), "card": card}
     adapted = st.session_state.get(ADAPTED_KEY)
     if adapted is None:
         return
@@ -343,21 +341,26 @@ def adapt_section(result: dict) -> None:
     st.success(f"{display_name(card)}: cross-validated AUC {number(test['auc'])} (95% CI "
                f"{interval(test['auc_ci95'])}); sensitivity {number(point['sensitivity'])}, specificity "
                f"{number(point['specificity'])} at thresholds chosen on the other folds.", icon=":material/tune:")
-    st.download_button("Download the adapted model folder (zip)", folder_zip(Path(adapted["folder"])),
+    st.download_button("Download the adapted model folder (zip)", adapted["files"]["zip"],
                        file_name=f"{card.name}.zip", mime="application/zip", key="validate-download")
-    publish_section(Path(adapted["folder"]), card)
+    publish_section(adapted["files"]["members"], card)
 
 
-def folder_zip(folder: Path) -> bytes:
+def adapted_files(card, adaptation) -> dict:
+    """The adapted model folder's files held in this browser session (and its zip, built once), so that nothing is
+    left on the server's disk by a visitor who fits a head and leaves."""
+    with tempfile.TemporaryDirectory(prefix="adapted-") as scratch:
+        folder = save_adapted(Path(scratch) / card.name, card, adaptation)
+        members = {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.iterdir()):
-            archive.write(path, f"{folder.name}/{path.name}")
-    return buffer.getvalue()
+        for name, data in members.items():
+            archive.writestr(f"{card.name}/{name}", data)
+    return {"members": members, "zip": buffer.getvalue()}
 
 
-def publish_section(folder: Path, card) -> None:
-    """Copy the adapted folder into the shared weights folder: administrators only."""
+def publish_section(members: dict[str, bytes], card) -> None:
+    """Write the adapted folder into the shared weights folder: administrators only."""
     configured = admin_token()
     if not configured:
         st.caption("Publishing into the shared weights folder needs an administrator token, and none is configured.")
@@ -368,11 +371,19 @@ def publish_section(folder: Path, card) -> None:
     if not admin_token_matches(typed, configured):
         show_error("The administrator token is wrong; nothing was published.")
         return
-    target = weights_dir() / folder.name
+    target = weights_dir() / card.name
     if target.exists():
-        show_error(f"A model folder named {folder.name} is already installed; it was left as it is.")
+        show_error(f"A model folder named {card.name} is already installed; it was left as it is.")
         return
-    shutil.copytree(folder, target)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{card.name}-", dir=weights_dir()))
+    try:  # written beside, then renamed: model discovery never sees half a folder
+        for name, data in members.items():
+            (scratch / name).write_bytes(data)
+        scratch.rename(target)
+    except OSError as error:
+        shutil.rmtree(scratch, ignore_errors=True)
+        show_error(f"Nothing was published: the weights folder could not be written ({error.strerror or error}).")
+        return
     refresh_model_list()
     st.success(f"Published: {display_name(card)} is now offered on the Analyze, Review and Model performance pages.")
 

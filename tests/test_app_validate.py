@@ -64,6 +64,28 @@ def test_upload_metrics_adapt_publish_and_the_model_is_listed(tmp_path, monkeypa
     assert f"X-ray, adapted to {SITE}" in analyze.selectbox(key="model-xray").options
 
 
+def test_fitting_and_publishing_a_head_leave_no_files_behind_on_the_server(tmp_path, monkeypatch):
+    weights = make_weights_dir(tmp_path, segmentation=False)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    monkeypatch.setenv("COVID_REVIEW_ADMIN_TOKEN", TOKEN)
+    at = uploaded(page_test("pages/validate.py", weights, monkeypatch), weights, sample_zip())
+    at.button(key="validate-run").click().run()
+    at.button(key="validate-adapt").click().run()
+    at.button(key="validate-adapt").click().run()  # a second fit replaces the first
+    assert not at.exception and not at.error
+    assert list(scratch.iterdir()) == []  # the adapted folder lives in the visitor's session only
+    at.text_input(key="validate-admin").set_value(TOKEN)
+    at.button(key="validate-publish").click().run()
+    assert any("Published" in s.value for s in at.success)
+    installed = sorted(path.name for path in weights.iterdir())
+    assert not [name for name in installed if name.startswith(".")]  # no half-written folder left beside it
+    published = next(weights / name for name in installed if "adapted" in name)
+    assert {"card.json", "MODEL_CARD.md"} <= {path.name for path in published.iterdir()}
+    assert list(scratch.iterdir()) == []
+
+
 def test_a_sample_below_the_minimum_gets_no_headline_and_no_adaptation(tmp_path, monkeypatch):
     weights = make_weights_dir(tmp_path, segmentation=False)
     at = uploaded(page_test("pages/validate.py", weights, monkeypatch), weights, sample_zip(patients_per_class=6))
