@@ -134,7 +134,7 @@ class ReviewStore:
     @_database_errors("signing in failed")
     def sign_in(self, name: str, passphrase: str, *, client: str | None = None) -> Reviewer:
         """The reviewer `name` if `passphrase` is theirs; a name not taken, by itself or a look-alike spelling (see
-        `reviewer_names`), is registered with it.
+        `names`), is registered with it.
 
         A blank or short passphrase is refused before the name is looked up; a wrong one, for the name or for a
         look-alike of it, gets WRONG_PASSPHRASE; each answer costs one scrypt either way. Failures are counted per
@@ -177,7 +177,7 @@ class ReviewStore:
                          client: str | None = None) -> Reviewer:
         """`reviewer` with administrator rights when `typed` is the configured administrator token.
 
-        A configured token too weak to be used (see `reviewer_names.admin_token_problem`) turns administrator
+        A configured token too weak to be used (see `names.admin_token_problem`) turns administrator
         sign-in off (ReviewError saying why, never the token). Wrong tokens are counted per reviewer and per
         `client` like passphrases (SignInThrottled past a few) and logged, without what was typed.
         """
