@@ -178,7 +178,7 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-class Base(DeclarativeBase):
+class _Base(DeclarativeBase):
     pass
 
 
@@ -186,7 +186,7 @@ def _in(column: str, values: Sequence[str]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
-class ReviewerRow(Base):
+class ReviewerRow(_Base):
     """A reviewer who signs in by name and passphrase (OIDC accounts need no row)."""
 
     __tablename__ = "reviewers"
@@ -201,7 +201,7 @@ class ReviewerRow(Base):
     created_at: Mapped[datetime] = mapped_column(_UTCDateTime(), default=utc_now)
 
 
-class FailureRow(Base):
+class FailureRow(_Base):
     """Failed sign-ins of one subject (a name's skeleton, a client address, ...), see `sign_in_guard`."""
 
     __tablename__ = "sign_in_failures"
@@ -212,7 +212,7 @@ class FailureRow(Base):
     locked_until: Mapped[datetime | None] = mapped_column(_UTCDateTime(), nullable=True)
 
 
-class SessionRow(Base):
+class SessionRow(_Base):
     __tablename__ = "review_sessions"
     __table_args__ = (CheckConstraint(_in("status", SESSION_STATUSES), name="ck_review_sessions_status"),)
 
@@ -240,7 +240,7 @@ class SessionRow(Base):
         )
 
 
-class ItemRow(Base):
+class ItemRow(_Base):
     __tablename__ = "review_items"
     __table_args__ = (
         UniqueConstraint("session_id", "position", name="uq_review_items_session_position"),
@@ -282,7 +282,7 @@ class ItemRow(Base):
         )
 
 
-class VerdictRow(Base):
+class VerdictRow(_Base):
     """The latest verdict on an item (one row per item); ``version`` counts its saved writes."""
 
     __tablename__ = "verdicts"
@@ -298,7 +298,7 @@ class VerdictRow(Base):
     item: Mapped[ItemRow] = relationship(back_populates="verdict")
 
 
-class HistoryRow(Base):
+class HistoryRow(_Base):
     """Every verdict write, saved or refused as stale: nothing a reviewer wrote is lost."""
 
     __tablename__ = "verdict_history"
@@ -368,7 +368,7 @@ def migrate(connection: Connection) -> None:
         connection.execute(text(f"ALTER TABLE verdicts ADD CONSTRAINT ck_verdicts_verdict CHECK "
                                 f"({_in('verdict', VERDICTS)})"))
         connection.execute(text("ALTER TABLE verdicts ADD COLUMN version INTEGER NOT NULL DEFAULT 1"))
-    Base.metadata.create_all(connection)
+    _Base.metadata.create_all(connection)
     if old_verdicts and connection.dialect.name == "sqlite":
         connection.execute(text(
             "INSERT INTO verdicts (id, item_id, verdict, reviewer_label, note, decided_at, version) "
