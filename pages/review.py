@@ -54,20 +54,20 @@ from covid_models.imaging.volumes import VolumeReadError
 from covid_models.models.checkpoint import CheckpointError
 from covid_models.models.inference import Prediction
 from covid_models.models.model_card import ModelCard, display_name
+from covid_models.reviews.checks import session_token
+from covid_models.reviews.identity import Reviewer
 from covid_models.reviews.names import admin_token_problem
-from covid_models.reviews.store import (
+from covid_models.reviews.records import (
     VERDICT_TEXT,
     ItemView,
     NewItem,
     NotYoursError,
     ReviewDatabaseError,
-    Reviewer,
     ReviewError,
-    ReviewStore,
     SessionInfo,
     StaleVerdictError,
-    session_token,
 )
+from covid_models.reviews.store import ReviewStore
 from covid_models.training.data import DataError, LeakageError, held_out_images, load_dataset
 from pages.review_pacs import PageHooks, pacs_image, pacs_scan, pacs_session_form, send_verdict
 from pages.scan_viewer import scan_viewer

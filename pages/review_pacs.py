@@ -34,7 +34,9 @@ from covid_models.pacs.client import (
     PacsSettings,
     StudyQuery,
 )
-from covid_models.reviews.store import ItemView, NewItem, Reviewer, ReviewError, ReviewStore, SessionInfo
+from covid_models.reviews.identity import Reviewer
+from covid_models.reviews.records import ItemView, NewItem, ReviewError, SessionInfo
+from covid_models.reviews.store import ReviewStore
 from pages.shared import LruCache, load_classifier, model_cards, show_error
 
 MAX_STUDIES = 20  # studies per session: each is fetched and analysed when the session starts

@@ -22,7 +22,8 @@ from sqlalchemy import create_engine, text
 
 from covid_models.benchmarking import percentile
 from covid_models.imaging.io import content_hash
-from covid_models.reviews.store import NewItem, ReviewStore
+from covid_models.reviews.records import NewItem
+from covid_models.reviews.store import ReviewStore
 
 
 def _fill(store: ReviewStore, url: str, n: int) -> tuple[int, str]:

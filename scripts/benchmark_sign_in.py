@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from covid_models.benchmarking import percentile
-from covid_models.reviews.store import ReviewError, ReviewStore, SignInThrottled
+from covid_models.reviews.records import ReviewError, SignInThrottled
+from covid_models.reviews.store import ReviewStore
 
 
 def _timed(answer: Callable[[int], object], repeats: int) -> tuple[float, float]:

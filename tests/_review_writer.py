@@ -13,7 +13,9 @@ import itertools
 import sys
 
 from covid_models.imaging.io import content_hash
-from covid_models.reviews.store import NewItem, Reviewer, ReviewStore
+from covid_models.reviews.identity import Reviewer
+from covid_models.reviews.records import NewItem
+from covid_models.reviews.store import ReviewStore
 
 
 def main(argv: list[str]) -> None:

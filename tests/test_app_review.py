@@ -31,7 +31,8 @@ from covid_models.imaging.io import content_hash, files_hash, read_image
 from covid_models.imaging.volumes import read_volume
 from covid_models.models.inference import Classifier
 from covid_models.models.segmentation import Segmenter
-from covid_models.reviews.store import ReviewDatabaseError, ReviewStore
+from covid_models.reviews.records import ReviewDatabaseError
+from covid_models.reviews.store import ReviewStore
 from covid_models.training.data import held_out_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py

@@ -21,8 +21,8 @@ def _shown(at) -> str:
 
 
 def test_repeated_wrong_passphrases_are_refused_with_the_time_to_wait(folders, database, monkeypatch) -> None:
-    frozen = covid_models.reviews.store._now()  # the page runs take longer than the first lockout (2 s)
-    monkeypatch.setattr(covid_models.reviews.store, "_now", lambda: frozen)
+    frozen = covid_models.reviews.store.utc_now()  # the page runs take longer than the first lockout (2 s)
+    monkeypatch.setattr(covid_models.reviews.store, "utc_now", lambda: frozen)
     _sign_in(_page(folders, database, monkeypatch))
     for attempt in range(FREE_FAILURES["name"] + 1):
         _sign_in(_page(folders, database, monkeypatch), REVIEWER, f"guess number {attempt}")

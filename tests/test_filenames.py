@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from covid_models.analysis.report import bare_file_name as report_rule
 from covid_models.imaging.filenames import bare_file_name
-from covid_models.reviews.store import NewItem, Reviewer, ReviewStore
+from covid_models.reviews.identity import Reviewer
+from covid_models.reviews.records import NewItem
+from covid_models.reviews.store import ReviewStore
 
 
 def test_only_the_last_component_of_either_separator_style_is_kept() -> None:

@@ -34,18 +34,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 
 from covid_models.imaging.io import content_hash
-from covid_models.reviews.store import (
-    CSV_COLUMNS,
-    HELD_BACK_LABEL,
-    NewItem,
-    NotYoursError,
-    ReviewDatabaseError,
-    Reviewer,
-    ReviewError,
-    ReviewStore,
-    StaleVerdictError,
-    database_url,
-)
+from covid_models.reviews.export import CSV_COLUMNS, HELD_BACK_LABEL
+from covid_models.reviews.identity import Reviewer
+from covid_models.reviews.records import NewItem, NotYoursError, ReviewDatabaseError, ReviewError, StaleVerdictError
+from covid_models.reviews.schema import database_url
+from covid_models.reviews.store import ReviewStore
 
 KIM = Reviewer(key="name:dr kim", name="Dr Kim")  # a reviewer as a script names one (no passphrase involved)
 NO_POSTGRES = "no PostgreSQL server: set TEST_POSTGRES_URL (CI starts one)"

@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 from covid_models.imaging.io import content_hash
-from covid_models.reviews.store import NewItem, Reviewer, ReviewStore
+from covid_models.reviews.identity import Reviewer
+from covid_models.reviews.records import NewItem
+from covid_models.reviews.store import ReviewStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("_review_writer.py")

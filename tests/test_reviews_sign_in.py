@@ -13,18 +13,12 @@ from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, creat
 from test_reviews import all_stored_values, db_url, make_item, open_store, store  # noqa: F401
 
 import covid_models.reviews.store
+from covid_models.reviews.identity import Reviewer, hash_passphrase
 from covid_models.reviews.names import admin_token_problem, name_key, skeleton
+from covid_models.reviews.records import ReviewError, SignInThrottled
+from covid_models.reviews.schema import database_url
 from covid_models.reviews.sign_in_guard import FREE_FAILURES, MAX_LOCK_S
-from covid_models.reviews.store import (
-    WRONG_ADMIN_TOKEN,
-    WRONG_PASSPHRASE,
-    Reviewer,
-    ReviewError,
-    ReviewStore,
-    SignInThrottled,
-    _hash_passphrase,
-    database_url,
-)
+from covid_models.reviews.store import WRONG_ADMIN_TOKEN, WRONG_PASSPHRASE, ReviewStore
 
 ADMIN_TOKEN = "Zq7-ward-Fx2m-Lo9p-Ts4k"
 ATTACKER, COLLEAGUE = "203.0.113.66", "198.51.100.7"
@@ -48,10 +42,10 @@ def scrypt_runs(monkeypatch) -> list[int]:
 def clock(monkeypatch) -> Callable[[float], None]:
     """The store's clock stands still at the test's start, however slow the machine (lockouts are stored times,
     compared with it); `clock(seconds)` sets it to that many seconds after the start."""
-    start = covid_models.reviews.store._now()
+    start = covid_models.reviews.store.utc_now()
 
     def at(seconds: float) -> None:
-        monkeypatch.setattr(covid_models.reviews.store, "_now", lambda: start + timedelta(seconds=seconds))
+        monkeypatch.setattr(covid_models.reviews.store, "utc_now", lambda: start + timedelta(seconds=seconds))
 
     at(0)
     return at
@@ -250,7 +244,7 @@ def test_a_database_from_before_name_skeletons_is_migrated_in_place(db_url: str)
         with engine.begin() as connection:
             metadata.create_all(connection)
             connection.execute(reviewers.insert(), [{"key": "name:dr ada", "name": "Dr Ada",
-                                                     "passphrase_hash": _hash_passphrase("ada's long passphrase")}])
+                                                     "passphrase_hash": hash_passphrase("ada's long passphrase")}])
     finally:
         engine.dispose()
     with ReviewStore(db_url) as migrated:
