@@ -29,6 +29,7 @@ class Member:
 
 
 def folder_members(folder: Path, limits: VolumeLimits) -> Iterator[Member]:
+    """The files under `folder` (nested folders too; hidden files skipped), at most `limits.max_files`."""
     count = 0
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or path.name.startswith("."):
@@ -37,7 +38,7 @@ def folder_members(folder: Path, limits: VolumeLimits) -> Iterator[Member]:
         if count > limits.max_files:
             raise VolumeReadError(f"This folder holds more than {limits.max_files} files. Point at one series.")
         yield Member(str(path.relative_to(folder)), lambda p=path: _read_file(p, limits),
-                      lambda size, p=path: _read_file(p, limits, size))
+                     lambda size, p=path: _read_file(p, limits, size))
 
 
 def _read_file(path: Path, limits: VolumeLimits, size: int | None = None) -> bytes:
@@ -87,7 +88,7 @@ def zip_members(data: bytes, limits: VolumeLimits) -> Iterator[Member]:
         if name.startswith("__MACOSX/") or PurePosixPath(name).name.startswith("."):
             continue
         yield Member(name, lambda i=info: _inflate(archive, i, budget, limits),
-                      lambda size, i=info: _inflate_head(archive, i, size))
+                     lambda size, i=info: _inflate_head(archive, i, size))
 
 
 @dataclass

@@ -27,10 +27,12 @@ NIFTI_AXES = ("L", "P", "I")  # nibabel axis codes of (x, y, z) after reorientat
 
 
 def is_nifti_name(name: str) -> bool:
+    """Whether a file name ends in .nii or .nii.gz."""
     return name.lower().endswith((".nii", ".nii.gz"))
 
 
 def is_nifti(data: bytes, name: str) -> bool:
+    """Whether one uploaded file is a NIfTI volume: gzip, a NIfTI-1 or NIfTI-2 header size, or its name."""
     if data[:2] == b"\x1f\x8b":
         return True
     if len(data) >= 348 and (int.from_bytes(data[:4], "little") in (348, 540) or
@@ -143,6 +145,7 @@ def nifti_canonical(data: bytes, limits: VolumeLimits, out_dtype: type, deadline
 
 
 def read_nifti(data: bytes, limits: VolumeLimits, deadline: Deadline) -> Volume:
+    """A CT volume from a NIfTI file, refused when it has too few slices or its values do not span air (HU)."""
     hu, spacing, (low, high) = nifti_canonical(data, limits, np.int16, deadline)
     if hu.shape[0] < limits.min_slices:
         raise VolumeReadError(f"This NIfTI volume has {hu.shape[0]} slice(s); a CT volume needs at least "

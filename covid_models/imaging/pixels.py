@@ -73,5 +73,6 @@ def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
 
 
 def reduced_note(width: int, height: int, shape: tuple[int, ...]) -> str:
+    """The note a reduced image carries: both sizes, and why nothing the models or the display use is lost."""
     return (f"reduced from {width} x {height} to {shape[1]} x {shape[0]} pixels for analysis (block mean); "
             f"models read at most 512 and the display shows at most 768 pixels")

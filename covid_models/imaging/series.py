@@ -167,7 +167,7 @@ def _series_info(index: int, group: list[DicomSlice]) -> SeriesInfo:
 
 
 def _series_volume(group: list[DicomSlice], infos: tuple[SeriesInfo, ...], chosen: int, notes: list[str],
-                 limits: VolumeLimits, deadline: Deadline) -> Volume:
+                   limits: VolumeLimits, deadline: Deadline) -> Volume:
     first = group[0]
     if first.modality != "CT":
         raise VolumeReadError(f"This series is {first.modality or 'of unknown modality'}, not CT: only chest CT "
