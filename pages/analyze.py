@@ -55,16 +55,8 @@ from covid_models.analysis.report import (
 )
 from covid_models.analysis.scan_views import reading_rows
 from covid_models.analysis.trust import headline_auc, single_source, within_source
-from covid_models.imaging.io import (
-    WINDOW_PRESETS,
-    ImageReadError,
-    Scan,
-    ScanMetadata,
-    content_hash,
-    read_dicom_identifiers,
-    read_image,
-    rewindow,
-)
+from covid_models.imaging.io import content_hash, read_dicom_identifiers, read_image
+from covid_models.imaging.scan import WINDOW_PRESETS, ImageReadError, Scan, ScanMetadata, rewindow
 from covid_models.models.checkpoint import CheckpointError
 from covid_models.models.inference import Classifier, Prediction
 from covid_models.models.model_card import MODALITY_NAMES, ModelCard, display_name, is_adapted, modality_name

@@ -49,8 +49,9 @@ from covid_models.analysis.image_analysis import Analysis, analyse, predict
 from covid_models.analysis.image_checks import HELD_BACK, REFUSED, check_models, screen
 from covid_models.analysis.overlays import DISPLAY_SIDE, display_size, for_display
 from covid_models.analysis.scan_analysis import ScanAnalysis
-from covid_models.imaging.io import ImageReadError, content_hash, files_hash, read_image
-from covid_models.imaging.volumes import VolumeReadError
+from covid_models.imaging.ct_volume import VolumeReadError
+from covid_models.imaging.io import content_hash, files_hash, read_image
+from covid_models.imaging.scan import ImageReadError
 from covid_models.models.checkpoint import CheckpointError
 from covid_models.models.inference import Prediction
 from covid_models.models.model_card import ModelCard, display_name

@@ -21,8 +21,9 @@ import pandas as pd
 import streamlit as st
 
 from covid_models.analysis.scan_analysis import ScanAnalysis
-from covid_models.imaging.io import ImageReadError, content_hash, files_hash
-from covid_models.imaging.volumes import VolumeReadError
+from covid_models.imaging.ct_volume import VolumeReadError
+from covid_models.imaging.io import content_hash, files_hash
+from covid_models.imaging.scan import ImageReadError
 from covid_models.models.checkpoint import CheckpointError
 from covid_models.pacs import screening
 from covid_models.pacs.client import (

@@ -14,8 +14,8 @@ from covid_models import RESEARCH_USE_NOTICE
 from covid_models.analysis.report import render_scan_html, render_scan_pdf
 from covid_models.analysis.scan_analysis import ScanAnalysis
 from covid_models.analysis.scan_views import scan_report_content
+from covid_models.imaging.ct_volume import SUPPORTED_VOLUMES, VolumeReadError
 from covid_models.imaging.io import content_hash, files_hash
-from covid_models.imaging.volumes import SUPPORTED_VOLUMES, VolumeReadError
 from covid_models.models.checkpoint import CheckpointError
 from pages.scan_viewer import scan_viewer
 from pages.shared import (

@@ -53,7 +53,8 @@ from covid_models.analysis.scan_views import (
     scan_facts,
     secondary_sentence,
 )
-from covid_models.imaging.io import Scan, read_image
+from covid_models.imaging.io import read_image
+from covid_models.imaging.scan import Scan
 from covid_models.imaging.volumes import read_volume
 from covid_models.models.checkpoint import CheckpointError, read_card
 from covid_models.models.inference import Classifier, ModelFolders, discover_models, find_models, segmenter_folder

@@ -25,7 +25,7 @@ import pandas as pd
 import streamlit as st
 
 from covid_models.analysis.figures import calibration_figure, roc_figure
-from covid_models.imaging.io import ImageReadError
+from covid_models.imaging.scan import ImageReadError
 from covid_models.local.adaptation import AdaptationError, adapt, adapted_card, save_adapted
 from covid_models.local.samples import LocalSample, sample_from_dicom, sample_from_folder, sample_from_zip
 from covid_models.local.scans import (

@@ -22,7 +22,8 @@ import torch
 from covid_models import RESEARCH_USE_NOTICE
 from covid_models.analysis.scan_analysis import analyse_scan, scan_models
 from covid_models.analysis.scan_views import secondary_sentence
-from covid_models.imaging.volumes import VolumeReadError, read_volume
+from covid_models.imaging.ct_volume import VolumeReadError
+from covid_models.imaging.volumes import read_volume
 from covid_models.models.inference import Classifier
 from covid_models.models.segmentation import Segmenter
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from covid_models import runtime
 from covid_models.analysis.trust import source_probes
-from covid_models.imaging.io import ImageReadError
+from covid_models.imaging.scan import ImageReadError
 from covid_models.local.adaptation import reproduce
 from covid_models.local.samples import sample_from_folder, sample_from_manifest
 from covid_models.local.validation import ValidationError, score_sample

@@ -25,7 +25,8 @@ import numpy as np
 
 from covid_models import runtime
 from covid_models.analysis.image_checks import check_models, screen
-from covid_models.imaging.io import ImageReadError, read_image
+from covid_models.imaging.io import read_image
+from covid_models.imaging.scan import ImageReadError
 from covid_models.metrics import auc, bootstrap_ci
 from covid_models.models.checkpoint import CheckpointError
 from covid_models.models.inference import Classifier

@@ -27,7 +27,7 @@ from datetime import date
 from pathlib import Path
 
 from covid_models import runtime
-from covid_models.imaging.io import ImageReadError
+from covid_models.imaging.scan import ImageReadError
 from covid_models.pacs.client import MODALITIES, Pacs, PacsError, StudyQuery, settings_from_environment
 
 MAX_STUDIES = 10_000
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.configure()  # before torch is imported (below)
     from tqdm import tqdm
 
-    from covid_models.imaging.volumes import VolumeReadError
+    from covid_models.imaging.ct_volume import VolumeReadError
     from covid_models.models.checkpoint import CheckpointError
     from covid_models.models.inference import Classifier
     from covid_models.models.segmentation import Segmenter

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from covid_models import runtime
-from covid_models.imaging.io import IMAGE_SUFFIXES, ImageReadError, read_image
+from covid_models.imaging.formats import IMAGE_SUFFIXES
+from covid_models.imaging.io import read_image
+from covid_models.imaging.scan import ImageReadError
 
 if TYPE_CHECKING:
     from covid_models.analysis.image_checks import CheckModels

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from covid_models.analysis.overlays import LUNG_COLOR, mask_overlay, to_rgb
-from covid_models.imaging.io import WINDOW_PRESETS, apply_window
 from covid_models.imaging.lung_mask import LEFT, RIGHT, segment_lungs, to_grid
+from covid_models.imaging.scan import WINDOW_PRESETS, apply_window
 from covid_models.imaging.volumes import read_volume
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

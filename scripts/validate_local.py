@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from covid_models import runtime
-from covid_models.imaging.io import ImageReadError
+from covid_models.imaging.scan import ImageReadError
 from covid_models.local.samples import (
     LocalSample,
     sample_from_dicom,

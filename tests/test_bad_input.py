@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from covid_models.imaging.io import ImageReadError, Scan, read_image
+from covid_models.imaging.io import read_image
+from covid_models.imaging.scan import ImageReadError, Scan
 
 # Damaged files make Pillow and pydicom warn; the warnings are expected and not what these tests judge.
 pytestmark = pytest.mark.filterwarnings("ignore")

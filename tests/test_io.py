@@ -13,17 +13,8 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from covid_models.imaging.io import (
-    MAX_PIXELS,
-    WINDOW_PRESETS,
-    ImageReadError,
-    Scan,
-    apply_window,
-    content_hash,
-    read_dicom_identifiers,
-    read_image,
-    rewindow,
-)
+from covid_models.imaging.io import content_hash, read_dicom_identifiers, read_image
+from covid_models.imaging.scan import MAX_PIXELS, WINDOW_PRESETS, ImageReadError, Scan, apply_window, rewindow
 
 RNG = np.random.default_rng(7)
 GREY = RNG.integers(0, 256, (40, 48), dtype=np.uint8)

@@ -18,8 +18,9 @@ import pytest
 from pacs_fixtures import OrthancServer, series_files, started_orthanc, xray_dicom
 from scan_phantoms import dicom_series
 
+from covid_models.imaging.ct_volume import VolumeLimits, VolumeReadError
 from covid_models.imaging.io import read_image
-from covid_models.imaging.volumes import VolumeLimits, VolumeReadError, read_volume
+from covid_models.imaging.volumes import read_volume
 from covid_models.models.inference import Classifier
 from covid_models.pacs import screening
 from covid_models.pacs.client import InstanceRef, Pacs, PacsError, PacsSettings, StudyGoneError, StudyQuery

@@ -74,7 +74,8 @@ def test_dicom_ct_in_hu_and_the_same_slice_as_a_lung_windowed_png_give_the_same_
     from bad_input_corpus import encode, make_dicom
     from PIL import Image
 
-    from covid_models.imaging.io import apply_window, read_image
+    from covid_models.imaging.io import read_image
+    from covid_models.imaging.scan import apply_window
 
     stored = _ct_slice()
     dicom = read_image(make_dicom(stored, rescale=(1.0, -1024.0), window=(40, 400)))  # a mediastinal file window
@@ -97,7 +98,8 @@ def test_padding_outside_the_scan_field_reads_as_air():
 def test_a_display_window_preset_never_changes_the_model_input():
     from bad_input_corpus import make_dicom
 
-    from covid_models.imaging.io import WINDOW_PRESETS, read_image, rewindow
+    from covid_models.imaging.io import read_image
+    from covid_models.imaging.scan import WINDOW_PRESETS, rewindow
 
     scan = read_image(make_dicom(_ct_slice(), rescale=(1.0, -1024.0)))
     reference = CT_PREPROCESSING(scan)

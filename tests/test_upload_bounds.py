@@ -22,7 +22,9 @@ from conftest import PROJECT_ROOT
 from crafted_uploads import deflated_ct_slice, float64_ct_nifti, zip_of, zip_of_zero_members
 from scan_phantoms import dicom_series, phantom, zipped
 
-from covid_models.imaging.volumes import NIFTI_AXES, VolumeLimits, VolumeReadError, read_volume
+from covid_models.imaging.ct_volume import VolumeLimits, VolumeReadError
+from covid_models.imaging.nifti import NIFTI_AXES
+from covid_models.imaging.volumes import read_volume
 
 HU = phantom()
 REFUSAL_SECONDS = 1.0
@@ -31,7 +33,8 @@ NIFTI_SLACK_MB = 64.0  # a NIfTI read holds its result, the compressed input and
 
 MEASURE = textwrap.dedent("""
     import json, sys, time
-    from covid_models.imaging.io import ImageReadError, read_dicom_identifiers, read_image
+    from covid_models.imaging.io import read_dicom_identifiers, read_image
+    from covid_models.imaging.scan import ImageReadError
     from covid_models.imaging.volumes import read_volume
 
     def status_mb(key):  # as covid_models.benchmarking (not imported: it loads torch, seconds on a loaded machine)
@@ -187,7 +190,8 @@ def test_a_large_private_value_before_the_pixels_is_skipped_not_refused():
     from bad_input_corpus import make_dicom
     from pydicom import dcmread
 
-    from covid_models.imaging.io import read_dicom_header, read_image
+    from covid_models.imaging.dicom import read_dicom_header
+    from covid_models.imaging.io import read_image
 
     def with_blob(data: bytes) -> bytes:
         ds = dcmread(io.BytesIO(data))

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from scan_phantoms import SPACING, dicom_series, nifti_ras, phantom, zipped
 
-from covid_models.imaging.io import ImageReadError
-from covid_models.imaging.volumes import VolumeLimits, VolumeReadError, read_label_volume, read_volume
+from covid_models.imaging.ct_volume import VolumeLimits, VolumeReadError
+from covid_models.imaging.scan import ImageReadError
+from covid_models.imaging.volumes import read_label_volume, read_volume
 
 HU = phantom()
 

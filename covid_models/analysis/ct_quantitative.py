@@ -458,7 +458,7 @@ def read_slice_quantities(hu: np.ndarray, pixel_spacing: tuple[float, float] | N
 
 
 def read_dicom_slice(scan: Any, segmenter: Any | None = None) -> SliceQuantities | None:
-    """The reading of a DICOM CT slice (a `covid_models.imaging.io.Scan` with HU values) with the first infection
+    """The reading of a DICOM CT slice (a `covid_models.imaging.scan.Scan` with HU values) with the first infection
     segmenter, if any; None for any other image (no HU to measure)."""
     if scan.metadata.dicom_modality != "CT" or scan.modality_values is None:
         return None

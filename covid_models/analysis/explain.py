@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from covid_models.imaging.io import Scan
+from covid_models.imaging.scan import Scan
 from covid_models.models.inference import Classifier, Prediction, penultimate_layer
 
 # Score-CAM: masked images per forward pass of the whole network. Larger batches were no faster here, and 16

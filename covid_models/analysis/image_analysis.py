@@ -23,7 +23,7 @@ from covid_models.analysis.formatting import percent
 from covid_models.analysis.lung_plausibility import implausible as lung_implausible
 from covid_models.analysis.overlays import colour_scale, display_size, for_display, heatmap_overlay, mask_overlay
 from covid_models.analysis.trust import single_source, source_warning
-from covid_models.imaging.io import Scan, ScanMetadata
+from covid_models.imaging.scan import Scan, ScanMetadata
 from covid_models.models.inference import Classifier, Ensemble, Prediction
 from covid_models.models.model_card import modality_name
 from covid_models.models.segmentation import Segmenter, cam_mass_inside

@@ -34,8 +34,8 @@ from scipy import ndimage
 from covid_models.analysis.ct_quantitative import MIN_ENCLOSED_AIR_MM2, enclosed_air_mm2
 from covid_models.analysis.image_analysis import Hold, free, held_back_text
 from covid_models.analysis.overlays import display_size
-from covid_models.imaging.io import Scan
 from covid_models.imaging.lung_box import enclosed, otsu_threshold
+from covid_models.imaging.scan import Scan
 from covid_models.models.checkpoint import CheckpointError
 from covid_models.models.inference import Classifier, Prediction, discover_models
 from covid_models.models.model_card import modality_name

@@ -44,8 +44,8 @@ from covid_models.analysis.ct_quantitative import (
     zone_burdens,
 )
 from covid_models.analysis.explain import heatmap
+from covid_models.imaging.ct_volume import Volume, VolumeMetadata
 from covid_models.imaging.lung_mask import LungMask, segment_lungs, to_grid
-from covid_models.imaging.volumes import Volume, VolumeMetadata
 from covid_models.models.inference import Classifier, discover_models
 from covid_models.models.segmentation import Segmenter
 

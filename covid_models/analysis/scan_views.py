@@ -13,8 +13,8 @@ from covid_models.analysis.ct_quantitative import DENSITY_BANDS, SECONDARY_LABEL
 from covid_models.analysis.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, mask_overlay, to_rgb
 from covid_models.analysis.report import ScanReportContent, class_name, scan_result_sentence
 from covid_models.analysis.scan_analysis import BURDEN_LABEL, ScanAnalysis
-from covid_models.imaging.io import WINDOW_PRESETS, apply_window
 from covid_models.imaging.lung_mask import LEFT, RIGHT
+from covid_models.imaging.scan import WINDOW_PRESETS, apply_window
 
 DISPLAY_WINDOWS = WINDOW_PRESETS  # display only: the models always get their card's window
 MODEL_LIMITS = (

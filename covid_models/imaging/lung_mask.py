@@ -84,7 +84,7 @@ def from_grid(mask: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarr
 
 def segment_lungs(hu: np.ndarray, spacing: tuple[float, float, float], progress: Progress | None = None
                   ) -> LungMask:
-    """The left and right lungs of an HU volume in the canonical orientation (see `covid_models.imaging.volumes`)."""
+    """The left and right lungs of an HU volume in the canonical orientation (see `covid_models.imaging.ct_volume`)."""
     report = progress or (lambda _fraction: None)
     factor = grid_factor(min(spacing[1], spacing[2]))
     grid = to_grid(hu, factor)

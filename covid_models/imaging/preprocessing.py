@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from covid_models.imaging.io import Scan, apply_window
 from covid_models.imaging.lung_box import Box, lung_box, mask_box, widen
+from covid_models.imaging.scan import Scan, apply_window
 
 LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)  # (centre, width) in HU: the CT models' input window
 

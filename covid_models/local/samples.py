@@ -20,8 +20,10 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from covid_models.imaging.io import ImageReadError, Scan, read_dicom_identifiers, read_image
-from covid_models.imaging.volumes import VolumeLimits, _zip_members
+from covid_models.imaging.archives import zip_members
+from covid_models.imaging.ct_volume import VolumeLimits
+from covid_models.imaging.io import read_dicom_identifiers, read_image
+from covid_models.imaging.scan import ImageReadError, Scan
 from covid_models.models.model_card import ModelCard
 from covid_models.training.data import DataError, import_folder, load_manifest, training_table
 
@@ -62,7 +64,7 @@ class LocalSample:
 
 
 def _read_path(path: Path) -> bytes:
-    from covid_models.imaging.io import MAX_FILE_BYTES
+    from covid_models.imaging.scan import MAX_FILE_BYTES
 
     if not path.is_file():
         raise ImageReadError(f"{path.name}: not found")
@@ -78,8 +80,8 @@ def is_positive(label: object, positive_class: str) -> bool:
     return text in POSITIVE_WORDS or text == target or (target == "covid" and text == "covid19")
 
 
-def _finish(frame: pd.DataFrame, positive_class: str, notes: list[str], blobs: dict[str, bytes] | None = None
-            ) -> LocalSample:
+def finish_sample(frame: pd.DataFrame, positive_class: str, notes: list[str],
+                  blobs: dict[str, bytes] | None = None) -> LocalSample:
     """Fill the optional columns, binarise the label, and refuse an empty or one-class sample outright."""
     if frame.empty:
         raise SampleError("The sample holds no labelled image.")
@@ -104,7 +106,7 @@ def _finish(frame: pd.DataFrame, positive_class: str, notes: list[str], blobs: d
                                                     "site"]], positive_class, blobs or {}, notes)
 
 
-def _read_label_csv(data: bytes | Path, what: str) -> pd.DataFrame:
+def read_label_csv(data: bytes | Path, what: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(io.BytesIO(data) if isinstance(data, bytes) else data, dtype=str, nrows=MAX_ROWS + 1,
                             keep_default_na=True)
@@ -119,7 +121,7 @@ def _read_label_csv(data: bytes | Path, what: str) -> pd.DataFrame:
 def sample_from_zip(data: bytes, positive_class: str) -> LocalSample:
     """A zip holding images and one CSV (`file,label[,patient_id,view,site]`; `file` as the path inside the zip)."""
     try:
-        members = {PurePosixPath(m.name).as_posix(): m for m in _zip_members(data, ZIP_LIMITS)}
+        members = {PurePosixPath(m.name).as_posix(): m for m in zip_members(data, ZIP_LIMITS)}
     except ImageReadError as error:
         raise SampleError(str(error)) from error
     csvs = [name for name in members if name.lower().endswith(".csv")]
@@ -127,7 +129,7 @@ def sample_from_zip(data: bytes, positive_class: str) -> LocalSample:
         raise SampleError(f"The zip must hold exactly one CSV of labels (file,label[,patient_id,view,site]); it holds "
                           f"{len(csvs)}.")
     try:
-        table = _read_label_csv(members[csvs[0]].read(), f"'{csvs[0]}'")
+        table = read_label_csv(members[csvs[0]].read(), f"'{csvs[0]}'")
     except ImageReadError as error:
         raise SampleError(str(error)) from error
     if "file" not in table.columns:
@@ -146,12 +148,12 @@ def sample_from_zip(data: bytes, positive_class: str) -> LocalSample:
     except ImageReadError as error:
         raise SampleError(str(error)) from error
     table = table.assign(name=table["file"].astype(str), image=[by_name[f] for f in table["file"].astype(str)])
-    return _finish(table, positive_class, [], blobs)
+    return finish_sample(table, positive_class, [], blobs)
 
 
 def sample_from_dicom(files: Sequence[tuple[str, bytes]], table_csv: bytes, positive_class: str) -> LocalSample:
     """DICOM files with a CSV of labels keyed by `SOPInstanceUID` or by `file` (the file name)."""
-    table = _read_label_csv(table_csv, "The label CSV")
+    table = read_label_csv(table_csv, "The label CSV")
     key = "sopinstanceuid" if "sopinstanceuid" in table.columns else "file" if "file" in table.columns else None
     if key is None:
         raise SampleError("The label CSV needs a 'SOPInstanceUID' or a 'file' column to find each DICOM file.")
@@ -174,7 +176,7 @@ def sample_from_dicom(files: Sequence[tuple[str, bytes]], table_csv: bytes, posi
                           f"(first: '{missing[0]}').")
     table = table.assign(name=[found[k] for k in keys], image=[found[k] for k in keys])
     used = set(table["image"])
-    return _finish(table, positive_class, [], {k: v for k, v in blobs.items() if k in used})
+    return finish_sample(table, positive_class, [], {k: v for k, v in blobs.items() if k in used})
 
 
 def sample_from_manifest(manifest: str | Path, positive_class: str, source: str | None = None,
@@ -190,7 +192,7 @@ def sample_from_manifest(manifest: str | Path, positive_class: str, source: str 
     frame = frame.assign(name=[Path(p).name for p in frame["image"]], site=frame["source"])
     if modality is not None and "modality" in frame:
         frame = frame[frame["modality"] == modality]
-    return _finish(frame, positive_class, [])
+    return finish_sample(frame, positive_class, [])
 
 
 def sample_from_folder(folder: str | Path, positive_class: str) -> LocalSample:
@@ -203,17 +205,18 @@ def sample_from_folder(folder: str | Path, positive_class: str) -> LocalSample:
             raise SampleError("manifest.csv names a file outside its folder; only the folder's own images are read.")
         return sample
     if (folder / "labels.csv").is_file():
-        table = _read_label_csv(folder / "labels.csv", "labels.csv")
+        table = read_label_csv(folder / "labels.csv", "labels.csv")
         if "file" not in table.columns:
             raise SampleError("labels.csv lacks a 'file' column naming each image relative to the folder.")
         paths = [(root / f).resolve() for f in table["file"].astype(str)]
         if any(not p.is_relative_to(root) for p in paths):
             raise SampleError("labels.csv names a file outside its folder.")
-        return _finish(table.assign(name=table["file"].astype(str), image=[str(p) for p in paths]), positive_class, [])
+        return finish_sample(table.assign(name=table["file"].astype(str), image=[str(p) for p in paths]),
+                             positive_class, [])
     frame = import_folder(folder)
     if frame.empty:
         raise SampleError("The folder holds no manifest.csv, no labels.csv and no class sub-folders of images.")
-    return _finish(frame.assign(name=[Path(p).name for p in frame["image"]]), positive_class, [])
+    return finish_sample(frame.assign(name=[Path(p).name for p in frame["image"]]), positive_class, [])
 
 
 

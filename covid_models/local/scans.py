@@ -30,9 +30,11 @@ import pandas as pd
 from covid_models.analysis.ct_quantitative import DENSITY_BANDS
 from covid_models.analysis.image_analysis import Hold, free
 from covid_models.analysis.scan_analysis import HELD_BACK_SHARE, ScanAnalysis, analyse_scan
-from covid_models.imaging.io import ImageReadError
-from covid_models.imaging.volumes import Volume, VolumeLimits, _zip_members, read_volume
-from covid_models.local.samples import NEGATIVE, SampleError, _finish, _read_label_csv
+from covid_models.imaging.archives import zip_members
+from covid_models.imaging.ct_volume import Volume, VolumeLimits
+from covid_models.imaging.scan import ImageReadError
+from covid_models.imaging.volumes import read_volume
+from covid_models.local.samples import NEGATIVE, SampleError, finish_sample, read_label_csv
 from covid_models.local.validation import (
     ScoredSample,
     ValidationError,
@@ -82,7 +84,7 @@ class ScanSample:
 
 
 def _scan_table(data: bytes | Path, what: str) -> pd.DataFrame:
-    table = _read_label_csv(data, what)
+    table = read_label_csv(data, what)
     if "scan" not in table.columns:
         raise SampleError(f"{what} lacks a 'scan' column naming each scan's folder or file "
                           "(columns: scan,label[,patient_id,site,manufacturer]).")
@@ -95,7 +97,7 @@ def _scan_table(data: bytes | Path, what: str) -> pd.DataFrame:
 def _finish_scans(table: pd.DataFrame, images: list[str], positive_class: str,
                   members: dict[str, list[Any]] | None = None) -> ScanSample:
     manufacturer = table["manufacturer"].fillna("").astype(str).str.strip() if "manufacturer" in table else None
-    sample = _finish(table.assign(name=table["scan"], image=images), positive_class, [])
+    sample = finish_sample(table.assign(name=table["scan"], image=images), positive_class, [])
     sample.frame["manufacturer"] = "" if manufacturer is None else manufacturer.reset_index(drop=True)
     notes = [note.replace("image(s)", "scan(s)").replace("images of one", "scans of one") for note in sample.notes]
     return ScanSample(sample.frame, positive_class, members or {}, notes)
@@ -105,7 +107,7 @@ def scan_sample_from_zip(data: bytes, positive_class: str) -> ScanSample:
     """A zip with one CSV (`scan,label[,...]`) and, per scan, a folder, a nested zip or a NIfTI file named by `scan`
     (relative to the CSV's folder)."""
     try:
-        members = [m for m in _zip_members(data, SAMPLE_ZIP_LIMITS)]
+        members = [m for m in zip_members(data, SAMPLE_ZIP_LIMITS)]
     except ImageReadError as error:
         raise SampleError(str(error)) from error
     csvs = [m for m in members if m.name.lower().endswith(".csv")]

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from covid_models.analysis.image_analysis import Hold, free
-from covid_models.imaging.io import ImageReadError
+from covid_models.imaging.scan import ImageReadError
 from covid_models.local.samples import NEGATIVE, LocalSample
 from covid_models.metrics import auc, binary_report, bootstrap_ci, threshold_metrics, youden_threshold
 from covid_models.models.inference import Classifier

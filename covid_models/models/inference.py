@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from covid_models.imaging.io import Scan
 from covid_models.imaging.lung_box import Box
+from covid_models.imaging.scan import Scan
 from covid_models.models.architectures import build_model, cam_target_layer
 from covid_models.models.checkpoint import CheckpointError, load_model_dir, load_weights_into, read_card
 from covid_models.models.model_card import CardError, ModelCard, is_adapted

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from covid_models.imaging.io import Scan
 from covid_models.imaging.preprocessing import Preprocessing
+from covid_models.imaging.scan import Scan
 from covid_models.models.architectures import efficientnet_lite_imagenet_state_dict, get_architecture
 from covid_models.models.checkpoint import CheckpointError, load_model_dir, load_weights_into
 from covid_models.models.model_card import ModelCard

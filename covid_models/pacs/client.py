@@ -3,9 +3,8 @@
 Every failure of the network or the server becomes a `PacsError` whose message a reader can act on (down, slow,
 credentials refused, study gone), so that a page or a batch shows it and goes on with the next study. Retrieval is
 bounded like an upload: the sizes a series' metadata declares are checked against the readers' limits
-(`covid_models.imaging.io`, `covid_models.imaging.volumes.VolumeLimits`) before a pixel is fetched, and the readers
-check the
-fetched files again before decoding.
+(`covid_models.imaging.scan`, `covid_models.imaging.ct_volume.VolumeLimits`) before a pixel is fetched, and the
+readers check the fetched files again before decoding.
 """
 from __future__ import annotations
 
@@ -23,8 +22,8 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.errors import InvalidDicomError
 
-from covid_models.imaging import io as image_io
-from covid_models.imaging.volumes import VolumeLimits
+from covid_models.imaging.ct_volume import VolumeLimits
+from covid_models.imaging.scan import MAX_FILE_BYTES, MAX_PIXELS
 
 URL_SETTING = "COVID_DICOMWEB_URL"
 USER_SETTING, PASSWORD_SETTING, TOKEN_SETTING = "COVID_DICOMWEB_USER", "COVID_DICOMWEB_PASSWORD", "COVID_DICOMWEB_TOKEN"
@@ -317,7 +316,7 @@ class Pacs:
         _check_instance(entries[0])
         with self._errors("retrieving an image"):
             dataset = self.client.retrieve_instance(ref.study_uid, ref.series_uid, ref.sop_uid)
-        return _file_bytes(dataset, image_io.MAX_FILE_BYTES)
+        return _file_bytes(dataset, MAX_FILE_BYTES)
 
     def fetch_series(self, study_uid: str, series_uid: str, limits: VolumeLimits = DEFAULT_LIMITS
                      ) -> list[tuple[str, bytes]]:
@@ -358,10 +357,10 @@ def _check_instance(entry: dict[str, Any]) -> None:
     pixels, size = _declared_bytes(entry)
     if pixels == 0:
         raise PacsError("This object declares no image size (it is not an image); it was not retrieved.")
-    if pixels > image_io.MAX_PIXELS or size > image_io.MAX_FILE_BYTES:
+    if pixels > MAX_PIXELS or size > MAX_FILE_BYTES:
         raise PacsError(f"This image declares {pixels / 1e6:.0f} megapixels ({size / 2**20:.0f} MB); the reader "
-                        f"accepts at most {image_io.MAX_PIXELS / 1e6:.0f} megapixels and "
-                        f"{image_io.MAX_FILE_BYTES / 2**20:.0f} MB. It was not retrieved.")
+                        f"accepts at most {MAX_PIXELS / 1e6:.0f} megapixels and "
+                        f"{MAX_FILE_BYTES / 2**20:.0f} MB. It was not retrieved.")
 
 
 def _check_series(entries: list[dict[str, Any]], limits: VolumeLimits) -> None:

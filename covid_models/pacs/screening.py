@@ -16,8 +16,10 @@ import pydicom
 
 from covid_models.analysis.image_analysis import operating_point_text, predict
 from covid_models.analysis.image_checks import check_image
-from covid_models.imaging.io import ImageReadError, Scan, read_image
-from covid_models.imaging.volumes import Volume, VolumeLimits, read_volume
+from covid_models.imaging.ct_volume import Volume, VolumeLimits
+from covid_models.imaging.io import read_image
+from covid_models.imaging.scan import ImageReadError, Scan
+from covid_models.imaging.volumes import read_volume
 from covid_models.pacs.client import CT_MODALITIES, DEFAULT_LIMITS, XRAY_MODALITIES, InstanceRef, Pacs
 
 if TYPE_CHECKING:

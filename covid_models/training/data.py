@@ -24,7 +24,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch.utils.data import Dataset, Sampler
 
-from covid_models.imaging.io import IMAGE_SUFFIXES, read_image
+from covid_models.imaging.formats import IMAGE_SUFFIXES
+from covid_models.imaging.io import read_image
 from covid_models.imaging.preprocessing import Augmentation, Preprocessing
 
 DATA_DIR_ENV = "COVID_DATA_DIR"

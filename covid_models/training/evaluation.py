@@ -19,7 +19,8 @@ def predict_frame(classifier: Classifier, frame: pd.DataFrame, batch_size: int =
     An unreadable file raises ImageReadError naming it; when a `skipped` list is given, it is recorded there
     instead, as (row position, reason), and left out of the result (so N is the number of readable images).
     """
-    from covid_models.imaging.io import ImageReadError, read_image
+    from covid_models.imaging.io import read_image
+    from covid_models.imaging.scan import ImageReadError
 
     paths = frame["image"].tolist()
     batches = range(0, len(paths), batch_size)

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from covid_models.analysis.scan_analysis import burden, scored_slices
+from covid_models.imaging.ct_volume import Volume
 from covid_models.imaging.io import read_image
 from covid_models.imaging.lung_mask import LungMask, segment_lungs
-from covid_models.imaging.volumes import Volume
 from covid_models.metrics import summary_with_ci
 from covid_models.models.segmentation import Segmenter, orient
 
