@@ -1,7 +1,7 @@
 """The model's reading of a Review item, made as the other pages make it: an image screened and predicted as at every
 door (`image_checks.screen`, the library's `predict`), analysed as on the Analyze page (from the analyses cache the
 pages share), a whole CT scan analysed as on the CT scan page (its analysis kept in a bounded server cache, never its
-bytes), and the label the reviewer agrees or disagrees with.
+bytes), and the label the reviewer agrees or disagrees with; `pacs_hooks` lends them to the PACS source.
 
 Separate from the drawing: starting a session, showing an item and the PACS source read items the same way.
 """
@@ -117,5 +117,5 @@ def review_label(prediction: Prediction) -> str:
 
 
 def pacs_hooks() -> PageHooks:
-    """What the "From PACS" source (pages/review_pacs.py) uses of this page."""
+    """What the "From PACS" source (pages/review_pacs.py) uses of the Review page."""
     return PageHooks(review_scan, review_label, scan_label, open_session, MESSAGE_KEY)
