@@ -186,7 +186,7 @@ def counting(monkeypatch, *targets: str) -> list[str]:
     return calls
 
 
-MODEL_CALLS = ("covid_models.analysis.image_analysis.analyse", "covid_models.models.inference.Classifier.predictions",
+MODEL_CALLS = ("pages.analyze_compute.analyse", "covid_models.models.inference.Classifier.predictions",
                "covid_models.models.segmentation.Segmenter.probability", "covid_models.analysis.explain.place_map")
 
 

@@ -12,7 +12,7 @@ from app_fixtures import chest_like_png, make_weights_dir, page_test
 from app_fixtures_b import make_data_dir, point_app_at
 from PIL import Image
 
-import covid_models.analysis.image_checks
+import pages.analyze_compute
 from covid_models.analysis.image_analysis import analyse, report_content
 from covid_models.analysis.lung_plausibility import AREA, MIN_BALANCE, MIN_FILL, MIN_HEIGHT, implausible, measure
 from covid_models.analysis.overlays import display_size
@@ -77,7 +77,7 @@ def test_a_mask_missing_one_lung_gives_no_share_and_says_why_in_the_report(weigh
 
 
 def test_the_analyze_page_says_the_lung_mask_is_implausible_and_shows_no_share(weights: Path, monkeypatch):
-    monkeypatch.setattr(covid_models.analysis.image_checks, "lung_mask",
+    monkeypatch.setattr(pages.analyze_compute, "lung_mask",
                         lambda lungs, scan, hold=None: one_lung(display_size(scan.pixels.shape)))
     at = page_test("pages/analyze.py", weights, monkeypatch).run()
     at.file_uploader(key="uploads").set_value([("chest.png", chest_like_png(seed=7), "image/png")])

@@ -1,0 +1,114 @@
+"""Who is reading the Review page: the app's OpenID Connect login where the deployment configures one, else a name and
+passphrase checked by the review store, with an optional administrator token. Administrators are the accounts named
+in `COVID_REVIEW_ADMINS` (OpenID Connect) or reviewers who give the `COVID_REVIEW_ADMIN_TOKEN`.
+
+The page's one door: nothing else of the page is drawn until it returns a reviewer.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import streamlit as st
+
+from covid_models.reviews.names import admin_token_problem
+from covid_models.reviews.store import ReviewDatabaseError, Reviewer, ReviewError, ReviewStore
+from pages.review_state import leave_session, plain
+from pages.shared import show_error
+
+IDENTITY_KEY, REVIEWER_WIDGET = "review-identity", "review-reviewer"
+ADMINS_SETTING, ADMIN_TOKEN_SETTING = "COVID_REVIEW_ADMINS", "COVID_REVIEW_ADMIN_TOKEN"
+logger = logging.getLogger(__name__)
+
+
+def setting(name: str) -> str:
+    """A deployment setting: the environment variable, else the same key (lower case) in st.secrets."""
+    value = os.environ.get(name, "").strip()
+    if value:
+        return value
+    try:
+        return str(st.secrets.get(name.lower(), "")).strip()
+    except (FileNotFoundError, KeyError, AttributeError, ValueError):  # no secrets file: not configured
+        return ""
+
+
+def oidc_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except (FileNotFoundError, KeyError, AttributeError, ValueError):
+        return False
+
+
+def identity(store: ReviewStore) -> Reviewer | None:
+    """The signed-in reviewer of this browser tab, or None after showing how to sign in."""
+    admins = {a.strip().lower() for a in setting(ADMINS_SETTING).split(",") if a.strip()}
+    if oidc_configured():
+        if not st.user.is_logged_in:
+            st.info("Sign in to start a review session or open one of yours.")
+            st.button("Log in", key="review-login", on_click=st.login, type="primary", icon=":material/login:")
+            return None
+        account = str(st.user.get("email") or st.user.get("sub") or "")
+        reviewer = Reviewer.from_oidc(account, str(st.user.get("name") or account), admin=account.lower() in admins)
+        st.session_state[IDENTITY_KEY] = reviewer
+        return reviewer
+    reviewer = st.session_state.get(IDENTITY_KEY)
+    if isinstance(reviewer, Reviewer):
+        return reviewer
+    sign_in_form(store, admin_token=admin_token())
+    return None
+
+
+def admin_token() -> str:
+    """The configured administrator token, or "" when none is set or the one set is too weak to be used (then the
+    page says so, and the server log once)."""
+    token = setting(ADMIN_TOKEN_SETTING)
+    problem = admin_token_problem(token) if token else None
+    if problem is None:
+        return token
+    _log_refused_token(problem)
+    st.error(f"Administrator sign-in is off: the token set in {ADMIN_TOKEN_SETTING} is refused ({problem}). Set one "
+             "of at least 16 random characters, e.g. the output of `python -c \"import secrets; "
+             "print(secrets.token_urlsafe(24))\"`, and restart the app.", icon=":material/key_off:")
+    return ""
+
+
+@st.cache_resource(show_spinner=False)
+def _log_refused_token(problem: str) -> None:
+    logger.error("administrator token in %s refused: %s; administrator sign-in is off", ADMIN_TOKEN_SETTING, problem)
+
+
+def client_address() -> str | None:
+    """The browser's network address, for counting failed sign-ins per client (None on localhost and in tests)."""
+    address = st.context.ip_address
+    return address if isinstance(address, str) else None
+
+
+def sign_in_form(store: ReviewStore, admin_token: str) -> None:
+    """Name and passphrase: a new name is registered with its passphrase, a known one must match it."""
+    st.info("Sign in with your name and passphrase. The first time, the passphrase you choose protects your "
+            "sessions: nobody else can open or change them.", icon=":material/lock:")
+    with st.form("review-sign-in-form", border=False):
+        name = st.text_input("Your name", key=REVIEWER_WIDGET, max_chars=200,
+                             placeholder="as it should appear in the export")
+        passphrase = st.text_input("Passphrase", key="review-passphrase", type="password", max_chars=1024,
+                                   help="At least 8 characters besides spaces at its ends; only a salted hash of it "
+                                        "is stored")
+        typed_token = st.text_input("Administrator token (optional)", key="review-admin-token",
+                                    type="password") if admin_token else ""
+        submitted = st.form_submit_button("Sign in", key="review-sign-in", type="primary", icon=":material/login:")
+    if not submitted:
+        return
+    try:
+        reviewer = store.sign_in(name, passphrase, client=client_address())
+        if typed_token:
+            reviewer = store.sign_in_as_admin(reviewer, typed_token, admin_token, client=client_address())
+    except (ReviewError, ReviewDatabaseError) as error:
+        show_error(plain(error))
+        return
+    st.session_state[IDENTITY_KEY] = reviewer
+    st.rerun()
+
+
+def sign_out() -> None:
+    st.session_state.pop(IDENTITY_KEY, None)
+    leave_session()
