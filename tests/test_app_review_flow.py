@@ -81,12 +81,13 @@ def test_an_open_session_shows_file_names_and_the_agree_and_disagree_keys(folder
 
 def _count_model_calls(monkeypatch) -> list[str]:
     """Every run of a network (classifier, segmenter, slice heatmap, scan analysis) recorded as it is made."""
+    import pages.scan_viewer
     import pages.shared
 
     calls: list[str] = []
     targets = [(covid_models.models.inference.Classifier, "predictions"),
                (covid_models.models.segmentation.Segmenter, "probability"),
-               (covid_models.analysis.scan_analysis, "slice_heatmap"), (pages.shared, "analyse_scan")]
+               (pages.scan_viewer, "slice_heatmap"), (pages.shared, "analyse_scan")]  # where each is looked up
     for owner, name in targets:
         original = getattr(owner, name)
 
