@@ -56,7 +56,8 @@ from covid_models.analysis.scan_views import (
 from covid_models.imaging.io import Scan, read_image
 from covid_models.imaging.volumes import read_volume
 from covid_models.models.checkpoint import CheckpointError, read_card
-from covid_models.models.inference import Classifier, ModelFolders, discover_models, find_models, segmenter_folder
+from covid_models.models.discovery import LUNG_SEGMENTER, ModelFolders, discover_models, find_models, pinned_folder
+from covid_models.models.inference import Classifier
 from covid_models.models.model_card import ModelCard
 from covid_models.models.segmentation import Segmenter
 from covid_models.reviews.store import ReviewStore
@@ -120,10 +121,9 @@ def weights_dir() -> Path:
 def load_classifier(directory: str) -> Classifier:
     """One network per model directory for the whole server process; a model cropped to a segmenter's lungs
     shares the page's cached copy of that segmenter."""
-    pinned = read_card(directory).preprocessing.lung_segmenter
-    if pinned is None:
+    folder = pinned_folder(read_card(directory), LUNG_SEGMENTER, Path(directory).parent)
+    if folder is None:
         return Classifier.load(directory)
-    folder = segmenter_folder(pinned, Path(directory).parent)
     return Classifier.load(directory, lung_segmenter=load_segmenter(str(folder)))
 
 

@@ -34,7 +34,8 @@ import torch  # noqa: E402
 from covid_models.analysis.explain import heatmap, predict_and_map  # noqa: E402
 from covid_models.analysis.overlays import display_size  # noqa: E402
 from covid_models.imaging.io import read_image  # noqa: E402
-from covid_models.models.inference import Classifier, discover_models  # noqa: E402
+from covid_models.models.discovery import discover_models  # noqa: E402
+from covid_models.models.inference import Classifier  # noqa: E402
 from covid_models.models.segmentation import Segmenter, cam_mass_inside  # noqa: E402
 from covid_models.training.data import default_data_dir, load_dataset  # noqa: E402
 

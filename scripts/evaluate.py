@@ -38,7 +38,8 @@ from covid_models.local.adaptation import reproduce
 from covid_models.local.samples import sample_from_folder, sample_from_manifest
 from covid_models.local.validation import ValidationError, score_sample
 from covid_models.models.checkpoint import CheckpointError, save_card
-from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.discovery import discover_models
+from covid_models.models.inference import Classifier
 from covid_models.models.model_card import is_adapted
 from covid_models.training.data import DataError, LeakageError, load_dataset, manifest_hash, training_table
 from covid_models.training.evaluation import classification_report, format_report, predict_frame

@@ -26,7 +26,7 @@ from covid_models.analysis.overlays import (
 from covid_models.imaging.preprocessing import Augmentation
 from covid_models.metrics import dice, iou
 from covid_models.models.checkpoint import CheckpointError, save_model_dir
-from covid_models.models.inference import discover_models
+from covid_models.models.discovery import discover_models
 from covid_models.models.model_card import ModelCard
 from covid_models.models.segmentation import (
     ARCHITECTURES,
