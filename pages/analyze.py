@@ -69,7 +69,9 @@ from covid_models.models.checkpoint import CheckpointError
 from covid_models.models.inference import Classifier, Prediction
 from covid_models.models.model_card import MODALITY_NAMES, ModelCard, display_name, is_adapted, modality_name
 from covid_models.models.segmentation import Segmenter, cam_mass_inside
-from covid_models.training.data import DataError, LeakageError, default_data_dir, held_out_images
+from covid_models.training.data_folders import default_data_dir
+from covid_models.training.manifests import DataError
+from covid_models.training.splits import LeakageError, held_out_images
 from pages.shared import (
     OPACITY,
     LruCache,

@@ -68,7 +68,8 @@ from covid_models.reviews.store import (
     StaleVerdictError,
     session_token,
 )
-from covid_models.training.data import DataError, LeakageError, held_out_images, load_dataset
+from covid_models.training.manifests import DataError, load_dataset
+from covid_models.training.splits import LeakageError, held_out_images
 from pages.review_pacs import PageHooks, pacs_image, pacs_scan, pacs_session_form, send_verdict
 from pages.scan_viewer import scan_viewer
 from pages.shared import (

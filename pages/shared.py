@@ -61,7 +61,8 @@ from covid_models.models.inference import Classifier
 from covid_models.models.model_card import ModelCard
 from covid_models.models.segmentation import Segmenter
 from covid_models.reviews.store import ReviewStore
-from covid_models.training.data import DataError, allowed_data_roots, confined_folder, default_data_dir
+from covid_models.training.data_folders import allowed_data_roots, confined_folder, default_data_dir
+from covid_models.training.manifests import DataError
 
 WEIGHTS_DIR_ENV = "COVID_WEIGHTS_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent

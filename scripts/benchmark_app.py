@@ -43,7 +43,8 @@ from covid_models.imaging.io import read_image
 from covid_models.models.discovery import discover_models
 from covid_models.models.inference import Classifier
 from covid_models.models.segmentation import Segmenter
-from covid_models.training.data import DATA_DIR_ENV, load_dataset
+from covid_models.training.data_folders import DATA_DIR_ENV
+from covid_models.training.manifests import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

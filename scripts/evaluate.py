@@ -41,8 +41,9 @@ from covid_models.models.checkpoint import CheckpointError, save_card
 from covid_models.models.discovery import discover_models
 from covid_models.models.inference import Classifier
 from covid_models.models.model_card import is_adapted
-from covid_models.training.data import DataError, LeakageError, load_dataset, manifest_hash, training_table
 from covid_models.training.evaluation import classification_report, format_report, predict_frame
+from covid_models.training.manifests import DataError, load_dataset, manifest_hash
+from covid_models.training.splits import LeakageError, training_table
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

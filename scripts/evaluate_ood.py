@@ -20,8 +20,9 @@ import numpy as np
 from covid_models.benchmarking import grey_photographs
 from covid_models.imaging.io import ImageReadError, read_image
 from covid_models.models.inference import Classifier
-from covid_models.training.data import ensure_split, load_dataset
 from covid_models.training.evaluation import predict_frame
+from covid_models.training.manifests import load_dataset
+from covid_models.training.splits import ensure_split
 
 OTHER_MODALITY = {"ct": "xray", "xray": "ct"}
 

@@ -45,7 +45,7 @@ from covid_models.local.validation import ValidationError, confound_check, recal
 from covid_models.models.checkpoint import CheckpointError
 from covid_models.models.discovery import discover_models
 from covid_models.models.inference import Classifier
-from covid_models.training.data import DataError
+from covid_models.training.manifests import DataError
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 

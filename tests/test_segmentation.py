@@ -38,8 +38,9 @@ from covid_models.models.segmentation import (
     postprocess_lungs,
     segmentation_preprocessing,
 )
-from covid_models.training.data import DataError, grouped_folds, load_segmentation_manifest
+from covid_models.training.manifests import DataError, load_segmentation_manifest
 from covid_models.training.segmentation import SegmentationConfig, SegmentationDataset, train_segmenter
+from covid_models.training.splits import grouped_folds
 
 
 def _card(architecture: str = "unet", image_size: int = 64, postprocess: str | None = None) -> ModelCard:
