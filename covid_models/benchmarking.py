@@ -38,8 +38,8 @@ from covid_models.models.checkpoint import save_model_dir
 from covid_models.models.inference import Classifier
 from covid_models.models.model_card import ModelCard
 from covid_models.models.ood import OodGuard
-from covid_models.training.data import SPLITS
 from covid_models.training.evaluation import classification_report
+from covid_models.training.manifests import SPLITS
 
 XRAY_CLASSES = ["covid", "normal", "pneumonia"]
 CT_CLASSES = ["covid", "non_covid"]

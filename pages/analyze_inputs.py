@@ -11,7 +11,9 @@ import streamlit as st
 
 from covid_models.imaging.io import content_hash
 from covid_models.models.model_card import MODALITY_NAMES, modality_name
-from covid_models.training.data import DataError, LeakageError, default_data_dir, held_out_images
+from covid_models.training.data_folders import default_data_dir
+from covid_models.training.manifests import DataError
+from covid_models.training.splits import LeakageError, held_out_images
 from pages.shared import data_dir, show_error
 
 EXAMPLES_PER_CLASS = 2

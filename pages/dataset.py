@@ -17,13 +17,9 @@ from PIL import Image, UnidentifiedImageError
 
 from covid_models.analysis.figures import class_balance_figure, count_table, image_size_figure, mask_fraction_figure
 from covid_models.models.model_card import ModelCard
-from covid_models.training.data import (
-    DataError,
-    classification_statistics,
-    file_fingerprint,
-    read_manifest_csv,
-    typed_folders_allowed,
-)
+from covid_models.training.data_folders import typed_folders_allowed
+from covid_models.training.manifests import DataError, file_fingerprint, read_manifest_csv
+from covid_models.training.splits import classification_statistics
 from pages.shared import data_dir, enter_through_app, model_cards, show_error, typed_folder
 
 enter_through_app()

@@ -12,10 +12,12 @@ import streamlit as st
 from covid_models.analysis.image_analysis import Analysis, analyse, predict
 from covid_models.analysis.image_checks import check_models, screen
 from covid_models.analysis.scan_analysis import ScanAnalysis
-from covid_models.imaging.io import ImageReadError, read_image
+from covid_models.imaging.io import read_image
+from covid_models.imaging.scan import ImageReadError
 from covid_models.models.checkpoint import CheckpointError
 from covid_models.models.inference import Prediction
-from covid_models.reviews.store import ItemView, Reviewer
+from covid_models.reviews.identity import Reviewer
+from covid_models.reviews.records import ItemView
 from pages.review_pacs import PageHooks
 from pages.review_state import MESSAGE_KEY, open_session
 from pages.shared import (

@@ -12,22 +12,19 @@ import pandas as pd
 import streamlit as st
 
 from covid_models.analysis.figures import confusion_figure
-from covid_models.analysis.image_checks import HELD_BACK, REFUSED
-from covid_models.imaging.io import ImageReadError, content_hash, files_hash
-from covid_models.imaging.volumes import VolumeReadError
+from covid_models.analysis.image_checks import REFUSED
+from covid_models.analysis.report import HELD_BACK
+from covid_models.imaging.ct_volume import VolumeReadError
+from covid_models.imaging.io import content_hash, files_hash
+from covid_models.imaging.scan import ImageReadError
 from covid_models.models.checkpoint import CheckpointError
 from covid_models.models.model_card import ModelCard, display_name
-from covid_models.reviews.store import (
-    NewItem,
-    NotYoursError,
-    ReviewDatabaseError,
-    Reviewer,
-    ReviewError,
-    ReviewStore,
-    SessionInfo,
-    session_token,
-)
-from covid_models.training.data import DataError, LeakageError, held_out_images
+from covid_models.reviews.checks import session_token
+from covid_models.reviews.identity import Reviewer
+from covid_models.reviews.records import NewItem, NotYoursError, ReviewDatabaseError, ReviewError, SessionInfo
+from covid_models.reviews.store import ReviewStore
+from covid_models.training.manifests import DataError
+from covid_models.training.splits import LeakageError, held_out_images
 from pages.review_readings import review_label, review_scan, scan_label, screening
 from pages.review_sign_in import oidc_configured
 from pages.review_state import CSV_KEY, MESSAGE_KEY, MODALITY_NAMES, SESSION_KEY, leave_session, open_session, plain

@@ -11,8 +11,10 @@ import os
 
 import streamlit as st
 
+from covid_models.reviews.identity import Reviewer
 from covid_models.reviews.names import admin_token_problem
-from covid_models.reviews.store import ReviewDatabaseError, Reviewer, ReviewError, ReviewStore
+from covid_models.reviews.records import ReviewDatabaseError, ReviewError
+from covid_models.reviews.store import ReviewStore
 from pages.review_state import leave_session, plain
 from pages.shared import show_error
 

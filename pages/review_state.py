@@ -9,7 +9,7 @@ import re
 
 import streamlit as st
 
-from covid_models.reviews.store import SessionInfo
+from covid_models.reviews.records import SessionInfo
 
 MODALITY_NAMES = {"xray": "Chest X-ray", "ct": "Chest CT"}
 SESSION_KEY, POSITION_KEY, MESSAGE_KEY = "review-session", "review-position", "review-message"

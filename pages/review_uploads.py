@@ -13,11 +13,14 @@ from pathlib import Path
 import streamlit as st
 
 from covid_models.analysis.scan_analysis import ScanAnalysis
+from covid_models.imaging.ct_volume import VolumeReadError
 from covid_models.imaging.io import content_hash, files_hash
-from covid_models.imaging.volumes import VolumeReadError
 from covid_models.models.checkpoint import CheckpointError
-from covid_models.reviews.store import ItemView, Reviewer, ReviewStore, SessionInfo
-from covid_models.training.data import DataError, LeakageError, load_dataset
+from covid_models.reviews.identity import Reviewer
+from covid_models.reviews.records import ItemView, SessionInfo
+from covid_models.reviews.store import ReviewStore
+from covid_models.training.manifests import DataError, load_dataset
+from covid_models.training.splits import LeakageError
 from pages.review_pacs import pacs_image, pacs_scan
 from pages.review_readings import pacs_hooks, review_scan
 from pages.review_state import MISSING_KEY, plain

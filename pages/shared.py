@@ -57,11 +57,13 @@ from covid_models.imaging.io import read_image
 from covid_models.imaging.scan import Scan
 from covid_models.imaging.volumes import read_volume
 from covid_models.models.checkpoint import CheckpointError, read_card
-from covid_models.models.inference import Classifier, ModelFolders, discover_models, find_models, segmenter_folder
+from covid_models.models.discovery import LUNG_SEGMENTER, ModelFolders, discover_models, find_models, pinned_folder
+from covid_models.models.inference import Classifier
 from covid_models.models.model_card import ModelCard
 from covid_models.models.segmentation import Segmenter
 from covid_models.reviews.store import ReviewStore
-from covid_models.training.data import DataError, allowed_data_roots, confined_folder, default_data_dir
+from covid_models.training.data_folders import allowed_data_roots, confined_folder, default_data_dir
+from covid_models.training.manifests import DataError
 
 WEIGHTS_DIR_ENV = "COVID_WEIGHTS_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -121,10 +123,9 @@ def weights_dir() -> Path:
 def load_classifier(directory: str) -> Classifier:
     """One network per model directory for the whole server process; a model cropped to a segmenter's lungs
     shares the page's cached copy of that segmenter."""
-    pinned = read_card(directory).preprocessing.lung_segmenter
-    if pinned is None:
+    folder = pinned_folder(read_card(directory), LUNG_SEGMENTER, Path(directory).parent)
+    if folder is None:
         return Classifier.load(directory)
-    folder = segmenter_folder(pinned, Path(directory).parent)
     return Classifier.load(directory, lung_segmenter=load_segmenter(str(folder)))
 
 

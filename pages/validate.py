@@ -47,7 +47,8 @@ from covid_models.local.validation import (
 from covid_models.models.checkpoint import CheckpointError
 from covid_models.models.model_card import ModelCard, display_name, is_adapted, modality_name
 from covid_models.reviews.identity import admin_token_matches
-from covid_models.training.data import DataError, typed_folders_allowed
+from covid_models.training.data_folders import typed_folders_allowed
+from covid_models.training.manifests import DataError
 from pages.shared import (
     enter_through_app,
     held,

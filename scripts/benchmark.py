@@ -34,9 +34,11 @@ import torch  # noqa: E402
 from covid_models.analysis.explain import heatmap, predict_and_map  # noqa: E402
 from covid_models.analysis.overlays import display_size  # noqa: E402
 from covid_models.imaging.io import read_image  # noqa: E402
-from covid_models.models.inference import Classifier, discover_models  # noqa: E402
+from covid_models.models.discovery import discover_models  # noqa: E402
+from covid_models.models.inference import Classifier  # noqa: E402
 from covid_models.models.segmentation import Segmenter, cam_mass_inside  # noqa: E402
-from covid_models.training.data import default_data_dir, load_dataset  # noqa: E402
+from covid_models.training.data_folders import default_data_dir  # noqa: E402
+from covid_models.training.manifests import load_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,7 +171,7 @@ def gpu_training_rates(classifier: Classifier, files: list[str], batch_size: int
     import pandas as pd
 
     from covid_models.imaging.preprocessing import Augmentation
-    from covid_models.training.data import ImageDataset
+    from covid_models.training.datasets import ImageDataset
     from covid_models.training.loop import make_loader, setup_runtime
 
     runtime = setup_runtime("cuda")

@@ -40,9 +40,11 @@ from covid_models.analysis.image_analysis import analyse
 from covid_models.analysis.image_checks import check_image, lung_mask
 from covid_models.benchmarking import CHROMIUM, CHROMIUM_ARGS, make_weights_dir, percentile, running_app, server_rss_mb
 from covid_models.imaging.io import read_image
-from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.discovery import discover_models
+from covid_models.models.inference import Classifier
 from covid_models.models.segmentation import Segmenter
-from covid_models.training.data import DATA_DIR_ENV, load_dataset
+from covid_models.training.data_folders import DATA_DIR_ENV
+from covid_models.training.manifests import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

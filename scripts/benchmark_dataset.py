@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from covid_models.analysis.figures import class_balance_figure, count_table, image_size_figure  # noqa: E402
 from covid_models.benchmarking import reference_patient_split  # noqa: E402
-from covid_models.training.data import check_no_leakage, classification_statistics, load_manifest, patient_split  # noqa: E402
+from covid_models.training.manifests import load_manifest  # noqa: E402
+from covid_models.training.splits import check_no_leakage, classification_statistics, patient_split  # noqa: E402
 
 
 def old_load_manifest(path: Path) -> pd.DataFrame:

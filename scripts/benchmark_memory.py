@@ -37,9 +37,12 @@ from covid_models.analysis.image_analysis import analyse
 from covid_models.analysis.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, mask_overlay
 from covid_models.benchmarking import chest_like_png, hooks_left, rss_mb
 from covid_models.imaging.io import read_image
-from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.discovery import discover_models
+from covid_models.models.inference import Classifier
 from covid_models.models.segmentation import Segmenter
-from covid_models.training.data import DataError, default_data_dir, held_out_images
+from covid_models.training.data_folders import default_data_dir
+from covid_models.training.manifests import DataError
+from covid_models.training.splits import held_out_images
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,6 +21,7 @@ Prints a table (median and spread over --repeats runs); asserts nothing.
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import tempfile
 import time
@@ -29,37 +30,24 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from PIL import Image
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
 from covid_models.imaging.io import read_image
 from covid_models.models.inference import Classifier
 from covid_models.pacs import screening
 from covid_models.pacs.client import InstanceRef, Pacs, PacsSettings, StudyQuery
-from covid_models.pacs.scratch_orthanc import OrthancServer, missing_orthanc
+from covid_models.pacs.scratch_orthanc import OrthancServer, missing_orthanc, xray_dicom
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 DATA_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xray" / "images" / "xr-ieee-0001.jpg"
 
 
 def dx(pixels: np.ndarray, study_date: str = "20240105") -> Dataset:
-    """One DX image (8- or 16-bit MONOCHROME2) in a study of its own."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = DigitalXRayImageStorageForPresentation, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientID, ds.StudyDate, ds.AccessionNumber = "DX", "BENCH", study_date, ""
-    ds.Rows, ds.Columns = pixels.shape
-    bits = 8 * pixels.dtype.itemsize
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    return FileDataset(None, ds, file_meta=meta, preamble=b"\0" * 128)  # a Part 10 file, as STOW-RS sends
+    """One DX image (8- or 16-bit MONOCHROME2) in a study of its own, as a Part 10 file read back (STOW-RS sends
+    datasets)."""
+    return pydicom.dcmread(io.BytesIO(xray_dicom(pixels, patient_id="BENCH", study_date=study_date)))
 
 
 def timed(action: Callable[[], object], repeats: int) -> tuple[float, float, float]:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from covid_models.benchmarking import percentile
 from covid_models.imaging.io import read_image
-from covid_models.models.inference import discover_models
+from covid_models.models.discovery import discover_models
 from covid_models.models.segmentation import Segmenter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

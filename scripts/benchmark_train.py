@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from covid_models.training.data import default_data_dir, training_table
+from covid_models.training.data_folders import default_data_dir
+from covid_models.training.splits import training_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = """

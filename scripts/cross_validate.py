@@ -31,15 +31,10 @@ from covid_models.models.architectures import REGISTRY
 from covid_models.models.checkpoint import read_card, save_card
 from covid_models.models.inference import Classifier
 from covid_models.training.classifier import TrainConfig, train_classifier
-from covid_models.training.data import (
-    DataError,
-    LeakageError,
-    default_data_dir,
-    ensure_split,
-    load_dataset,
-    load_manifest,
-)
+from covid_models.training.data_folders import default_data_dir
 from covid_models.training.evaluation import predict_frame
+from covid_models.training.manifests import DataError, load_dataset, load_manifest
+from covid_models.training.splits import LeakageError, ensure_split
 
 DEFAULT_CLASSES = {"xray": "covid,normal,pneumonia", "ct": "covid,non_covid"}
 

@@ -38,10 +38,12 @@ from covid_models.local.adaptation import reproduce
 from covid_models.local.samples import sample_from_folder, sample_from_manifest
 from covid_models.local.validation import ValidationError, score_sample
 from covid_models.models.checkpoint import CheckpointError, save_card
-from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.discovery import discover_models
+from covid_models.models.inference import Classifier
 from covid_models.models.model_card import is_adapted
-from covid_models.training.data import DataError, LeakageError, load_dataset, manifest_hash, training_table
 from covid_models.training.evaluation import classification_report, format_report, predict_frame
+from covid_models.training.manifests import DataError, load_dataset, manifest_hash
+from covid_models.training.splits import LeakageError, training_table
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -146,7 +148,8 @@ def screening(classifier: Classifier, frame, probabilities: np.ndarray, weights:
 
     from tqdm import tqdm
 
-    from covid_models.analysis.image_checks import HELD_BACK, REFUSED, check_models, screen
+    from covid_models.analysis.image_checks import REFUSED, check_models, screen
+    from covid_models.analysis.report import HELD_BACK
     from covid_models.imaging.io import read_image
 
     models = check_models(classifier, weights)

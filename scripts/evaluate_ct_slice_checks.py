@@ -21,7 +21,8 @@ from covid_models.analysis.image_checks import check_image
 from covid_models.imaging.io import read_image
 from covid_models.imaging.lung_mask import segment_lungs
 from covid_models.imaging.volumes import read_volume
-from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.discovery import discover_models
+from covid_models.models.inference import Classifier
 
 
 def main(argv: list[str] | None = None) -> int:

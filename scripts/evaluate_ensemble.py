@@ -30,8 +30,9 @@ from covid_models.imaging.scan import ImageReadError
 from covid_models.metrics import auc, bootstrap_ci
 from covid_models.models.checkpoint import CheckpointError
 from covid_models.models.inference import Classifier
-from covid_models.training.data import DataError, LeakageError, training_table
 from covid_models.training.evaluation import predict_frame
+from covid_models.training.manifests import DataError
+from covid_models.training.splits import LeakageError, training_table
 
 SPLITS = ("val", "test")
 

@@ -21,10 +21,11 @@ import pandas as pd
 from covid_models.analysis.image_checks import check_image, lung_mask
 from covid_models.benchmarking import jpeg_bytes, photographs
 from covid_models.imaging.io import read_image
-from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.discovery import discover_models
+from covid_models.models.inference import Classifier
 from covid_models.models.segmentation import Segmenter
 from covid_models.runtime import configure
-from covid_models.training.data import held_out_images
+from covid_models.training.splits import held_out_images
 
 
 def generated(count: int = 12, seed: int = 0) -> list[tuple[str, bytes]]:

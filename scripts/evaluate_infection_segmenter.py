@@ -30,12 +30,13 @@ from covid_models.imaging.lung_mask import segment_lungs
 from covid_models.imaging.volumes import read_volume
 from covid_models.metrics import summary_with_ci
 from covid_models.models.segmentation import Segmenter
-from covid_models.training.data import NEGATIVE_HELD_OUT, DataError, load_segmentation_negatives, read_manifest_csv
 from covid_models.training.infection_false_positives import (
     false_positive_areas,
     scan_false_positive_ml,
     summarise_false_positive_areas,
 )
+from covid_models.training.manifests import DataError, read_manifest_csv
+from covid_models.training.splits import NEGATIVE_HELD_OUT, load_segmentation_negatives
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,8 +21,9 @@ from covid_models.benchmarking import grey_photographs
 from covid_models.imaging.io import read_image
 from covid_models.imaging.scan import ImageReadError
 from covid_models.models.inference import Classifier
-from covid_models.training.data import ensure_split, load_dataset
 from covid_models.training.evaluation import predict_frame
+from covid_models.training.manifests import load_dataset
+from covid_models.training.splits import ensure_split
 
 OTHER_MODALITY = {"ct": "xray", "xray": "ct"}
 

@@ -18,8 +18,9 @@ import torch
 from covid_models.models.checkpoint import CheckpointError, save_model_dir
 from covid_models.models.inference import Classifier
 from covid_models.models.ood import OodGuard
-from covid_models.training.data import DataError, LeakageError, ensure_split, load_dataset
 from covid_models.training.evaluation import predict_frame
+from covid_models.training.manifests import DataError, load_dataset
+from covid_models.training.splits import LeakageError, ensure_split
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from covid_models.benchmarking import CHROMIUM, CHROMIUM_ARGS, chest_like_png, percentile, running_app, wait_healthy
-from covid_models.training.data import DataError, default_data_dir, held_out_images
+from covid_models.training.data_folders import default_data_dir
+from covid_models.training.manifests import DataError
+from covid_models.training.splits import held_out_images
 
 ROOT = Path(__file__).resolve().parents[1]
 

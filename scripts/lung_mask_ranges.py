@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from covid_models.analysis.lung_plausibility import implausible, measure
     from covid_models.imaging.io import read_image
     from covid_models.models.segmentation import Segmenter
-    from covid_models.training.data import held_out_images
+    from covid_models.training.splits import held_out_images
 
     folder = args.data / "segmentation" / "xray-lungs"
     masks = [np.asarray(Image.open(folder / path).convert("L")) > 127

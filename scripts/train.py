@@ -20,8 +20,10 @@ from covid_models.models.architectures import REGISTRY, PretrainedWeightsUnavail
 from covid_models.models.checkpoint import CheckpointError
 from covid_models.models.model_card import model_name
 from covid_models.training.classifier import TrainConfig, train_classifier
-from covid_models.training.data import DataError, LeakageError, default_data_dir, training_table
+from covid_models.training.data_folders import default_data_dir
 from covid_models.training.evaluation import format_report
+from covid_models.training.manifests import DataError
+from covid_models.training.splits import LeakageError, training_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLASSES = {"xray": "covid,normal,pneumonia", "ct": "covid,non_covid"}

@@ -33,14 +33,9 @@ import torch
 from covid_models.imaging.preprocessing import WindowJitter
 from covid_models.models.model_card import model_name
 from covid_models.models.segmentation import ARCHITECTURES, ORIENTATIONS, POSTPROCESS_LUNGS, TARGETS
-from covid_models.training.data import (
-    NEGATIVE_HELD_OUT,
-    DataError,
-    LeakageError,
-    load_segmentation_manifest,
-    load_segmentation_negatives,
-)
+from covid_models.training.manifests import DataError, load_segmentation_manifest
 from covid_models.training.segmentation import SegmentationConfig, train_segmenter
+from covid_models.training.splits import NEGATIVE_HELD_OUT, LeakageError, load_segmentation_negatives
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -43,8 +43,9 @@ from covid_models.local.samples import (
 )
 from covid_models.local.validation import ValidationError, confound_check, recalibrate, score_sample, validate
 from covid_models.models.checkpoint import CheckpointError
-from covid_models.models.inference import Classifier, discover_models
-from covid_models.training.data import DataError
+from covid_models.models.discovery import discover_models
+from covid_models.models.inference import Classifier
+from covid_models.training.manifests import DataError
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 

@@ -11,8 +11,8 @@ from app_fixtures import make_weights_dir, page_test
 from app_fixtures_b import make_data_dir, point_app_at
 from streamlit.testing.v1 import AppTest
 
-from covid_models.models.inference import discover_models
-from covid_models.training.data import load_manifest
+from covid_models.models.discovery import discover_models
+from covid_models.training.manifests import load_manifest
 
 PAGE = "pages/dataset.py"
 

@@ -33,7 +33,7 @@ from covid_models.models.inference import Classifier
 from covid_models.models.segmentation import Segmenter
 from covid_models.reviews.records import ReviewDatabaseError
 from covid_models.reviews.store import ReviewStore
-from covid_models.training.data import held_out_images
+from covid_models.training.splits import held_out_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 

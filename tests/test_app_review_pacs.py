@@ -10,9 +10,10 @@ import pydicom
 import pytest
 from app_fixtures import PROJECT_ROOT, page_test
 from app_fixtures_b import clear_streamlit_caches, point_app_at
-from pacs_fixtures import series_files, xray_dicom
+from pacs_fixtures import series_files
 from streamlit.testing.v1 import AppTest
 
+from covid_models.pacs.scratch_orthanc import xray_dicom
 from covid_models.reviews.store import ReviewStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -15,7 +15,8 @@ import pytest
 from app_fixtures import PROJECT_ROOT, make_weights_dir
 
 from covid_models.benchmarking import free_port, wait_healthy
-from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.discovery import discover_models
+from covid_models.models.inference import Classifier
 from covid_models.models.segmentation import Segmenter
 
 START_TIMEOUT_S = 180  # a shared CI machine may be busy; the test waits, it does not time anything

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from covid_models.models.inference import find_models
+from covid_models.models.discovery import find_models
 from covid_models.models.model_card import display_name
 from tests.app_fixtures import labelled_sample_zip, make_weights_dir, page_test
 

@@ -207,7 +207,7 @@ def test_every_lung_containing_slice_of_the_shared_scans_passes_the_chest_image_
     from covid_models.analysis.image_checks import check_image
     from covid_models.imaging.io import read_image
     from covid_models.imaging.lung_mask import segment_lungs
-    from covid_models.models.inference import discover_models
+    from covid_models.models.discovery import discover_models
 
     guards = {modality: Classifier.load(next(d for d, _ in discover_models(PROJECT_ROOT / "weights",
                                                                             "classification", modality)))

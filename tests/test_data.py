@@ -10,20 +10,9 @@ import torch
 from PIL import Image
 
 from covid_models.imaging.preprocessing import Augmentation, Preprocessing
-from covid_models.training.data import (
-    BalancedSampler,
-    DataError,
-    ImageDataset,
-    LeakageError,
-    balanced_weights,
-    check_no_leakage,
-    ensure_split,
-    held_out_images,
-    import_folder,
-    load_dataset,
-    load_manifest,
-    patient_split,
-)
+from covid_models.training.datasets import BalancedSampler, ImageDataset, balanced_weights
+from covid_models.training.manifests import DataError, import_folder, load_dataset, load_manifest
+from covid_models.training.splits import LeakageError, check_no_leakage, ensure_split, held_out_images, patient_split
 
 
 def _frame(n_patients: int = 60, images_per_patient: int = 3, seed: int = 0) -> pd.DataFrame:

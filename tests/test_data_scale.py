@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from covid_models.benchmarking import reference_patient_split, reference_split_groups
-from covid_models.training.data import absolute_paths, image_stems, load_manifest, patient_split, split_groups
+from covid_models.training.manifests import absolute_paths, image_stems, load_manifest
+from covid_models.training.splits import patient_split, split_groups
 
 
 def generated_manifest(rows: int, seed: int = 0) -> pd.DataFrame:
@@ -58,7 +59,8 @@ def test_manifest_paths_resolve_each_folder_once_and_match_a_resolve_per_row(tmp
 
 # ------------------------------------------------------------------------------------ typed data folders
 def test_a_typed_folder_must_resolve_inside_a_root(tmp_path):
-    from covid_models.training.data import DataError, confined_folder
+    from covid_models.training.data_folders import confined_folder
+    from covid_models.training.manifests import DataError
 
     root = tmp_path / "data"
     (root / "xray").mkdir(parents=True)
@@ -75,7 +77,7 @@ def test_a_typed_folder_must_resolve_inside_a_root(tmp_path):
 
 
 def test_allowed_roots_default_to_the_configured_data_folder(tmp_path, monkeypatch):
-    from covid_models.training.data import allowed_data_roots, typed_folders_allowed
+    from covid_models.training.data_folders import allowed_data_roots, typed_folders_allowed
 
     monkeypatch.delenv("COVID_DATA_ROOTS", raising=False)
     monkeypatch.setenv("COVID_DATA_DIR", str(tmp_path))
@@ -85,10 +87,10 @@ def test_allowed_roots_default_to_the_configured_data_folder(tmp_path, monkeypat
 
 
 def test_a_folder_import_stops_at_its_bounds_instead_of_walking_on(tmp_path, monkeypatch):
-    import covid_models.training.data as data
+    import covid_models.training.manifests as manifests
 
     for index in range(30):
         (tmp_path / "covid" / f"d{index}").mkdir(parents=True)
-    monkeypatch.setattr(data, "WALK_MAX_ENTRIES", 20)
-    with pytest.raises(data.DataError, match="too many files"):
-        data.import_folder(tmp_path)
+    monkeypatch.setattr(manifests, "WALK_MAX_ENTRIES", 20)
+    with pytest.raises(manifests.DataError, match="too many files"):
+        manifests.import_folder(tmp_path)

@@ -14,7 +14,7 @@ from browser_fixtures import UPLOAD_INPUT, browser_page, snapshot, upload
 from conftest import real_data_dir
 
 from covid_models import RESEARCH_USE_NOTICE
-from covid_models.models.inference import discover_models
+from covid_models.models.discovery import discover_models
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

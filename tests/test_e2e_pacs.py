@@ -8,8 +8,9 @@ import re
 import pytest
 from app_fixtures import PROJECT_ROOT, running_app
 from browser_fixtures import browser_page, snapshot
-from pacs_fixtures import xray_dicom
 from playwright.sync_api import expect
+
+from covid_models.pacs.scratch_orthanc import xray_dicom
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

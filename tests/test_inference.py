@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from model_fixtures import write_tiny_classifier
 
-from covid_models.models.inference import Classifier, Ensemble, discover_models
+from covid_models.models.discovery import discover_models
+from covid_models.models.inference import Classifier, Ensemble
 
 
 @pytest.fixture(scope="module")

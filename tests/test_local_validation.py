@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import zipfile
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import WEIGHTS_DIR
 from PIL import Image
 
 from covid_models.local.adaptation import AdaptationError, adapt, adapted_card, save_adapted
@@ -24,6 +26,7 @@ from covid_models.local.validation import (
     validate,
 )
 from covid_models.models.checkpoint import CheckpointError, read_card
+from covid_models.models.discovery import find_models
 from covid_models.models.inference import Classifier, penultimate_layer
 from covid_models.models.model_card import display_name, is_adapted
 from tests.model_fixtures import write_tiny_classifier
@@ -169,6 +172,15 @@ def test_an_adapted_model_without_its_base_says_which_model_to_install(tmp_path)
     (folder / "card.json").write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match="'gone'.*not in its folder"):
         Classifier.load(folder)
+
+
+def test_an_adapted_model_copied_alone_finds_its_base_in_the_projects_weights_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("COVID_WEIGHTS_DIR", raising=False)
+    shipped = next(d for d, card in find_models(WEIGHTS_DIR).found if is_adapted(card))
+    alone = shutil.copytree(shipped, tmp_path / shipped.name)  # its base is not beside it, only in weights/
+    loaded = Classifier.load(alone)
+    assert loaded.card.name == read_card(shipped).name
+    assert loaded.card.classes == ["covid", "other"]
 
 
 def _png(value: int) -> bytes:

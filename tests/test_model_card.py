@@ -15,7 +15,7 @@ import pytest
 from model_fixtures import tiny_card, write_tiny_classifier
 
 from covid_models.models.checkpoint import CARD_FILE, CheckpointError, read_card
-from covid_models.models.inference import discover_models, find_models
+from covid_models.models.discovery import discover_models, find_models
 from covid_models.models.model_card import IMAGE_SIZE_RANGE, CardError, ModelCard
 
 DEEP = "<100000 nested lists>"  # json.dumps cannot write them: put into the text
@@ -87,7 +87,7 @@ def crafted(weights: Path, valid: Path, name: str) -> Path:
 def test_a_card_that_breaks_the_schema_is_skipped_with_its_name_and_reason(tmp_path, valid, name, caplog):
     weights = tmp_path / "weights"
     crafted(weights, valid, name)
-    with caplog.at_level(logging.WARNING, logger="covid_models.models.inference"):
+    with caplog.at_level(logging.WARNING, logger="covid_models.models.discovery"):
         folders = find_models(weights)
     assert [directory.name for directory, _ in folders.found] == ["good-model"]
     assert [folder for folder, _ in folders.skipped] == [name]

@@ -10,7 +10,8 @@ from covid_models.benchmarking import grey_photographs
 from covid_models.imaging.io import read_image
 from covid_models.models.inference import Classifier
 from covid_models.models.ood import OodGuard
-from covid_models.training.data import ensure_split, load_dataset
+from covid_models.training.manifests import load_dataset
+from covid_models.training.splits import ensure_split
 
 
 def test_guard_flags_features_unlike_the_training_ones():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pacs_fixtures import OrthancServer, series_files, started_orthanc, xray_dicom
+from pacs_fixtures import OrthancServer, series_files, started_orthanc
 from scan_phantoms import dicom_series
 
 from covid_models.imaging.ct_volume import VolumeLimits, VolumeReadError
@@ -24,6 +24,7 @@ from covid_models.imaging.volumes import read_volume
 from covid_models.models.inference import Classifier
 from covid_models.pacs import screening
 from covid_models.pacs.client import InstanceRef, Pacs, PacsError, PacsSettings, StudyGoneError, StudyQuery
+from covid_models.pacs.scratch_orthanc import xray_dicom
 from covid_models.pacs.structured_report import (
     NOTICE,
     read_reading,

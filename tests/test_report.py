@@ -10,7 +10,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from covid_models import RESEARCH_USE_NOTICE
-from covid_models.analysis.report import HELD_BACK, ReportContent, bare_file_name, png_bytes, render_html, render_pdf
+from covid_models.analysis.report import HELD_BACK, ReportContent, png_bytes, render_html, render_pdf
+from covid_models.imaging.filenames import bare_file_name
 from covid_models.imaging.io import read_dicom_identifiers, read_image
 from covid_models.models.inference import Prediction
 

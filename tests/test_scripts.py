@@ -16,7 +16,8 @@ from model_fixtures import write_tiny_classifier
 from PIL import Image
 
 from covid_models.imaging.io import read_image
-from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.discovery import discover_models
+from covid_models.models.inference import Classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 

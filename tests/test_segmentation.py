@@ -26,7 +26,7 @@ from covid_models.analysis.overlays import (
 from covid_models.imaging.preprocessing import Augmentation
 from covid_models.metrics import dice, iou
 from covid_models.models.checkpoint import CheckpointError, save_model_dir
-from covid_models.models.inference import discover_models
+from covid_models.models.discovery import discover_models
 from covid_models.models.model_card import ModelCard
 from covid_models.models.segmentation import (
     ARCHITECTURES,
@@ -38,8 +38,9 @@ from covid_models.models.segmentation import (
     postprocess_lungs,
     segmentation_preprocessing,
 )
-from covid_models.training.data import DataError, grouped_folds, load_segmentation_manifest
+from covid_models.training.manifests import DataError, load_segmentation_manifest
 from covid_models.training.segmentation import SegmentationConfig, SegmentationDataset, train_segmenter
+from covid_models.training.splits import grouped_folds
 
 
 def _card(architecture: str = "unet", image_size: int = 64, postprocess: str | None = None) -> ModelCard:

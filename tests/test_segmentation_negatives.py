@@ -16,17 +16,12 @@ from covid_models.imaging.preprocessing import LUNG_WINDOW, Augmentation, Window
 from covid_models.imaging.volumes import read_volume
 from covid_models.metrics import dice
 from covid_models.models.segmentation import Segmenter, segmentation_preprocessing
-from covid_models.training.data import (
-    NEGATIVE_LABEL,
-    DataError,
-    load_segmentation_manifest,
-    load_segmentation_negatives,
-)
 from covid_models.training.infection_false_positives import (
     false_positive_areas,
     scan_false_positive_ml,
     summarise_false_positive_areas,
 )
+from covid_models.training.manifests import DataError, load_segmentation_manifest
 from covid_models.training.segmentation import (
     NegativeSampler,
     SegmentationConfig,
@@ -34,6 +29,7 @@ from covid_models.training.segmentation import (
     read_pair,
     train_segmenter,
 )
+from covid_models.training.splits import NEGATIVE_LABEL, load_segmentation_negatives
 
 
 def _write_negatives(folder, patients: int = 10, per_patient: int = 2, size: int = 40) -> None:

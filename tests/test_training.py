@@ -49,8 +49,8 @@ def test_an_xray_lung_crop_model_pins_its_segmenter_and_scores_its_test_images_a
     from covid_models.benchmarking import write_segmenter
     from covid_models.metrics import auc
     from covid_models.models.checkpoint import read_card
-    from covid_models.training.data import training_table
     from covid_models.training.evaluation import predict_frame
+    from covid_models.training.splits import training_table
 
     weights = tmp_path / "weights"
     segmenter = write_segmenter(weights, "xray-lungs-fixture", "xray", "lungs", seed=4)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from covid_models.training.data import LeakageError, ensure_split, load_dataset, training_table
+from covid_models.training.manifests import load_dataset
+from covid_models.training.splits import LeakageError, ensure_split, training_table
 
 
 @pytest.mark.real_data

@@ -69,7 +69,7 @@ def test_a_sample_below_the_minimum_is_validated_without_headline_and_adaptation
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_evaluate_reproduces_the_shipped_adapted_heads_cross_validated_auc(real_data):
-    from covid_models.models.inference import find_models
+    from covid_models.models.discovery import find_models
     from covid_models.models.model_card import is_adapted
 
     adapted = [(d, card) for d, card in find_models(PROJECT_ROOT / "weights").found if is_adapted(card)]

@@ -20,7 +20,7 @@ from covid_models.models.card_markdown import render_model_card
 from covid_models.models.checkpoint import read_card
 from covid_models.models.inference import Classifier
 from covid_models.models.segmentation import Segmenter
-from covid_models.training.data import held_out_images
+from covid_models.training.splits import held_out_images
 
 XRAY = WEIGHTS_DIR / "xray-efficientnet-lite0"
 CT = WEIGHTS_DIR / "ct-efficientnet-lite0"

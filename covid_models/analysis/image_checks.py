@@ -37,7 +37,8 @@ from covid_models.analysis.overlays import display_size
 from covid_models.imaging.lung_box import enclosed, otsu_threshold
 from covid_models.imaging.scan import Scan
 from covid_models.models.checkpoint import CheckpointError
-from covid_models.models.inference import Classifier, Prediction, discover_models
+from covid_models.models.discovery import discover_models
+from covid_models.models.inference import Classifier, Prediction
 from covid_models.models.model_card import modality_name
 from covid_models.models.segmentation import Segmenter
 

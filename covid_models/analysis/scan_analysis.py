@@ -46,7 +46,8 @@ from covid_models.analysis.ct_quantitative import (
 from covid_models.analysis.explain import heatmap
 from covid_models.imaging.ct_volume import Volume, VolumeMetadata
 from covid_models.imaging.lung_mask import LungMask, segment_lungs, to_grid
-from covid_models.models.inference import Classifier, discover_models
+from covid_models.models.discovery import discover_models
+from covid_models.models.inference import Classifier
 from covid_models.models.segmentation import Segmenter
 
 TOP_SHARE = 0.10

@@ -8,7 +8,7 @@ An adapted model is a model folder like any other: `model.safetensors` holds the
 two classes, the positive class and "other"), `card.json` names its base model by name and weights sha256
 (`extra.base_model`), the site, the counts, the cross-validated metrics with their intervals, the confound table,
 the date and the command. `Classifier.load` finds the base as it finds a pinned lung segmenter
-(`inference.pinned_folder`) and refuses a base whose weights differ from the pinned hash.
+(`discovery.pinned_folder`) and refuses a base whose weights differ from the pinned hash.
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ from covid_models.imaging.ct_volume import VolumeLimits
 from covid_models.imaging.io import read_dicom_identifiers, read_image
 from covid_models.imaging.scan import ImageReadError, Scan
 from covid_models.models.model_card import ModelCard
-from covid_models.training.data import DataError, import_folder, load_manifest, training_table
+from covid_models.training.manifests import DataError, import_folder, load_manifest
+from covid_models.training.splits import training_table
 
 NEGATIVE = "other"
 CSV_COLUMNS = ("file", "label", "patient_id", "view", "site")

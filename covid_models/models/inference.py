@@ -1,8 +1,6 @@
 """Classifiers loaded from model directories: calibrated predictions, ensembles, batch prediction."""
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,15 +13,13 @@ from torch import nn
 from covid_models.imaging.lung_box import Box
 from covid_models.imaging.scan import Scan
 from covid_models.models.architectures import build_model, cam_target_layer
-from covid_models.models.checkpoint import CheckpointError, load_model_dir, load_weights_into, read_card
-from covid_models.models.model_card import CardError, ModelCard, is_adapted
+from covid_models.models.checkpoint import CheckpointError, load_model_dir, load_weights_into
+from covid_models.models.discovery import BASE_MODEL, LUNG_SEGMENTER, pinned_folder
+from covid_models.models.model_card import ModelCard, is_adapted
 from covid_models.models.ood import OOD_PREFIX, OodGuard
 
 if TYPE_CHECKING:
     from covid_models.models.segmentation import Segmenter
-
-logger = logging.getLogger(__name__)
-PROJECT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,7 @@ class Classifier:
     @classmethod
     def load(cls, directory: str | Path, lung_segmenter: Segmenter | None = None) -> Classifier:
         """The classifier of a model directory. A card whose input is cropped to a segmenter's lung mask gets
-        `lung_segmenter` when it is that one, else the pinned segmenter is looked up (see `segmenter_folder`)."""
+        `lung_segmenter` when it is that one, else the pinned segmenter is looked up (see `discovery.pinned_folder`)."""
         card, state = load_model_dir(directory, "classification")
         if is_adapted(card):
             return cls._load_adapted(directory, card, state, lung_segmenter)
@@ -74,7 +70,7 @@ class Classifier:
         if pinned is not None and not _is_pinned(lung_segmenter, pinned):
             from covid_models.models.segmentation import Segmenter
 
-            lung_segmenter = Segmenter.load(segmenter_folder(pinned, Path(directory).parent))
+            lung_segmenter = Segmenter.load(pinned_folder(card, LUNG_SEGMENTER, Path(directory).parent))
         ood_state = {k: v for k, v in state.items() if k.startswith(OOD_PREFIX)}
         model_state = {k: v for k, v in state.items() if not k.startswith(OOD_PREFIX)}
         model = build_model(card.architecture, len(card.classes))
@@ -89,11 +85,8 @@ class Classifier:
     def _load_adapted(cls, directory: str | Path, card: ModelCard, state: dict[str, torch.Tensor],
                       lung_segmenter: Segmenter | None) -> Classifier:
         """A head adapted to a local site (`covid_models.local.adaptation`) on its pinned base model: the base network
-        with
-        its class head replaced; the base's out-of-distribution guard and lung segmenter serve it unchanged."""
-        pin = card.extra["base_model"]
-        base = cls.load(model_folder("classification", (str(pin.get("name")), str(pin.get("sha256"))),
-                                     Path(directory).parent), lung_segmenter)
+        with its class head replaced; the base's out-of-distribution guard and lung segmenter serve it unchanged."""
+        base = cls.load(pinned_folder(card, BASE_MODEL, Path(directory).parent), lung_segmenter)
         if base.card.preprocessing.to_dict() != card.preprocessing.to_dict() or \
                 base.card.architecture != card.architecture:
             raise CheckpointError(f"{card.name}: its card's preprocessing or architecture differs from its base model "
@@ -225,61 +218,3 @@ class Ensemble:
 
 def _is_pinned(segmenter: Segmenter | None, pinned: tuple[str, str]) -> bool:
     return segmenter is not None and (segmenter.name, segmenter.card.sha256) == tuple(pinned)
-
-
-def segmenter_folder(pinned: tuple[str, str], *folders: Path) -> Path:
-    """The folder of the segmenter pinned by a card, (name, weights sha256): see `model_folder`."""
-    try:
-        return model_folder("segmentation", pinned, *folders)
-    except CheckpointError as error:
-        raise CheckpointError(f"this classifier crops its input to the lungs found by {error}") from None
-
-
-def model_folder(task: str, pinned: tuple[str, str], *folders: Path) -> Path:
-    """The folder of a model pinned by another's card, (name, weights sha256): the first `task` model with that name
-    and hash in `folders`, $COVID_WEIGHTS_DIR or the project's `weights/`. CheckpointError if none has it, saying
-    when a model of that name is there with other weights (retrained or modified since it was pinned)."""
-    name, sha256 = pinned
-    environment = [Path(os.environ["COVID_WEIGHTS_DIR"])] if os.environ.get("COVID_WEIGHTS_DIR") else []
-    others = []
-    for folder in (*folders, *environment, PROJECT_WEIGHTS):
-        for directory, card in find_models(folder).found:
-            if card.task == task and card.name == name:
-                if card.sha256 == sha256:
-                    return directory
-                others.append(card.sha256)
-    what = "segmenter" if task == "segmentation" else f"{task} model"
-    if others:
-        raise CheckpointError(f"{what} {name!r} pinned with weights sha256 {sha256[:12]}..., but the installed "
-                              f"{name!r} has weights sha256 {others[0][:12]}...: it is not the model this one was "
-                              "built on; refusing to load (install the pinned version, or refit on the installed one)")
-    raise CheckpointError(f"{what} {name!r} (weights sha256 {sha256[:12]}...), which is not in its folder nor in "
-                          "weights/: copy that model's folder beside it")
-
-
-@dataclass(frozen=True)
-class ModelFolders:
-    """The model folders of a weights directory: the usable ones with their cards, the others with why not."""
-
-    found: tuple[tuple[Path, ModelCard], ...]
-    skipped: tuple[tuple[str, str], ...]  # (folder name, reason): shown to users, so no server path
-
-
-def find_models(weights_dir: str | Path) -> ModelFolders:
-    """Every folder of `weights_dir` holding a card.json; a card that fails the schema is skipped and logged."""
-    found, skipped = [], []
-    for card_path in sorted(Path(weights_dir).glob("*/card.json")):
-        try:
-            found.append((card_path.parent, read_card(card_path.parent)))
-        except CheckpointError as error:
-            reason = str(error.__cause__) if isinstance(error.__cause__, CardError) else str(error)
-            logger.warning("model folder %s skipped: %s", card_path.parent.name, reason)
-            skipped.append((card_path.parent.name, reason))
-    return ModelFolders(tuple(found), tuple(skipped))
-
-
-def discover_models(weights_dir: str | Path, task: str | None = None, modality: str | None = None
-                    ) -> list[tuple[Path, ModelCard]]:
-    """Model directories under `weights_dir` whose cards are valid and match task and modality."""
-    return [(directory, card) for directory, card in find_models(weights_dir).found
-            if (task is None or card.task == task) and (modality is None or card.modality == modality)]

@@ -1,11 +1,14 @@
-"""A throwaway Orthanc PACS (with its DICOMweb plugin) on a loopback port: for the tests and scripts/benchmark_pacs.py.
+"""A throwaway Orthanc PACS (with its DICOMweb plugin) on a loopback port, and the DX studies uploaded into it: for
+the tests and scripts/benchmark_pacs.py.
 
 It runs from a generated configuration with its own storage folder, HTTP only (no DICOM port), and optionally with
 registered users (basic authentication). Needs the `Orthanc` binary and the DICOMweb plugin (Debian: `orthanc`,
-`orthanc-dicomweb`); `missing_orthanc` says why one cannot start here.
+`orthanc-dicomweb`); `missing_orthanc` says why one cannot start here. `xray_dicom` writes one radiograph as a
+DICOM file in a study of its own.
 """
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import socket
@@ -13,7 +16,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import requests
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
 PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc/plugins"),
                Path("/usr/local/share/orthanc/plugins"))
@@ -104,3 +112,37 @@ class OrthancServer:
         found = requests.post(f"{self.base}/tools/lookup", data=study_uid, auth=self.auth, timeout=10).json()
         for entry in found:
             requests.delete(f"{self.base}/studies/{entry['ID']}", auth=self.auth, timeout=10).raise_for_status()
+
+
+def xray_dicom(image: Path | np.ndarray, *, study_uid: str | None = None, accession: str = "",
+               patient_id: str = "TEST-1", study_date: str = "20240105", modality: str = "DX",
+               rows: int | None = None) -> bytes:
+    """A DX radiograph (MONOCHROME2) holding a real X-ray image (a path, 8-bit, resized to `rows` when given) or
+    given pixels (16-bit when they are uint16, else 8-bit), as a DICOM file."""
+    if isinstance(image, Path):
+        picture = Image.open(image).convert("L")
+        if rows is not None:
+            picture = picture.resize((round(picture.width * rows / picture.height), rows))
+        pixels = np.asarray(picture, dtype=np.uint8)
+    else:
+        pixels = np.asarray(image)
+        pixels = pixels if pixels.dtype == np.uint16 else pixels.astype(np.uint8)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = DigitalXRayImageStorageForPresentation, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientName = modality, patient_id, "Test^Patient"
+    ds.AccessionNumber, ds.StudyDate, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = accession, study_date, "1", 1, 1
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Rows, ds.Columns = pixels.shape
+    bits = 8 * pixels.dtype.itemsize
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()

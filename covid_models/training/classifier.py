@@ -26,14 +26,7 @@ from covid_models.models.inference import penultimate_layer
 from covid_models.models.model_card import ModelCard
 from covid_models.models.ood import OodGuard
 from covid_models.models.segmentation import Segmenter
-from covid_models.training.data import (
-    BalancedSampler,
-    ImageDataset,
-    balanced_weights,
-    data_summary,
-    manifest_hash,
-    split_tables,
-)
+from covid_models.training.datasets import BalancedSampler, ImageDataset, balanced_weights
 from covid_models.training.evaluation import classification_report
 from covid_models.training.loop import (
     Runtime,
@@ -46,6 +39,8 @@ from covid_models.training.loop import (
     setup_runtime,
     teardown,
 )
+from covid_models.training.manifests import data_summary, manifest_hash
+from covid_models.training.splits import split_tables
 
 RESUME_FILE = "resume_state.pt"
 

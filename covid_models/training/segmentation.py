@@ -44,18 +44,6 @@ from covid_models.models.segmentation import (
     orient,
     segmentation_preprocessing,
 )
-from covid_models.training.data import (
-    NEGATIVE_LABEL,
-    DataError,
-    check_no_leakage,
-    data_summary,
-    ensure_split,
-    grouped_folds,
-    manifest_hash,
-    near_duplicate_links,
-    split_groups,
-    split_tables,
-)
 from covid_models.training.infection_false_positives import false_positive_areas, summarise_false_positive_areas
 from covid_models.training.loop import (
     Fit,
@@ -68,6 +56,16 @@ from covid_models.training.loop import (
     seed_everything,
     setup_runtime,
     teardown,
+)
+from covid_models.training.manifests import DataError, data_summary, manifest_hash
+from covid_models.training.splits import (
+    NEGATIVE_LABEL,
+    check_no_leakage,
+    ensure_split,
+    grouped_folds,
+    near_duplicate_links,
+    split_groups,
+    split_tables,
 )
 
 RESUME_PREFIX = "resume_state"
