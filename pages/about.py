@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from covid_models import RESEARCH_USE_NOTICE, __version__
-from covid_models.analysis.trust import within_source
 from covid_models.models.model_card import ModelCard
+from covid_models.models.trust import within_source
 from pages.shared import enter_through_app, model_cards, weights_dir
 
 enter_through_app()

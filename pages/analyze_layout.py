@@ -13,7 +13,6 @@ import streamlit as st
 
 from covid_models.analysis.ct_quantitative import SECONDARY_LABEL, QuantitativeReading
 from covid_models.analysis.explain import METHOD_LABELS
-from covid_models.analysis.formatting import percent
 from covid_models.analysis.image_analysis import (
     REPORT_RENDERING,
     Analysis,
@@ -26,8 +25,9 @@ from covid_models.analysis.image_analysis import (
 )
 from covid_models.analysis.image_checks import ImageCheck, choose_modality, refusal_text
 from covid_models.analysis.overlays import DISPLAY_SIDE, display_size, for_display
-from covid_models.analysis.report import class_name, png_bytes, render_html, render_pdf, result_sentence
+from covid_models.analysis.report import png_bytes, render_html, render_pdf, result_sentence
 from covid_models.analysis.scan_views import reading_rows
+from covid_models.formatting import class_name, percent
 from covid_models.imaging.filenames import bare_file_name
 from covid_models.imaging.io import read_dicom_identifiers
 from covid_models.imaging.scan import WINDOW_PRESETS, ImageReadError, ScanMetadata

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import streamlit as st
 
 from covid_models.analysis.explain import METHOD_LABELS, METHODS
-from covid_models.analysis.trust import headline_auc, single_source, within_source
 from covid_models.models.model_card import MODALITY_NAMES, ModelCard, display_name, is_adapted
+from covid_models.models.trust import headline_auc, single_source, within_source
 from pages.shared import OPACITY, model_cards
 
 ENSEMBLE = "ensemble"

@@ -21,8 +21,10 @@ from covid_models.analysis.figures import (
     roc_figure,
     training_curves_figure,
 )
-from covid_models.analysis.report import class_name
-from covid_models.analysis.trust import (
+from covid_models.formatting import class_name
+from covid_models.models.checkpoint import MODEL_CARD_FILE
+from covid_models.models.model_card import ModelCard, display_name, is_adapted
+from covid_models.models.trust import (
     FLAGGED,
     POOLED_INTERVAL,
     auc_qualifiers,
@@ -30,8 +32,6 @@ from covid_models.analysis.trust import (
     volume_rows,
     within_source_figures,
 )
-from covid_models.models.checkpoint import MODEL_CARD_FILE
-from covid_models.models.model_card import ModelCard, display_name, is_adapted
 from pages.shared import enter_through_app, model_cards, weights_dir
 
 enter_through_app()

@@ -43,7 +43,6 @@ from covid_models.analysis.overlays import (
     heatmap_overlay,
     mask_overlay,
 )
-from covid_models.analysis.report import class_name
 from covid_models.analysis.scan_analysis import BURDEN_LABEL, ScanAnalysis, analyse_scan
 from covid_models.analysis.scan_views import (
     MODEL_LIMITS,
@@ -53,6 +52,7 @@ from covid_models.analysis.scan_views import (
     scan_facts,
     secondary_sentence,
 )
+from covid_models.formatting import class_name
 from covid_models.imaging.io import read_image
 from covid_models.imaging.scan import Scan
 from covid_models.imaging.volumes import read_volume

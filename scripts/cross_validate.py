@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 
 from covid_models import runtime
-from covid_models.analysis.trust import patient_folds
 from covid_models.metrics import auc, bootstrap_ci
 from covid_models.models.architectures import REGISTRY
 from covid_models.models.checkpoint import read_card, save_card
 from covid_models.models.inference import Classifier
+from covid_models.models.trust import patient_folds
 from covid_models.training.classifier import TrainConfig, train_classifier
 from covid_models.training.data_folders import default_data_dir
 from covid_models.training.evaluation import predict_frame

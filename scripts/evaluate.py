@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from covid_models import runtime
-from covid_models.analysis.trust import source_probes
 from covid_models.imaging.scan import ImageReadError
 from covid_models.local.adaptation import reproduce
 from covid_models.local.samples import sample_from_folder, sample_from_manifest
@@ -41,6 +40,7 @@ from covid_models.models.checkpoint import CheckpointError, save_card
 from covid_models.models.discovery import discover_models
 from covid_models.models.inference import Classifier
 from covid_models.models.model_card import is_adapted
+from covid_models.models.trust import source_probes
 from covid_models.training.evaluation import classification_report, format_report, predict_frame
 from covid_models.training.manifests import DataError, load_dataset, manifest_hash
 from covid_models.training.splits import LeakageError, training_table

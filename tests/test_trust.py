@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covid_models.analysis.trust import patient_folds, source_probe, source_probes
+from covid_models.models.trust import patient_folds, source_probe, source_probes
 
 RNG = np.random.default_rng(0)
 

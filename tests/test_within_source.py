@@ -1,6 +1,6 @@
 """What holds within one source goes wherever a result or a headline figure goes: the page's signals, the PDF and
 HTML reports, the model card's table, the ROC legend and the Model performance page, which leads with it. Every
-figure is read from the card (`covid_models.analysis.trust`), never written here."""
+figure is read from the card (`covid_models.models.trust`), never written here."""
 from __future__ import annotations
 
 import re

@@ -16,9 +16,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from covid_models.analysis.trust import within_source_short
 from covid_models.metrics import threshold_metrics
 from covid_models.models.model_card import ModelCard
+from covid_models.models.trust import within_source_short
 
 CHANCE_COLOUR = "#9e9e9e"
 _MARKER_SYMBOLS = ("diamond", "square", "triangle-up", "star", "cross", "x")

@@ -19,14 +19,14 @@ import numpy as np
 
 from covid_models.analysis import report as reports
 from covid_models.analysis.explain import CAMS, Progress, heatmap, predict_and_map
-from covid_models.analysis.formatting import percent
 from covid_models.analysis.lung_plausibility import implausible as lung_implausible
 from covid_models.analysis.overlays import colour_scale, display_size, for_display, heatmap_overlay, mask_overlay
-from covid_models.analysis.trust import single_source, source_warning
+from covid_models.formatting import class_name, percent
 from covid_models.imaging.scan import Scan, ScanMetadata
 from covid_models.models.inference import Classifier, Ensemble, Prediction
 from covid_models.models.model_card import modality_name
 from covid_models.models.segmentation import Segmenter, cam_mass_inside
+from covid_models.models.trust import single_source, source_warning
 
 if TYPE_CHECKING:
     from covid_models.models.model_card import ModelCard
@@ -121,12 +121,12 @@ def multiclass_note(card: ModelCard) -> str | None:
     """For more than two classes: the reading among the other classes is not what the model is validated for."""
     if len(card.classes) <= 2:
         return None
-    others = [reports.class_name(c) for c in card.classes if c != card.positive_class]
+    others = [class_name(c) for c in card.classes if c != card.positive_class]
     accuracy = (card.metrics.get("test") or {}).get("multiclass_accuracy")
     measured = f" (its {len(card.classes)}-class accuracy on the test split is {accuracy:.3f})" \
         if isinstance(accuracy, float) else ""
     return (f"The {' vs '.join(others)} reading is unreliable{measured}: only the "
-            f"{reports.class_name(card.positive_class or card.classes[0])} probability against the operating point "
+            f"{class_name(card.positive_class or card.classes[0])} probability against the operating point "
             "is validated.")
 
 

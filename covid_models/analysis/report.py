@@ -16,23 +16,13 @@ import numpy as np
 from PIL import Image
 
 from covid_models import RESEARCH_USE_NOTICE, __version__
+from covid_models.formatting import class_name
 from covid_models.imaging.filenames import bare_file_name
 from covid_models.models.inference import Prediction
+from covid_models.models.model_card import modality_name
 
 HELD_BACK = ("This image does not look like the chest images the model was trained on; the prediction is held "
              "back: no probability, heatmap or mask is given for it.")
-
-
-CLASS_NAMES = {"covid": "COVID-19", "non_covid": "non-COVID"}
-
-
-def modality_name(modality: str) -> str:
-    return {"xray": "X-ray", "ct": "CT"}.get(modality, modality)
-
-
-def class_name(label: str) -> str:
-    """A class as people write it ("covid" -> "COVID-19")."""
-    return CLASS_NAMES.get(label, label.replace("_", " "))
 
 
 @dataclass(frozen=True)

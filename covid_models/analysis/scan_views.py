@@ -11,8 +11,9 @@ from PIL import Image
 
 from covid_models.analysis.ct_quantitative import DENSITY_BANDS, SECONDARY_LABEL, SEVERITY_SOURCE, QuantitativeReading
 from covid_models.analysis.overlays import INFECTION_COLOR, LUNG_COLOR, heatmap_overlay, mask_overlay, to_rgb
-from covid_models.analysis.report import ScanReportContent, class_name, scan_result_sentence
+from covid_models.analysis.report import ScanReportContent, scan_result_sentence
 from covid_models.analysis.scan_analysis import BURDEN_LABEL, ScanAnalysis
+from covid_models.formatting import class_name
 from covid_models.imaging.lung_mask import LEFT, RIGHT
 from covid_models.imaging.scan import WINDOW_PRESETS, apply_window
 

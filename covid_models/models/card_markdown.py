@@ -9,9 +9,9 @@ import json
 from typing import Any
 
 from covid_models import RESEARCH_USE_NOTICE
-from covid_models.analysis.trust import source_warning, within_source_short
 from covid_models.imaging.preprocessing import Preprocessing
 from covid_models.models.model_card import ModelCard
+from covid_models.models.trust import source_warning, within_source_short
 
 
 def _num(value: Any) -> str:

@@ -17,7 +17,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from covid_models import __version__
-from covid_models.analysis.trust import source_probes
 from covid_models.imaging.preprocessing import LUNG_WINDOW, Augmentation
 from covid_models.metrics import auc, sensitivity_threshold, threshold_metrics, youden_threshold
 from covid_models.models.architectures import build_model, get_architecture
@@ -26,6 +25,7 @@ from covid_models.models.inference import penultimate_layer
 from covid_models.models.model_card import ModelCard
 from covid_models.models.ood import OodGuard
 from covid_models.models.segmentation import Segmenter
+from covid_models.models.trust import source_probes
 from covid_models.training.datasets import BalancedSampler, ImageDataset, balanced_weights
 from covid_models.training.evaluation import classification_report
 from covid_models.training.loop import (

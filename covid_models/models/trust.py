@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from covid_models.formatting import class_name
+
 
 def patient_folds(frame: pd.DataFrame, k: int = 5, seed: int = 0, stratify: str = "label") -> np.ndarray:
     """Fold index (0..k-1) per row: every patient in exactly one fold, `stratify` balanced across folds."""
@@ -163,8 +165,6 @@ def source_warning(card: Any, flagged: bool | None = None) -> str | None:
     figures from the card, never the pooled AUC alone. `flagged`: the result is at or above the operating point,
     so the within-source specificity (how many negatives of that source are flagged too) is spelled out.
     None when the card records no test metrics."""
-    from covid_models.analysis.report import class_name
-
     test = card.metrics.get("test") or {}
     if not _has_auc(test):
         return None
