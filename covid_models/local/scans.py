@@ -7,7 +7,7 @@ limits; the zip's members are checked before anything is inflated (the same boun
 
 Each scan is analysed once by `scan_analysis.analyse_scan`, the call of the CT scan page and `scripts/analyze_scan.py`
 (`score_scans`). A held-back scan (too little lung, too coarse) has no result: it is listed with its reason and left
-out of every figure, never counted as negative. `validate_scans` then reuses `local_validation`: the burden (% of
+out of every figure, never counted as negative. `validate_scans` then reuses `local.validation`: the burden (% of
 lung) and the secondary classifier's scan probability as continuous scores (`validate`: ROC with patient-bootstrap
 intervals, no AUC headline below the minimum counts), the pattern reading ("suggestive of COVID-19") as the operating
 point (`operating_point_report`), the confound check over scan metadata (manufacturer, site, slice thickness, pixel
@@ -181,7 +181,7 @@ class ScoredScans:
         return self.frame[self.frame["held_back"] != ""].reset_index(drop=True)
 
     def as_scored(self, score: str) -> ScoredSample:
-        """The scans with a result and a value of `score`, as `local_validation` takes them: `probability` is the
+        """The scans with a result and a value of `score`, as `local.validation` takes them: `probability` is the
         score, `features` the quantitative features."""
         frame = self.read
         frame = frame[frame[score].notna()].reset_index(drop=True).assign(probability=lambda f: f[score].astype(float))

@@ -1,4 +1,4 @@
-"""Training classifiers (scripts/train.py, scripts/cross_validate.py) on the shared runtime of `training_loop`:
+"""Training classifiers (scripts/train.py, scripts/cross_validate.py) on the shared runtime of `training.loop`:
 CUDA (bf16, channels_last, compile) or CPU, DDP under torchrun, resume.
 
 Model selection on validation AUC; after training, temperature scaling and operating points are fitted

@@ -1,4 +1,4 @@
-"""Training segmentation models on the shared runtime of `training_loop` (CUDA bf16/channels_last, CPU, torchrun
+"""Training segmentation models on the shared runtime of `training.loop` (CUDA bf16/channels_last, CPU, torchrun
 DDP, progress, resume), with Dice + BCE loss and augmentations applied identically to image and mask.
 
 Two protocols. With a patient-level train/val/test split, the epoch with the best validation Dice is kept
