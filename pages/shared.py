@@ -256,6 +256,9 @@ def run_scan_analysis(files: list[tuple[str, bytes]], series: int | None, classi
         bar.empty()
 
 
+READING_LABEL = "Quantitative CT reading: COVID-19 pattern"
+
+
 def scan_result_block(analysis: ScanAnalysis) -> None:
     """The scan's result, its quantitative reading in HU (criteria, density bands, lesion, distribution, severity),
     the facts, the classifier as a secondary reading and what the models cannot do. A held-back scan shows its
@@ -268,8 +271,8 @@ def scan_result_block(analysis: ScanAnalysis) -> None:
         elif reading.suggestive is None:
             st.warning(reading.verdict, icon=":material/help:")
         else:
-            st.metric("Quantitative CT reading", "Suggestive of COVID-19" if reading.suggestive
-                      else "Not suggestive of COVID-19")
+            # short values: a metric never wraps, and the review item's column is narrow; the badge says it in full
+            st.metric(READING_LABEL, "Suggestive" if reading.suggestive else "Not suggestive")
             if reading.suggestive:
                 st.markdown(":orange-badge[:material/flag: Pattern suggestive of COVID-19]")
             else:

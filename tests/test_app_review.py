@@ -34,6 +34,7 @@ from covid_models.models.segmentation import Segmenter
 from covid_models.reviews.records import ReviewDatabaseError
 from covid_models.reviews.store import ReviewStore
 from covid_models.training.splits import held_out_images
+from pages.shared import READING_LABEL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
@@ -661,8 +662,7 @@ def test_a_scan_is_one_item_read_by_its_scan_level_result_and_its_verdict_is_exp
     assert item.operating_threshold == expected.threshold and not item.held_back
     assert _shown_position(at) == "#### CT scan 1 of 1: phantom.zip"
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Quantitative CT reading"] == ("Suggestive of COVID-19" if expected.positive
-                                                  else "Not suggestive of COVID-19")
+    assert metrics[READING_LABEL] == ("Suggestive" if expected.positive else "Not suggestive")
     assert "largest infection" in expected.key_slices, "the phantom's lesion gives a key slice"
     largest = expected.key_slices["largest infection"]
     assert _captions(at)[0] == f"Axial slice {largest + 1} of 40: secondary classifier " \

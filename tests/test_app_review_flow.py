@@ -25,6 +25,7 @@ from test_app_review import (  # noqa: F401  (the fixtures are used by name)
 import covid_models.analysis.scan_analysis
 import covid_models.models.inference
 import covid_models.models.segmentation
+from pages.shared import READING_LABEL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
@@ -146,7 +147,7 @@ def test_a_blinded_scan_item_scrubs_and_windows_without_masks_then_reveals_them_
     at.button(key="review-reading-covid").click()
     _run(at)
     assert int(at.session_state["review-position"]) == 0
-    assert {m.label for m in at.metric} >= {"Quantitative CT reading", "Lesion burden"}
+    assert {m.label for m in at.metric} >= {READING_LABEL, "Lesion burden"}
     assert at.toggle(key=f"{prefix}-lungs").value, "the masks appear once the reading is recorded"
     assert at.get("plotly_chart")
     assert calls == [], "the reveal draws the cached analysis"

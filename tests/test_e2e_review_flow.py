@@ -87,4 +87,9 @@ def test_a_ct_scan_item_is_scrubbed_and_windowed_in_the_scan_viewer(browser, app
         page.wait_for_timeout(500)  # the window's rerun has begun
         page.wait_for_function(SETTLED, polling=200)
         page.get_by_test_id("stImage").locator("img").first.evaluate("img => img.decode()")
+        value = page.get_by_test_id("stMetric").filter(has_text="Quantitative CT reading").get_by_test_id(
+            "stMetricValue")
+        assert re.fullmatch(r"(Not s|S)uggestive", value.inner_text().strip())
+        cut_off = "v => [v, ...v.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1)"
+        assert not value.evaluate(cut_off)  # the reading is shown whole, not ellipsised in the narrow column
         snapshot(page, "review-ct-scan-item")
