@@ -74,9 +74,23 @@ def admin_token() -> str:
     return ""
 
 
-@st.cache_resource(show_spinner=False)
+_LOGGED_PROBLEMS: set[str] = set()
+
+
 def _log_refused_token(problem: str) -> None:
-    logger.error("administrator token in %s refused: %s; administrator sign-in is off", ADMIN_TOKEN_SETTING, problem)
+    if problem not in _LOGGED_PROBLEMS:  # once per process, not once per page view
+        _LOGGED_PROBLEMS.add(problem)
+        logger.error("administrator token in %s refused: %s; administrator sign-in is off", ADMIN_TOKEN_SETTING,
+                     problem)
+
+
+def check_admin_token_at_start() -> None:
+    """Tell the operator at server start, in the log, when the configured administrator token is too weak to be used,
+    rather than when someone first opens a page that needs it."""
+    token = setting(ADMIN_TOKEN_SETTING)
+    problem = admin_token_problem(token) if token else None
+    if problem is not None:
+        _log_refused_token(problem)
 
 
 def client_address() -> str | None:

@@ -14,7 +14,6 @@ quantitative model.
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import tempfile
 import zipfile
@@ -49,6 +48,7 @@ from covid_models.models.model_card import ModelCard, display_name, is_adapted, 
 from covid_models.reviews.identity import admin_token_matches
 from covid_models.training.data_folders import typed_folders_allowed
 from covid_models.training.manifests import DataError
+from pages.review_sign_in import admin_token
 from pages.shared import (
     enter_through_app,
     held,
@@ -66,7 +66,6 @@ from pages.shared import (
 enter_through_app()
 
 RESULT_KEY, ADAPTED_KEY = "validate-result", "validate-adapted"
-ADMIN_TOKEN_SETTING = "COVID_REVIEW_ADMIN_TOKEN"  # the review page's administrator token
 INPUTS = {"zip": "A zip of images with a CSV (file,label[,patient_id,view,site])",
           "dicom": "DICOM files with a CSV keyed by SOPInstanceUID or file",
           "folder": "A folder on this server (manifest.csv, labels.csv or class sub-folders)",
@@ -75,17 +74,6 @@ INPUTS = {"zip": "A zip of images with a CSV (file,label[,patient_id,view,site])
           "scans-folder": "Whole CT scans: a folder on this server (scan folders or NIfTI files and a labels.csv)"}
 SCAN_INPUTS = ("scans-zip", "scans-folder")
 FOLDER_INPUTS = ("folder", "scans-folder")
-
-
-def admin_token() -> str:
-    """The administrator token: the environment variable, else the same key (lower case) in st.secrets."""
-    value = os.environ.get(ADMIN_TOKEN_SETTING, "").strip()
-    if value:
-        return value
-    try:
-        return str(st.secrets.get(ADMIN_TOKEN_SETTING.lower(), "")).strip()
-    except (FileNotFoundError, KeyError, AttributeError, ValueError):
-        return ""
 
 
 def number(value: float | None) -> str:
@@ -364,7 +352,7 @@ def publish_section(members: dict[str, bytes], card) -> None:
     """Write the adapted folder into the shared weights folder: administrators only."""
     configured = admin_token()
     if not configured:
-        st.caption("Publishing into the shared weights folder needs an administrator token, and none is configured.")
+        st.caption("Publishing into the shared weights folder needs an administrator token (COVID_REVIEW_ADMIN_TOKEN).")
         return
     typed = st.text_input("Administrator token (to publish for every user)", type="password", key="validate-admin")
     if not st.button("Publish into the shared weights folder", key="validate-publish"):

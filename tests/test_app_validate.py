@@ -86,6 +86,17 @@ def test_fitting_and_publishing_a_head_leave_no_files_behind_on_the_server(tmp_p
     assert list(scratch.iterdir()) == []
 
 
+def test_a_weak_administrator_token_cannot_publish_and_the_page_says_why(tmp_path, monkeypatch):
+    weights = make_weights_dir(tmp_path, segmentation=False)
+    monkeypatch.setenv("COVID_REVIEW_ADMIN_TOKEN", "admin-2024")  # what the review page refuses, so does this one
+    at = uploaded(page_test("pages/validate.py", weights, monkeypatch), weights, sample_zip())
+    at.button(key="validate-run").click().run()
+    at.button(key="validate-adapt").click().run()
+    assert any("Administrator sign-in is off" in e.value for e in at.error)
+    assert "validate-publish" not in [b.key for b in at.button]
+    assert "admin-2024" not in repr(at._tree)
+
+
 def test_a_sample_below_the_minimum_gets_no_headline_and_no_adaptation(tmp_path, monkeypatch):
     weights = make_weights_dir(tmp_path, segmentation=False)
     at = uploaded(page_test("pages/validate.py", weights, monkeypatch), weights, sample_zip(patients_per_class=6))
