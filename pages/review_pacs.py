@@ -47,12 +47,10 @@ RESULTS_KEY, PAGES_KEY, QUERY_KEY = "review-pacs-results", "review-pacs-offsets"
 
 @dataclass(frozen=True)
 class PageHooks:
-    """What the Review page lends this source: its scan analysis (kept in its scan cache), its labels, and opening a
+    """What the Review page lends this source: its scan analysis (kept in its scan cache) and opening a
     session."""
 
     review_scan: Callable[[Reviewer, list[tuple[str, bytes]], str, str], ScanAnalysis]
-    review_label: Callable[..., str]
-    scan_label: Callable[[ScanAnalysis, list[str]], str]
     open_session: Callable[[SessionInfo, int], None]
     message_key: str  # where the page keeps the message it shows on its next run
 
@@ -201,7 +199,7 @@ def _items_of(pacs: Pacs, reviewer: Reviewer, study_uid: str, modality: str, dir
                 raise VolumeReadError("no lung was found in this scan, so it was not scored")
             reading = screening.scan_reading(item, classifier, analysis)
             items.append(NewItem(image_hash=digest, display_name=item.label, kind="scan", pacs_ref=item.ref.text,
-                                 predicted_label=hooks.scan_label(analysis, card.classes),
+                                 predicted_label=analysis.reading_label(card.classes),
                                  covid_probability=analysis.scan_probability, operating_threshold=analysis.threshold,
                                  held_back=analysis.held_back))
             evidence = [data for _, data in files]
@@ -211,7 +209,7 @@ def _items_of(pacs: Pacs, reviewer: Reviewer, study_uid: str, modality: str, dir
             pacs_images().put((reviewer.key, content_hash(data)), data)
             reading = screening.image_reading(item, classifier, prediction)
             items.append(NewItem(image_hash=content_hash(data), display_name=item.label, pacs_ref=item.ref.text,
-                                 predicted_label=hooks.review_label(prediction),
+                                 predicted_label=prediction.reading_label,
                                  covid_probability=float(prediction.positive_probability),
                                  operating_threshold=float(prediction.threshold),
                                  held_back=prediction.out_of_distribution))

@@ -103,21 +103,6 @@ def review_scan(reviewer: Reviewer, files: list[tuple[str, bytes]], digest: str,
     return analysis
 
 
-def scan_label(analysis: ScanAnalysis, classes: list[str]) -> str:
-    """The label the reviewer agrees or disagrees with: the positive class when the quantitative reading finds a
-    pattern suggestive of it, else the card's other class (a CT card has two)."""
-    return analysis.positive_class if analysis.positive else next(c for c in classes if c != analysis.positive_class)
-
-
-def review_label(prediction: Prediction) -> str:
-    """The label the reviewer agrees or disagrees with: the positive class at or above the operating point,
-    else the most probable of the other classes."""
-    if prediction.positive_class is None or prediction.positive:
-        return prediction.positive_class or prediction.label
-    others = {c: p for c, p in prediction.probabilities.items() if c != prediction.positive_class}
-    return max(others, key=others.get)
-
-
 def pacs_hooks() -> PageHooks:
     """What the "From PACS" source (pages/review_pacs.py) uses of the Review page."""
-    return PageHooks(review_scan, review_label, scan_label, open_session, MESSAGE_KEY)
+    return PageHooks(review_scan, open_session, MESSAGE_KEY)

@@ -25,7 +25,7 @@ from covid_models.reviews.records import NewItem, NotYoursError, ReviewDatabaseE
 from covid_models.reviews.store import ReviewStore
 from covid_models.training.manifests import DataError
 from covid_models.training.splits import LeakageError, held_out_images
-from pages.review_readings import review_label, review_scan, scan_label, screening
+from pages.review_readings import review_scan, screening
 from pages.review_sign_in import oidc_configured
 from pages.review_state import CSV_KEY, MESSAGE_KEY, MODALITY_NAMES, SESSION_KEY, leave_session, open_session, plain
 from pages.review_uploads import REVIEWER_CACHE_BYTES, manifest_mtime, upload_cache
@@ -85,7 +85,7 @@ def _start(store: ReviewStore, reviewer: Reviewer, modality: str, directory: str
         seen.add(digest)
         if keep_bytes:
             cache.put(reviewer.key, digest, data)
-        items.append(NewItem(image_hash=digest, display_name=name, predicted_label=review_label(predicted),
+        items.append(NewItem(image_hash=digest, display_name=name, predicted_label=predicted.reading_label,
                              covid_probability=float(predicted.positive_probability),
                              operating_threshold=float(predicted.threshold),
                              held_back=status == HELD_BACK))
@@ -103,7 +103,7 @@ def _start(store: ReviewStore, reviewer: Reviewer, modality: str, directory: str
         seen.add(digest)
         # the label is the quantitative reading's (none to agree with when held back or without a pattern reading);
         # the stored probability is the secondary classifier's, never shown for a scan
-        items.append(NewItem(image_hash=digest, display_name=name, predicted_label=scan_label(analysis, card.classes),
+        items.append(NewItem(image_hash=digest, display_name=name, predicted_label=analysis.reading_label(card.classes),
                              covid_probability=0.0 if analysis.secondary_held_back else analysis.scan_probability,
                              operating_threshold=analysis.threshold, held_back=analysis.positive is None,
                              kind="scan"))

@@ -1,10 +1,9 @@
 """CT scan: upload a whole series (zip, DICOM files) or a NIfTI volume and see its quantitative reading and burden.
 
 The analysis (`covid_models.analysis.scan_analysis.analyse_scan`) runs once per upload content, series and models, with
-a
-progress bar, and is kept in this browser session (the last `KEPT_SCANS` scans, about 70 MB each for a 255-slice
-512 x 512 scan: masks and display HU on a 256 x 256 grid). Moving the slice or row slider, changing the window
-preset or the overlays only re-draws pictures from it; the heatmap of the current slice is computed on request.
+a progress bar, and is kept in this browser session (the last `KEPT_SCANS` scans, about 70 MB each for a 255-slice 512 x
+512 scan: masks and display HU on a 256 x 256 grid). Moving the slice or row slider, changing the window preset or the
+overlays only re-draws pictures from it; the heatmap of the current slice is computed on request.
 """
 from __future__ import annotations
 

@@ -2,13 +2,11 @@
 (display only), lung and infection masks, a coronal plane, the per-slice probability curve.
 
 Everything is drawn from an analysed `ScanAnalysis` (`covid_models.analysis.scan_views`), so moving a slider, changing
-the
-window or a mask toggle re-windows a small slice and runs no model; only the heatmap of the current slice, asked for
+the window or a mask toggle re-windows a small slice and runs no model; only the heatmap of the current slice, asked for
 with its toggle, runs the classifier. A blinded view (`revealed=False`) shows the slices alone: no mask, no slice
-probability, no curve, and it opens on the middle slice rather than on the model's most suspicious one.
-A held-back scan shows its slices and lung mask only; the classifier's probabilities and heatmap only where its
-secondary reading may be shown. A heatmap gets its colour scale and the share of it inside the lungs (a warning when
-under half, as for X-rays).
+probability, no curve, and it opens on the middle slice rather than on the model's most suspicious one. A held-back scan
+shows its slices and lung mask only; the classifier's probabilities and heatmap only where its secondary reading may be
+shown. A heatmap gets its colour scale and the share of it inside the lungs (a warning when under half, as for X-rays).
 """
 from __future__ import annotations
 

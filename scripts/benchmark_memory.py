@@ -5,10 +5,9 @@
 
 One analysis is what the Analyze page computes for one upload, in one process: the file's bytes read by
 `covid_models.imaging.io.read_image`, then `covid_models.analysis.image_analysis.analyse` (the page's own call:
-prediction, a CAM
-heatmap with forward and backward hooks on the shared network, the masks of every segmentation model of the
-same modality in the weights folder, the share of the heatmap inside them, all at display size), then the
-heatmap and mask overlays the page draws. Streamlit's result caches are left out on purpose: they hold results by design
+prediction, a CAM heatmap with forward and backward hooks on the shared network, the masks of every segmentation model
+of the same modality in the weights folder, the share of the heatmap inside them, all at display size), then the heatmap
+and mask overlays the page draws. Streamlit's result caches are left out on purpose: they hold results by design
 (bounded by `max_entries`), whereas this measures what a computation leaves behind once its result is dropped.
 
 Per model: RSS after a warm-up (first-call allocations, thread pools, allocator arenas), RSS after N more
@@ -71,8 +70,7 @@ class MemoryRun:
 def analyse_upload(classifier: Classifier, segmenters: list[Segmenter], name: str, data: bytes,
                    method: str = "gradcam") -> float | None:
     """One upload as the Analyze page computes it (`covid_models.analysis.image_analysis.analyse`, then the overlays it
-    draws);
-    returns the COVID-19 probability."""
+    draws); returns the COVID-19 probability."""
     result = analyse(read_image(data, name=name), [classifier], segmenters, method=method)
     overlay = heatmap_overlay(result.grey, result.heat, OPACITY)
     for target, mask in result.masks.items():

@@ -10,11 +10,10 @@ evaluates every image (an external dataset the model never saw). Metrics use the
 default operating point from its card.
 
 Every image is first screened as the Analyze page screens it (`covid_models.analysis.image_checks.screen`, with the
-checking
-models installed beside the checkpoint or in --weights): the headline metrics cover every image, as the card's do
-(what the model does when asked), and the `screening` block counts the images refused (not a chest image, or not
-of the model's modality) and held back (out of distribution), with their reasons, and states the metrics on the
-images that got an answer (what a user is shown).
+checking models installed beside the checkpoint or in --weights): the headline metrics cover every image, as the card's
+do (what the model does when asked), and the `screening` block counts the images refused (not a chest image, or not of
+the model's modality) and held back (out of distribution), with their reasons, and states the metrics on the images that
+got an answer (what a user is shown).
 
 Besides the metrics: the source probe (can a linear classifier tell the image's source from the network's
 features?), the share of the heatmap inside the lungs per class, and for CT models, with `--volumes`, the
@@ -283,10 +282,8 @@ def shipped_lung_segmenter(modality: str) -> Path | None:
 
 def cam_inside_lungs(classifier: Classifier, segmenter_dir: Path, frame, limit: int) -> dict[str, dict[str, float]]:
     """Mean share of the heatmap mass inside the predicted lung mask, per true class and within it per source (the
-    shortcut check),
-    from the Analyze page's own analysis (`covid_models.analysis.image_analysis.analyse`); unreadable files and films
-    whose lung
-    mask is implausible (no share is given for them) are left out."""
+    shortcut check), from the Analyze page's own analysis (`covid_models.analysis.image_analysis.analyse`); unreadable
+    files and films whose lung mask is implausible (no share is given for them) are left out."""
     from tqdm import tqdm
 
     from covid_models.analysis.image_analysis import analyse

@@ -3,8 +3,7 @@
     python scripts/evaluate_ct_slice_checks.py weights ../shared/data/ct-volumes
 
 A slice "has lung" when the scan's 3-D HU lung mask (`covid_models.imaging.lung_mask`) holds lung on it. "Without HU"
-runs
-the same check on the slice with its Modality tag hidden, which is the check before DICOM CT slices were read in HU
+runs the same check on the slice with its Modality tag hidden, which is the check before DICOM CT slices were read in HU
 (the guards and the grey-level lung test alone). Prints one row per scan and the totals.
 """
 from __future__ import annotations

@@ -142,11 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             probability = reading.probability
             if item.kind == "image" and not reading.held_back:
                 row.update({f"p_{c}": round(prediction.probabilities[c], 6) for c in classes})
-                row.update(label=prediction.label, ood_score="" if prediction.ood_score is None
+                row.update(label=prediction.reading_label, ood_score="" if prediction.ood_score is None
                            else round(prediction.ood_score, 3))
             elif item.kind == "scan" and probability is not None:
-                row["label"] = analysis.positive_class if reading.positive else next(
-                    c for c in classes if c != analysis.positive_class)
+                row["label"] = analysis.reading_label(classes)
             row.update(status="ok", threshold=round(reading.threshold, 6), out_of_distribution=reading.held_back,
                        positive_probability="" if probability is None else round(probability, 6),
                        positive="" if reading.positive is None else reading.positive)

@@ -2,15 +2,15 @@
 
     python scripts/predict.py weights/xray-efficientnet-lite0 scans/ --out preds.csv
 
-Every path given, and every image file or special file (pipe, device, broken or looping link) inside a folder,
-gets a row: status "ok" with the prediction; "refused" (not a chest image, or not of the model's modality) or
-"held back" (the model's out-of-distribution guard), with the reason and no probability, as the Analyze page
-holds them back (`covid_models.analysis.image_checks.screen`, with the checking models installed beside the checkpoint
-or
-in --weights); or "error" with the reason. Nothing is read before its type and size are checked on the opened file
+Every path given, and every image file or special file (pipe, device, broken or looping link) inside a folder, gets a
+row: status "ok" with the prediction; "refused" (not a chest image, or not of the model's modality) or "held back" (the
+model's out-of-distribution guard), with the reason and no probability, as the Analyze page holds them back
+(`covid_models.analysis.image_checks.screen`, with the checking models installed beside the checkpoint or in --weights);
+or "error" with the reason. Nothing is read before its type and size are checked on the opened file
 (covid_models.imaging.io.read_image), and each row is written as soon as it is made, so a run stopped half-way keeps the
-rows it made. Probabilities are calibrated; `positive` applies the model's default operating point. Other regular
-files inside folders (a manifest, notes) are counted, not classified.
+rows it made. Probabilities are calibrated; `positive` applies the model's default operating point, and `label` is the
+class the reading stands for at that point (what a review session stores as the model's label), not always the most
+probable class. Other regular files inside folders (a manifest, notes) are counted, not classified.
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def rows(classifier: Classifier, files: Iterator[Path], models: CheckModels) -> 
             yield {"file": str(path), "status": screened.status, "error": screened.reason, **empty}
             continue
         prediction = screened.prediction
-        yield {"file": str(path), "status": "ok", "error": "", "label": prediction.label,
+        yield {"file": str(path), "status": "ok", "error": "", "label": prediction.reading_label,
                **{f"p_{c}": round(prediction.probabilities[c], 6) for c in classes},
                "positive_probability": round(prediction.positive_probability, 6),
                "threshold": round(prediction.threshold, 6), "positive": prediction.positive,

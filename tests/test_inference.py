@@ -6,7 +6,7 @@ import pytest
 from model_fixtures import write_tiny_classifier
 
 from covid_models.models.discovery import discover_models
-from covid_models.models.inference import Classifier, Ensemble
+from covid_models.models.inference import Classifier, Ensemble, Prediction
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +55,16 @@ def test_ensemble_averages_its_members(weights):
 def test_ensemble_refuses_members_of_different_modalities(weights):
     with pytest.raises(ValueError, match="modality"):
         Ensemble([Classifier.load(weights / "xray-a"), Classifier.load(weights / "ct-a")])
+
+
+@pytest.mark.parametrize(("probabilities", "threshold", "most_probable", "reading"), [
+    ({"covid": 0.52, "non_covid": 0.48}, 0.532, "covid", "non_covid"),  # argmax covid, but below the operating point
+    ({"covid": 0.35, "normal": 0.45, "pneumonia": 0.20}, 0.30, "normal", "covid"),  # at or above it: covid
+    ({"covid": 0.10, "normal": 0.30, "pneumonia": 0.60}, 0.30, "pneumonia", "pneumonia"),  # below: the likelier other
+])
+def test_the_reading_label_follows_the_operating_point_not_the_most_probable_class(probabilities, threshold,
+                                                                                   most_probable, reading):
+    prediction = Prediction(model="m", probabilities=probabilities, label=most_probable, positive_class="covid",
+                            positive_probability=probabilities["covid"], threshold=threshold,
+                            positive=probabilities["covid"] >= threshold)
+    assert prediction.reading_label == reading

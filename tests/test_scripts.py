@@ -43,6 +43,7 @@ def test_predict_writes_a_row_per_file_and_an_error_row_for_each_bad_one(tmp_pat
     assert rows["good.png"]["status"] == "ok"
     expected = Classifier.load(model).predict(read_image(images / "good.png"))
     assert float(rows["good.png"]["p_covid"]) == pytest.approx(expected.probabilities["covid"], abs=1e-5)
+    assert rows["good.png"]["label"] == expected.reading_label  # what a review session stores as the model's label
     for bad in ("broken.png", "notes.dcm"):
         assert rows[bad]["status"] == "error" and rows[bad]["error"]
     assert "Traceback" not in result.stderr

@@ -1,9 +1,8 @@
 """The quantitative reading of chest CT in Hounsfield units: what leads the result of a DICOM or NIfTI scan.
 
 Every figure is defined here once and carried in `QuantitativeReading` (a scan's, in ml; a single DICOM slice's, in
-cm2), so the CT scan page, the Analyze page, the review session, the reports and `scripts/analyze_scan.py` show the
-same numbers. All of it is measured inside the classical HU lung mask (`covid_models.imaging.lung_mask`, holes filled,
-so
+cm2), so the CT scan page, the Analyze page, the review session, the reports and `scripts/analyze_scan.py` show the same
+numbers. All of it is measured inside the classical HU lung mask (`covid_models.imaging.lung_mask`, holes filled, so
 vessels and dense lesions surrounded by lung count as lung):
 
 - **lung volume** (area for a slice) per lung, the patient's right and left;

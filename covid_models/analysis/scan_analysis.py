@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,8 +89,7 @@ class ScanAnalysis:
     """Everything the page, the report and the script show about one scan; no patient identifier in it.
 
     Masks and `display_hu` lie on the lung mask's grid (see `covid_models.imaging.lung_mask`), enough to show and
-    measure;
-    the full-resolution HU volume is not kept.
+    measure; the full-resolution HU volume is not kept.
     """
 
     metadata: VolumeMetadata
@@ -118,6 +117,12 @@ class ScanAnalysis:
     def positive(self) -> bool | None:
         """The scan's result: a pattern suggestive of COVID-19 (None: held back, or no pattern reading)."""
         return None if self.held_back else self.reading.suggestive
+
+    def reading_label(self, classes: Sequence[str]) -> str:
+        """The class the scan's reading stands for, what a reviewer agrees or disagrees with and what a CSV calls its
+        label: the positive class when the quantitative reading finds a pattern suggestive of it, else the card's
+        other class (a CT card has two)."""
+        return self.positive_class if self.positive else next(c for c in classes if c != self.positive_class)
 
     @property
     def classifier_positive(self) -> bool | None:

@@ -36,6 +36,16 @@ class Prediction:
     ood_score: float | None = None
     out_of_distribution: bool = False
 
+    @property
+    def reading_label(self) -> str:
+        """The class this result stands for at the card's operating point, what a reviewer agrees or disagrees with
+        and what every CSV calls its label: the positive class at or above the threshold, else the most probable of
+        the other classes (`label`, the most probable class, can differ from it between 0.5 and the threshold)."""
+        if self.positive_class is None or self.positive:
+            return self.positive_class or self.label
+        others = {c: p for c, p in self.probabilities.items() if c != self.positive_class}
+        return max(others, key=others.get)
+
 
 def penultimate_layer(model: nn.Module) -> nn.Linear:
     """The final Linear layer (the class head); its input is the image's feature vector."""
