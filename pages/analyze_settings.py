@@ -60,7 +60,7 @@ def ensemble_members(cards: dict[str, ModelCard]) -> dict[str, ModelCard]:
 
 
 def ensemble_caption(name: str, count: int) -> str | None:
-    """Why no ensemble is offered, when it is not (point 13): an ensemble needs two models of one modality."""
+    """Why no ensemble is offered, when it is not: an ensemble needs two models of one modality."""
     if count > 1:
         return None
     return (f"Ensemble: not available for {name}, because only one {name} classifier is installed; an ensemble "

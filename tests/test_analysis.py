@@ -135,7 +135,7 @@ def test_trust_signals_say_what_the_reader_must_know():
 
 
 def test_the_infection_finding_stands_on_its_own_and_a_disagreement_is_said_plainly():
-    """Issue 11, point 10: a negative call with an outlined infection is a disagreement to read."""
+    """A negative call with an outlined infection is a disagreement to read."""
     negative = Prediction(**{**_prediction().__dict__, "positive_probability": 0.088, "positive": False})
     signals = trust_signals("ct", negative, {"infection": float("nan")}, {"infection": 0.07})
     assert Signal("note", "Infection finding: the infection mask covers 7.0% of the slice.") in signals

@@ -53,7 +53,7 @@ def test_the_app_opens_on_analyze_with_the_notice_in_the_sidebar(weights, monkey
 
 
 def test_the_shipped_models_headline_auc_has_its_within_source_auc_beside_it(monkeypatch):
-    """Issue 11, point 8: the About table puts ieee8023's within-source AUC next to the pooled 0.948."""
+    """The About table puts ieee8023's within-source AUC next to the pooled 0.948."""
     from conftest import WEIGHTS_DIR
 
     at = page_test("pages/about.py", WEIGHTS_DIR, monkeypatch).run()

@@ -191,7 +191,7 @@ MODEL_CALLS = ("pages.analyze_compute.analyse", "covid_models.models.inference.C
 
 
 def test_one_upload_runs_no_network_twice_for_the_same_answer(weights, monkeypatch):
-    """Issue 13, point 2: the chest-image check's guard pass is the X-ray prediction (one per modality's guard),
+    """The chest-image check's guard pass is the X-ray prediction (one per modality's guard),
     and the check's lung mask is the one the analysis shows (one lung-segmenter pass)."""
     at = page_test(PAGE, weights, monkeypatch).run()
     calls = counting(monkeypatch, "covid_models.models.inference.Classifier.predictions",
@@ -208,7 +208,7 @@ def test_one_upload_runs_no_network_twice_for_the_same_answer(weights, monkeypat
 
 
 def test_a_window_change_redraws_the_image_only_leaving_the_probability_byte_identical(weights, monkeypatch):
-    """The window presets are display settings: the models keep their card's canonical input (issue 11, bug 3)."""
+    """The window presets are display settings: the models keep their card's canonical input."""
     at = page_test(PAGE, weights, monkeypatch).run()
     upload(at, ("CT_small.dcm", CT_SMALL.read_bytes()))
     before, metric = shown_probabilities(at), at.metric[0].value
@@ -275,7 +275,7 @@ def held_back_weights(tmp_path: Path) -> Path:
 
 
 def test_an_out_of_distribution_image_shows_no_probability_heatmap_or_mask_anywhere(tmp_path, monkeypatch):
-    """Issue 11, bug 5: page, batch table (and its CSV), PDF and HTML carry nothing to be read of a held-back image."""
+    """Page, batch table (and its CSV), PDF and HTML carry nothing to be read of a held-back image."""
     from test_report import pdf_text
 
     from covid_models.analysis.report import HELD_BACK, render_html, render_pdf
@@ -308,7 +308,7 @@ def test_an_out_of_distribution_image_shows_no_probability_heatmap_or_mask_anywh
 
 
 def test_a_photograph_is_refused_with_a_reason(weights, monkeypatch):
-    """Issue 11, bug 1: scikit-learn's china.jpg is refused outright, with why; nothing is computed or offered."""
+    """scikit-learn's china.jpg is refused outright, with why; nothing is computed or offered."""
     from sklearn.datasets import load_sample_image
 
     buffer = io.BytesIO()
@@ -325,7 +325,7 @@ def test_a_photograph_is_refused_with_a_reason(weights, monkeypatch):
 
 
 def test_a_ct_slice_given_as_an_x_ray_makes_the_page_ask(weights, monkeypatch):
-    """Issue 11, bug 2: the guards say CT, the setting says X-ray: nothing is analysed until the user answers."""
+    """The guards say CT, the setting says X-ray: nothing is analysed until the user answers."""
     import covid_models.analysis.image_checks
 
     monkeypatch.setattr(covid_models.analysis.image_checks, "guard_ratio",
@@ -344,7 +344,7 @@ def test_a_ct_slice_given_as_an_x_ray_makes_the_page_ask(weights, monkeypatch):
 
 
 def test_reports_are_the_same_at_every_opacity_and_carry_the_pages_warnings(weights, monkeypatch):
-    """Issue 11, bug 6: fixed, stated rendering; every warning and note the page shows goes into the report."""
+    """Fixed, stated rendering; every warning and note the page shows goes into the report."""
     import dataclasses
 
     from covid_models.analysis.report import render_html
@@ -360,12 +360,12 @@ def test_reports_are_the_same_at_every_opacity_and_carry_the_pages_warnings(weig
     assert "fixed 45% opacity" in render_html(first)
     shown = [w.value for w in at.warning] + [c.value for c in at.caption]
     assert all(text in shown or any(text in s for s in shown) for text in last.warnings)
-    assert any("reading is unreliable" in text for text in last.warnings)  # the 3-class note (point 9)
+    assert any("reading is unreliable" in text for text in last.warnings)  # the 3-class note
 
 
 @pytest.mark.slow
 def test_a_slow_heatmap_in_one_session_holds_up_no_other_session(weights, monkeypatch):
-    """Issue 11, bug 4: while session A computes Score-CAM, session B's upload on the same model shows its
+    """While session A computes Score-CAM, session B's upload on the same model shows its
     probability (A's heatmap is made to wait until B is done, so "B first" is no race)."""
     import threading
 
@@ -498,7 +498,7 @@ def test_a_large_batch_is_paged_and_a_slider_recomputes_nothing(weights, monkeyp
 
 
 def test_the_sidebar_puts_the_within_source_auc_beside_the_headline_and_says_why_no_ensemble(monkeypatch):
-    """Issue 11, points 8 and 13, on the shipped cards (no model is loaded: the sidebar reads cards only)."""
+    """On the shipped cards (no model is loaded: the sidebar reads cards only)."""
     from conftest import WEIGHTS_DIR
 
     at = page_test(PAGE, WEIGHTS_DIR, monkeypatch).run()

@@ -123,7 +123,7 @@ def test_without_models_the_page_says_where_it_looked(tmp_path: Path, monkeypatc
 
 def test_the_confusion_at_the_operating_point_is_counted_from_stored_scores(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 11, bug 7: with the test probabilities in the card, the slider's figures are exact, not the nearest
+    """With the test probabilities in the card, the slider's figures are exact, not the nearest
     ROC point's: at the operating point they equal the card's own."""
     weights = make_weights_dir(tmp_path, segmentation=False)
     path = weights / "xray-fixture-a" / "card.json"
@@ -153,7 +153,7 @@ def test_without_stored_scores_the_page_says_its_figures_are_approximate(page: A
 
 def test_the_headline_auc_has_the_within_source_figures_beside_it(monkeypatch: pytest.MonkeyPatch,
                                                                    tmp_path: Path) -> None:
-    """Issue 11, point 8: the shipped X-ray card's pooled AUC never stands without ieee8023's 0.605, and
+    """The shipped X-ray card's pooled AUC never stands without ieee8023's 0.605, and
     undefined cells read n/a."""
     from conftest import WEIGHTS_DIR
 
@@ -170,7 +170,7 @@ def test_the_headline_auc_has_the_within_source_figures_beside_it(monkeypatch: p
 
 def test_the_shipped_ct_model_shows_its_result_on_the_real_dicom_scans(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 9, point 5: the robustness table of the card (evaluate.py --volumes) sits under the headline AUC."""
+    """The robustness table of the card (evaluate.py --volumes) sits under the headline AUC."""
     from conftest import WEIGHTS_DIR
 
     point_app_at(monkeypatch, tmp_path / "reviews.sqlite3", None)

@@ -548,7 +548,7 @@ def _captions(at: AppTest) -> list[str]:
 
 def test_the_review_page_shows_the_lung_mask_and_the_lung_share_warning_of_the_analysis(
         segmented, database, store, monkeypatch) -> None:
-    """Issue 11: the reviewer sees what Analyze shows: heatmap, lung mask, and the warning that the model looked
+    """The reviewer sees what Analyze shows: heatmap, lung mask, and the warning that the model looked
     outside the lungs (every share is made to warn here, so that the warning is what is checked)."""
     monkeypatch.setattr(covid_models.analysis.image_analysis, "LOW_LUNG_SHARE", 1.01)
     # the fixture segmenter is untrained: its mask (most of the film) is implausible, which would hide the share
@@ -591,7 +591,7 @@ def test_a_blinded_review_shows_the_masks_and_the_share_only_after_the_reading(s
 @pytest.mark.parametrize("blinded", [False, True])
 def test_a_held_back_image_shows_no_probability_heatmap_mask_or_share_on_the_review_page(
         held_back, database, store, monkeypatch, blinded) -> None:
-    """Issue 11, bug 5 on the Review page: as on Analyze, a held-back image gets its reason and the image alone, and
+    """As on Analyze, a held-back image gets its reason and the image alone, and
     no verdict that would give its reading away (the labels left to disagree with, a blinded reading that agrees)."""
     at = _page(held_back, database, monkeypatch)
     session = _start_from_data(at, n=1, blinded=blinded)
@@ -613,7 +613,7 @@ def test_a_held_back_image_shows_no_probability_heatmap_mask_or_share_on_the_rev
     assert store.item(session, 0).verdict == "non_diagnostic"
 
 
-# ---------------------------------------------------------------- a whole CT scan as one item (issue 10)
+# ---------------------------------------------------------------- a whole CT scan as one item
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The screens of issue 11 in real Chromium, with the shipped models: a photograph refused, the modality question
+"""The trust screens in real Chromium, with the shipped models: a photograph refused, the modality question
 for a CT slice given as an X-ray, the CT result with its colour scale, and the performance headline with its
 within-source AUC. Screenshots go to test-artifacts/e2e-trust-*.png."""
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from covid_models.imaging.io import read_image
 from covid_models.imaging.scan import WORKING_SIDE, ImageReadError
 
-PEAK_BOUND_MB = 300.0  # issue 12: at most 300 MB above the level before the upload
+PEAK_BOUND_MB = 300.0  # at most 300 MB above the level before the upload
 AFTER_BOUND_MB = 30.0  # and back near that level once the Scan is dropped
 
 

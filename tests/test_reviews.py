@@ -343,7 +343,7 @@ def test_csv_export_has_one_row_per_item_with_its_verdict(store: ReviewStore) ->
 
 
 def test_a_held_back_item_keeps_its_status_and_exports_no_probability(store: ReviewStore) -> None:
-    """Issue 11, point 5: a held-back image shows no probability anywhere, the CSV included."""
+    """A held-back image shows no probability anywhere, the CSV included."""
     held = dataclasses.replace(make_item(0, "covid", 0.414), held_back=True)
     session_id = store.start_session(KIM, "resnet50-ct", "ct", [held, make_item(1, "non_covid", 0.125)])
     store.record_verdict(session_id, 0, "non_diagnostic")
@@ -356,7 +356,7 @@ def test_a_held_back_item_keeps_its_status_and_exports_no_probability(store: Rev
 
 
 def test_a_scan_item_is_stored_as_one_scan_and_left_out_of_the_images_to_find(store: ReviewStore) -> None:
-    """Issue 10: a whole CT scan is one item of kind 'scan'; its pixels are found again by the scan page's way, not
+    """A whole CT scan is one item of kind 'scan'; its pixels are found again by the scan page's way, not
     among the images the page looks for in the data folder or asks to be re-uploaded."""
     scan = dataclasses.replace(make_item(1, "covid", 0.61, name="chest-ct.zip"), kind="scan")
     session_id = store.start_session(KIM, "ct-model", "ct", [make_item(0), scan])
