@@ -1,6 +1,6 @@
 """The documentation as a specification: every relative link in README.md and docs/*.md leads to a file of the
 repository, and no document narrates development history (work-item or session numbers) instead of the current
-state."""
+state; nor does a docstring or comment in the code."""
 from __future__ import annotations
 
 import re
@@ -45,3 +45,20 @@ def test_no_document_names_a_work_item_or_a_session_number(document: Path):
     lines = [f"{number}: {line.strip()[:80]}" for number, line in
              enumerate(document.read_text(encoding="utf-8").splitlines(), start=1) if HISTORY.search(line)]
     assert not lines, f"{document.name} narrates history instead of the current state: {lines}"
+
+
+WORK_ITEM = re.compile(r"(?<![-\w])issue\s+#?\d+|\((?:point|bug)s?\s+\d+", re.IGNORECASE)  # "Issue 3", "(point 9)"
+SOURCES = sorted(path for folder in ("covid_models", "pages", "scripts", "tests")
+                 for path in (ROOT / folder).rglob("*.py") if path.name != "test_docs.py") + [ROOT / "streamlit_app.py"]
+
+
+def test_the_work_item_pattern_catches_issue_and_point_numbers_only():
+    assert WORK_ITEM.search('"""Issue 11, bug 5: page, batch table"""') and WORK_ITEM.search("# the note (point 9)")
+    assert not WORK_ITEM.search('match="no review session 999"') and not WORK_ITEM.search("at 5 points of 10")
+
+
+def test_no_source_file_names_a_work_item():
+    lines = [f"{path.relative_to(ROOT)}:{number}: {line.strip()[:80]}" for path in SOURCES
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+             if WORK_ITEM.search(line)]
+    assert not lines, f"docstrings and comments say what the code does, not which work item asked for it: {lines}"
