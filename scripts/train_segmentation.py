@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 from covid_models.imaging.preprocessing import WindowJitter
+from covid_models.models.architectures import SEGMENTATION_ARCHITECTURES
 from covid_models.models.model_card import model_name
-from covid_models.models.segmentation import ARCHITECTURES, ORIENTATIONS, POSTPROCESS_LUNGS, TARGETS
+from covid_models.models.segmentation import ORIENTATIONS, POSTPROCESS_LUNGS, TARGETS
 from covid_models.training.manifests import DataError, load_segmentation_manifest
 from covid_models.training.segmentation import SegmentationConfig, train_segmenter
 from covid_models.training.splits import NEGATIVE_HELD_OUT, LeakageError, load_segmentation_negatives
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, required=True, help="segmentation manifest.csv or its folder")
     parser.add_argument("--modality", choices=("ct", "xray"), required=True)
     parser.add_argument("--target", choices=TARGETS, required=True)
-    parser.add_argument("--arch", default="unet", choices=ARCHITECTURES)
+    parser.add_argument("--arch", default="unet", choices=SEGMENTATION_ARCHITECTURES)
     parser.add_argument("--pretrained", default="imagenet", choices=("imagenet", "none"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)

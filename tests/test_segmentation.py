@@ -25,11 +25,11 @@ from covid_models.analysis.overlays import (
 )
 from covid_models.imaging.preprocessing import Augmentation
 from covid_models.metrics import dice, iou
+from covid_models.models.architectures import SEGMENTATION_ARCHITECTURES
 from covid_models.models.checkpoint import CheckpointError, save_model_dir
 from covid_models.models.discovery import discover_models
 from covid_models.models.model_card import ModelCard
 from covid_models.models.segmentation import (
-    ARCHITECTURES,
     POSTPROCESS_LUNGS,
     Segmenter,
     build_segmentation_model,
@@ -93,7 +93,7 @@ def test_lung_postprocessing_leaves_a_single_blob_alone():
 # --- networks -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("architecture", SEGMENTATION_ARCHITECTURES)
 def test_every_architecture_runs_forward_and_backward_with_one_mask_channel(architecture):
     model = build_segmentation_model(architecture, pretrained=False)
     inputs = torch.randn(2, 3, 64, 64)

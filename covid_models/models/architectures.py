@@ -23,6 +23,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
+SEGMENTATION_ARCHITECTURES = ("unet", "fpn", "pspnet", "linknet")  # the smp decoders models.segmentation builds
 
 
 class PretrainedWeightsUnavailable(RuntimeError):

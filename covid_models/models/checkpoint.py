@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from covid_models.models.architectures import REGISTRY, SEGMENTATION_ARCHITECTURES
 from covid_models.models.card_markdown import render_model_card
 from covid_models.models.model_card import FORMAT_VERSION, CardError, ModelCard
 
@@ -92,10 +93,7 @@ def read_card(directory: str | Path, task: str | None = None) -> ModelCard:
 def _check_buildable(card: ModelCard) -> None:
     """CardError unless the card's architecture is one this version registers for its task: a card never names
     something else to look up, and a model that cannot be built is not offered."""
-    from covid_models.models.architectures import REGISTRY
-    from covid_models.models.segmentation import ARCHITECTURES  # here: segmentation imports this module
-
-    known = sorted(REGISTRY) if card.task == "classification" else list(ARCHITECTURES)
+    known = sorted(REGISTRY) if card.task == "classification" else list(SEGMENTATION_ARCHITECTURES)
     if card.architecture not in known:
         raise CardError(f"architecture {card.architecture!r} is not a registered {card.task} architecture "
                         f"(this version builds: {', '.join(known)})")

@@ -18,11 +18,14 @@ from torch import nn
 
 from covid_models.imaging.preprocessing import Preprocessing
 from covid_models.imaging.scan import Scan
-from covid_models.models.architectures import efficientnet_lite_imagenet_state_dict, get_architecture
+from covid_models.models.architectures import (
+    SEGMENTATION_ARCHITECTURES,
+    efficientnet_lite_imagenet_state_dict,
+    get_architecture,
+)
 from covid_models.models.checkpoint import CheckpointError, load_model_dir, load_weights_into
 from covid_models.models.model_card import ModelCard
 
-ARCHITECTURES = ("unet", "fpn", "pspnet", "linknet")
 DEFAULT_ENCODER = "tu-tf_efficientnet_lite0"
 TARGETS = ("lungs", "infection")
 POSTPROCESS_LUNGS = "two_largest_components+fill_holes"
@@ -41,7 +44,7 @@ def build_segmentation_model(architecture: str, encoder: str = DEFAULT_ENCODER, 
 
     if architecture not in _SMP_CLASSES:
         raise ValueError(f"unknown segmentation architecture {architecture!r}; "
-                         f"choose one of: {', '.join(ARCHITECTURES)}")
+                         f"choose one of: {', '.join(SEGMENTATION_ARCHITECTURES)}")
     if pretrained and encoder not in _OFFLINE_ENCODERS:
         raise ValueError(f"no offline ImageNet weights for encoder {encoder!r}; use {DEFAULT_ENCODER} "
                          "or pretrained=False")
@@ -142,9 +145,7 @@ class Segmenter:
 
     @classmethod
     def load(cls, directory: str | Path) -> Segmenter:
-        card, state = load_model_dir(directory, "segmentation")
-        if card.architecture not in ARCHITECTURES:
-            raise CheckpointError(f"{directory}: unknown segmentation architecture {card.architecture!r}")
+        card, state = load_model_dir(directory, "segmentation")  # refuses an architecture this version cannot build
         model = build_segmentation_model(card.architecture, card.extra.get("encoder", DEFAULT_ENCODER),
                                          pretrained=False)
         load_weights_into(model, state, source=str(directory))

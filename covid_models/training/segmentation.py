@@ -31,10 +31,10 @@ from covid_models import __version__
 from covid_models.imaging.io import read_image
 from covid_models.imaging.preprocessing import LUNG_WINDOW, Augmentation, Preprocessing, WindowJitter
 from covid_models.metrics import dice, iou, summary_with_ci
+from covid_models.models.architectures import SEGMENTATION_ARCHITECTURES
 from covid_models.models.checkpoint import save_model_dir
 from covid_models.models.model_card import ModelCard
 from covid_models.models.segmentation import (
-    ARCHITECTURES,
     DEFAULT_ENCODER,
     ORIENTATIONS,
     POSTPROCESS_LUNGS,
@@ -102,8 +102,8 @@ class SegmentationConfig:
                                           LUNG_WINDOW if self.modality == "ct" else None)
 
     def validate(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.architecture not in SEGMENTATION_ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {SEGMENTATION_ARCHITECTURES}, got {self.architecture!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.orientation not in ORIENTATIONS:
