@@ -159,6 +159,7 @@ def test_scan_metadata_enters_the_confound_check_and_the_quantitative_model_is_c
     assert {r["predictor"]: r["auc"] for r in unconfounded["confounds"]["metadata"]}["slice_thickness"] < 0.7
 
 
+@pytest.mark.slow  # a script in a fresh process
 def test_the_cli_validates_a_folder_of_scans_with_the_shipped_ct_models(tmp_path):
     root = tmp_path / "scans"
     for scan, hu, spacing in (("covid-1", adult_phantom(), ADULT_SPACING), ("small", phantom(), (2.5, 1.5, 1.5))):

@@ -100,6 +100,7 @@ def test_a_card_that_breaks_the_schema_is_skipped_with_its_name_and_reason(tmp_p
         read_card(weights / name)
 
 
+@pytest.mark.slow  # a script in a fresh process
 def test_predict_refuses_a_card_naming_no_registered_architecture_with_a_message_not_a_traceback(tmp_path, valid):
     from test_scripts import _script
 

@@ -49,6 +49,7 @@ def test_predict_writes_a_row_per_file_and_an_error_row_for_each_bad_one(tmp_pat
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a script in a fresh process
 def test_predict_checks_type_and_size_before_reading_and_gives_every_skipped_path_a_row(tmp_path):
     """A pipe (reading it would block for ever), a /dev/zero link (endless), a 4 GiB sparse file (4 GiB of RSS if
     read), a link to itself and a dangling link: each gets an error row with its reason, in seconds, and the good
@@ -98,6 +99,7 @@ def test_predict_survives_the_whole_bad_input_corpus(tmp_path):
     assert all(by_name[p.name] == "error" for p in files if p.name.startswith("bad-"))
 
 
+@pytest.mark.slow  # a script in a fresh process
 def test_evaluate_on_unreadable_model_is_a_clear_error(tmp_path):
     result = _script("evaluate.py", str(tmp_path / "missing"), str(tmp_path))
     assert result.returncode == 2 and "error:" in result.stderr and "Traceback" not in result.stderr
@@ -188,6 +190,7 @@ def test_an_ensemble_of_a_model_with_itself_scores_as_the_model_and_mirroring_is
     assert "refused or held back" in result.stdout
 
 
+@pytest.mark.slow  # a script in a fresh process
 @pytest.mark.real_data
 def test_an_ensemble_refuses_members_tested_on_other_images(real_data):
     result = _script("evaluate_ensemble.py", str(real_data), str(_shipped("ct")), str(_shipped("xray")))

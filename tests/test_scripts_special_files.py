@@ -45,6 +45,7 @@ def test_evaluate_names_each_special_file_it_skips_and_why(tmp_path):
     assert "pipe.png" in stopped.stderr and "named pipe" in stopped.stderr
 
 
+@pytest.mark.slow  # a script in a fresh process
 def test_analyze_scan_says_a_pipe_is_a_pipe(tmp_path):
     weights = tmp_path / "weights"
     write_classifier(weights, "ct-fixture", "ct", CT_CLASSES, seed=3)

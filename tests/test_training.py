@@ -119,6 +119,7 @@ def test_temperature_scaling_softens_overconfident_logits():
     assert nll(logits / temperature, labels) < nll(logits, labels)
 
 
+@pytest.mark.slow  # a script in a fresh process
 def test_trainer_reports_missing_data_without_a_traceback(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--data", str(tmp_path / "none"),
                              "--modality", "ct", "--out", str(tmp_path / "o")], capture_output=True, text=True,
