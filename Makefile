@@ -9,6 +9,8 @@ DEV := $(VENV)/.dev-installed
 PYTEST_ARGS ?=
 # The fast tier's parallel workers (pytest-xdist): one per core.
 FAST_WORKERS ?= auto
+# The whole suite's workers: two, as on the CI machine (each worker loads the shipped models).
+TEST_WORKERS ?= 2
 
 .PHONY: run test test-fast install benchmark benchmark-threads benchmark-dataset lint clean
 
@@ -31,9 +33,11 @@ install: $(RUNTIME)
 run: $(RUNTIME)
 	$(BIN)/streamlit run streamlit_app.py
 
-# The whole suite, what CI runs (.ci/run).
+# The whole suite, what CI runs (.ci/run): everything but the browser tests spread over the cores, then the browser
+# tests one at a time (each drives a server and Chromium, and times what a person would wait for).
 test: $(DEV)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not browser" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m browser $(PYTEST_ARGS)
 
 # The edit-test loop: every test marked neither `slow` nor `browser`, spread over the cores (docs/testing.md).
 test-fast: $(DEV)

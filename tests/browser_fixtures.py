@@ -15,6 +15,8 @@ from app_fixtures import CHROMIUM, CHROMIUM_ARGS, PROJECT_ROOT
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 UPLOAD_INPUT = '[data-testid="stFileUploaderDropzoneInput"]'
 TIMEOUT_MS = 120_000  # per step; generous because CI machines may be shared with training jobs
+# the app has finished its run: what a person waits for before typing into a box the run may still redraw
+SETTLED = "() => !/Running|Stop/.test(document.querySelector('[data-testid=\"stStatusWidget\"]')?.textContent || '')"
 
 
 @pytest.fixture(scope="module")

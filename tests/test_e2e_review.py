@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from app_fixtures import chest_like_png, make_weights_dir, running_app
-from browser_fixtures import TIMEOUT_MS, UPLOAD_INPUT, snapshot
+from browser_fixtures import SETTLED, TIMEOUT_MS, UPLOAD_INPUT, snapshot
 from playwright.sync_api import expect
 
 from covid_models.reviews.store import ReviewStore
@@ -130,6 +130,7 @@ def test_a_stale_tab_is_refused_and_the_keyboard_records_verdicts(browser, app):
         second.get_by_text("Image 2 of 2").wait_for()
         note = second.get_by_label("Note (optional, saved with your verdict)")
         expect(note).to_have_count(1, timeout=TIMEOUT_MS)  # the previous image's box is gone once the run ends
+        second.wait_for_function(SETTLED, polling=200)  # a box the run still redraws would drop what is typed
         note.click()
         second.keyboard.type("a nodule, and")  # keys typed into the note are text, not shortcuts
         second.wait_for_timeout(1500)

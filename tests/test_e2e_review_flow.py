@@ -7,13 +7,12 @@ import re
 
 import pytest
 from app_fixtures import chest_like_png, make_weights_dir, running_app, with_ct_reading, with_lung_window
-from browser_fixtures import UPLOAD_INPUT, browser_page, snapshot
+from browser_fixtures import SETTLED, UPLOAD_INPUT, browser_page, snapshot
 from scan_phantoms import ADULT_SPACING, adult_phantom, dicom_series, zipped
 from test_e2e_review import ADA, ADA_PASSPHRASE, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 # the script run is over: Streamlit's status widget shows neither "Running" nor its "Stop" button
-SETTLED = "() => !/Running|Stop/.test(document.querySelector('[data-testid=\"stStatusWidget\"]')?.textContent || '')"
 
 
 @pytest.fixture(scope="module")
