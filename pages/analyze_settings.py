@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from covid_models.analysis.explain import METHOD_LABELS, METHODS
+from covid_models.models.discovery import ensemble_members
 from covid_models.models.model_card import MODALITY_NAMES, ModelCard, display_name, is_adapted
 from covid_models.models.trust import headline_auc, single_source, within_source
 from pages.shared import OPACITY, model_cards
@@ -50,13 +51,6 @@ def model_caption(model_dirs: tuple[str, ...], cards: dict[str, ModelCard]) -> s
         f"Within-source AUC, {'; '.join(within)}: the number to read, as pooled sources can be told apart by "
         "where the images come from." if within else "No within-source AUC recorded: the headline may measure "
         "the images' source, not the disease.") + " Details on Model performance."
-
-
-def ensemble_members(cards: dict[str, ModelCard]) -> dict[str, ModelCard]:
-    """The models an ensemble averages: the shipped (not site-adapted) ones sharing the first one's classes."""
-    shipped = {d: c for d, c in cards.items() if not is_adapted(c)}
-    classes = next((c.classes for c in shipped.values()), None)
-    return {d: c for d, c in shipped.items() if c.classes == classes}
 
 
 def ensemble_caption(name: str, count: int) -> str | None:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import WEIGHTS_DIR
 from model_fixtures import write_tiny_classifier
 
-from covid_models.models.discovery import discover_models
+from covid_models.models.discovery import discover_models, ensemble_members
 from covid_models.models.inference import Classifier, Ensemble, Prediction
+from covid_models.models.model_card import is_adapted
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +70,12 @@ def test_the_reading_label_follows_the_operating_point_not_the_most_probable_cla
                             positive_probability=probabilities["covid"], threshold=threshold,
                             positive=probabilities["covid"] >= threshold)
     assert prediction.reading_label == reading
+
+
+def test_an_ensemble_averages_shipped_models_of_one_class_set_never_a_site_adapted_head():
+    cards = {str(d): c for d, c in discover_models(WEIGHTS_DIR, "classification", "xray")}
+    adapted = [d for d, c in cards.items() if is_adapted(c)]
+    assert adapted  # the shipped weights hold a head adapted to one site
+    members = ensemble_members(cards)
+    assert members and not set(adapted) & set(members)
+    assert len({tuple(c.classes) for c in members.values()}) == 1

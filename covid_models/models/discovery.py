@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from covid_models.models.checkpoint import CheckpointError, read_card
-from covid_models.models.model_card import CardError, ModelCard
+from covid_models.models.model_card import CardError, ModelCard, is_adapted
 
 logger = logging.getLogger(__name__)
 PROJECT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
@@ -48,6 +48,14 @@ def discover_models(weights_dir: str | Path, task: str | None = None, modality: 
     """Model directories under `weights_dir` whose cards are valid and match task and modality."""
     return [(directory, card) for directory, card in find_models(weights_dir).found
             if (task is None or card.task == task) and (modality is None or card.modality == modality)]
+
+
+def ensemble_members(cards: dict[str, ModelCard]) -> dict[str, ModelCard]:
+    """The models an ensemble of these may average: the shipped ones (a head adapted to one site is not averaged with
+    models of every site) that share the first one's classes, so their probabilities mean the same thing."""
+    shipped = {d: c for d, c in cards.items() if not is_adapted(c)}
+    classes = next((c.classes for c in shipped.values()), None)
+    return {d: c for d, c in shipped.items() if c.classes == classes}
 
 
 def card_pin(card: ModelCard, kind: str) -> tuple[str, str] | None:
