@@ -155,12 +155,14 @@ def new_session_form(store: ReviewStore, reviewer: Reviewer) -> None:
     else:
         uploads = st.file_uploader("Images to review (PNG, JPEG, TIFF or DICOM)", accept_multiple_files=True,
                                    key="review-uploads") or []
+        ready_caption(len(uploads), "image")
         st.caption(f"Up to {REVIEWER_CACHE_BYTES / 2**20:.0f} MB per session: the server keeps the files only "
                    "while it runs, for you alone.")
         if modality == "ct":
             scan_uploads = st.file_uploader(
                 "Whole CT scans, one item each: a zip of a DICOM series or a NIfTI volume per file (the DICOM files "
                 "of one series selected together are one scan)", accept_multiple_files=True, key="review-scans") or []
+            ready_caption(len(scan_uploads), "scan file")
             st.caption("A scan is read by its scan-level result, as on the CT scan page; its files are not kept, "
                        "only its analysis while the server runs.")
     blinded = st.checkbox("Blinded reading", key="review-blinded",
@@ -191,6 +193,13 @@ def new_session_form(store: ReviewStore, reviewer: Reviewer) -> None:
             show_error(plain(error))
             return
         st.rerun()
+
+
+def ready_caption(count: int, what: str) -> None:
+    """Say that the uploads have reached the server: a file listed in the uploader may still be on its way, and a
+    session started before it arrives would not hold it."""
+    if count:
+        st.caption(f"{count} {what}{'s' if count > 1 else ''} received, ready for the session.")
 
 
 def _resume(store: ReviewStore, info: SessionInfo) -> None:

@@ -238,6 +238,7 @@ def test_uploaded_images_are_asked_for_again_after_a_restart_and_matched_by_cont
     at = _sign_in(_page(folders, database, monkeypatch, data=False))
     at.file_uploader(key="review-uploads").set_value([(name, data, "image/png") for name, data in files])
     _run(at)
+    assert any(c.value == "3 images received, ready for the session." for c in at.caption)  # before Start is pressed
     at.button(key="review-start").click()
     _run(at)
     session = int(at.session_state["review-session"])

@@ -60,7 +60,7 @@ def review_and_reload(page, name: str, data: bytes) -> None:
     page.get_by_role("button", name=re.compile("Start session")).wait_for()
     assert page.get_by_test_id("stSidebar").get_by_text(RESEARCH_USE_NOTICE).is_visible()
     upload(page, name, data)
-    page.get_by_text(name).first.wait_for()
+    page.get_by_text("1 image received").wait_for()
     page.get_by_role("button", name=re.compile("Start session")).click()
     page.get_by_text(f"Image 1 of 1: {name}").wait_for()
     page.get_by_role("button", name=re.compile(r"^Agree\b")).click()

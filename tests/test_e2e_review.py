@@ -42,7 +42,7 @@ def start_upload_session(page, url: str, files: list[tuple[str, bytes]]) -> str:
     """Signs Ada in, starts a session over `files` and returns the session's link."""
     sign_in(page, f"{url}/review", ADA, ADA_PASSPHRASE)
     page.set_input_files(UPLOAD_INPUT, files=[{"name": n, "mimeType": "image/png", "buffer": d} for n, d in files])
-    page.get_by_text(files[-1][0]).first.wait_for()
+    page.get_by_text(f"{len(files)} image{'s' if len(files) > 1 else ''} received").wait_for()
     page.get_by_role("button", name=re.compile("Start session")).click()
     page.get_by_text(f"Image 1 of {len(files)}: {files[0][0]}").wait_for()
     return page.url
