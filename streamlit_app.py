@@ -55,10 +55,10 @@ def main() -> None:
 @asynccontextmanager
 async def warm_at_start(_app: st.App) -> AsyncIterator[None]:
     """The server's start-up: the models load and run once in their thread; the server serves once it is done."""
-    from pages.review_sign_in import check_admin_token_at_start
+    from pages.review_sign_in import check_admin_token
     from pages.shared import warm_models_in_background
 
-    check_admin_token_at_start()
+    check_admin_token()
     warming = warm_models_in_background()
     if warming is not None:
         await asyncio.to_thread(warming.join)

@@ -63,11 +63,9 @@ def identity(store: ReviewStore) -> Reviewer | None:
 def admin_token() -> str:
     """The configured administrator token, or "" when none is set or the one set is too weak to be used (then the
     page says so, and the server log once)."""
-    token = setting(ADMIN_TOKEN_SETTING)
-    problem = admin_token_problem(token) if token else None
+    token, problem = check_admin_token()
     if problem is None:
         return token
-    _log_refused_token(problem)
     st.error(f"Administrator sign-in is off: the token set in {ADMIN_TOKEN_SETTING} is refused ({problem}). Set one "
              "of at least 16 random characters, e.g. the output of `python -c \"import secrets; "
              "print(secrets.token_urlsafe(24))\"`, and restart the app.", icon=":material/key_off:")
@@ -77,20 +75,17 @@ def admin_token() -> str:
 _LOGGED_PROBLEMS: set[str] = set()
 
 
-def _log_refused_token(problem: str) -> None:
-    if problem not in _LOGGED_PROBLEMS:  # once per process, not once per page view
+def check_admin_token() -> tuple[str, str | None]:
+    """The configured administrator token and why it is refused (None: usable or not set); a refusal goes to the
+    server log once per process. Called at server start too, so the operator learns of a weak token then, rather than
+    when someone first opens a page that needs it."""
+    token = setting(ADMIN_TOKEN_SETTING)
+    problem = admin_token_problem(token) if token else None
+    if problem is not None and problem not in _LOGGED_PROBLEMS:
         _LOGGED_PROBLEMS.add(problem)
         logger.error("administrator token in %s refused: %s; administrator sign-in is off", ADMIN_TOKEN_SETTING,
                      problem)
-
-
-def check_admin_token_at_start() -> None:
-    """Tell the operator at server start, in the log, when the configured administrator token is too weak to be used,
-    rather than when someone first opens a page that needs it."""
-    token = setting(ADMIN_TOKEN_SETTING)
-    problem = admin_token_problem(token) if token else None
-    if problem is not None:
-        _log_refused_token(problem)
+    return token, problem
 
 
 def client_address() -> str | None:

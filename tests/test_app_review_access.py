@@ -49,8 +49,8 @@ def test_a_weak_administrator_token_is_reported_in_the_log_at_server_start_once(
     monkeypatch.setenv("COVID_REVIEW_ADMIN_TOKEN", "admin-2024")
     monkeypatch.setattr(pages.review_sign_in, "_LOGGED_PROBLEMS", set())
     with caplog.at_level("ERROR", logger="pages.review_sign_in"):
-        pages.review_sign_in.check_admin_token_at_start()
-        pages.review_sign_in.check_admin_token_at_start()  # a second start-up step or page view: no second line
+        pages.review_sign_in.check_admin_token()
+        pages.review_sign_in.check_admin_token()  # a second start-up step or page view: no second line
     refused = [r.getMessage() for r in caplog.records if "administrator sign-in is off" in r.getMessage()]
     assert len(refused) == 1 and "COVID_REVIEW_ADMIN_TOKEN" in refused[0] and "admin-2024" not in refused[0]
 
@@ -60,7 +60,7 @@ def test_a_strong_administrator_token_logs_nothing_at_server_start(monkeypatch, 
 
     monkeypatch.setenv("COVID_REVIEW_ADMIN_TOKEN", "k3Jx9-vQ2mR7tZp4_Lw8sN1c")
     with caplog.at_level("ERROR", logger="pages.review_sign_in"):
-        pages.review_sign_in.check_admin_token_at_start()
+        pages.review_sign_in.check_admin_token()
     assert not caplog.records
 
 
