@@ -57,11 +57,16 @@ class LocalSample:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images and patients per binary class."""
-        result = {}
-        for positive, name in ((1, self.positive_class), (0, NEGATIVE)):
-            rows = self.frame[self.frame["positive"] == positive]
-            result[name] = {"images": int(len(rows)), "patients": int(rows["patient_id"].nunique())}
-        return result
+        return class_counts(self.frame, self.positive_class, "images")
+
+
+def class_counts(frame: pd.DataFrame, positive_class: str, unit: str) -> dict[str, dict[str, int]]:
+    """How many rows (`unit`: images, scans) and patients a sample holds per binary class."""
+    result = {}
+    for positive, name in ((1, positive_class), (0, NEGATIVE)):
+        rows = frame[frame["positive"] == positive]
+        result[name] = {unit: int(len(rows)), "patients": int(rows["patient_id"].nunique())}
+    return result
 
 
 def _read_path(path: Path) -> bytes:

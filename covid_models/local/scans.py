@@ -34,7 +34,7 @@ from covid_models.imaging.archives import zip_members
 from covid_models.imaging.ct_volume import Volume, VolumeLimits
 from covid_models.imaging.scan import ImageReadError
 from covid_models.imaging.volumes import read_volume
-from covid_models.local.samples import NEGATIVE, SampleError, finish_sample, read_label_csv
+from covid_models.local.samples import NEGATIVE, SampleError, class_counts, finish_sample, read_label_csv
 from covid_models.local.validation import (
     ScoredSample,
     ValidationError,
@@ -76,11 +76,7 @@ class ScanSample:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Scans and patients per binary class."""
-        result = {}
-        for positive, name in ((1, self.positive_class), (0, NEGATIVE)):
-            rows = self.frame[self.frame["positive"] == positive]
-            result[name] = {"scans": int(len(rows)), "patients": int(rows["patient_id"].nunique())}
-        return result
+        return class_counts(self.frame, self.positive_class, "scans")
 
 
 def _scan_table(data: bytes | Path, what: str) -> pd.DataFrame:
