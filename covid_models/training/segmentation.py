@@ -468,6 +468,7 @@ def _cross_validate_then_train(config: SegmentationConfig, frame: pd.DataFrame, 
         cv["negatives"] = {**summarise_false_positive_areas(negative_areas),
                            "what": "share of each negative slice's pixels called infection, by the model of the "
                                    "fold that did not see it",
+                           "per_image": negative_areas[["image", "fold", "area"]].round(6).to_dict(orient="list"),
                            "folds": [{"fold": int(f), "n": int(len(a)), "area_mean": float(a["area"].mean())}
                                      for f, a in negative_areas.groupby("fold")]}
     data_frame = pd.concat([everything, negative_test], ignore_index=True)
