@@ -28,7 +28,6 @@ import torch
 
 from covid_models.imaging.lung_mask import segment_lungs
 from covid_models.imaging.volumes import read_volume
-from covid_models.metrics import summary_with_ci
 from covid_models.models.segmentation import Segmenter
 from covid_models.training.infection_false_positives import (
     false_positive_areas,
@@ -36,6 +35,7 @@ from covid_models.training.infection_false_positives import (
     summarise_false_positive_areas,
 )
 from covid_models.training.manifests import DataError, read_manifest_csv
+from covid_models.training.recipe_comparison import cross_validated_dice, paired_dice
 from covid_models.training.splits import NEGATIVE_HELD_OUT, load_segmentation_negatives
 
 
@@ -52,22 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write every figure here")
     return parser.parse_args(argv)
-
-
-def cross_validated_dice(card_metrics: dict) -> pd.DataFrame:
-    """Per-image cross-validated Dice and fold from a card (empty when the card has no cross-validation)."""
-    per_image = card_metrics.get("cross_validation", {}).get("per_image")
-    return pd.DataFrame(per_image)[["image", "fold", "dice"]] if per_image else pd.DataFrame(
-        columns=["image", "fold", "dice"])
-
-
-def paired_dice(reference: pd.DataFrame, other: pd.DataFrame) -> dict | None:
-    """Mean per-image Dice difference (other - reference) on the images both scored in the same fold."""
-    both = reference.merge(other, on=["image", "fold"], suffixes=("_ref", "_new"))
-    if both.empty:
-        return None
-    return {**summary_with_ci((both["dice_new"] - both["dice_ref"]).to_numpy()),
-            "better": int((both["dice_new"] > both["dice_ref"]).sum())}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ segmenter's card (`extra.ct_reading`).
 
 The threshold is the 95th percentile of the lesion burden (percent of lung, after the minimum lesion size, inside the
 HU lung mask) that the segmenter finds on the fit half of `ct-negatives/` (real LUNA16 / LIDC-IDRI screening slices,
-one per patient; halves by a hash of the patient id). The other half measures the false-positive share at that
+one per patient; halves by a hash of the patient id; a segmenter trained with negatives is fitted only on those it
+never trained on, the held-out part its card lists). The other half measures the false-positive share at that
 threshold; the MedSeg COVID-19 slices of `segmentation/ct-infection/` give the share of positive slices above it
 (in-sample for a segmenter trained on them). The four scans of `ct-volumes/` are never used.
 
@@ -31,6 +32,8 @@ from PIL import Image
 from covid_models.analysis.ct_quantitative import RuleFit, read_slice_quantities
 from covid_models.models.checkpoint import CheckpointError, save_card
 from covid_models.models.segmentation import Segmenter, orient
+from covid_models.training.manifests import DataError
+from covid_models.training.splits import negatives_never_trained_on
 
 PERCENTILE = 95.0
 PIXEL_MM = 0.7
@@ -77,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = []
     negatives = pd.read_csv(negatives_dir / "manifest.csv")
+    try:
+        unseen = negatives_never_trained_on(segmenter.card)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if unseen is not None:
+        negatives = negatives[[Path(image).stem in unseen for image in negatives["image"]]]
     for number, row in enumerate(negatives.itertuples()):
         rows.append({"set": "ct-negatives", "half": half(row.patient_id), "image": row.image,
                      "burden": burden_of(segmenter, negatives_dir / row.image, NEGATIVES_WINDOW)})
@@ -105,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     entry = {
         "lesion_percent_threshold": round(threshold, 4),
         "fit_on": (f"the {PERCENTILE:g}th percentile of the lesion burden this segmenter finds on {fit.size} real "
-                   "non-COVID CT slices (ct-negatives: LUNA16 / LIDC-IDRI screening CT, fit half by patient); never on "
+                   "non-COVID CT slices (ct-negatives: LUNA16 / LIDC-IDRI screening CT, fit half by patient"
+                   + ("" if unseen is None else ", of those the segmenter never trained on") + "); never on "
                    "the shared scans"),
         "fitted_by": command,
         "held_out": {"negatives": int(held.size),

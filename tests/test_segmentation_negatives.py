@@ -4,6 +4,7 @@ measures (area on slices, ml inside the lungs of a scan) and the old-against-new
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from covid_models.training.infection_false_positives import (
     summarise_false_positive_areas,
 )
 from covid_models.training.manifests import DataError, load_segmentation_manifest
+from covid_models.training.recipe_comparison import decide, sign_test
 from covid_models.training.segmentation import (
     NegativeSampler,
     SegmentationConfig,
@@ -29,7 +31,7 @@ from covid_models.training.segmentation import (
     read_pair,
     train_segmenter,
 )
-from covid_models.training.splits import NEGATIVE_LABEL, load_segmentation_negatives
+from covid_models.training.splits import NEGATIVE_LABEL, load_segmentation_negatives, negatives_never_trained_on
 
 
 def _write_negatives(folder, patients: int = 10, per_patient: int = 2, size: int = 40) -> None:
@@ -182,6 +184,7 @@ def test_training_with_negatives_records_their_false_positives_and_never_trains_
     record_ = card.metrics["negatives_held_out"]
     assert record_["n"] == 2 and len(record_["per_image"]["image"]) == 2 and 0 <= record_["area"]["mean"] <= 1
     assert card.data["by_label"] == {"infection": 6, NEGATIVE_LABEL: 8}
+    assert negatives_never_trained_on(card) == {Path(image).stem for image in held_out}  # what a rule may be fit on
     assert card.training["window_jitter"] == {"level_shift": 100.0, "width_scale": (0.8, 1.25)}
     assert card.preprocessing.hu_window == LUNG_WINDOW  # DICOM slices and volumes reach it through the lung window
     if folds:
@@ -217,7 +220,7 @@ def test_scan_false_positive_ml_counts_only_what_lies_inside_the_lungs():
 # --- the comparison script ----------------------------------------------------------------------------
 
 
-def _tiny_infection_model(directory, bias: float, per_image_dice: list[float]):
+def _tiny_infection_model(directory, bias: float, per_image_dice: list[float], seed: int = 0):
     from covid_models.models.checkpoint import save_model_dir
     from covid_models.models.model_card import ModelCard
     from covid_models.models.segmentation import build_segmentation_model
@@ -237,6 +240,7 @@ def _tiny_infection_model(directory, bias: float, per_image_dice: list[float]):
                      metrics={"cross_validation": {"k": 2, "grouped_by": "slice", "threshold": 0.5, "folds": [],
                                                    "pooled": pooled, "per_image": {
                          "image": images, "fold": [1] * len(images), "dice": per_image_dice}}},
+                     training={"seed": seed},
                      extra={"encoder": "tu-tf_efficientnet_lite0", "target": "infection", "postprocess": None})
     save_model_dir(directory, model, card)
     return directory
@@ -268,3 +272,102 @@ def test_the_comparison_script_reports_dice_pairs_false_positive_area_and_ml_per
     scan = result["scans"][0]["by_model"]
     assert scan[str(nothing)]["infection_ml"] == 0.0
     assert scan[str(everything)]["infection_ml"] == pytest.approx(scan[str(everything)]["lung_ml"], rel=0.05)
+
+
+# --- two recipes over several seeds -------------------------------------------------------------------
+
+
+def test_the_sign_test_is_exact_and_two_sided():
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 0) == sign_test(0, 5) == pytest.approx(2 / 32)
+    assert sign_test(9, 1) == pytest.approx(2 * 11 / 1024)
+    assert sign_test(3, 3) == 1.0
+
+
+def _seed_result(seed: int, dice_old: list[float], dice_new: list[float], area_old: list[float],
+                 area_new: list[float]) -> dict:
+    images = [f"s{i}" for i in range(len(dice_old))]
+    negatives = [f"n{i}" for i in range(len(area_old))]
+    return {"seed": seed, "dice": pd.DataFrame({"image": images, "fold": 1, "dice_old": dice_old,
+                                                "dice_new": dice_new, "seed": seed}),
+            "held_out": pd.DataFrame({"image": negatives, "area_old": area_old, "area_new": area_new, "seed": seed}),
+            "out_of_fold": None}
+
+
+def test_the_new_recipe_replaces_the_old_only_with_dice_kept_and_fewer_false_positives():
+    same_dice = [0.6, 0.7, 0.8, 0.65]
+    fewer = _seed_result(1, same_dice, same_dice, [0.01] * 10, [0.0] * 10)
+    assert decide([fewer])["replace"]
+    worse_dice = _seed_result(1, same_dice, [d - 0.1 for d in same_dice], [0.01] * 10, [0.0] * 10)
+    verdict = decide([worse_dice])
+    assert not verdict["dice_difference"]["passes"] and verdict["held_out_negatives"]["passes"]
+    assert not verdict["replace"]
+    too_few_pairs = _seed_result(1, same_dice, same_dice, [0.01] * 4, [0.0] * 4)  # 4 of 4 lower: p = 0.125
+    assert not decide([too_few_pairs])["held_out_negatives"]["passes"]
+    two_seeds = decide([_seed_result(1, same_dice, same_dice, [0.01] * 3, [0.0] * 3),
+                        _seed_result(2, same_dice, same_dice, [0.01] * 3, [0.0] * 3)])
+    assert two_seeds["held_out_negatives"]["pairs"] == 6 and two_seeds["held_out_negatives"]["new_lower"] == 6
+    assert two_seeds["replace"]  # six pairs of two seeds: p = 0.031
+
+
+def test_the_recipe_script_pairs_runs_by_seed_and_prints_the_decision(tmp_path, capsys):
+    from scripts.compare_segmenter_recipes import main
+
+    data = tmp_path / "data"
+    _write_negatives(data / "ct-negatives", patients=20, per_patient=1, size=48)
+    dice = [0.5, 0.6, 0.7]
+    old = [_tiny_infection_model(tmp_path / f"old{s}", 20.0, dice, seed=s) for s in (1, 2)]
+    new = [_tiny_infection_model(tmp_path / f"new{s}", -20.0, dice, seed=s) for s in (2, 1)]
+    out = tmp_path / "decision.json"
+    arguments = [a for pair in zip(["--old"] * 2, map(str, old), strict=True) for a in pair]
+    arguments += [a for pair in zip(["--new"] * 2, map(str, new), strict=True) for a in pair]
+    assert main([*arguments, "--data", str(data), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Decision: replace the shipped model" in printed
+    decision = json.loads(out.read_text())
+    assert decision["held_out_negatives"]["pairs"] == 12 and decision["held_out_negatives"]["new_lower"] == 12
+    assert [run["seed"] for run in decision["runs"]] == [1, 2] and decision["runs"][0]["new"] == str(new[1])
+    assert main(["--old", str(old[0]), "--new", str(new[0]), "--data", str(data)]) == 2
+    assert "different seeds" in capsys.readouterr().err
+
+
+def test_a_card_says_which_negatives_its_model_never_trained_on(tmp_path):
+    from dataclasses import replace
+
+    from covid_models.models.checkpoint import read_card
+
+    positives_only = read_card(_tiny_infection_model(tmp_path / "old", 0.0, [0.5]))
+    assert negatives_never_trained_on(positives_only) is None  # it saw no negative: all of them are unseen
+    with_negatives = replace(positives_only, data={"by_label": {"infection": 1, NEGATIVE_LABEL: 5}})
+    with pytest.raises(DataError, match="does not list the held-out"):
+        negatives_never_trained_on(with_negatives)
+
+
+def test_the_pattern_rule_is_fitted_only_on_negatives_the_segmenter_never_trained_on(tmp_path, capsys):
+    from scan_phantoms import adult_phantom
+
+    from scripts.fit_ct_reading import main
+
+    data = tmp_path / "data"
+    (data / "ct-negatives" / "images").mkdir(parents=True)
+    chest = adult_phantom()[20]  # a slice with both lungs, exported as the LUNA16 slices are: -1000 to +400 HU
+    grey = (np.clip((chest + 1000) / 1400, 0, 1) * 255).round().astype(np.uint8)
+    names = [f"neg{i}" for i in range(6)]
+    for name in names:
+        Image.fromarray(grey).save(data / "ct-negatives" / "images" / f"{name}.png")
+    pd.DataFrame({"image": [f"images/{n}.png" for n in names], "patient_id": names}).to_csv(
+        data / "ct-negatives" / "manifest.csv", index=False)
+    model = _tiny_infection_model(tmp_path / "seg", -20.0, [0.5])
+    burdens = tmp_path / "burdens.csv"
+    assert main([str(model), str(data), "--dry-run", "--out", str(burdens)]) == 0
+    assert sorted(pd.read_csv(burdens)["image"]) == [f"images/{n}.png" for n in names]  # it saw no negative
+    card = json.loads((model / "card.json").read_text())
+    card["data"]["by_label"] = {"infection": 1, NEGATIVE_LABEL: 4}
+    card["metrics"]["negatives_held_out"] = {"per_image": {"image": names[:2], "area": [0.0, 0.0]}}
+    (model / "card.json").write_text(json.dumps(card))
+    main([str(model), str(data), "--dry-run", "--out", str(burdens)])
+    assert sorted(pd.read_csv(burdens)["image"]) == [f"images/{n}.png" for n in names[:2]]
+    del card["metrics"]["negatives_held_out"]
+    (model / "card.json").write_text(json.dumps(card))
+    assert main([str(model), str(data), "--dry-run"]) == 2
+    assert "does not list the held-out" in capsys.readouterr().err

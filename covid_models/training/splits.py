@@ -17,6 +17,7 @@ from scipy.sparse.csgraph import connected_components
 
 from covid_models.imaging.io import read_image
 from covid_models.imaging.preprocessing import Preprocessing
+from covid_models.models.model_card import ModelCard
 from covid_models.training.manifests import (
     SPLITS,
     DataError,
@@ -264,3 +265,17 @@ def load_segmentation_negatives(path: str | Path, held_out: float = NEGATIVE_HEL
     return pd.DataFrame({"image": frame["image"], "mask": "", "patient_id": frame["patient_id"], "source": source,
                          "label": NEGATIVE_LABEL, "orientation": "as_is",
                          "split": np.where(np.isin(groups, kept_back), "test", "train")})
+
+
+def negatives_never_trained_on(card: ModelCard) -> set[str] | None:
+    """Names (file stems) of the negative slices a segmenter never trained on; None when it trained on no negatives.
+
+    Anything fitted for a model afterwards (a rule's threshold) must not use the negatives it learnt to call empty:
+    a model trained with negatives keeps their held-out part in its card, and only that part is unseen.
+    """
+    if NEGATIVE_LABEL not in card.data.get("by_label", {}):
+        return None
+    held_out = card.metrics.get("negatives_held_out", {}).get("per_image", {}).get("image")
+    if not held_out:
+        raise DataError(f"model {card.name} was trained on negatives but its card does not list the held-out ones")
+    return set(held_out)
