@@ -35,6 +35,9 @@ KIND_NAMES = {"image": "Image", "scan": "CT scan"}
 SHORTCUTS = {"agree": "A", "disagree": "D", "unsure": "U", "non_diagnostic": "N", "previous": "Left",
              "next": "Right"}
 VERDICT_COLOURS = {"agree": "#1e7b34", "disagree": "#b3261e"}  # green and red, told apart by label and icon too
+# The verdict column is narrow: the long "Non-diagnostic / not a chest image" was cut to an ellipsis on its button,
+# whose help says the rest.
+BUTTON_TEXT = {**VERDICT_TEXT, "non_diagnostic": "Non-diagnostic"}
 
 
 def display_pixels(data: bytes, name: str) -> np.ndarray:
@@ -263,7 +266,7 @@ def verdict_controls(store: ReviewStore, reviewer: Reviewer, item: ItemView, cla
 def verdict_button(store: ReviewStore, reviewer: Reviewer, item: ItemView, verdict: str, icon: str,
                    image_missing: bool, help: str | None = None, stay: bool = False) -> None:  # noqa: A002
     """A full-width button with its keyboard shortcut; disabled while the image is not on the server."""
-    st.button(VERDICT_TEXT[verdict], key=f"review-{verdict}", icon=icon, width="stretch", help=help,
+    st.button(BUTTON_TEXT[verdict], key=f"review-{verdict}", icon=icon, width="stretch", help=help,
               type="primary" if verdict in VERDICT_COLOURS else "secondary", shortcut=SHORTCUTS[verdict],
               disabled=image_missing, on_click=_record, args=(store, reviewer, item, verdict, None, stay))
 

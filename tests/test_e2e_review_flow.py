@@ -91,4 +91,6 @@ def test_a_ct_scan_item_is_scrubbed_and_windowed_in_the_scan_viewer(browser, app
         assert re.fullmatch(r"(Not s|S)uggestive", value.inner_text().strip())
         cut_off = "v => [v, ...v.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1)"
         assert not value.evaluate(cut_off)  # the reading is shown whole, not ellipsised in the narrow column
+        for verdict in ("Agree", "Disagree", "Unsure", "Non-diagnostic"):  # and so are the verdict buttons
+            assert not page.get_by_role("button", name=re.compile(f"^{verdict}")).evaluate(cut_off), verdict
         snapshot(page, "review-ct-scan-item")
