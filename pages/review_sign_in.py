@@ -1,6 +1,7 @@
 """Who is reading the Review page: the app's OpenID Connect login where the deployment configures one, else a name and
-passphrase checked by the review store, with an optional administrator token. Administrators are the accounts named
-in `COVID_REVIEW_ADMINS` (OpenID Connect) or reviewers who give the `COVID_REVIEW_ADMIN_TOKEN`.
+passphrase checked by the review store (registered once, in its own step), with an optional administrator token.
+Administrators are the accounts named in `COVID_REVIEW_ADMINS` (OpenID Connect) or reviewers who give the
+`COVID_REVIEW_ADMIN_TOKEN`.
 
 The page's one door: nothing else of the page is drawn until it returns a reviewer.
 """

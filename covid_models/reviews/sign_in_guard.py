@@ -1,7 +1,8 @@
 """How failed sign-ins slow the next ones down: a few free tries, then a lockout that doubles with each failure.
 
-Failures are counted per subject: the name tried (by its skeleton, so look-alike spellings share one count), the
-client address it came from, and for administrator tokens the reviewer and the address that typed them. A refusal
+Failures (a wrong passphrase, a name nobody registered, a registration of a taken name) are counted per subject:
+the name tried (by its skeleton, so look-alike spellings share one count), the client address it came from, and for
+administrator tokens the reviewer and the address that typed them. A refusal
 names the wait ("try again in N s") instead of sleeping, so a server thread is never held and one attacker never
 slows the sign-ins of other names from other addresses. The counts live in the review database (table
 ``sign_in_failures``), so every server process and browser tab sees the same lockout: `refuse_while_locked` and
