@@ -1,6 +1,7 @@
 """Who is reading the Review page: the app's OpenID Connect login where the deployment configures one, else a name and
-passphrase checked by the review store, with an optional administrator token. Administrators are the accounts named
-in `COVID_REVIEW_ADMINS` (OpenID Connect) or reviewers who give the `COVID_REVIEW_ADMIN_TOKEN`.
+passphrase checked by the review store (registered once, in its own step), with an optional administrator token.
+Administrators are the accounts named in `COVID_REVIEW_ADMINS` (OpenID Connect) or reviewers who give the
+`COVID_REVIEW_ADMIN_TOKEN`.
 
 The page's one door: nothing else of the page is drawn until it returns a reviewer.
 """
@@ -20,6 +21,7 @@ from pages.shared import show_error
 
 IDENTITY_KEY, REVIEWER_WIDGET = "review-identity", "review-reviewer"
 ADMINS_SETTING, ADMIN_TOKEN_SETTING = "COVID_REVIEW_ADMINS", "COVID_REVIEW_ADMIN_TOKEN"
+MODE_WIDGET, MODES = "review-sign-in-mode", {"sign-in": "Sign in", "register": "Register as a new reviewer"}
 logger = logging.getLogger(__name__)
 
 
@@ -95,24 +97,38 @@ def client_address() -> str | None:
 
 
 def sign_in_form(store: ReviewStore, admin_token: str) -> None:
-    """Name and passphrase: a new name is registered with its passphrase, a known one must match it."""
-    st.info("Sign in with your name and passphrase. The first time, the passphrase you choose protects your "
-            "sessions: nobody else can open or change them.", icon=":material/lock:")
+    """Sign in under a registered name, or register a new one: signing in never registers, so a mistyped name is
+    refused with a hint rather than given an empty account."""
+    st.info("Sign in with your name and passphrase. The first time, choose **Register as a new reviewer**: the "
+            "passphrase you choose protects your sessions, and nobody else can open or change them.",
+            icon=":material/lock:")
+    registering = st.radio("Sign in or register", list(MODES), format_func=MODES.get, horizontal=True,
+                           key=MODE_WIDGET, label_visibility="collapsed") == "register"
     with st.form("review-sign-in-form", border=False):
         name = st.text_input("Your name", key=REVIEWER_WIDGET, max_chars=200,
                              placeholder="as it should appear in the export")
         passphrase = st.text_input("Passphrase", key="review-passphrase", type="password", max_chars=1024,
                                    help="At least 8 characters besides spaces at its ends; only a salted hash of it "
                                         "is stored")
+        repeated = st.text_input("Passphrase again", key="review-passphrase-again", type="password",
+                                 max_chars=1024) if registering else ""
         typed_token = st.text_input("Administrator token (optional)", key="review-admin-token",
-                                    type="password") if admin_token else ""
-        submitted = st.form_submit_button("Sign in", key="review-sign-in", type="primary", icon=":material/login:")
+                                    type="password") if admin_token and not registering else ""
+        submitted = st.form_submit_button("Register" if registering else "Sign in",
+                                          key="review-register" if registering else "review-sign-in", type="primary",
+                                          icon=":material/person_add:" if registering else ":material/login:")
     if not submitted:
         return
+    if registering and passphrase != repeated:
+        show_error("The two passphrases differ; nothing was registered. Type the same passphrase twice.")
+        return
     try:
-        reviewer = store.sign_in(name, passphrase, client=client_address())
-        if typed_token:
-            reviewer = store.sign_in_as_admin(reviewer, typed_token, admin_token, client=client_address())
+        if registering:
+            reviewer = store.register(name, passphrase, client=client_address())
+        else:
+            reviewer = store.sign_in(name, passphrase, client=client_address())
+            if typed_token:
+                reviewer = store.sign_in_as_admin(reviewer, typed_token, admin_token, client=client_address())
     except (ReviewError, ReviewDatabaseError) as error:
         show_error(plain(error))
         return

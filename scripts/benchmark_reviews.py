@@ -28,7 +28,7 @@ from covid_models.reviews.store import ReviewStore
 
 def _fill(store: ReviewStore, url: str, n: int) -> tuple[int, str]:
     """Two sessions of n images each; every other image of both has a verdict (written in bulk)."""
-    reviewer = store.sign_in("Dr Benchmark", "benchmark passphrase")
+    reviewer = store.register("Dr Benchmark", "benchmark passphrase")
     ids = [store.start_session(reviewer, "model", "xray", [
         NewItem(content_hash(f"{s}/{i}".encode()), f"image-{i:06d}.png", ("covid", "normal", "pneumonia")[i % 3],
                 (i % 100) / 100, 0.5) for i in range(n)]) for s in range(2)]

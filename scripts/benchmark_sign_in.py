@@ -1,10 +1,12 @@
-"""How long each answer of the review sign-in takes, for names that exist and names that do not (SQLite).
+"""How long each answer of the review sign-in and registration takes, for names that exist and names that do not
+(SQLite).
 
-A wrong passphrase for a registered name, the same for a look-alike spelling of it (Cyrillic letters) and the
-registration of a new name each run one scrypt derivation; a blank or short passphrase is refused before any
-lookup, for known and unknown names alike; a locked name is refused without checking. The times show whether an
-answer tells a registered name from a free one. Each row uses its own names, so no lockout interferes (one failure
-per name, no client address). Prints a table; asserts nothing.
+A wrong passphrase for a registered name, the same for a look-alike spelling of it (Cyrillic letters), a sign-in
+under a name nobody registered, the registration of a free name and the refused registration of a taken one each
+run one scrypt derivation; a blank or short passphrase is refused before any lookup, for known and unknown names
+alike; a locked name is refused without checking. The times show whether an answer's cost tells a registered name
+from a free one (its words say so for an unknown name or a taken one, by design). Each row uses its own names, so
+no lockout interferes (one failure per name, no client address). Prints a table; asserts nothing.
 
     PYTHONPATH=. python scripts/benchmark_sign_in.py [--repeats 20]
 """
@@ -43,12 +45,14 @@ def main() -> None:
     logging.getLogger("covid_models.reviews.store").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as folder, ReviewStore(f"sqlite:///{Path(folder) / 'r.sqlite3'}") as store:
         for index in range(args.repeats):
-            store.sign_in(f"Dr Known {index}", "the right passphrase")
+            store.register(f"Dr Known {index}", "the right passphrase")
         rows = [
             ("wrong passphrase, registered name", lambda i: store.sign_in(f"Dr Known {i}", "a wrong passphrase")),
             ("wrong passphrase, look-alike of a registered name",
              lambda i: store.sign_in(f"Dr \u041a\u043f\u043ew\u043f {i}", "a wrong passphrase")),
-            ("registering a free name", lambda i: store.sign_in(f"Dr New {i}", "a new passphrase")),
+            ("sign-in under a name nobody registered", lambda i: store.sign_in(f"Dr Nobody {i}", "a passphrase")),
+            ("registering a free name", lambda i: store.register(f"Dr New {i}", "a new passphrase")),
+            ("registering a taken name", lambda i: store.register(f"Dr Known {i}", "a new passphrase")),
             ("short passphrase, registered name", lambda i: store.sign_in(f"Dr Known {i}", "short")),
             ("short passphrase, free name", lambda i: store.sign_in(f"Dr Free {i}", "short")),
             ("blank passphrase, registered name", lambda i: store.sign_in(f"Dr Known {i}", " " * 8)),

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import streamlit as st
 from app_fixtures import chest_like_png
+from streamlit.testing.v1 import AppTest
 
 
 def _xray_rows() -> tuple[tuple[str, str, str], ...]:
@@ -81,3 +82,16 @@ def clear_streamlit_caches() -> None:
     """Forget cached resources and data, as an app restart does."""
     st.cache_data.clear()
     st.cache_resource.clear()
+
+
+def register_on_review_page(at: AppTest, name: str, passphrase: str, *, again: str | None = None,
+                            timeout: float = 120) -> AppTest:
+    """A first visit to the Review page (already run once): "Register as a new reviewer", the name and the passphrase
+    typed twice (`again`, when given, the second time), then Register, which signs the new reviewer in."""
+    at.radio(key="review-sign-in-mode").set_value("register")
+    at.run(timeout=timeout)
+    at.text_input(key="review-reviewer").input(name)
+    at.text_input(key="review-passphrase").input(passphrase)
+    at.text_input(key="review-passphrase-again").input(passphrase if again is None else again)
+    at.button(key="review-register").click()
+    return at.run(timeout=timeout)

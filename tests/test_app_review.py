@@ -19,7 +19,7 @@ from app_fixtures import (
     write_classifier,
     write_segmenter,
 )
-from app_fixtures_b import clear_streamlit_caches, make_data_dir, point_app_at
+from app_fixtures_b import clear_streamlit_caches, make_data_dir, point_app_at, register_on_review_page
 from scan_phantoms import ADULT_SPACING, adult_phantom, dicom_series, phantom, zipped
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
@@ -31,7 +31,7 @@ from covid_models.imaging.io import content_hash, files_hash, read_image
 from covid_models.imaging.volumes import read_volume
 from covid_models.models.inference import Classifier
 from covid_models.models.segmentation import Segmenter
-from covid_models.reviews.records import ReviewDatabaseError
+from covid_models.reviews.records import ReviewDatabaseError, ReviewError
 from covid_models.reviews.store import ReviewStore
 from covid_models.training.splits import held_out_images
 from pages.shared import READING_LABEL
@@ -87,8 +87,18 @@ def _sign_in(at: AppTest, name: str = REVIEWER, passphrase: str = PASSPHRASE) ->
     return _run(at)
 
 
-def _start_from_data(at: AppTest, n: int = 3, modality: str = "xray", *, blinded: bool = False) -> int:
-    _sign_in(at)
+def _register(at: AppTest, name: str = REVIEWER, passphrase: str = PASSPHRASE, *, again: str | None = None) -> AppTest:
+    """A first visit: the reviewer registers (and is signed in)."""
+    _run(at)
+    register_on_review_page(at, name, passphrase, again=again)
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _start_from_data(at: AppTest, n: int = 3, modality: str = "xray", *, blinded: bool = False,
+                     registered: bool = False) -> int:
+    """The reviewer (registering on a first visit) starts a session of `n` images from the data folder."""
+    (_sign_in if registered else _register)(at)
     at.radio(key="review-modality").set_value(modality)
     at.radio(key="review-source").set_value("data")
     _run(at)
@@ -136,8 +146,41 @@ def _everything_shown(at: AppTest) -> str:
 
 def test_without_signing_in_the_page_asks_for_name_and_passphrase(folders, database, monkeypatch) -> None:
     at = _run(_page(folders, database, monkeypatch))
-    assert any("Sign in with your name and passphrase" in info.value for info in at.info)
+    assert any("Sign in with your name and passphrase" in info.value and "Register as a new reviewer" in info.value
+               for info in at.info)
+    assert at.radio(key="review-sign-in-mode").value == "sign-in"
+    assert at.radio(key="review-sign-in-mode").options == ["Sign in", "Register as a new reviewer"]
     assert [b.key for b in at.button] == ["review-sign-in"]
+    assert "review-passphrase-again" not in [t.key for t in at.text_input]
+
+
+def test_a_first_visit_registers_with_the_passphrase_typed_twice(folders, database, store, monkeypatch) -> None:
+    mismatched = _register(_page(folders, database, monkeypatch), again="ada's test passphrasf")
+    assert any("The two passphrases differ; nothing was registered" in e.value for e in mismatched.error)
+    assert "review-identity" not in mismatched.session_state
+    with pytest.raises(ReviewError, match="no reviewer is registered"):
+        store.registered_reviewer(REVIEWER)
+
+    registered = _register(_page(folders, database, monkeypatch))
+    assert registered.session_state["review-identity"] == store.registered_reviewer(REVIEWER)
+    assert not registered.error and "review-sign-in" not in [b.key for b in registered.button]
+
+    again = _register(_page(folders, database, monkeypatch), REVIEWER.upper(), "someone else's passphrase")
+    assert any("is taken" in e.value and "sign in instead" in e.value for e in again.error), [e.value for e in
+                                                                                             again.error]
+    assert "review-identity" not in again.session_state
+
+
+def test_a_mistyped_name_at_sign_in_is_refused_with_a_hint_and_registers_nobody(folders, database, store,
+                                                                                 monkeypatch) -> None:
+    store.register(REVIEWER, PASSPHRASE)
+    mistyped = _sign_in(_page(folders, database, monkeypatch), "Dr Ada Tset", PASSPHRASE)
+    assert any("No reviewer is registered as" in _unescape(e.value) and "register as a new reviewer" in e.value
+               for e in mistyped.error), [e.value for e in mistyped.error]
+    assert "review-identity" not in mistyped.session_state
+    with pytest.raises(ReviewError):
+        store.registered_reviewer("Dr Ada Tset")
+    assert _sign_in(_page(folders, database, monkeypatch)).session_state["review-identity"].name == REVIEWER
 
 
 def test_a_data_folder_session_stores_hashes_and_names_of_held_out_images(folders, database, store,
@@ -157,7 +200,7 @@ def test_a_data_folder_session_stores_hashes_and_names_of_held_out_images(folder
 
 def test_the_same_seed_samples_the_same_images(folders, database, store, monkeypatch) -> None:
     first = _start_from_data(_page(folders, database, monkeypatch), n=4)
-    second = _start_from_data(_page(folders, database, monkeypatch), n=4)
+    second = _start_from_data(_page(folders, database, monkeypatch), n=4, registered=True)
     assert [i.image_hash for i in store.items(first)] == [i.image_hash for i in store.items(second)]
 
 
@@ -235,7 +278,7 @@ def test_a_page_reload_reopens_the_session_in_the_url_at_the_image_the_reader_wa
 def test_uploaded_images_are_asked_for_again_after_a_restart_and_matched_by_content(
         folders, database, store, monkeypatch) -> None:
     files = [(f"chest-{seed}.png", chest_like_png(80, seed=seed)) for seed in (11, 12, 13)]
-    at = _sign_in(_page(folders, database, monkeypatch, data=False))
+    at = _register(_page(folders, database, monkeypatch, data=False))
     at.file_uploader(key="review-uploads").set_value([(name, data, "image/png") for name, data in files])
     _run(at)
     assert any(c.value == "3 images received, ready for the session." for c in at.caption)  # before Start is pressed
@@ -260,7 +303,7 @@ def test_uploaded_images_are_asked_for_again_after_a_restart_and_matched_by_cont
 
 
 def test_an_unreadable_upload_is_left_out_with_its_reason(folders, database, store, monkeypatch) -> None:
-    at = _sign_in(_page(folders, database, monkeypatch, data=False))
+    at = _register(_page(folders, database, monkeypatch, data=False))
     at.file_uploader(key="review-uploads").set_value([("good.png", chest_like_png(80, seed=3), "image/png"),
                                                       ("notes.txt", b"just some text", "text/plain")])
     _run(at)
@@ -349,7 +392,7 @@ def test_leaving_a_session_returns_to_the_session_list(folders, database, store,
 
 
 def _upload_session(folders, database, monkeypatch, files) -> tuple[AppTest, int]:
-    at = _sign_in(_page(folders, database, monkeypatch, data=False))
+    at = _register(_page(folders, database, monkeypatch, data=False))
     at.file_uploader(key="review-uploads").set_value([(name, data, "image/png") for name, data in files])
     _run(at)
     at.button(key="review-start").click()
@@ -367,7 +410,7 @@ def test_another_reviewer_with_the_link_gets_a_not_yours_page_and_nothing_of_the
 
     visitor = _run(_page(folders, database, monkeypatch, data=False, token=token))
     assert [b.key for b in visitor.button] == ["review-sign-in"], "a visitor with the link only gets the sign-in"
-    bob = _sign_in(visitor, "Dr Bob", "bob's own passphrase")
+    bob = _register(visitor, "Dr Bob", "bob's own passphrase")
     assert any("belongs to another reviewer" in e.value for e in bob.error)
     shown = _everything_shown(bob)
     for leaked in (secret_name, "confidential note", REVIEWER):
@@ -383,6 +426,7 @@ def test_an_admin_opens_any_session_but_is_never_served_another_reviewers_upload
         folders, database, store, monkeypatch) -> None:
     _, session = _upload_session(folders, database, monkeypatch, [("ada-upload.png", chest_like_png(80, seed=22))])
     monkeypatch.setenv("COVID_REVIEW_ADMIN_TOKEN", "admin-token-for-tests")
+    store.register("Chief Radiologist", "chief's passphrase")
     admin = _run(_page(folders, database, monkeypatch, data=False, token=store.session_info(session).token))
     admin.text_input(key="review-reviewer").input("Chief Radiologist")
     admin.text_input(key="review-passphrase").input("chief's passphrase")
@@ -397,12 +441,12 @@ def test_an_admin_opens_any_session_but_is_never_served_another_reviewers_upload
 
 @pytest.mark.parametrize("link", ["99999999999999999999", "2147483648", "1", "A" * 32])
 def test_a_malformed_or_unknown_session_link_gets_a_clear_message(folders, database, monkeypatch, link) -> None:
-    at = _sign_in(_page(folders, database, monkeypatch, token=link))
+    at = _register(_page(folders, database, monkeypatch, token=link))
     assert any("link" in e.value for e in at.error), [e.value for e in at.error]
 
 
 def test_a_wrong_passphrase_signs_nobody_in(folders, database, monkeypatch) -> None:
-    _sign_in(_page(folders, database, monkeypatch))
+    _register(_page(folders, database, monkeypatch))
     again = _sign_in(_page(folders, database, monkeypatch), REVIEWER, "not the passphrase")
     assert any("belongs to a reviewer with another passphrase" in e.value for e in again.error)
     assert "review-identity" not in again.session_state
@@ -410,7 +454,7 @@ def test_a_wrong_passphrase_signs_nobody_in(folders, database, monkeypatch) -> N
 
 def test_user_text_is_shown_as_text_not_markdown(folders, database, monkeypatch) -> None:
     hostile = "Dr ![x](http://127.0.0.1:9/track.png) [log in again](http://127.0.0.1:9/)"
-    at = _sign_in(_page(folders, database, monkeypatch), hostile, "a hostile passphrase")
+    at = _register(_page(folders, database, monkeypatch), hostile, "a hostile passphrase")
     markdown = [m.value for m in at.caption] + [m.value for m in at.markdown]
     signed_in = next(value for value in markdown if value.startswith("Signed in as"))
     assert "](" not in signed_in and "![" not in signed_in
@@ -471,7 +515,7 @@ def test_a_review_database_that_cannot_be_created_gives_a_clear_message(folders,
 
 
 def test_an_upload_batch_larger_than_the_reviewers_cache_is_refused(folders, database, store, monkeypatch) -> None:
-    at = _sign_in(_page(folders, database, monkeypatch, data=False))
+    at = _register(_page(folders, database, monkeypatch, data=False))
     big = b"\0" * (33 * 1024 * 1024)
     at.file_uploader(key="review-uploads").set_value([("a.png", big, "image/png"), ("b.png", big, "image/png")])
     _run(at)
@@ -638,7 +682,7 @@ def _library_scan(weights: Path, archive: bytes) -> ScanAnalysis:
 
 
 def _start_with_scan(at: AppTest, archive: bytes, *, blinded: bool = False) -> int:
-    _sign_in(at)
+    _register(at)
     at.radio(key="review-modality").set_value("ct")
     _run(at)
     at.file_uploader(key="review-scans").set_value([("phantom.zip", archive, "application/zip")])

@@ -5,10 +5,10 @@ owner are given to their reviewer by an administrator, never to whoever register
 from __future__ import annotations
 
 import pytest
-from test_app_review import PASSPHRASE, REVIEWER, _page, _run, _sign_in, database, folders  # noqa: F401
+from test_app_review import PASSPHRASE, REVIEWER, _page, _register, _run, _sign_in, database, folders  # noqa: F401
 from test_reviews import _create_version_1_schema
 
-import covid_models.reviews.store
+import covid_models.reviews.sign_in_guard
 from covid_models.reviews.sign_in_guard import FREE_FAILURES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
@@ -21,16 +21,16 @@ def _shown(at) -> str:
 
 
 def test_repeated_wrong_passphrases_are_refused_with_the_time_to_wait(folders, database, monkeypatch) -> None:
-    frozen = covid_models.reviews.store.utc_now()  # the page runs take longer than the first lockout (2 s)
-    monkeypatch.setattr(covid_models.reviews.store, "utc_now", lambda: frozen)
-    _sign_in(_page(folders, database, monkeypatch))
+    frozen = covid_models.reviews.sign_in_guard.utc_now()  # the page runs take longer than the first lockout (2 s)
+    monkeypatch.setattr(covid_models.reviews.sign_in_guard, "utc_now", lambda: frozen)
+    _register(_page(folders, database, monkeypatch))
     for attempt in range(FREE_FAILURES["name"] + 1):
         _sign_in(_page(folders, database, monkeypatch), REVIEWER, f"guess number {attempt}")
     locked = _sign_in(_page(folders, database, monkeypatch), REVIEWER.lower(), PASSPHRASE)
     assert any("Too many failed sign-ins for this name" in e.value and "try again in 2 s" in e.value
                for e in locked.error), [e.value for e in locked.error]
     assert "review-identity" not in locked.session_state
-    other = _sign_in(_page(folders, database, monkeypatch), "Dr Someone Else", "someone else's passphrase")
+    other = _register(_page(folders, database, monkeypatch), "Dr Someone Else", "someone else's passphrase")
     assert other.session_state["review-identity"].name == "Dr Someone Else"
 
 
@@ -67,10 +67,11 @@ def test_a_strong_administrator_token_logs_nothing_at_server_start(monkeypatch, 
 def test_an_owner_less_session_waits_for_an_administrator_to_give_it_to_its_reviewer(
         folders, database, monkeypatch) -> None:
     _create_version_1_schema(f"sqlite:///{database}")  # a session "Dr Old" stored before sessions had owners
-    old = _sign_in(_page(folders, database, monkeypatch), "Dr Old", "the old reviewer's passphrase")
+    old = _register(_page(folders, database, monkeypatch), "Dr Old", "the old reviewer's passphrase")
     assert "review-resume-choice" not in [s.key for s in old.selectbox], "registering the name claims nothing"
 
     monkeypatch.setenv("COVID_REVIEW_ADMIN_TOKEN", ADMIN_TOKEN)
+    _register(_page(folders, database, monkeypatch), "Chief Radiologist", "chief's passphrase")
     admin = _run(_page(folders, database, monkeypatch))
     admin.text_input(key="review-reviewer").input("Chief Radiologist")
     admin.text_input(key="review-passphrase").input("chief's passphrase")

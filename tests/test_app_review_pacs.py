@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from app_fixtures import PROJECT_ROOT, page_test
-from app_fixtures_b import clear_streamlit_caches, point_app_at
+from app_fixtures_b import clear_streamlit_caches, point_app_at, register_on_review_page
 from pacs_fixtures import series_files
 from streamlit.testing.v1 import AppTest
 
@@ -37,10 +37,9 @@ def _signed_in(monkeypatch, database: Path, url: str | None) -> AppTest:
     monkeypatch.setenv("COVID_DICOMWEB_STORE", "1")
     at = page_test(PAGE, WEIGHTS, monkeypatch, timeout=600)
     _run(at)
-    at.text_input(key="review-reviewer").input("Dr Pacs")
-    at.text_input(key="review-passphrase").input("a long enough passphrase")
-    at.button(key="review-sign-in").click()
-    return _run(at)
+    register_on_review_page(at, "Dr Pacs", "a long enough passphrase", timeout=600)
+    assert not at.exception, [e.value for e in at.exception]
+    return at
 
 
 def _session_from(at: AppTest, model: str, *, accession: str = "", patient_id: str = "") -> AppTest:

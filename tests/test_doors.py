@@ -84,7 +84,7 @@ def test_a_review_upload_leaves_out_a_photograph_and_a_ct_slice_with_the_reason(
     """The review session's upload path screens as the Analyze page does: what it refuses is named with the reason
     and never enters the session with a probability."""
     from app_fixtures import page_test
-    from app_fixtures_b import point_app_at
+    from app_fixtures_b import point_app_at, register_on_review_page
 
     from covid_models.reviews.store import ReviewStore
 
@@ -92,10 +92,7 @@ def test_a_review_upload_leaves_out_a_photograph_and_a_ct_slice_with_the_reason(
     point_app_at(monkeypatch, database, None)
     at = page_test("pages/review.py", WEIGHTS_DIR, monkeypatch)
     at.run(timeout=300)
-    at.text_input(key="review-reviewer").input("Dr Ada Test")
-    at.text_input(key="review-passphrase").input("ada's test passphrase")
-    at.button(key="review-sign-in").click()
-    at.run(timeout=300)
+    register_on_review_page(at, "Dr Ada Test", "ada's test passphrase", timeout=300)
     at.radio(key="review-modality").set_value("xray")
     at.run(timeout=300)
     photo = photograph(tmp_path / "china.jpg").read_bytes()

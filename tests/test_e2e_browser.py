@@ -54,9 +54,11 @@ def analyse(page, url: str, name: str, data: bytes) -> None:
 def review_and_reload(page, name: str, data: bytes) -> None:
     """Review page: a one-image session, an 'Agree' verdict, and the verdict still there after a reload."""
     page.get_by_role("link", name="Review session").click()
+    page.get_by_test_id("stRadio").get_by_text("Register as a new reviewer", exact=True).click()  # a first visit
     page.get_by_label("Your name").fill("Dr E2E")
     page.get_by_role("textbox", name="Passphrase", exact=True).fill("e2e passphrase")
-    page.get_by_role("button", name=re.compile("Sign in")).click()
+    page.get_by_role("textbox", name="Passphrase again").fill("e2e passphrase")
+    page.get_by_role("button", name=re.compile("Register")).click()
     page.get_by_role("button", name=re.compile("Start session")).wait_for()
     assert page.get_by_test_id("stSidebar").get_by_text(RESEARCH_USE_NOTICE).is_visible()
     upload(page, name, data)

@@ -9,18 +9,11 @@ import pytest
 from app_fixtures import PROJECT_ROOT, running_app
 from browser_fixtures import browser_page, snapshot
 from playwright.sync_api import expect
+from test_e2e_review import sign_in
 
 from covid_models.pacs.scratch_orthanc import xray_dicom
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def sign_in(page, url: str, name: str) -> None:
-    page.goto(f"{url}/review")
-    page.get_by_label("Your name").fill(name)
-    page.get_by_role("textbox", name="Passphrase", exact=True).fill(f"{name}'s passphrase")
-    page.get_by_role("button", name=re.compile("Sign in")).click()
-    page.get_by_text("Signed in as").wait_for()
 
 
 def test_a_session_from_the_pacs_in_the_browser_beside_a_second_reviewer(browser, orthanc, real_data,
@@ -32,8 +25,8 @@ def test_a_session_from_the_pacs_in_the_browser_beside_a_second_reviewer(browser
            "COVID_DICOMWEB_URL": orthanc.dicomweb_url}
     with running_app(env) as (url, _process), browser_page(browser, "pacs-flow") as page, \
             browser_page(browser, "pacs-second") as other:
-        sign_in(page, url, "Dr Ada Pacs")
-        sign_in(other, url, "Dr Bob Pacs")
+        sign_in(page, f"{url}/review", "Dr Ada Pacs", "Dr Ada Pacs's passphrase", register=True)
+        sign_in(other, f"{url}/review", "Dr Bob Pacs", "Dr Bob Pacs's passphrase", register=True)
         page.get_by_text("Start a session from the PACS").wait_for()
         page.get_by_label("Accession number").fill("ACC-BROWSER-1")
         other.get_by_label("Patient ID").fill("PID-BROWSER")  # the second reviewer searches at the same time

@@ -26,15 +26,21 @@ def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e-review")
     database = root / "reviews.sqlite3"
     env = {"COVID_WEIGHTS_DIR": str(make_weights_dir(root, segmentation=False)), "COVID_REVIEW_DB": str(database)}
+    with ReviewStore(f"sqlite:///{database}") as store:
+        store.register(ADA, ADA_PASSPHRASE)  # Ada registered once, whichever test runs first
     with running_app(env) as (url, _process):
         yield url, database
 
 
-def sign_in(page, url: str, name: str, passphrase: str) -> None:
+def sign_in(page, url: str, name: str, passphrase: str, *, register: bool = False) -> None:
+    """Open `url` and sign in; `register`: a first visit, which registers the name with the passphrase typed twice."""
     page.goto(url)
+    if register:
+        page.get_by_test_id("stRadio").get_by_text("Register as a new reviewer", exact=True).click()
+        page.get_by_role("textbox", name="Passphrase again").fill(passphrase)
     page.get_by_label("Your name").fill(name)
     page.get_by_role("textbox", name="Passphrase", exact=True).fill(passphrase)
-    page.get_by_role("button", name=re.compile("Sign in")).click()
+    page.get_by_role("button", name=re.compile("Register" if register else "Sign in")).click()
     page.get_by_text("Signed in as").wait_for()
 
 
@@ -79,7 +85,7 @@ def test_a_second_browser_with_the_link_sees_nothing_of_the_session(browser, app
         other.goto(link)
         other.get_by_role("textbox", name="Passphrase", exact=True).wait_for()
         assert "ada-confidential" not in other.content()
-        sign_in(other, link, "Dr Bob Browser", "bob's browser passphrase")
+        sign_in(other, link, "Dr Bob Browser", "bob's browser passphrase", register=True)
         other.get_by_text("belongs to another reviewer").wait_for()
         snapshot(other, "review-not-yours")
         content = other.content()

@@ -11,6 +11,8 @@ from browser_fixtures import SETTLED, UPLOAD_INPUT, browser_page, snapshot
 from scan_phantoms import ADULT_SPACING, adult_phantom, dicom_series, zipped
 from test_e2e_review import ADA, ADA_PASSPHRASE, sign_in
 
+from covid_models.reviews.store import ReviewStore
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 # the script run is over: Streamlit's status widget shows neither "Running" nor its "Stop" button
 
@@ -23,6 +25,8 @@ def app(tmp_path_factory):
         with_lung_window(weights / name)
     with_ct_reading(weights / "ct-infection-fixture")  # a pattern reading, so the scan item is not held back
     env = {"COVID_WEIGHTS_DIR": str(weights), "COVID_REVIEW_DB": str(root / "reviews.sqlite3")}
+    with ReviewStore(f"sqlite:///{root / 'reviews.sqlite3'}") as store:
+        store.register(ADA, ADA_PASSPHRASE)
     with running_app(env) as (url, _process):
         yield url
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from app_fixtures import chest_like_png, make_weights_dir, page_test
-from app_fixtures_b import make_data_dir, point_app_at
+from app_fixtures_b import make_data_dir, point_app_at, register_on_review_page
 from PIL import Image
 
 import pages.analyze_compute
@@ -95,10 +95,7 @@ def test_the_review_page_says_the_lung_mask_is_implausible_and_shows_no_share(tm
     point_app_at(monkeypatch, root / "reviews.sqlite3", data)
     at = page_test("pages/review.py", weights, monkeypatch)
     at.run(timeout=120)
-    at.text_input(key="review-reviewer").input("Dr Ada Test")
-    at.text_input(key="review-passphrase").input("ada's test passphrase")
-    at.button(key="review-sign-in").click()
-    at.run(timeout=120)
+    register_on_review_page(at, "Dr Ada Test", "ada's test passphrase")
     at.radio(key="review-source").set_value("data")
     at.run(timeout=120)
     at.number_input(key="review-n").set_value(1)

@@ -30,7 +30,7 @@ import pydicom
 import pytest
 import torch
 from app_fixtures import make_weights_dir, page_test
-from app_fixtures_b import point_app_at
+from app_fixtures_b import point_app_at, register_on_review_page
 from pydicom.data import get_testdata_file
 from sqlalchemy import create_engine, inspect, text
 
@@ -203,10 +203,7 @@ def review_page(weights: Path, data: bytes, database: Path, monkeypatch: pytest.
     """Start a review session on the upload, record a verdict with a note; returns what the page sent."""
     point_app_at(monkeypatch, database, None)
     at = page_test("pages/review.py", weights, monkeypatch).run()
-    at.text_input(key="review-reviewer").input(REVIEWER)
-    at.text_input(key="review-passphrase").input("privacy test passphrase")
-    at.button(key="review-sign-in").click()
-    at.run()
+    register_on_review_page(at, REVIEWER, "privacy test passphrase")
     at.radio(key="review-modality").set_value("ct")
     at.run()
     at.file_uploader(key="review-uploads").set_value([(UPLOAD_NAME, data, "application/dicom")])

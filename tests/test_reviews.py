@@ -144,7 +144,7 @@ def test_a_new_store_on_the_same_database_resumes_where_the_reviewer_stopped(
     open_store: Callable[[], ReviewStore],
 ) -> None:
     first = open_store()
-    lee = first.sign_in("Dr Lee", "correct horse battery")
+    lee = first.register("Dr Lee", "correct horse battery")
     session_id = first.start_session(lee, "model-a", "ct", [make_item(i) for i in range(4)])
     first.record_verdict(session_id, 0, "agree")
     first.record_verdict(session_id, 1, "unsure", note="motion artefact")
@@ -163,7 +163,7 @@ def test_a_new_store_on_the_same_database_resumes_where_the_reviewer_stopped(
 
 
 def test_sessions_are_listed_per_owner_most_recent_first(store: ReviewStore) -> None:
-    kim, diaz = store.sign_in("Dr Kim", "kim passphrase"), store.sign_in("Dr Diaz", "diaz passphrase")
+    kim, diaz = store.register("Dr Kim", "kim passphrase"), store.register("Dr Diaz", "diaz passphrase")
     older = store.start_session(kim, "m", "ct", [make_item(0)])
     other = store.start_session(diaz, "m", "ct", [make_item(1)])
     newer = store.start_session(kim, "m", "ct", [make_item(2)])
@@ -171,7 +171,7 @@ def test_sessions_are_listed_per_owner_most_recent_first(store: ReviewStore) -> 
 
     assert [info.id for info in store.sessions(store.sign_in("DR KIM", "kim passphrase"))] == [older, newer]
     assert {info.id for info in store.sessions()} == {older, other, newer}
-    assert store.sessions(store.sign_in("Dr Nobody", "nobody's passphrase")) == []
+    assert store.sessions(store.register("Dr Nobody", "nobody's passphrase")) == []
 
 
 def test_a_session_can_be_marked_completed_and_still_amended(store: ReviewStore) -> None:
@@ -459,8 +459,8 @@ def test_an_sqlite_file_in_a_missing_folder_gives_a_clear_error(tmp_path) -> Non
 
 
 def test_a_session_opens_only_for_its_owner_or_an_admin(store: ReviewStore) -> None:
-    ada = store.sign_in("Dr Ada", "ada's long passphrase")
-    bob = store.sign_in("Dr Bob", "bob's long passphrase")
+    ada = store.register("Dr Ada", "ada's long passphrase")
+    bob = store.register("Dr Bob", "bob's long passphrase")
     session_id = store.start_session(ada, "m", "xray", [make_item(0)])
     token = store.session_info(session_id).token
 
@@ -474,8 +474,8 @@ def test_a_session_opens_only_for_its_owner_or_an_admin(store: ReviewStore) -> N
 
 def test_a_reviewer_name_is_protected_by_its_passphrase(store: ReviewStore, db_url: str) -> None:
     with pytest.raises(ReviewError, match="at least 8 characters"):
-        store.sign_in("Dr Ada", "short")
-    ada = store.sign_in("Dr Ada", "ada's long passphrase")
+        store.register("Dr Ada", "short")
+    ada = store.register("Dr Ada", "ada's long passphrase")
     with pytest.raises(ReviewError, match="belongs to a reviewer with another passphrase"):
         store.sign_in("dr ada", "a guess at it")
     assert store.sign_in("DR ADA", "ada's long passphrase") == ada
@@ -485,7 +485,7 @@ def test_a_reviewer_name_is_protected_by_its_passphrase(store: ReviewStore, db_u
 
 
 def test_session_links_are_unguessable_and_malformed_ones_never_reach_the_database(store: ReviewStore) -> None:
-    ada = store.sign_in("Dr Ada", "ada's long passphrase")
+    ada = store.register("Dr Ada", "ada's long passphrase")
     tokens = [store.session_info(store.start_session(ada, "m", "ct", [make_item(i)])).token for i in range(3)]
     assert len(set(tokens)) == 3
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{32}", token) for token in tokens)
@@ -544,10 +544,10 @@ def test_a_database_from_before_access_control_is_migrated_and_its_sessions_wait
         assert [e.note for e in store.history(info.id, 0)] == ["kept across the upgrade"]
         store.record_verdict(info.id, 1, "non_diagnostic", expected_version=0)  # the widened CHECK
 
-        someone = store.sign_in("Dr Else", "another passphrase")
+        someone = store.register("Dr Else", "another passphrase")
         with pytest.raises(NotYoursError):
             store.open_session(info.token, someone)
-        old = store.sign_in("dr old", "the old reviewer's passphrase")  # whoever registers the name first
+        old = store.register("dr old", "the old reviewer's passphrase")  # whoever registers the name first
         with pytest.raises(NotYoursError):
             store.open_session(info.token, old)
         assert store.sessions(old) == []

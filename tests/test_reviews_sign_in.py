@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -12,13 +13,13 @@ import pytest
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, create_engine, inspect
 from test_reviews import all_stored_values, db_url, make_item, open_store, store  # noqa: F401
 
-import covid_models.reviews.store
+import covid_models.reviews.sign_in_guard
 from covid_models.reviews.identity import Reviewer, hash_passphrase
 from covid_models.reviews.names import admin_token_problem, name_key, skeleton
 from covid_models.reviews.records import ReviewError, SignInThrottled
 from covid_models.reviews.schema import database_url
 from covid_models.reviews.sign_in_guard import FREE_FAILURES, MAX_LOCK_S
-from covid_models.reviews.store import WRONG_ADMIN_TOKEN, WRONG_PASSPHRASE, ReviewStore
+from covid_models.reviews.store import NAME_TAKEN, UNKNOWN_NAME, WRONG_ADMIN_TOKEN, WRONG_PASSPHRASE, ReviewStore
 
 ADMIN_TOKEN = "Zq7-ward-Fx2m-Lo9p-Ts4k"
 ATTACKER, COLLEAGUE = "203.0.113.66", "198.51.100.7"
@@ -40,12 +41,12 @@ def scrypt_runs(monkeypatch) -> list[int]:
 
 @pytest.fixture(autouse=True)
 def clock(monkeypatch) -> Callable[[float], None]:
-    """The store's clock stands still at the test's start, however slow the machine (lockouts are stored times,
+    """The lockout's clock stands still at the test's start, however slow the machine (lockouts are stored times,
     compared with it); `clock(seconds)` sets it to that many seconds after the start."""
-    start = covid_models.reviews.store.utc_now()
+    start = covid_models.reviews.sign_in_guard.utc_now()
 
     def at(seconds: float) -> None:
-        monkeypatch.setattr(covid_models.reviews.store, "utc_now", lambda: start + timedelta(seconds=seconds))
+        monkeypatch.setattr(covid_models.reviews.sign_in_guard, "utc_now", lambda: start + timedelta(seconds=seconds))
 
     at(0)
     return at
@@ -63,7 +64,7 @@ def fail(store: ReviewStore, name: str, times: int, client: str | None = ATTACKE
 
 def test_wrong_passphrases_for_a_name_lock_it_for_a_doubling_time_stated_in_the_refusal(
         store: ReviewStore, clock, scrypt_runs) -> None:
-    ada = store.sign_in("Dr Ada", "ada's long passphrase")
+    ada = store.register("Dr Ada", "ada's long passphrase")
     fail(store, "Dr Ada", FREE_FAILURES["name"] + 1, client=None)
     scrypt_runs.clear()
     with pytest.raises(SignInThrottled, match=r"Too many failed sign-ins for this name: try again in 2 s") as locked:
@@ -79,7 +80,7 @@ def test_wrong_passphrases_for_a_name_lock_it_for_a_doubling_time_stated_in_the_
 
 
 def test_the_lockout_is_capped_and_forgotten_an_hour_after_the_last_failure(store: ReviewStore, clock) -> None:
-    store.sign_in("Dr Ada", "ada's long passphrase")
+    store.register("Dr Ada", "ada's long passphrase")
     last = 0
     for step in range(FREE_FAILURES["name"] + 12):  # each try after the previous lockout ended
         clock(last := step * (MAX_LOCK_S + 1))
@@ -92,8 +93,8 @@ def test_the_lockout_is_capped_and_forgotten_an_hour_after_the_last_failure(stor
 
 
 def test_an_attacker_locking_one_name_never_blocks_other_names_or_other_addresses(store: ReviewStore) -> None:
-    store.sign_in("Dr Ada", "ada's long passphrase")
-    bob = store.sign_in("Dr Bob", "bob's long passphrase", client=COLLEAGUE)
+    store.register("Dr Ada", "ada's long passphrase")
+    bob = store.register("Dr Bob", "bob's long passphrase", client=COLLEAGUE)
     fail(store, "Dr Ada", FREE_FAILURES["name"] + 1)
     assert store.sign_in("Dr Bob", "bob's long passphrase", client=COLLEAGUE) == bob
     assert store.sign_in("Dr Bob", "bob's long passphrase", client=ATTACKER) == bob  # the address is not locked yet
@@ -104,24 +105,27 @@ def test_an_attacker_locking_one_name_never_blocks_other_names_or_other_addresse
 def test_an_address_guessing_many_names_is_locked_while_other_addresses_sign_in(store: ReviewStore) -> None:
     names = [f"Dr Number {index}" for index in range(FREE_FAILURES["client"] + 1)]
     for name in names:
-        store.sign_in(name, f"{name}'s passphrase", client=COLLEAGUE)
+        store.register(name, f"{name}'s passphrase", client=COLLEAGUE)
     for name in names:
         fail(store, name, 1)
     with pytest.raises(SignInThrottled, match="from this address: try again in 2 s"):
-        store.sign_in("Dr Someone New", "a fresh long passphrase", client=ATTACKER)
-    assert store.sign_in("Dr Someone New", "a fresh long passphrase", client=COLLEAGUE).name == "Dr Someone New"
+        store.sign_in("Dr Number 0", "Dr Number 0's passphrase", client=ATTACKER)
+    with pytest.raises(SignInThrottled, match="from this address: try again in 2 s"):
+        store.register("Dr Someone New", "a fresh long passphrase", client=ATTACKER)
+    assert store.register("Dr Someone New", "a fresh long passphrase", client=COLLEAGUE).name == "Dr Someone New"
+    assert store.sign_in("Dr Number 0", "Dr Number 0's passphrase", client=COLLEAGUE).name == "Dr Number 0"
 
 
 def test_a_lockout_is_seen_by_every_server_process(open_store: Callable[[], ReviewStore]) -> None:
     first, second = open_store(), open_store()
-    first.sign_in("Dr Ada", "ada's long passphrase")
+    first.register("Dr Ada", "ada's long passphrase")
     fail(first, "Dr Ada", FREE_FAILURES["name"] + 1)
     with pytest.raises(SignInThrottled):
         second.sign_in("Dr Ada", "ada's long passphrase", client=COLLEAGUE)
 
 
 def test_each_failed_sign_in_is_logged_with_name_and_address_but_never_the_secret(store: ReviewStore, caplog) -> None:
-    chief = store.sign_in("Dr Chief", "chief's long passphrase")
+    chief = store.register("Dr Chief", "chief's long passphrase")
     with caplog.at_level(logging.WARNING, logger="covid_models.reviews.store"):
         fail(store, "Dr Chief", 2)
         with pytest.raises(ReviewError, match=WRONG_ADMIN_TOKEN):
@@ -148,7 +152,7 @@ def test_each_failed_sign_in_is_logged_with_name_and_address_but_never_the_secre
 def test_a_weak_administrator_token_is_refused_and_turns_administrator_sign_in_off(
         store: ReviewStore, token: str, why: str) -> None:
     assert why in admin_token_problem(token)
-    ada = store.sign_in("Dr Ada", "ada's long passphrase")
+    ada = store.register("Dr Ada", "ada's long passphrase")
     with pytest.raises(ReviewError, match="Administrator sign-in is off: the configured token is refused") as off:
         store.sign_in_as_admin(ada, token, token)
     assert token.strip() not in str(off.value)
@@ -156,8 +160,8 @@ def test_a_weak_administrator_token_is_refused_and_turns_administrator_sign_in_o
 
 def test_a_strong_administrator_token_grants_the_right_and_wrong_ones_are_throttled(store: ReviewStore) -> None:
     assert admin_token_problem(ADMIN_TOKEN) is None
-    ada = store.sign_in("Dr Ada", "ada's long passphrase")
-    bob = store.sign_in("Dr Bob", "bob's long passphrase")
+    ada = store.register("Dr Ada", "ada's long passphrase")
+    bob = store.register("Dr Bob", "bob's long passphrase")
     assert store.sign_in_as_admin(ada, ADMIN_TOKEN, ADMIN_TOKEN, client=COLLEAGUE).admin
     for attempt in range(FREE_FAILURES["admin"] + 1):
         with pytest.raises(ReviewError, match=WRONG_ADMIN_TOKEN):
@@ -172,7 +176,7 @@ def test_a_strong_administrator_token_grants_the_right_and_wrong_ones_are_thrott
 
 def test_a_blank_or_short_passphrase_is_refused_alike_for_known_and_unknown_names(store: ReviewStore,
                                                                                   scrypt_runs) -> None:
-    store.sign_in("Dr Ada", "ada's long passphrase")
+    store.register("Dr Ada", "ada's long passphrase")
     scrypt_runs.clear()
     for passphrase, message in ((" " * 8, "enter your passphrase"), ("\t \n", "enter your passphrase"),
                                 ("  short   ", "a passphrase has at least 8 characters")):
@@ -189,7 +193,7 @@ def test_a_blank_or_short_passphrase_is_refused_alike_for_known_and_unknown_name
 
 def test_a_wrong_passphrase_answers_alike_for_a_name_and_its_look_alike_at_the_same_cost(
         store: ReviewStore, scrypt_runs, db_url: str) -> None:
-    store.sign_in("Dr Ada", "ada's long passphrase")
+    store.register("Dr Ada", "ada's long passphrase")
     assert scrypt_runs == [1]  # registering costs one derivation...
     answers = []
     for name in ("Dr Ada", "Dr \u0410da", "dr \u0430d\u0430"):  # Latin; Cyrillic capital A; Cyrillic small a
@@ -202,15 +206,89 @@ def test_a_wrong_passphrase_answers_alike_for_a_name_and_its_look_alike_at_the_s
     assert [row[2] for row in all_stored_values(db_url)["reviewers"]] == ["Dr Ada"]
 
 
+def test_a_mistyped_name_is_refused_with_a_hint_and_registers_nobody(store: ReviewStore, db_url: str) -> None:
+    ada = store.register("John Smith", "john's long passphrase")
+    session_id = store.start_session(ada, "m", "xray", [make_item(0)])
+    with pytest.raises(ReviewError) as refused:
+        store.sign_in("Jonh Smith", "john's long passphrase")
+    assert str(refused.value) == UNKNOWN_NAME.format(name="Jonh Smith")
+    assert "register as a new reviewer" in str(refused.value)
+    assert [row[2] for row in all_stored_values(db_url)["reviewers"]] == ["John Smith"]
+    assert [s.id for s in store.sessions(store.sign_in("john smith", "john's long passphrase"))] == [session_id]
+
+
+def test_an_unknown_name_costs_one_scrypt_like_a_wrong_passphrase(store: ReviewStore, scrypt_runs) -> None:
+    store.register("Dr Ada", "ada's long passphrase")
+    for name, message in (("Dr Ada", WRONG_PASSPHRASE), ("Dr Nobody", UNKNOWN_NAME.format(name="Dr Nobody"))):
+        scrypt_runs.clear()
+        with pytest.raises(ReviewError, match=re.escape(message)):
+            store.sign_in(name, "an impostor's passphrase")
+        assert scrypt_runs == [1], name
+
+
+def test_unknown_names_count_towards_the_lockout_per_name_and_per_address(store: ReviewStore, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="covid_models.reviews.store"):
+        fail(store, "Dr Nobody", FREE_FAILURES["name"])
+    assert "no reviewer is registered as 'Dr Nobody'" in caplog.records[-1].getMessage()
+    assert "name failure 3; client failure 3" in caplog.records[-1].getMessage()
+    assert "guess number" not in caplog.text
+    with pytest.raises(ReviewError):
+        store.sign_in("Dr N0body", "guess number 4", client=COLLEAGUE)  # a look-alike spelling shares the count
+    with pytest.raises(SignInThrottled, match="for this name"):
+        store.sign_in("Dr Nobody", "guess number 5", client=COLLEAGUE)
+    names = [f"Dr Unknown {index}" for index in range(FREE_FAILURES["client"] - FREE_FAILURES["name"] + 1)]
+    for name in names:
+        fail(store, name, 1)
+    with pytest.raises(SignInThrottled, match="from this address"):
+        store.sign_in("Dr Yet Another", "a guess at a name", client=ATTACKER)
+
+
+def test_registering_a_name_then_signing_in_with_it_is_one_reviewer(store: ReviewStore, db_url: str) -> None:
+    ada = store.register("Dr Ada", "ada's long passphrase", client=COLLEAGUE)
+    assert ada == Reviewer("name:dr ada", "Dr Ada") and not ada.admin
+    assert store.sign_in("DR ADA", "ada's long passphrase", client=COLLEAGUE) == ada
+    assert store.registered_reviewer("Dr Ada") == ada
+    assert store.sessions(ada) == []  # registering claims no session
+    (stored,) = all_stored_values(db_url)["reviewers"]
+    assert "ada's long passphrase" not in repr(stored)
+
+
+@pytest.mark.parametrize("taken", ["Dr Ada", "DR ADA", "Dr \u0410da", "Dr Ad\u00e1"])
+def test_registering_a_taken_name_or_a_look_alike_of_one_is_refused_and_counted_per_address(
+        store: ReviewStore, db_url: str, taken: str, caplog) -> None:
+    ada = store.register("Dr Ada", "ada's long passphrase")
+    with caplog.at_level(logging.WARNING, logger="covid_models.reviews.store"), pytest.raises(ReviewError) as refused:
+        store.register(taken, "an impostor's passphrase", client=ATTACKER)
+    assert str(refused.value) == NAME_TAKEN.format(name=taken)
+    assert "Dr Ada" not in str(refused.value).replace(taken, "")  # nothing about the other reviewer but the name
+    assert "sign in instead" in str(refused.value)
+    assert "client failure 1" in caplog.text and "impostor" not in caplog.text
+    assert [row[2] for row in all_stored_values(db_url)["reviewers"]] == ["Dr Ada"]
+    assert store.sign_in("Dr Ada", "ada's long passphrase") == ada  # the owner's passphrase is untouched
+    with pytest.raises(ReviewError, match="belongs to a reviewer with another passphrase"):
+        store.sign_in(taken, "an impostor's passphrase")
+
+
+def test_registering_refuses_short_passphrases_before_looking_at_the_name(store: ReviewStore, scrypt_runs) -> None:
+    store.register("Dr Ada", "ada's long passphrase")
+    scrypt_runs.clear()
+    for name in ("Dr Ada", "Dr Free"):
+        with pytest.raises(ReviewError, match="a passphrase has at least 8 characters"):
+            store.register(name, "short")
+        with pytest.raises(ReviewError, match="enter your passphrase"):
+            store.register(name, " " * 8)
+    assert scrypt_runs == []
+
+
 @pytest.mark.parametrize("spelling", ["DR ADA", "Dr  Ada", "\uff24\uff52 \uff21\uff44\uff41", "Dr A\u200bda"])
 def test_one_name_however_typed_is_one_reviewer(store: ReviewStore, spelling: str) -> None:
-    ada = store.sign_in("Dr Ada", "ada's long passphrase")
+    ada = store.register("Dr Ada", "ada's long passphrase")
     assert store.sign_in(spelling, "ada's long passphrase") == ada
 
 
 def test_a_name_that_normalising_makes_too_long_to_store_is_refused_clearly(store: ReviewStore, db_url: str) -> None:
     with pytest.raises(ReviewError, match="too long once normalised"):
-        store.sign_in("\ufdfa" * 200, "a long enough passphrase")  # one character, 18 letters under NFKC
+        store.register("\ufdfa" * 200, "a long enough passphrase")  # one character, 18 letters under NFKC
     assert all_stored_values(db_url)["reviewers"] == []
 
 
@@ -224,7 +302,7 @@ def test_the_skeleton_maps_look_alikes_of_other_scripts_and_accents_to_one_shape
 
 
 def test_sessions_are_never_given_to_a_look_alike(store: ReviewStore) -> None:
-    ada = store.sign_in("Dr Ada", "ada's long passphrase")
+    ada = store.register("Dr Ada", "ada's long passphrase")
     session_id = store.start_session(ada, "m", "xray", [make_item(0)])
     with pytest.raises(ReviewError):
         store.sign_in("Dr \u0410da", "the look-alike's passphrase")

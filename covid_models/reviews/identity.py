@@ -45,6 +45,12 @@ def hash_passphrase(passphrase: str, salt: bytes | None = None) -> str:
     return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${salt.hex()}${digest.hex()}"
 
 
+# What a passphrase typed for an unknown name is checked against: the parameters of a real hash, so the answer costs
+# the same one scrypt as a wrong passphrase for a registered name, and a digest drawn at random, which nothing matches.
+DECOY_HASH = (f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${secrets.token_hex(16)}$"
+              f"{secrets.token_hex(_SCRYPT['dklen'])}")
+
+
 def passphrase_matches(passphrase: str, stored: str) -> bool:
     """Whether `passphrase` is the one `stored` was hashed from (constant-time; False for a malformed hash)."""
     try:

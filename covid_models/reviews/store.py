@@ -11,9 +11,10 @@ token, never through its row id; opening someone else's session raises ``NotYour
 reviewer is an admin. Verdicts carry a version: a write based on an older version (a stale second tab) is
 refused with ``StaleVerdictError``, and every write, refused ones included, is kept in ``verdict_history``.
 
-This module is what the store does (transactions, sign-in and its lockout, sessions, items, verdicts); the
+This module is what the store does (transactions, registering and signing in, sessions, items, verdicts); the
 tables, the engine and upgrades of old databases are in `schema`, the values and errors callers use in `records`,
-identities and secrets in `identity`, input checks in `checks`, the CSV and summary in `export`. Database faults
+identities and secrets in `identity`, the lockout after failed sign-ins in `sign_in_guard`, input checks in
+`checks`, the CSV and summary in `export`. Database faults
 (disk full, server gone) raise ``ReviewDatabaseError`` saying what was not saved and why; nothing committed
 before is touched.
 """
@@ -22,20 +23,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import ParamSpec, TypeVar
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from covid_models.reviews.checks import checked_item, checked_reviewer_label, clean_text, required_text, session_token
 from covid_models.reviews.export import session_csv, summarise, summary_counts
 from covid_models.reviews.identity import (
+    DECOY_HASH,
     Reviewer,
     admin_token_matches,
     checked_passphrase,
@@ -59,7 +59,6 @@ from covid_models.reviews.records import (
     ReviewError,
     ReviewSummary,
     SessionInfo,
-    SignInThrottled,
     StaleVerdictError,
     VerdictEntry,
 )
@@ -75,13 +74,16 @@ from covid_models.reviews.schema import (
     open_engine,
     utc_now,
 )
-from covid_models.reviews.sign_in_guard import FORGET_AFTER, SUBJECT_TEXT, lock_seconds, subject, wait_text
+from covid_models.reviews.sign_in_guard import count_failure, refuse_while_locked, subject
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 # One answer for a wrong passphrase, whether the name is registered as typed or only as a look-alike spelling.
 WRONG_PASSPHRASE = ("Not signed in: this name, or one that looks the same, belongs to a reviewer with another "
                     "passphrase. Check both; a new reviewer chooses a name of their own.")
+UNKNOWN_NAME = "No reviewer is registered as {name!r}. Check the spelling, or register as a new reviewer."
+NAME_TAKEN = ("The name {name!r} is taken, as typed or in a spelling that looks the same. If it is yours, sign in "
+              "instead; a new reviewer chooses another name.")
 WRONG_ADMIN_TOKEN = "The administrator token is wrong; not signed in."
 logger = logging.getLogger(__name__)
 
@@ -131,46 +133,67 @@ class ReviewStore:
 
     # -- who
 
+    @_database_errors("registering failed")
+    def register(self, name: str, passphrase: str, *, client: str | None = None) -> Reviewer:
+        """A new reviewer `name` whose sessions `passphrase` protects; signing in never registers, so a mistyped name
+        is refused rather than given an empty account.
+
+        A name taken as typed or by a look-alike spelling (see `names`) is refused with NAME_TAKEN, which says no
+        more about the other reviewer, and counted against `client` like a failed sign-in (guessing which names
+        exist is throttled per address). The passphrase is checked as at sign-in and hashed with one scrypt. The new
+        reviewer gets no session: sessions without an owner wait for an administrator (``assign_session``).
+        """
+        name = required_text(name, "reviewer name", MAX_REVIEWER_CHARS)
+        passphrase = checked_passphrase(passphrase)
+        key, shape = name_identity(name)
+        counts = [subject("client", client)] if client else []
+        with self._transaction() as session:
+            refuse_while_locked(session, counts)
+        passphrase_hash = hash_passphrase(passphrase)
+        try:
+            with self._transaction() as session:
+                taken = bool(session.scalar(select(func.count()).where(
+                    or_(ReviewerRow.key == key, ReviewerRow.skeleton == shape))))
+                if not taken:
+                    session.add(ReviewerRow(key=key, name=name, skeleton=shape, passphrase_hash=passphrase_hash))
+        except IntegrityError:  # the same key inserted by a concurrent registration
+            taken = True
+        if taken:
+            self._failed(counts, f"registration refused: reviewer name {name!r} or a look-alike is taken", client)
+            raise ReviewError(NAME_TAKEN.format(name=name))
+        logger.info("reviewer %r registered from client %s", key, client or "unknown")
+        return Reviewer(key=key, name=name)
+
     @_database_errors("signing in failed")
     def sign_in(self, name: str, passphrase: str, *, client: str | None = None) -> Reviewer:
-        """The reviewer `name` if `passphrase` is theirs; a name not taken, by itself or a look-alike spelling (see
-        `names`), is registered with it.
+        """The reviewer `name` if `passphrase` is theirs (see `register`).
 
         A blank or short passphrase is refused before the name is looked up; a wrong one, for the name or for a
-        look-alike of it, gets WRONG_PASSPHRASE; each answer costs one scrypt either way. Failures are counted per
-        name and per `client` (its network address, when known) and, past a few, refused with SignInThrottled
-        until the lockout ends; each is logged, without the passphrase. Registering never gives the new reviewer
-        any session: sessions without an owner wait for an administrator (``assign_session``).
+        look-alike of it, gets WRONG_PASSPHRASE, and a name nobody registered UNKNOWN_NAME; each answer costs one
+        scrypt either way (an unknown name's is checked against `identity.DECOY_HASH`). Failures, unknown names
+        included, are counted per name and per `client` (its network address, when known) and, past a few,
+        refused with SignInThrottled until the lockout ends (`sign_in_guard`); each is logged, without the
+        passphrase.
         """
         name = required_text(name, "reviewer name", MAX_REVIEWER_CHARS)
         passphrase = checked_passphrase(passphrase)
         key, shape = name_identity(name)
         counts = [subject("name", shape)] + ([subject("client", client)] if client else [])
         with self._transaction() as session:
-            self._refuse_while_locked(session, counts)
+            refuse_while_locked(session, counts)
             candidates = session.scalars(select(ReviewerRow).where(
                 or_(ReviewerRow.key == key, ReviewerRow.skeleton == shape)).order_by(ReviewerRow.id)).all()
         known = next((row for row in candidates if row.key == key), candidates[0] if candidates else None)
-        if known is None:
-            return self._register(key, name, shape, hash_passphrase(passphrase))
-        if passphrase_matches(passphrase, known.passphrase_hash):
+        matches = passphrase_matches(passphrase, DECOY_HASH if known is None else known.passphrase_hash)
+        if known is not None and matches:
             with self._transaction() as session:
                 session.execute(FailureRow.__table__.delete().where(FailureRow.subject == counts[0]))
             return Reviewer(key=known.key, name=known.name)
+        if known is None:
+            self._failed(counts, f"sign-in refused: no reviewer is registered as {name!r}", client)
+            raise ReviewError(UNKNOWN_NAME.format(name=name))
         self._failed(counts, f"sign-in refused: wrong passphrase for reviewer name {name!r}", client)
         raise ReviewError(WRONG_PASSPHRASE)
-
-    def _register(self, key: str, name: str, shape: str, passphrase_hash: str) -> Reviewer:
-        """A new reviewer row, unless the name or a look-alike was registered meanwhile (then WRONG_PASSPHRASE)."""
-        try:
-            with self._transaction() as session:
-                if session.scalar(select(func.count()).where(
-                        or_(ReviewerRow.key == key, ReviewerRow.skeleton == shape))):
-                    raise ReviewError(WRONG_PASSPHRASE)
-                session.add(ReviewerRow(key=key, name=name, skeleton=shape, passphrase_hash=passphrase_hash))
-        except IntegrityError:  # the same key inserted by a concurrent first sign-in
-            raise ReviewError(WRONG_PASSPHRASE) from None
-        return Reviewer(key=key, name=name)
 
     @_database_errors("signing in as administrator failed")
     def sign_in_as_admin(self, reviewer: Reviewer, typed: str, configured: str | None, *,
@@ -188,7 +211,7 @@ class ReviewStore:
             raise ReviewError(f"Administrator sign-in is off: the configured token is refused ({problem}).")
         counts = [subject("admin", reviewer.key)] + ([subject("admin-client", client)] if client else [])
         with self._transaction() as session:
-            self._refuse_while_locked(session, counts)
+            refuse_while_locked(session, counts)
         if not isinstance(typed, str) or not admin_token_matches(typed, configured):
             self._failed(counts, f"administrator sign-in refused: wrong token typed by reviewer {reviewer.key!r}",
                          client)
@@ -197,36 +220,11 @@ class ReviewStore:
             session.execute(FailureRow.__table__.delete().where(FailureRow.subject == counts[0]))
         return dataclasses.replace(reviewer, admin=True)
 
-    @staticmethod
-    def _refuse_while_locked(session: Session, counts: list[str]) -> None:
-        now = utc_now()
-        locked = session.execute(select(FailureRow.subject, FailureRow.locked_until).where(
-            FailureRow.subject.in_(counts), FailureRow.locked_until > now)
-            .order_by(FailureRow.locked_until.desc()).limit(1)).one_or_none()
-        if locked is not None:
-            key, until = locked
-            raise SignInThrottled(f"Too many failed sign-ins {SUBJECT_TEXT[key.split(':', 1)[0]]}: "
-                                  f"{wait_text(until, now)}.", max(1, math.ceil((until - now).total_seconds())))
-
     def _failed(self, counts: list[str], what: str, client: str | None) -> None:
         """Count one failure against each subject (committed before the caller refuses) and log it."""
-        now = utc_now()
-        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         with self._transaction() as session:
-            session.execute(FailureRow.__table__.delete().where(  # the addresses of failures long past go
-                FailureRow.last_failure < now - FORGET_AFTER,
-                or_(FailureRow.locked_until.is_(None), FailureRow.locked_until < now)))
-            locks = []
-            for key in counts:
-                session.execute(insert(FailureRow).values(subject=key, failures=0, last_failure=now)
-                                .on_conflict_do_nothing(index_elements=["subject"]))
-                row = session.scalars(select(FailureRow).where(FailureRow.subject == key).with_for_update()).one()
-                failures = 1 if now - row.last_failure > FORGET_AFTER else row.failures + 1
-                lock = lock_seconds(key, failures)
-                row.failures, row.last_failure = failures, now
-                row.locked_until = now + timedelta(seconds=lock) if lock else None
-                locks.append(f"{key.split(':', 1)[0]} failure {failures}" + (f", locked {lock} s" if lock else ""))
-        logger.warning("%s from client %s (%s)", what, client or "unknown", "; ".join(locks))
+            counted = count_failure(session, counts)
+        logger.warning("%s from client %s (%s)", what, client or "unknown", counted or "no address to count")
 
     @_database_errors("the reviewer could not be looked up")
     def registered_reviewer(self, name: str) -> Reviewer:
