@@ -12,6 +12,7 @@ import streamlit as st
 
 from covid_models.analysis.overlays import DISPLAY_SIDE, display_size, for_display
 from covid_models.analysis.scan_analysis import ScanAnalysis
+from covid_models.formatting import class_name
 from covid_models.imaging.io import read_image
 from covid_models.imaging.scan import ImageReadError
 from covid_models.models.checkpoint import CheckpointError
@@ -130,12 +131,12 @@ def item_view(store: ReviewStore, reviewer: Reviewer, info: SessionInfo, item: I
             st.caption("There is no reading to agree or disagree with: record Unsure, or Non-diagnostic if this is "
                        "not a gradable chest image.")
         elif revealed and item.kind == "scan":
-            st.markdown(f"Model reading: **{plain(item.predicted_label)}** (quantitative CT reading in HU)")
+            st.markdown(f"Model reading: **{plain(class_name(item.predicted_label))}** (quantitative CT reading in HU)")
             st.caption("The figure-crop classifier is a secondary reading (beside the scan, where not withheld); "
                        "it does not decide the model's reading.")
         elif revealed:
             side = "at or above" if item.covid_probability >= item.operating_threshold else "below"
-            st.markdown(f"Model reading: **{plain(item.predicted_label)}**")
+            st.markdown(f"Model reading: **{plain(class_name(item.predicted_label))}**")
             st.metric("COVID-19 probability", f"{item.covid_probability:.1%}",
                       help=f"Calibrated; {side} the operating threshold {item.operating_threshold:.1%}")
         if info.blinded and item.version == 1 and not withheld:  # the reading just recorded, the model's now shown
@@ -158,9 +159,9 @@ def blinded_reading(item: ItemView) -> str:
     """What a blinded reader recorded: their label (stored as agree with the model's, or disagree with their own), or
     unsure / non-diagnostic."""
     if item.verdict == "agree":
-        return item.predicted_label
+        return class_name(item.predicted_label)
     if item.verdict == "disagree" and item.reviewer_label:
-        return item.reviewer_label
+        return class_name(item.reviewer_label)
     return VERDICT_TEXT[item.verdict or "unsure"]
 
 
@@ -245,7 +246,7 @@ def verdict_controls(store: ReviewStore, reviewer: Reviewer, item: ItemView, cla
     _verdict_styles()
     if blinded:
         for index, label in enumerate(classes or []):
-            st.button(f"My reading: {label}", key=f"review-reading-{label}", width="stretch",
+            st.button(f"My reading: {class_name(label)}", key=f"review-reading-{label}", width="stretch",
                       type="primary", shortcut=str(index + 1) if index < 9 else None, disabled=image_missing,
                       on_click=_record, args=(store, reviewer, item, "reading", label, True))
     elif not withheld:
@@ -255,7 +256,7 @@ def verdict_controls(store: ReviewStore, reviewer: Reviewer, item: ItemView, cla
             st.session_state[label_key] = item.reviewer_label if item.verdict == "disagree" else \
                 (others[0] if len(others) == 1 else None)
         if others:
-            st.segmented_control("If you disagree, your reading", others, key=label_key,
+            st.segmented_control("If you disagree, your reading", others, key=label_key, format_func=class_name,
                                  help="Used for the agreement statistics (Cohen's kappa); leave empty if unsure")
         verdict_button(store, reviewer, item, "disagree", ":material/thumb_down:", image_missing)
     verdict_button(store, reviewer, item, "unsure", ":material/help:", image_missing, stay=blinded)

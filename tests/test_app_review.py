@@ -743,9 +743,13 @@ def test_a_blinded_scan_shows_its_slices_alone_until_the_reader_records_a_readin
     item = store.item(session, 0)
     assert _captions(at)[0] == "Axial slice 21 of 40"
     assert not at.metric and f"{item.covid_probability:.1%}" not in _everything_shown(at)
+    assert at.button(key="review-reading-covid").label == "My reading: COVID-19", "classes as people write them"
     at.button(key="review-reading-covid").click()
     _run(at)
     assert store.item(session, 0).verdict == ("agree" if item.predicted_label == "covid" else "disagree")
+    assert any("Your blinded reading: **COVID-19**" in i.value for i in at.info)
+    reading = {"covid": "COVID-19", "non_covid": "non-COVID"}[item.predicted_label]
+    assert any(m.value.startswith(f"Model reading: **{reading}**") for m in at.markdown)
     assert any(c.startswith("Axial slice") and "secondary classifier" in c for c in _captions(at))
 
 

@@ -25,6 +25,7 @@ from test_app_review import (  # noqa: F401  (the fixtures are used by name)
 import covid_models.analysis.scan_analysis
 import covid_models.models.inference
 import covid_models.models.segmentation
+from covid_models.formatting import class_name
 from pages.shared import READING_LABEL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
@@ -55,7 +56,7 @@ def test_a_blinded_reading_reveals_the_models_reading_on_the_same_item_then_agre
     assert (first.reviewer_label, first.version) == ("normal", 1)
     assert int(at.session_state["review-position"]) == 0, "the reader stays on the image they read"
     assert _shown_position(at) == "#### Image 1 of 3"
-    assert f"Model reading: **{first.predicted_label}**" in [m.value for m in at.markdown], "revealed here"
+    assert f"Model reading: **{class_name(first.predicted_label)}**" in [m.value for m in at.markdown], "revealed here"
     assert {m.label: m.value for m in at.metric}["COVID-19 probability"] == f"{first.covid_probability:.1%}"
     assert any("Your blinded reading: **normal**. The model's reading is now shown" in i.value for i in at.info)
     legend = _legend(at)
