@@ -23,8 +23,10 @@ MODEL_LIMITS = (
     "burden comes from a 2-D infection segmenter (an estimate, not a measurement) and the one fitted threshold of the "
     "COVID-19 pattern rule was fitted on real non-COVID screening CT slices, not validated on whole scans. The CT "
     "classifier was trained on single slices cropped from figures of published papers, not on hospital scans: it "
-    "is a secondary reading only. Four shared scans (one COVID-19, three not) are a smoke test of the pipeline, not "
-    "an evaluation."
+    "is a secondary reading only. The segmenter cannot tell COVID-19 from other opacities: a tumour, atelectasis, "
+    "another pneumonia or partial volume on thick slices counts as lesion, and with lesions in both lungs the rule "
+    "can call such a scan suggestive (one of the three non-COVID shared scans, a lung adenocarcinoma on 8 mm slices, "
+    "reads so). Four shared scans (one COVID-19, three not) are a smoke test of the pipeline, not an evaluation."
 )
 
 
