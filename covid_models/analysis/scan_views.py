@@ -24,9 +24,9 @@ MODEL_LIMITS = (
     "COVID-19 pattern rule was fitted on real non-COVID screening CT slices, not validated on whole scans. The CT "
     "classifier was trained on single slices cropped from figures of published papers, not on hospital scans: it "
     "is a secondary reading only. The segmenter cannot tell COVID-19 from other opacities: a tumour, atelectasis, "
-    "another pneumonia or partial volume on thick slices counts as lesion, and with lesions in both lungs the rule "
-    "can call such a scan suggestive (one of the three non-COVID shared scans, a lung adenocarcinoma on 8 mm slices, "
-    "reads so). Four shared scans (one COVID-19, three not) are a smoke test of the pipeline, not an evaluation."
+    "another pneumonia or partial volume on thick slices counts as lesion, and with lesions in both lungs such a "
+    "scan can meet the pattern rule (one of the three non-COVID shared scans, a lung adenocarcinoma on 8 mm slices, "
+    "does). Four shared scans (one COVID-19, three not) are a smoke test of the pipeline, not an evaluation."
 )
 
 
