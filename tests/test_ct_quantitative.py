@@ -260,3 +260,16 @@ def test_the_periphery_of_a_volume_is_that_of_each_of_its_slices():
     disk[yy ** 2 + xx ** 2 <= 27 ** 2] = RIGHT
     outer = peripheral_mask(disk, (1.0, 1.0))
     assert 0.45 < outer.sum() / (disk > 0).sum() < 0.6  # the outer third of a disk's radius: 5/9 of its area
+
+
+def test_the_rule_says_how_often_held_out_non_covid_slices_reach_its_threshold():
+    from covid_models.analysis.ct_quantitative import RuleFit
+
+    block = {"lesion_percent_threshold": 0.81, "fit_on": "the 95th percentile on 95 slices",
+             "held_out": {"negatives": 104, "false_positive_share": 0.1154}}
+    fit = RuleFit.from_card({"ct_reading": block})
+    assert fit.lesion_percent == 0.81
+    assert fit.fit_on == ("the 95th percentile on 95 slices; 11.5% of the 104 non-COVID slices held out of that fit "
+                          "reach it")
+    assert RuleFit.from_card({"ct_reading": {**block, "held_out": {}}}).fit_on == "the 95th percentile on 95 slices"
+    assert RuleFit.from_card({}) is None

@@ -105,10 +105,18 @@ class RuleFit:
 
     @classmethod
     def from_card(cls, extra: Mapping[str, Any]) -> RuleFit | None:
+        """The card's fit; `fit_on` also says how often real non-COVID slices held out of the fit reach the
+        threshold, so a reader can weigh the burden criterion (it is not a 5 % false-positive rate by fiat)."""
         block = extra.get("ct_reading") if isinstance(extra, Mapping) else None
         if not isinstance(block, Mapping) or not isinstance(block.get("lesion_percent_threshold"), int | float):
             return None
-        return cls(float(block["lesion_percent_threshold"]), str(block.get("fit_on", "not recorded")))
+        fit_on = str(block.get("fit_on", "not recorded"))
+        held = block.get("held_out")
+        if isinstance(held, Mapping) and isinstance(held.get("false_positive_share"), int | float) \
+                and isinstance(held.get("negatives"), int):
+            fit_on += (f"; {held['false_positive_share']:.1%} of the {held['negatives']} non-COVID slices held out "
+                       "of that fit reach it")
+        return cls(float(block["lesion_percent_threshold"]), fit_on)
 
 
 @dataclass(frozen=True)
