@@ -86,7 +86,7 @@ def _threshold_section(card: ModelCard) -> float:
     for row in (shown[:3], shown[3:]):
         for column, (label, key_name, help_text) in zip(st.columns(3), row, strict=False):
             column.metric(label, _number(table[key_name]), help=help_text)
-    negative = f"not {card.positive_class}"
+    negative = f"not {class_name(card.positive_class)}"
     st.plotly_chart(confusion_figure([[table["tn"], table["fp"]], [table["fn"], table["tp"]]],
                                      [negative, card.positive_class], title=f"Test split at threshold {threshold:.3f}"),
                     key=f"performance-confusion-{card.name}")

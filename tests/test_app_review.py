@@ -27,6 +27,7 @@ from streamlit.testing.v1 import AppTest
 import covid_models.analysis.image_analysis
 from covid_models.analysis.image_analysis import Analysis, analyse
 from covid_models.analysis.scan_analysis import ScanAnalysis, analyse_scan
+from covid_models.formatting import class_name
 from covid_models.imaging.io import content_hash, files_hash, read_image
 from covid_models.imaging.volumes import read_volume
 from covid_models.models.inference import Classifier
@@ -364,7 +365,7 @@ def test_confusion_table_of_model_against_reviewer_is_drawn(folders, database, s
     figure = plotly.io.from_json(at.get("plotly_chart")[0].proto.spec)
     confusion = store.summary(session).confusion
     assert [list(row) for row in figure.data[0].z] == confusion.to_numpy().tolist()
-    assert list(figure.data[0].x) == list(confusion.columns)
+    assert list(figure.data[0].x) == [class_name(c) for c in confusion.columns]  # "COVID-19", not "covid"
 
 
 def test_on_ct_disagree_means_the_other_class(folders, database, store, monkeypatch) -> None:

@@ -147,10 +147,10 @@ def test_calibration_figure_shows_ece_in_the_title_and_sizes_markers_by_count() 
 
 
 def test_confusion_figure_annotates_the_counts_with_the_labels() -> None:
-    figure = confusion_figure([[5, 1], [2, 7]], ["not covid", "covid"])
+    figure = confusion_figure([[5, 1], [2, 7]], ["not COVID-19", "covid"])
     heatmap = figure.data[0]
     assert [list(row) for row in heatmap.z] == [[5, 1], [2, 7]]
-    assert list(heatmap.x) == list(heatmap.y) == ["not covid", "covid"]
+    assert list(heatmap.x) == list(heatmap.y) == ["not COVID-19", "COVID-19"]
     assert heatmap.texttemplate == "%{z}"
     assert figure.layout.yaxis.title.text == "true"
     assert figure.layout.xaxis.title.text == "predicted"
@@ -160,8 +160,8 @@ def test_confusion_figure_takes_labels_and_titles_from_a_dataframe() -> None:
     table = pd.DataFrame([[3, 0], [1, 2]], index=pd.Index(["covid", "normal"], name="model"),
                          columns=pd.Index(["covid", "pneumonia"], name="reviewer"))
     figure = confusion_figure(table, row_title="model", column_title="reviewer")
-    assert list(figure.data[0].y) == ["covid", "normal"]
-    assert list(figure.data[0].x) == ["covid", "pneumonia"]
+    assert list(figure.data[0].y) == ["COVID-19", "normal"], "classes as people write them"
+    assert list(figure.data[0].x) == ["COVID-19", "pneumonia"]
     assert figure.layout.xaxis.title.text == "reviewer"
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from covid_models.formatting import class_name
 from covid_models.metrics import threshold_metrics
 from covid_models.models.model_card import ModelCard
 from covid_models.models.trust import within_source_short
@@ -217,13 +218,14 @@ def confusion_figure(
     """Annotated heatmap of a confusion table (rows `row_title`, columns `column_title`).
 
     A DataFrame brings its own row and column labels (as ReviewSummary.confusion does); a list of lists
-    uses `labels` for both.
+    uses `labels` for both. Classes are written as people write them ("covid" -> "COVID-19").
     """
     if isinstance(matrix, pd.DataFrame):
         rows, columns, values = [str(i) for i in matrix.index], [str(c) for c in matrix.columns], matrix.to_numpy()
     else:
         values = np.asarray(matrix)
         rows = columns = [str(label) for label in (labels or range(len(values)))]
+    rows, columns = [class_name(r) for r in rows], [class_name(c) for c in columns]
     figure = go.Figure(go.Heatmap(
         z=np.asarray(values).tolist(), x=columns, y=rows, colorscale="Blues", showscale=False, texttemplate="%{z}",
         textfont={"size": 18}, hovertemplate=f"{row_title} %{{y}}<br>{column_title} %{{x}}<br>%{{z}} images"
