@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from covid_models.metrics import summary_with_ci
+from covid_models.models.checkpoint import read_card
 from covid_models.models.segmentation import Segmenter
 from covid_models.training.infection_false_positives import false_positive_areas
 from covid_models.training.splits import NEGATIVE_HELD_OUT, load_segmentation_negatives
@@ -60,7 +61,7 @@ class SeedPair:
 def seed_pairs(old: list[Path], new: list[Path]) -> list[SeedPair]:
     """Pair runs by the seed their cards record; each seed must have exactly one run of each recipe."""
     def by_seed(folders: list[Path]) -> dict[int, Path]:
-        seeds = {int(Segmenter.load(folder).card.training["seed"]): folder for folder in folders}
+        seeds = {int(read_card(folder, "segmentation").training["seed"]): folder for folder in folders}
         if len(seeds) != len(folders):
             raise ValueError("two runs of one recipe share a seed")
         return seeds
@@ -77,9 +78,10 @@ def compare_seed(pair: SeedPair, negatives_dir: Path, held_out: float = NEGATIVE
     model on the same slices, which never saw a negative; reported, not decided on.
     """
     old, new = Segmenter.load(pair.old), Segmenter.load(pair.new)
-    dice = cross_validated_dice(old.card.metrics).merge(
-        cross_validated_dice(new.card.metrics), on=["image", "fold"], suffixes=("_old", "_new"), validate="1:1")
-    if len(dice) != len(cross_validated_dice(old.card.metrics)):
+    old_dice = cross_validated_dice(old.card.metrics)
+    dice = old_dice.merge(cross_validated_dice(new.card.metrics), on=["image", "fold"], suffixes=("_old", "_new"),
+                          validate="1:1")
+    if len(dice) != len(old_dice):
         raise ValueError(f"seed {pair.seed}: the two runs did not use the same folds")
     negatives = load_segmentation_negatives(negatives_dir, held_out, pair.seed)
     test = negatives[negatives["split"] == "test"]
