@@ -43,9 +43,14 @@ def lock_seconds(subject_key: str, failures: int) -> int:
     return 0 if over <= 0 else min(2 ** over, MAX_LOCK_S)
 
 
+def wait_seconds(locked_until: datetime, now: datetime) -> int:
+    """Whole seconds until the lock ends, rounded up: a reviewer who waits that long is let in."""
+    return max(1, math.ceil((locked_until - now).total_seconds()))
+
+
 def wait_text(locked_until: datetime, now: datetime) -> str:
-    """"try again in N s" (rounded up: a reviewer who waits that long is let in)."""
-    return f"try again in {max(1, math.ceil((locked_until - now).total_seconds()))} s"
+    """"try again in N s"."""
+    return f"try again in {wait_seconds(locked_until, now)} s"
 
 
 def refuse_while_locked(session: Session, counts: list[str]) -> None:
@@ -59,7 +64,7 @@ def refuse_while_locked(session: Session, counts: list[str]) -> None:
     if locked is not None:
         key, until = locked
         raise SignInThrottled(f"Too many failed sign-ins {SUBJECT_TEXT[key.split(':', 1)[0]]}: "
-                              f"{wait_text(until, now)}.", max(1, math.ceil((until - now).total_seconds())))
+                              f"{wait_text(until, now)}.", wait_seconds(until, now))
 
 
 def count_failure(session: Session, counts: list[str]) -> str:
@@ -81,3 +86,8 @@ def count_failure(session: Session, counts: list[str]) -> str:
         row.locked_until = now + timedelta(seconds=lock) if lock else None
         locks.append(f"{key.split(':', 1)[0]} failure {failures}" + (f", locked {lock} s" if lock else ""))
     return "; ".join(locks)
+
+
+def forget_failures(session: Session, subject_key: str) -> None:
+    """Clear one subject's count: a name's (or a reviewer's token count) after they sign in rightly."""
+    session.execute(FailureRow.__table__.delete().where(FailureRow.subject == subject_key))

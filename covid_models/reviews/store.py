@@ -63,7 +63,6 @@ from covid_models.reviews.records import (
     VerdictEntry,
 )
 from covid_models.reviews.schema import (
-    FailureRow,
     HistoryRow,
     ItemRow,
     ReviewerRow,
@@ -74,7 +73,7 @@ from covid_models.reviews.schema import (
     open_engine,
     utc_now,
 )
-from covid_models.reviews.sign_in_guard import count_failure, refuse_while_locked, subject
+from covid_models.reviews.sign_in_guard import count_failure, forget_failures, refuse_while_locked, subject
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -187,7 +186,7 @@ class ReviewStore:
         matches = passphrase_matches(passphrase, DECOY_HASH if known is None else known.passphrase_hash)
         if known is not None and matches:
             with self._transaction() as session:
-                session.execute(FailureRow.__table__.delete().where(FailureRow.subject == counts[0]))
+                forget_failures(session, counts[0])
             return Reviewer(key=known.key, name=known.name)
         if known is None:
             self._failed(counts, f"sign-in refused: no reviewer is registered as {name!r}", client)
@@ -217,7 +216,7 @@ class ReviewStore:
                          client)
             raise ReviewError(WRONG_ADMIN_TOKEN)
         with self._transaction() as session:
-            session.execute(FailureRow.__table__.delete().where(FailureRow.subject == counts[0]))
+            forget_failures(session, counts[0])
         return dataclasses.replace(reviewer, admin=True)
 
     def _failed(self, counts: list[str], what: str, client: str | None) -> None:
